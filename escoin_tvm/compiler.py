@@ -1,0 +1,259 @@
+"""Compile a PyTorch model with the Escoin pass, run it, export it and load it back.
+
+    torch.export -> Relax (parameters bound as constants) -> FoldBatchnormToConv2D + FoldConstant
+    -> SparseConv2dDispatch (the Escoin pass) -> TVM's default pipeline for the target
+    (legalisation, fusion, dlight GPU schedules for the dense ops) -> relax VM executable
+
+The exported shared library carries everything needed to run: the kernels, the constants, and a
+small metadata function (input shapes, output structure, per-layer report), so ``load`` needs the
+TVM runtime and nothing else from the original model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import List, Optional, Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .errors import EscoinError
+from .target import TargetLike, device_for, is_gpu, require_device, resolve_target
+from .tensors import from_tvm, is_torch, to_tvm
+from .transform import SparseConv2dDispatch
+
+# Where the Escoin kernel starts to beat the dense path in the layer benchmark
+# (experiments/results, see README "Layer benchmark"); layers below it stay dense.
+DEFAULT_SPARSITY_THRESHOLD = 0.7
+METADATA_FUNC = "escoin_metadata"
+METADATA_VERSION = 1
+
+
+class CompiledModule:
+    """A compiled model: call it with torch tensors or numpy arrays shaped like the example
+    inputs; it returns the same kind, in the model's output structure."""
+
+    def __init__(self, executable, device, metadata: dict):
+        self.executable = executable
+        self.device = device
+        self.metadata = metadata
+        self._vm = None
+
+    # ---- running ----
+    @property
+    def vm(self):
+        if self._vm is None:
+            require_device(self.device)
+            self._vm = relax.VirtualMachine(self.executable, self.device)
+        return self._vm
+
+    @property
+    def input_shapes(self) -> List[tuple]:
+        return [tuple(s) for s, _ in self.metadata["inputs"]]
+
+    def __call__(self, *inputs):
+        specs = self.metadata["inputs"]
+        if len(inputs) != len(specs):
+            raise EscoinError(f"the model takes {len(specs)} input(s), got {len(inputs)}")
+        args = [to_tvm(x, self.device, shape, name=f"input {i}", dtype=dtype)
+                for i, (x, (shape, dtype)) in enumerate(zip(inputs, specs))]
+        result = self.vm["main"](*args)
+        flat = [from_tvm(t, inputs[0]) for t in _flatten(result)]
+        return _unflatten(flat, self.metadata.get("out_spec"))
+
+    def time(self, number: int = 20, repeat: int = 5) -> float:
+        """Median end-to-end latency (s) on random inputs, timed by TVM's time_evaluator."""
+        rng = np.random.default_rng(0)
+        args = [tvm.runtime.tensor(rng.standard_normal(shape).astype(dtype), self.device)
+                for shape, dtype in self.metadata["inputs"]]
+        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return float(np.median(timer(*args).results))
+
+    # ---- reporting ----
+    @property
+    def layers(self) -> List[dict]:
+        return self.metadata["layers"]
+
+    def report(self) -> str:
+        """Per-layer table: layer, shapes, sparsity, nnz, chosen kernel and why."""
+        return format_report(self.layers)
+
+    # ---- export ----
+    def export_library(self, path: str) -> str:
+        """Writes a shared library that ``escoin_tvm.load`` runs with the TVM runtime alone."""
+        path = os.fspath(path)
+        self.executable.export_library(path)
+        return path
+
+
+def format_report(layers: Sequence[dict]) -> str:
+    header = ["layer", "input", "weight", "sparsity", "nnz", "kernel", "epilogue", "why"]
+    rows = [[l["name"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["weight_shape"])),
+             f"{l['sparsity']:.3f}", str(l["nnz"]), l["kernel"], l["epilogue"] or "-", l["reason"]]
+            for l in layers]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    n_escoin = sum(l["kernel"] == "escoin" for l in layers)
+    lines.append(f"{n_escoin} of {len(layers)} convolutions on Escoin kernels")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+def _flatten(result):
+    if isinstance(result, tvm.runtime.Tensor):
+        return [result]
+    return [t for item in result for t in _flatten(item)]
+
+
+def _unflatten(flat, out_spec):
+    if out_spec is None:
+        return flat[0] if len(flat) == 1 else tuple(flat)
+    from torch.utils import _pytree
+
+    return _pytree.tree_unflatten(flat, _pytree.treespec_loads(out_spec))
+
+
+def _example_specs(example_inputs):
+    if is_torch(example_inputs) or isinstance(example_inputs, np.ndarray):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise EscoinError("example_inputs must be a tensor or a non-empty tuple of tensors")
+    import torch
+
+    tensors = []
+    for i, x in enumerate(example_inputs):
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not is_torch(x):
+            raise EscoinError(f"example input {i} must be a torch tensor or numpy array, "
+                              f"got {type(x).__name__}")
+        if x.dtype != torch.float32:
+            raise EscoinError(f"example input {i} must be float32, got {x.dtype}")
+        tensors.append(x.detach().cpu())
+    return tuple(tensors)
+
+
+def _export(model, example_inputs):
+    import torch
+
+    try:
+        return torch.export.export(model, example_inputs)
+    except Exception as err:  # torch raises many types; name the failure and the part
+        lines = [l for l in str(err).splitlines() if l.strip()]
+        detail = "\n  ".join(lines[:6])
+        raise EscoinError(f"torch.export could not trace {type(model).__name__} with inputs of "
+                          f"shape {[tuple(x.shape) for x in example_inputs]}: "
+                          f"{type(err).__name__}:\n  {detail}") from err
+
+
+def conv_layer_names(exported) -> List[tuple]:
+    """(module path, weight shape) of the program's convolutions, in program order."""
+    names = []
+    for node in exported.graph.nodes:
+        target = str(node.target)
+        if node.op == "call_function" and ("aten.conv2d" in target or "aten.convolution" in target):
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else node.name
+            weight = node.args[1].meta.get("val") if len(node.args) > 1 else None
+            names.append((path or node.name, tuple(weight.shape) if weight is not None else None))
+    return names
+
+
+def _to_relax(exported):
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        return from_exported_program(exported, keep_params_as_input=False)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EscoinError(f"TVM's PyTorch frontend could not convert the exported program: {first}") from err
+
+
+def _metadata_func(metadata: dict) -> relax.Function:
+    """A Relax function returning the metadata as UTF-8 bytes: it travels inside the library."""
+    blob = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8).copy()
+    builder = relax.BlockBuilder()
+    with builder.function(METADATA_FUNC, []):
+        builder.emit_func_output(relax.const(blob))
+    return builder.get()[METADATA_FUNC]
+
+
+def compile(model, example_inputs, *, target: TargetLike = "cuda",
+            sparsity_threshold: Optional[float] = None, tuning_log=None,
+            config_for=None) -> CompiledModule:  # noqa: A001 (the issue's public name)
+    """Compiles ``model`` (a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``) for
+    inputs shaped like ``example_inputs``. Convolutions with constant weights at or above
+    ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels."""
+    import torch
+
+    target = resolve_target(target)
+    threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else float(sparsity_threshold)
+    if tuning_log is not None:
+        raise EscoinError("tuning logs are not supported yet (see the tuning issue); "
+                          "compile without tuning_log")
+    if isinstance(model, torch.export.ExportedProgram):
+        exported = model
+        example = _example_specs(example_inputs) if example_inputs is not None else tuple(
+            torch.zeros(tuple(n.meta["val"].shape)) for n in exported.graph.nodes
+            if n.op == "placeholder" and n.name in exported.graph_signature.user_inputs)
+    else:
+        if not isinstance(model, torch.nn.Module):
+            raise EscoinError(f"model must be a torch.nn.Module or an ExportedProgram, got "
+                              f"{type(model).__name__}")
+        example = _example_specs(example_inputs)
+        exported = _export(model.eval(), example)
+    mod = _to_relax(exported)
+    params = [p for p in mod["main"].params]
+    if len(params) != len(example):
+        raise EscoinError(f"the exported program takes {len(params)} tensor inputs, "
+                          f"example_inputs has {len(example)}")
+    for i, (param, x) in enumerate(zip(params, example)):
+        if tuple(int(d) for d in param.ty.shape) != tuple(x.shape):
+            raise EscoinError(f"example input {i} has shape {tuple(x.shape)} but the program "
+                              f"expects {tuple(int(d) for d in param.ty.shape)}")
+
+    dispatch = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), config_for)
+    mod = tvm.transform.Sequential([
+        relax.transform.FoldBatchnormToConv2D(),
+        relax.transform.FoldConstant(),
+        dispatch,
+    ])(mod)
+    metadata = {
+        "version": METADATA_VERSION,
+        "target": str(target.kind.name),
+        "target_json": str(target),
+        "threshold": threshold,
+        "inputs": [[list(x.shape), "float32"] for x in example],
+        "out_spec": torch.utils._pytree.treespec_dumps(exported.call_spec.out_spec)
+        if exported.call_spec.out_spec is not None else None,
+        "layers": [asdict(d) for d in dispatch.report],
+    }
+    mod[METADATA_FUNC] = _metadata_func(metadata)
+    with target:
+        executable = tvm.compile(mod, target=target)
+    return CompiledModule(executable, device_for(target), metadata)
+
+
+def load(path, device=None) -> CompiledModule:
+    """Loads a library written by ``CompiledModule.export_library``. ``device`` defaults to
+    the first GPU for a CUDA module and the CPU otherwise."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise EscoinError(f"no compiled module at {path!r}")
+    try:
+        lib = tvm.runtime.load_module(path)
+        executable = relax.VMExecutable(lib)
+        metadata_vm = relax.VirtualMachine(executable, tvm.cpu())
+        blob = metadata_vm[METADATA_FUNC]().numpy()
+        metadata = json.loads(blob.tobytes().decode())
+    except Exception as err:
+        raise EscoinError(f"{path!r} is not a valid escoin-tvm module ({type(err).__name__}: "
+                          f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
+    if metadata.get("version") != METADATA_VERSION:
+        raise EscoinError(f"{path!r} was written by an incompatible escoin-tvm version")
+    if device is None:
+        device = tvm.cuda(0) if metadata["target"] == "cuda" else tvm.cpu(0)
+    return CompiledModule(executable, device, metadata)

@@ -1,0 +1,95 @@
+"""The sparse direct convolution as a TVM tensor expression.
+
+    out[n, k, y, x] = epilogue( sum_j values[k, j] * padded[n, offsets[k, j] + y*sh*Wp + x*sw] )
+
+``padded`` is the input zero-padded and flattened per image, with one extra all-zero channel that
+the ELL padding entries point at (see ``EscoinWeight.to_ell``). The reduction has a static extent
+(the longest row), which keeps every loop schedulable: the Escoin register tile needs the non-zero
+loop outside the pixel loops, and TIR cannot reorder around a data-dependent extent.
+
+The offsets and values are ordinary buffer parameters of the PrimFunc; the kernel wrapper and the
+Relax pass pass them as constants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import te, tirx
+
+from .errors import ShapeError
+from .spec import Conv2dSpec
+
+INT32_MAX = 2**31 - 1
+
+# Block names the schedules look up.
+PAD_BLOCK = "data_pad"
+CONV_BLOCK = "sparse_conv"
+EPILOGUE_BLOCK = "epilogue"
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What is fused after the sum: a per-channel bias and/or a ReLU."""
+
+    bias: bool = False
+    relu: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.bias or self.relu
+
+
+def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue()):
+    """Builds the TE graph. Returns (inputs, output): inputs are
+    ``[data, offsets, values]`` plus ``bias`` when the epilogue has one."""
+    n_, c_, h_, w_ = spec.input_shape
+    top, left = spec.padding[0], spec.padding[1]
+    hp, wp = spec.padded_h, spec.padded_w
+    sh, sw = spec.stride
+    flat = (c_ + 1) * hp * wp  # + the all-zero channel
+    if spec.batch * flat > INT32_MAX or spec.batch * spec.out_channels * spec.out_h * spec.out_w > INT32_MAX:
+        raise ShapeError(f"convolution {spec.input_shape} -> {spec.output_shape} is too large for "
+                         "32-bit indexing; split the batch")
+
+    data = te.placeholder(spec.input_shape, "float32", name="data")
+    offsets = te.placeholder((spec.out_channels, row_length), "int32", name="offsets")
+    values = te.placeholder((spec.out_channels, row_length), "float32", name="values")
+
+    def pad(n, f):
+        c = f // (hp * wp)
+        yy = f % (hp * wp) // wp - top
+        xx = f % wp - left
+        inside = tirx.all(c < c_, yy >= 0, yy < h_, xx >= 0, xx < w_)
+        return tirx.if_then_else(inside, data[n, c, yy, xx], tirx.const(0.0, "float32"))
+
+    padded = te.compute((n_, flat), pad, name=PAD_BLOCK)
+    j = te.reduce_axis((0, row_length), name="j")
+    conv = te.compute(
+        spec.output_shape,
+        lambda n, k, y, x: te.sum(
+            values[k, j] * padded[n, offsets[k, j] + y * (sh * wp) + x * sw], axis=j),
+        name=CONV_BLOCK)
+    inputs = [data, offsets, values]
+    if not epilogue.any:
+        return inputs, conv
+
+    bias = te.placeholder((spec.out_channels,), "float32", name="bias") if epilogue.bias else None
+
+    def finish(n, k, y, x):
+        value = conv[n, k, y, x]
+        if bias is not None:
+            value = value + bias[k]
+        if epilogue.relu:
+            value = tirx.max(value, tirx.const(0.0, "float32"))
+        return value
+
+    out = te.compute(spec.output_shape, finish, name=EPILOGUE_BLOCK)
+    if bias is not None:
+        inputs.append(bias)
+    return inputs, out
+
+
+def sparse_conv2d_primfunc(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue()):
+    """The unscheduled PrimFunc; parameters (data, offsets, values[, bias], out)."""
+    inputs, out = sparse_conv2d_te(spec, row_length, epilogue)
+    return te.create_prim_func([*inputs, out])

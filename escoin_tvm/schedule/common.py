@@ -1,0 +1,37 @@
+"""Helpers shared by the CPU and GPU schedules."""
+from tvm import s_tir
+
+from ..operator import CONV_BLOCK, EPILOGUE_BLOCK, PAD_BLOCK
+
+
+def blocks(sch: s_tir.Schedule):
+    """(pad, conv, epilogue or None) block handles of a sparse_conv2d PrimFunc."""
+    try:
+        epilogue = sch.get_sblock(EPILOGUE_BLOCK)
+    except s_tir.ScheduleError:  # no fused bias/ReLU
+        epilogue = None
+    return sch.get_sblock(PAD_BLOCK), sch.get_sblock(CONV_BLOCK), epilogue
+
+
+def read_index(sch: s_tir.Schedule, block, buffer_name: str) -> int:
+    """Position of ``buffer_name`` among the block's reads (what cache_read asks for)."""
+    names = [region.source.name for region in sch.get(block).reads]
+    return names.index(buffer_name)
+
+
+def write_back(sch: s_tir.Schedule, conv, loop, epilogue):
+    """Accumulate in registers and write once under ``loop``, with the epilogue fused in."""
+    local = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(local, loop)
+    if epilogue is not None:
+        sch.reverse_compute_inline(epilogue)
+    return local
+
+
+def loops_below(sch: s_tir.Schedule, block, loop):
+    """The loops of ``block`` nested inside ``loop`` (compute_at drops unit loops, so the count
+    varies)."""
+    loops = sch.get_loops(block)
+    anchor = sch.get(loop)
+    index = next(i for i, candidate in enumerate(loops) if sch.get(candidate).same_as(anchor))
+    return loops[index + 1:]

@@ -1,0 +1,36 @@
+"""CPU (LLVM) schedule: parallel over (image, output channel), vectorised over output columns.
+
+For each output row the non-zeros of the channel are walked once, and each (offset, value) pair
+updates a vector of output columns held in registers: with stride 1 the inputs it reads are
+contiguous, so the inner loop is a vector load and a vector FMA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir
+
+from ..spec import Conv2dSpec
+from .common import blocks, write_back
+
+
+@dataclass(frozen=True)
+class CpuConfig:
+    vector: int = 8  # output columns per vector register tile
+
+
+def default_cpu_config(spec: Conv2dSpec) -> CpuConfig:
+    return CpuConfig(vector=8 if spec.out_w >= 8 else 4)
+
+
+def schedule_cpu(sch: s_tir.Schedule, config: CpuConfig) -> s_tir.Schedule:
+    pad, conv, epilogue = blocks(sch)
+    n, k, y, x, j = sch.get_loops(conv)
+    xo, xi = sch.split(x, [None, config.vector])
+    sch.reorder(n, k, y, xo, j, xi)
+    write_back(sch, conv, xo, epilogue)
+    sch.parallel(sch.fuse(n, k))
+    sch.vectorize(xi)
+    sch.decompose_reduction(conv, j)
+    sch.parallel(sch.get_loops(pad)[0])
+    return sch

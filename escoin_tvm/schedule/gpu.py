@@ -1,0 +1,113 @@
+"""The Escoin GPU schedule (CUDA), a template whose knobs tuning searches.
+
+Mapping, after the paper: a thread block owns a tile of output channels x output pixels x images;
+threads cover output columns (adjacent threads read adjacent inputs, so loads coalesce) and rows;
+each thread keeps a register tile of ``images x channels x rows`` accumulators and walks the
+non-zeros of its channels once for the whole tile, so every weight it loads is reused
+``images x rows`` times from registers. The block's CSR rows are staged through shared memory in
+chunks; inputs come through the read-only cache.
+
+Knob values are ints, or MetaSchedule random variables when the tuner drives the template.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from tvm import s_tir
+
+from ..spec import Conv2dSpec
+from .common import blocks, loops_below, read_index, write_back
+
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    threads_x: int = 16  # threads over output columns
+    threads_y: int = 4  # threads over output rows
+    channel_threads: int = 1  # threads over output channels (each with its own channel tile)
+    rows_per_thread: int = 2  # register tile: output rows per thread
+    channels_per_thread: int = 4  # register tile: output channels per thread
+    images_per_thread: int = 1  # register tile: images per thread
+    chunk: int = 16  # non-zeros staged per step; the rows are padded to a multiple of it
+    stage_weights: bool = True  # CSR rows through shared memory (else straight from global/L1)
+    unroll: bool = True  # unroll each chunk of the non-zero loop (else nvcc decides)
+
+    @property
+    def threads(self) -> int:
+        return self.threads_x * self.threads_y * self.channel_threads
+
+    def validate(self) -> "GpuConfig":
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type in (int, "int") and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"GpuConfig.{field.name} must be an int, got {value!r}")
+        if min(self.threads_x, self.threads_y, self.channel_threads, self.rows_per_thread,
+               self.channels_per_thread, self.images_per_thread, self.chunk) < 1:
+            raise ValueError(f"GpuConfig knobs must be >= 1: {self}")
+        if self.threads > MAX_THREADS:
+            raise ValueError(f"GpuConfig asks for {self.threads} threads per block (max {MAX_THREADS})")
+        return self
+
+
+def _pow2_at_least(value: int, cap: int) -> int:
+    p = 1
+    while p < value and p < cap:
+        p *= 2
+    return p
+
+
+def default_gpu_config(spec: Conv2dSpec) -> GpuConfig:
+    """A good untuned choice from the layer's shape: about 64-256 threads, covering the
+    output row, a register tile of 8-32 accumulators, and enough blocks to fill the GPU."""
+    threads_x = _pow2_at_least(spec.out_w, 32)
+    rows = 2 if spec.out_h >= 8 else 1
+    threads_y = max(1, min(_pow2_at_least(-(-spec.out_h // rows), 16), 128 // threads_x))
+    images = 2 if spec.batch >= 8 else 1
+    channels = 4 if spec.out_channels % 4 == 0 or spec.out_channels > 16 else 1
+    return GpuConfig(threads_x=threads_x, threads_y=threads_y, rows_per_thread=rows,
+                     channels_per_thread=channels, images_per_thread=images).validate()
+
+
+def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
+    """Applies the Escoin mapping to a sparse_conv2d PrimFunc whose rows are padded to a
+    multiple of ``config.chunk``."""
+    pad, conv, epilogue = blocks(sch)
+    n, k, y, x, j = sch.get_loops(conv)
+    k_block, k_thread, k_reg = sch.split(k, [None, config.channel_threads, config.channels_per_thread])
+    n_block, n_reg = sch.split(n, [None, config.images_per_thread])
+    y_block, y_thread, y_reg = sch.split(y, [None, config.threads_y, config.rows_per_thread])
+    x_block, x_thread = sch.split(x, [None, config.threads_x])
+    j_chunk, j_inner = sch.split(j, [None, config.chunk])
+    sch.reorder(k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread,
+                j_chunk, j_inner, n_reg, k_reg, y_reg)
+    sch.bind(k_block, "blockIdx.y")
+    sch.bind(sch.fuse(n_block, y_block, x_block), "blockIdx.x")
+    thread = sch.fuse(k_thread, y_thread, x_thread)
+    sch.bind(thread, "threadIdx.x")
+
+    local = write_back(sch, conv, thread, epilogue)
+    if config.stage_weights:
+        for name in ("offsets", "values"):
+            staged = sch.cache_read(conv, read_index(sch, conv, name), "shared")
+            sch.compute_at(staged, j_chunk)
+            flat = sch.fuse(*loops_below(sch, staged, j_chunk))
+            _, *lanes = sch.split(flat, [None, config.channel_threads, config.threads_y,
+                                         config.threads_x])
+            sch.bind(sch.fuse(*lanes), "threadIdx.x")
+    sch.decompose_reduction(conv, j_chunk)
+    # The register tile must be fully unrolled, or its accumulators spill to local memory.
+    for loop in (n_reg, k_reg, y_reg):
+        sch.unroll(loop)
+    if config.unroll:
+        sch.unroll(j_inner)
+    for loop in loops_below(sch, sch.get_sblock("sparse_conv_init"), thread):
+        sch.unroll(loop)
+    for loop in loops_below(sch, local, thread):
+        sch.unroll(loop)
+
+    fused = sch.fuse(*sch.get_loops(pad))
+    blocks_, threads = sch.split(fused, [None, 256])
+    sch.bind(blocks_, "blockIdx.x")
+    sch.bind(threads, "threadIdx.x")
+    return sch

@@ -1,0 +1,130 @@
+"""Conv2dSpec: the static description of one NCHW convolution, normalised and validated once.
+
+Everything downstream (weight format, operator, schedules, the Relax pass) reads the geometry from
+here, so there is a single place that decides what a legal convolution is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple, Union
+
+from .errors import ShapeError
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
+    if isinstance(value, int):
+        out = (value, value)
+    else:
+        out = tuple(int(v) for v in value)
+        if len(out) != 2:
+            raise ShapeError(f"{name} must be an int or a pair, got {value!r}")
+    return out
+
+
+def normalize_padding(padding: IntOrPair) -> Tuple[int, int, int, int]:
+    """int, (pad_h, pad_w) or (top, left, bottom, right) -> (top, left, bottom, right)."""
+    if isinstance(padding, int):
+        pads = (padding,) * 4
+    else:
+        pads = tuple(int(p) for p in padding)
+        if len(pads) == 2:
+            pads = (pads[0], pads[1], pads[0], pads[1])
+        elif len(pads) != 4:
+            raise ShapeError(
+                f"padding must be an int, (pad_h, pad_w) or (top, left, bottom, right), got {padding!r}")
+    if min(pads) < 0:
+        raise ShapeError(f"padding must be non-negative, got {padding!r}")
+    return pads
+
+
+@dataclass(frozen=True)
+class Conv2dSpec:
+    """NCHW input (batch, in_channels, height, width) convolved with an OIHW weight
+    (out_channels, in_channels // groups, kernel_h, kernel_w)."""
+
+    batch: int
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel_h: int
+    kernel_w: int
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: Tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @staticmethod
+    def create(input_shape: Sequence[int], weight_shape: Sequence[int], *, stride: IntOrPair = 1,
+               padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1) -> "Conv2dSpec":
+        """Builds and validates a spec from PyTorch-style arguments."""
+        input_shape = tuple(int(d) for d in input_shape)
+        weight_shape = tuple(int(d) for d in weight_shape)
+        if len(input_shape) != 4:
+            raise ShapeError(f"input must be 4-D NCHW, got shape {input_shape}")
+        if len(weight_shape) != 4:
+            raise ShapeError(f"weight must be 4-D OIHW, got shape {weight_shape}")
+        spec = Conv2dSpec(*input_shape, weight_shape[0], weight_shape[2], weight_shape[3],
+                          stride=_pair(stride, "stride"), padding=normalize_padding(padding),
+                          dilation=_pair(dilation, "dilation"), groups=int(groups))
+        spec._validate(weight_shape)
+        return spec
+
+    def _validate(self, weight_shape: Tuple[int, ...]) -> None:
+        if min(self.input_shape) < 1 or min(weight_shape) < 1:
+            raise ShapeError(f"empty tensors are not supported: input {self.input_shape}, "
+                             f"weight {weight_shape}")
+        if min(self.stride) < 1 or min(self.dilation) < 1:
+            raise ShapeError(f"stride and dilation must be >= 1, got {self.stride}, {self.dilation}")
+        if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ShapeError(f"groups={self.groups} must divide in_channels={self.in_channels} and "
+                             f"out_channels={self.out_channels}")
+        if weight_shape[1] != self.in_channels // self.groups:
+            raise ShapeError(
+                f"weight has {weight_shape[1]} input channels per group but the input has "
+                f"{self.in_channels} channels in {self.groups} group(s) "
+                f"(expected {self.in_channels // self.groups}); is the input NCHW?")
+        if self.out_h < 1 or self.out_w < 1:
+            raise ShapeError(
+                f"the {self.kernel_h}x{self.kernel_w} kernel (dilation {self.dilation}) is larger "
+                f"than the padded {self.padded_h}x{self.padded_w} input")
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
+    def weight_shape(self) -> Tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels // self.groups, self.kernel_h, self.kernel_w)
+
+    @property
+    def output_shape(self) -> Tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_h, self.out_w)
+
+    @property
+    def padded_h(self) -> int:
+        return self.height + self.padding[0] + self.padding[2]
+
+    @property
+    def padded_w(self) -> int:
+        return self.width + self.padding[1] + self.padding[3]
+
+    @property
+    def out_h(self) -> int:
+        span = (self.kernel_h - 1) * self.dilation[0] + 1
+        return (self.padded_h - span) // self.stride[0] + 1
+
+    @property
+    def out_w(self) -> int:
+        span = (self.kernel_w - 1) * self.dilation[1] + 1
+        return (self.padded_w - span) // self.stride[1] + 1
+
+    @property
+    def in_per_group(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups

@@ -1,0 +1,73 @@
+"""Compilation targets: what users may pass as ``target`` and how it maps to a TVM Target."""
+from __future__ import annotations
+
+from typing import Union
+
+import tvm
+
+from .errors import TargetError
+
+SUPPORTED_KINDS = ("llvm", "cuda")
+DEFAULT_CUDA_ARCH = "sm_90"  # Hopper, the GPU we tune for; used when no GPU is visible
+# The limits MetaSchedule and our schedules check; TVM's bare {"kind": "cuda"} leaves them out.
+CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+               "thread_warp_size": 32, "registers_per_block": 65536}
+
+TargetLike = Union[str, dict, tvm.target.Target, None]
+
+
+def local_cuda_arch() -> Union[str, None]:
+    """``sm_XY`` of GPU 0, or None when this machine has no usable CUDA GPU."""
+    try:
+        device = tvm.cuda(0)
+        if not device.exist:
+            return None
+        return "sm_" + device.compute_version.replace(".", "")
+    except Exception:  # no CUDA driver at all
+        return None
+
+
+def has_gpu() -> bool:
+    return local_cuda_arch() is not None
+
+
+def resolve_target(target: TargetLike) -> tvm.target.Target:
+    """``"llvm"``/``"cpu"``, ``"cuda"`` (the local GPU's arch, else sm_90), a TVM tag such as
+    ``"nvidia/nvidia-h100"``, a target dict or a Target -> a TVM Target of a supported kind."""
+    if isinstance(target, tvm.target.Target):
+        resolved = target
+    elif target is None or target == "cpu":
+        resolved = tvm.target.Target("llvm")
+    elif target == "cuda":
+        resolved = tvm.target.Target({"kind": "cuda", "arch": local_cuda_arch() or DEFAULT_CUDA_ARCH,
+                                      **CUDA_LIMITS})
+    elif isinstance(target, (str, dict)):
+        if isinstance(target, dict) and target.get("kind") == "cuda":
+            target = {**CUDA_LIMITS, **target}
+        try:
+            resolved = tvm.target.Target(target)
+        except (ValueError, RuntimeError, TypeError) as err:
+            raise TargetError(f"unknown target {target!r}: {str(err).splitlines()[0]} "
+                              f"(use 'llvm', 'cuda' or a dict such as "
+                              f"{{'kind': 'cuda', 'arch': 'sm_90'}})") from None
+    else:
+        raise TargetError(f"target must be a string, a dict or a tvm.target.Target, got {target!r}")
+    if resolved.kind.name not in SUPPORTED_KINDS:
+        raise TargetError(f"unsupported target kind {resolved.kind.name!r} (from {target!r}); "
+                          f"escoin-tvm supports {', '.join(SUPPORTED_KINDS)}")
+    return resolved
+
+
+def is_gpu(target: tvm.target.Target) -> bool:
+    return target.kind.name == "cuda"
+
+
+def device_for(target: tvm.target.Target):
+    return tvm.cuda(0) if is_gpu(target) else tvm.cpu(0)
+
+
+def require_device(device) -> None:
+    """Fails clearly when code built for a GPU is run on a machine without one."""
+    if device.dlpack_device_type() == tvm.cuda(0).dlpack_device_type() and not has_gpu():
+        raise TargetError("this module was compiled for CUDA but no CUDA GPU is visible here; "
+                          "compile with target='llvm' to run on the CPU")

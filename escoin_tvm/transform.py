@@ -1,0 +1,212 @@
+"""The Relax pass that dispatches sparse convolutions to generated Escoin kernels.
+
+It finds ``relax.nn.conv2d`` calls (NCHW/OIHW, float32, static shapes) whose weight is a constant
+with sparsity at or above the threshold, and replaces each by ``call_tir`` of a scheduled Escoin
+PrimFunc with the CSR arrays as constants. A following bias ``add`` (a constant of shape
+(1, O, 1, 1), which is also what FoldBatchnormToConv2D leaves behind) and ``relu`` are folded into
+the kernel's epilogue when nothing else uses the intermediate values. Everything else stays on
+TVM's normal path. Each decision is recorded in ``pass.report``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import Constant
+
+from .errors import EscoinError
+from .kernel import scheduled_module
+from .operator import Epilogue
+from .spec import Conv2dSpec
+from .weight_format import EscoinWeight
+
+CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+ADD = tvm.ir.Op.get("relax.add")
+RELU = tvm.ir.Op.get("relax.nn.relu")
+OPAQUE = 8  # relay/relax OpPatternKind.kOpaque: FuseOps must leave the scheduled kernel alone
+
+
+@dataclass
+class LayerDecision:
+    """One conv2d of the model and what the pass did with it."""
+
+    name: str
+    input_shape: tuple
+    weight_shape: tuple
+    stride: tuple = ()
+    padding: tuple = ()
+    groups: int = 1
+    sparsity: float = 0.0
+    nnz: int = 0
+    kernel: str = "dense"
+    reason: str = ""
+    epilogue: str = ""
+    config: dict = field(default_factory=dict)
+
+
+def _static_shape(expr) -> Optional[tuple]:
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def _dtype(expr) -> str:
+    return str(getattr(expr.ty, "dtype", ""))
+
+
+@tvm.transform.module_pass(opt_level=0, name="EscoinSparseConv2d")
+class SparseConv2dDispatch:
+    """``SparseConv2dDispatch(target, threshold)``: a Relax module pass (usable inside
+    ``tvm.transform.Sequential``). ``layer_names`` ((name, weight shape) pairs) labels the
+    conv2d calls, in program order, in the report; ``choose`` may veto a layer (returns a reason string to keep it dense, e.g. the
+    measured dispatch of later issues); ``config_for`` picks schedule knobs per layer."""
+
+    def __init__(self, target, threshold: float, layer_names: Sequence[str] = (),
+                 config_for: Optional[Callable[[Conv2dSpec], object]] = None):
+        if not 0.0 <= threshold <= 1.0:
+            raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
+        self.target = target
+        self.threshold = threshold
+        self.layer_names = list(layer_names)
+        self.config_for = config_for
+        self.report: List[LayerDecision] = []
+
+    # ---- the module pass ----
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        self.report = []
+        builder = relax.BlockBuilder(mod)
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                builder.update_func(gvar, self._rewrite_function(func, builder))
+        return builder.get()
+
+    def _rewrite_function(self, func: relax.Function, builder) -> relax.Function:
+        if not isinstance(func.body, relax.SeqExpr):
+            return func
+        uses = Counter()
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                uses.update(relax.analysis.free_vars(binding.value))
+        uses.update(relax.analysis.free_vars(func.body.body))
+        blocks = [self._rewrite_block(block, uses, builder) for block in func.body.blocks]
+        body = relax.SeqExpr(blocks, func.body.body)
+        return relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
+
+    def _rewrite_block(self, block, uses: Counter, builder):
+        bindings = list(block.bindings)
+        value_of: Dict[relax.Var, relax.Expr] = {b.var: b.value for b in bindings
+                                                 if isinstance(b, relax.VarBinding)}
+        replaced: Dict[relax.Var, relax.Expr] = {}  # binding var -> new value
+        dropped = set()  # intermediate vars folded into a kernel
+        for binding in bindings:
+            value = binding.value
+            if not (isinstance(binding, relax.VarBinding) and isinstance(value, relax.Call)
+                    and value.op.same_as(CONV2D)):
+                continue
+            decision = self._decide(value)
+            self.report.append(decision)
+            if decision.kernel != "escoin":
+                continue
+            # Fold a single-use bias add, then a single-use relu, into the epilogue.
+            last, bias, relu = binding.var, None, False
+            consumer = self._single_consumer(last, bindings, uses)
+            if consumer is not None and value_of[consumer].op.same_as(ADD):
+                bias = self._bias_constant(value_of[consumer], last, decision.weight_shape[0])
+                if bias is not None:
+                    dropped.add(last)
+                    last = consumer
+                    consumer = self._single_consumer(last, bindings, uses)
+            if consumer is not None and value_of[consumer].op.same_as(RELU):
+                dropped.add(last)
+                last, relu = consumer, True
+            decision.epilogue = "+".join(p for p, on in (("bias", bias is not None), ("relu", relu)) if on)
+            replaced[last] = self._escoin_call(value, bias, relu, decision, builder)
+        if not replaced:
+            return block
+        new_bindings = []
+        for binding in bindings:
+            if binding.var in dropped:
+                continue
+            if binding.var in replaced:
+                binding = relax.VarBinding(binding.var, replaced[binding.var])
+            new_bindings.append(binding)
+        cls = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
+        return cls(new_bindings)
+
+    @staticmethod
+    def _single_consumer(var, bindings, uses: Counter):
+        """The binding var whose value is the only use of ``var`` (a Call), else None."""
+        if uses[var] != 1:
+            return None
+        for binding in bindings:
+            if isinstance(binding, relax.VarBinding) and isinstance(binding.value, relax.Call) \
+                    and any(arg.same_as(var) for arg in binding.value.args):
+                return binding.var
+        return None
+
+    @staticmethod
+    def _bias_constant(add: relax.Call, conv_var, out_channels: int) -> Optional[np.ndarray]:
+        lhs, rhs = add.args
+        const = rhs if lhs.same_as(conv_var) else lhs
+        if not isinstance(const, Constant) or _dtype(const) != "float32":
+            return None
+        value = const.value.numpy()
+        if value.shape not in ((1, out_channels, 1, 1), (out_channels, 1, 1)):
+            return None
+        return value.reshape(out_channels).astype(np.float32)
+
+    def _decide(self, call: relax.Call) -> LayerDecision:
+        index = len(self.report)
+        data, weight = call.args
+        attrs = call.attrs
+        name = f"conv2d_{index}"
+        if index < len(self.layer_names) and self.layer_names[index][1] == _static_shape(weight):
+            name = self.layer_names[index][0]
+        decision = LayerDecision(name, _static_shape(data) or (), _static_shape(weight) or (),
+                                 tuple(int(s) for s in attrs.strides),
+                                 tuple(int(p) for p in attrs.padding), int(attrs.groups))
+        if not isinstance(weight, Constant):
+            decision.reason = "weight is not a constant"
+            return decision
+        dense = weight.value.numpy()
+        decision.nnz = int(np.count_nonzero(dense))
+        decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
+        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
+        out_dtype = str(attrs.out_dtype)
+        if layouts != ("NCHW", "OIHW", "NCHW"):
+            decision.reason = f"layout {'/'.join(layouts)} (Escoin kernels are NCHW/OIHW)"
+        elif _dtype(data) != "float32" or _dtype(weight) != "float32" or out_dtype not in ("float32", "", "void"):
+            decision.reason = f"dtype {_dtype(data)} (Escoin kernels are float32)"
+        elif not decision.input_shape:
+            decision.reason = "input shape is not static"
+        elif decision.sparsity < self.threshold:
+            decision.reason = f"sparsity {decision.sparsity:.2f} < threshold {self.threshold:.2f}"
+        else:
+            decision.kernel = "escoin"
+            decision.reason = f"sparsity {decision.sparsity:.2f} >= threshold {self.threshold:.2f}"
+        return decision
+
+    def _escoin_call(self, conv: relax.Call, bias, relu: bool, decision: LayerDecision, builder):
+        attrs = conv.attrs
+        weight = conv.args[1].value.numpy()
+        spec = Conv2dSpec.create(decision.input_shape, weight.shape,
+                                 stride=tuple(int(s) for s in attrs.strides),
+                                 padding=tuple(int(p) for p in attrs.padding),
+                                 dilation=tuple(int(d) for d in attrs.dilation),
+                                 groups=int(attrs.groups))
+        config = self.config_for(spec) if self.config_for else None
+        mod, offsets, values, config = scheduled_module(
+            spec, EscoinWeight.from_dense(weight, spec), Epilogue(bias is not None, relu),
+            self.target, config)
+        decision.config = dict(vars(config))
+        func = mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+        gvar = builder.add_func(func, "escoin_conv2d")
+        args = [conv.args[0], relax.const(offsets), relax.const(values)]
+        if bias is not None:
+            args.append(relax.const(bias))
+        return relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, "float32"))

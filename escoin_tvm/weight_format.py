@@ -1,0 +1,114 @@
+"""Escoin's weight format: one CSR row per output channel over its flattened (c, r, s) filter.
+
+Each column index is pre-encoded as the offset of that tap in the zero-padded input of the
+channel's group, ``c * Hp * Wp + r * dilation_h * Wp + s * dilation_w``, so that output pixel (y, x)
+reads ``padded[group_base + offset + y * stride_h * Wp + x * stride_w]``: every pixel of a channel
+walks the same offset list from its own base pointer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from .errors import DTypeError, ShapeError
+from .spec import Conv2dSpec
+
+
+def as_numpy_weight(weight) -> np.ndarray:
+    """A torch tensor or array-like -> float32 numpy array, refusing other dtypes loudly."""
+    if hasattr(weight, "detach"):  # torch.Tensor, without importing torch here
+        weight = weight.detach().cpu().numpy()
+    weight = np.asarray(weight)
+    if weight.dtype != np.float32:
+        raise DTypeError(f"weight must be float32, got {weight.dtype}")
+    return weight
+
+
+@dataclass(frozen=True, eq=False)
+class EscoinWeight:
+    """A conv2d weight in Escoin's CSR format, tied to one padded input size."""
+
+    indptr: np.ndarray  # int32, (out_channels + 1,)
+    offsets: np.ndarray  # int32, (nnz,): tap offset in the padded input of the channel's group
+    values: np.ndarray  # float32, (nnz,)
+    weight_shape: Tuple[int, int, int, int]  # OIHW of the dense weight
+    padded_hw: Tuple[int, int]
+    dilation: Tuple[int, int]
+    groups: int
+
+    @staticmethod
+    def from_dense(weight, spec: Conv2dSpec) -> "EscoinWeight":
+        """Encodes a dense OIHW float32 weight for the padded input size of ``spec``."""
+        weight = as_numpy_weight(weight)
+        if weight.ndim != 4:
+            raise ShapeError(f"weight must be 4-D OIHW, got shape {weight.shape}")
+        if tuple(weight.shape) != spec.weight_shape:
+            raise ShapeError(f"weight shape {weight.shape} does not match the convolution's "
+                             f"{spec.weight_shape}")
+        out_channels = weight.shape[0]
+        hp, wp = spec.padded_h, spec.padded_w
+        dh, dw = spec.dilation
+        flat = weight.reshape(out_channels, -1)
+        rows, cols = np.nonzero(flat)  # row-major: sorted by channel, then by (c, r, s)
+        _, kh, kw = weight.shape[1:]
+        c, rem = np.divmod(cols, kh * kw)
+        r, s = np.divmod(rem, kw)
+        offsets = c * (hp * wp) + r * dh * wp + s * dw
+        indptr = np.zeros(out_channels + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=out_channels), out=indptr[1:])
+        return EscoinWeight(indptr.astype(np.int32), offsets.astype(np.int32),
+                            flat[rows, cols].astype(np.float32), tuple(weight.shape), (hp, wp),
+                            spec.dilation, spec.groups)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero weights, in [0, 1]."""
+        return 1.0 - self.nnz / float(np.prod(self.weight_shape))
+
+    @property
+    def row_lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def decode(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(out_channel, in_channel_within_group, r, s) of every non-zero."""
+        hp, wp = self.padded_hw
+        rows = np.repeat(np.arange(self.weight_shape[0]), self.row_lengths)
+        c, rem = np.divmod(self.offsets.astype(np.int64), hp * wp)
+        r, s = np.divmod(rem, wp)
+        return rows, c, r // self.dilation[0], s // self.dilation[1]
+
+    def to_dense(self) -> np.ndarray:
+        """The dense OIHW weight back: the exact inverse of from_dense."""
+        dense = np.zeros(self.weight_shape, dtype=np.float32)
+        rows, c, r, s = self.decode()
+        dense[rows, c, r, s] = self.values
+        return dense
+
+    def to_ell(self, in_channels: int, multiple: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+        """Rows padded to one length (ELL), with offsets made absolute in the whole padded input.
+
+        Returns ``(offsets, values)`` of shape (out_channels, L), L the longest row rounded up to
+        ``multiple``. Padding entries have value 0 and point into the all-zero extra channel that the
+        operator appends after the ``in_channels`` real ones, so that they add 0 * 0 and never turn
+        an Inf or NaN input into NaN.
+        """
+        out_channels = self.weight_shape[0]
+        plane = self.padded_hw[0] * self.padded_hw[1]
+        lengths = self.row_lengths
+        width = max(1, int(lengths.max(initial=0)))
+        width = -(-width // multiple) * multiple
+        group_base = (np.arange(out_channels) // (out_channels // self.groups)) * \
+            self.weight_shape[1] * plane
+        offsets = np.full((out_channels, width), in_channels * plane, dtype=np.int64)
+        values = np.zeros((out_channels, width), dtype=np.float32)
+        rows = np.repeat(np.arange(out_channels), lengths)
+        cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
+        offsets[rows, cols] = self.offsets + group_base[rows]
+        values[rows, cols] = self.values
+        return offsets.astype(np.int32), values

@@ -1,0 +1,306 @@
+"""Layer benchmark: escoin-tvm against what a PyTorch user would run instead, on one GPU.
+
+For each layer, sparsity and batch, on the same random magnitude-pruned weights:
+  escoin       escoin-tvm's sparse direct convolution (TVM time_evaluator: median of repeats)
+  cudnn_fp32   torch conv2d, cuDNN, TF32 off
+  cudnn_tf32   torch conv2d, cuDNN, TF32 on (PyTorch's default for convolutions)
+  cudnn_fp16   torch conv2d, cuDNN, fp16 weights and inputs, channels-last
+  cublas_im2col   unfold + dense GEMM (fp32, TF32 off)
+  cusparse_im2col unfold + CSR SpMM (torch.sparse, cuSPARSE, fp32)
+  tvm_dense    TVM's own conv2d for CUDA, default GPU schedules (Relax + dlight)
+All torch baselines are captured in CUDA graphs and timed with CUDA events (median of many
+replays), so Python launch overhead is counted for nobody. Every escoin result is checked
+against cuDNN fp32 in the same run.
+
+Usage: python experiments/bench_layers.py [--quick] [--layers a,b] [--sparsities ..] [--batches ..]
+Writes JSON lines to experiments/results/ (or --out) and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from layers import LAYERS  # noqa: E402
+
+FP32_PEAK = {"H100": 66.9e12, "H200": 66.9e12}  # non-tensor fp32 FMA peak, SXM datasheets
+
+
+def pruned_weight(shape, sparsity, seed):
+    from escoin_tvm.prune import prune_array
+
+    rng = np.random.default_rng(seed)
+    return prune_array(rng.standard_normal(shape).astype(np.float32) * 0.05, sparsity)
+
+
+def build_escoin(job):
+    """Worker: compile one escoin kernel and export it (compiles run in parallel on the CPUs)."""
+    name, batch, sparsity, input_chw, wshape, stride, padding, groups, seed, workdir, config = job
+    import escoin_tvm
+    from escoin_tvm.schedule import GpuConfig
+
+    weight = pruned_weight(wshape, sparsity, seed)
+    start = time.time()
+    kernel = escoin_tvm.build_sparse_conv2d(
+        weight, (batch, *input_chw), stride=stride, padding=padding, groups=groups,
+        target="cuda", config=GpuConfig(**config) if config else None)
+    path = os.path.join(workdir, f"{name}_b{batch}_s{sparsity}.so")
+    kernel.executable.export_library(path)
+    np.savez(path + ".npz", *kernel._host_constants)
+    return path, kernel.config.__dict__, time.time() - start, kernel.weight.nnz
+
+
+def graph_time(fn, warmup=5, replays=200):
+    """Median time (s) of one call of ``fn`` replayed from a CUDA graph, timed by CUDA events."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(warmup):
+        graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return float(np.median(times))
+
+
+def torch_baselines(x, weight, stride, padding, groups, which):
+    import torch
+    import torch.nn.functional as F
+
+    out = {}
+    w = torch.from_numpy(weight).cuda()
+    if "cudnn_fp32" in which:
+        torch.backends.cudnn.allow_tf32 = False
+        out["cudnn_fp32"] = graph_time(lambda: F.conv2d(x, w, None, stride, padding, 1, groups))
+    if "cudnn_tf32" in which:
+        torch.backends.cudnn.allow_tf32 = True
+        out["cudnn_tf32"] = graph_time(lambda: F.conv2d(x, w, None, stride, padding, 1, groups))
+        torch.backends.cudnn.allow_tf32 = False
+    if "cudnn_fp16" in which:
+        xh = x.half().to(memory_format=torch.channels_last)
+        wh = w.half().to(memory_format=torch.channels_last)
+        out["cudnn_fp16"] = graph_time(lambda: F.conv2d(xh, wh, None, stride, padding, 1, groups))
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    n = x.shape[0]
+    if "cublas_im2col" in which or "cusparse_im2col" in which:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        wg = w.reshape(groups, og, cg * kh * kw)
+
+        def cols():  # (groups, cg*kh*kw, n*L)
+            c = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (n, C*kh*kw, L)
+            return c.reshape(n, groups, cg * kh * kw, -1).permute(1, 2, 0, 3).reshape(
+                groups, cg * kh * kw, -1)
+
+        if "cublas_im2col" in which:
+            out["cublas_im2col"] = graph_time(lambda: torch.bmm(wg, cols()))
+        if "cusparse_im2col" in which and weight.any():
+            csr = [wg[g].to_sparse_csr() for g in range(groups)]
+
+            def spmm():
+                c = cols()
+                return [torch.sparse.mm(csr[g], c[g]) for g in range(groups)]
+
+            try:
+                out["cusparse_im2col"] = graph_time(spmm)
+            except RuntimeError:  # some torch builds can't capture cuSPARSE: time eagerly
+                out["cusparse_im2col"] = eager_time(spmm)
+    return out
+
+
+def eager_time(fn, warmup=5, repeats=100):
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return float(np.median(times))
+
+
+def tvm_dense_time(batch, input_chw, wshape, stride, padding, groups, weight):
+    """TVM's own dense conv2d for CUDA with its default (dlight) GPU schedules."""
+    import tvm
+    from tvm import relax
+    from escoin_tvm.target import resolve_target
+
+    bb = relax.BlockBuilder()
+    data = relax.Var("x", relax.TensorType((batch, *input_chw), "float32"))
+    with bb.function("main", [data]):
+        w = relax.const(weight)
+        y = bb.emit(relax.op.nn.conv2d(data, w, strides=stride, padding=padding, groups=groups))
+        bb.emit_func_output(y)
+    target = resolve_target("cuda")
+    with target:
+        exe = tvm.compile(bb.get(), target=target)
+    dev = tvm.cuda(0)
+    vm = relax.VirtualMachine(exe, dev)
+    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal((batch, *input_chw)).astype(
+        np.float32), dev)
+    timer = vm.time_evaluator("main", dev, number=20, repeat=5)
+    return float(np.median(timer(x).results))
+
+
+def memory_bandwidth():
+    """Measured device-to-device copy bandwidth (bytes read + written per second)."""
+    import torch
+
+    a = torch.empty(256 * 2**20, dtype=torch.float32, device="cuda")
+    b = torch.empty_like(a)
+    t = graph_time(lambda: b.copy_(a), replays=50)
+    return 2 * a.numel() * 4 / t
+
+
+def environment():
+    import torch
+    import tvm
+
+    props = torch.cuda.get_device_properties(0)
+    try:
+        import subprocess
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True).stdout.strip()
+    except OSError:
+        driver = "unknown"
+    return {"gpu": props.name, "driver": driver, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "tvm": tvm.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--sparsities", default="0.7,0.8,0.9,0.95")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--baselines", default="cudnn_fp32,cudnn_tf32,cudnn_fp16,cublas_im2col,"
+                        "cusparse_im2col,tvm_dense")
+    parser.add_argument("--config", default="", help="JSON GpuConfig knobs for every layer")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--tag", default="layers")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    args = parser.parse_args(argv)
+
+    layers = [l for l in LAYERS if not args.layers or l[0] in args.layers.split(",")]
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    baselines = [b for b in args.baselines.split(",") if b]
+    config = json.loads(args.config) if args.config else None
+    workdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), "escoin_bench")
+    os.makedirs(workdir, exist_ok=True)
+
+    jobs = [(name, b, s, chw, wshape, stride, pad, groups, seed, workdir, config)
+            for seed, (name, chw, wshape, stride, pad, groups) in enumerate(layers)
+            for b in batches for s in sparsities]
+    t0 = time.time()
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        built = list(pool.map(build_escoin, jobs))
+    print(f"built {len(jobs)} escoin kernels in {time.time() - t0:.0f} s", flush=True)
+
+    import torch
+    import tvm
+    import torch.nn.functional as F
+
+    torch.backends.cudnn.benchmark = True
+    env = environment()
+    bandwidth = memory_bandwidth()
+    peak = next((v for k, v in FP32_PEAK.items() if k in env["gpu"]), FP32_PEAK["H100"])
+    os.makedirs(args.out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_path = Path(args.out) / f"{args.tag}-{env['gpu'].replace(' ', '_')}-{stamp}.jsonl"
+    dev = tvm.cuda(0)
+    rows = []
+    dense_cache = {}
+    with open(out_path, "w") as log:
+        log.write(json.dumps({"environment": env, "measured_bandwidth": bandwidth,
+                              "fp32_peak": peak}) + "\n")
+        for job, (path, cfg, build_s, nnz) in zip(jobs, built):
+            name, batch, sparsity, chw, wshape, stride, pad, groups, seed = job[:9]
+            weight = pruned_weight(wshape, sparsity, seed)
+            x = torch.randn(batch, *chw, device="cuda")
+            torch.backends.cudnn.allow_tf32 = False
+            ref = F.conv2d(x, torch.from_numpy(weight).cuda(), None, stride, pad, 1, groups)
+            mod = tvm.runtime.load_module(path)
+            consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
+            xt = tvm.runtime.from_dlpack(x)
+            yt = tvm.runtime.empty(tuple(ref.shape), "float32", dev)
+            mod["main"](xt, *consts, yt)
+            got = torch.from_dlpack(yt)
+            err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            timer = mod.time_evaluator("main", dev, number=50, repeat=7)
+            escoin_s = float(np.median(timer(xt, *consts, yt).results))
+            times = torch_baselines(x, weight, stride, pad, groups, baselines)
+            if "tvm_dense" in baselines:
+                key = (name, batch)
+                if key not in dense_cache:
+                    dense_cache[key] = tvm_dense_time(batch, chw, wshape, stride, pad, groups, weight)
+                times["tvm_dense"] = dense_cache[key]
+            ho, wo = ref.shape[2], ref.shape[3]
+            flops = 2.0 * nnz * batch * ho * wo
+            bytes_moved = 4.0 * (x.numel() + ref.numel()) + 8.0 * nnz
+            bound = max(flops / peak, bytes_moved / bandwidth)
+            row = {"layer": name, "batch": batch, "sparsity": sparsity, "nnz": nnz,
+                   "escoin_s": escoin_s, **{f"{k}_s": v for k, v in times.items()},
+                   "max_rel_err": err, "correct": err < 1e-4, "roofline_s": bound,
+                   "roofline_frac": bound / escoin_s, "config": cfg, "build_s": build_s}
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(f"{name:22s} b{batch:<3d} s{sparsity:.2f} escoin {escoin_s*1e6:8.1f} us  " +
+                  "  ".join(f"{k} {v*1e6:8.1f}" for k, v in times.items()) +
+                  f"  err {err:.1e}  roof {bound/escoin_s:.0%}", flush=True)
+    print(f"\nresults: {out_path}")
+    print(markdown_table(rows, baselines))
+    return rows
+
+
+def geomean(values):
+    values = [v for v in values if v and v > 0]
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def markdown_table(rows, baselines):
+    lines = ["| sparsity | batch | " + " | ".join(f"vs {b}" for b in baselines) + " |",
+             "|---|---|" + "---|" * len(baselines)]
+    for s in sorted({r["sparsity"] for r in rows}):
+        for b in sorted({r["batch"] for r in rows}):
+            sel = [r for r in rows if r["sparsity"] == s and r["batch"] == b]
+            cells = [f"{geomean([r.get(k + '_s', 0) / r['escoin_s'] for r in sel]):.2f}x"
+                     for k in baselines]
+            lines.append(f"| {s} | {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

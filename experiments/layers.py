@@ -1,0 +1,22 @@
+"""The benchmark layers: (name, input CHW, weight OIHW, stride, padding, groups).
+
+AlexNet uses the original grouped Caffe shapes; GoogLeNet the inception 3x3 and 5x5 branches;
+ResNet-50 the 3x3 convolution of each stage; VGG-16 conv3_2, conv4_2 and conv5_2."""
+
+LAYERS = [
+    ("alexnet_conv2", (96, 27, 27), (256, 48, 5, 5), 1, 2, 2),
+    ("alexnet_conv3", (256, 13, 13), (384, 256, 3, 3), 1, 1, 1),
+    ("alexnet_conv4", (384, 13, 13), (384, 192, 3, 3), 1, 1, 2),
+    ("alexnet_conv5", (384, 13, 13), (256, 192, 3, 3), 1, 1, 2),
+    ("googlenet_3a_3x3", (96, 28, 28), (128, 96, 3, 3), 1, 1, 1),
+    ("googlenet_3a_5x5", (16, 28, 28), (32, 16, 5, 5), 1, 2, 1),
+    ("googlenet_4a_3x3", (96, 14, 14), (208, 96, 3, 3), 1, 1, 1),
+    ("googlenet_4a_5x5", (16, 14, 14), (48, 16, 5, 5), 1, 2, 1),
+    ("resnet50_layer1_3x3", (64, 56, 56), (64, 64, 3, 3), 1, 1, 1),
+    ("resnet50_layer2_3x3", (128, 28, 28), (128, 128, 3, 3), 1, 1, 1),
+    ("resnet50_layer3_3x3", (256, 14, 14), (256, 256, 3, 3), 1, 1, 1),
+    ("resnet50_layer4_3x3", (512, 7, 7), (512, 512, 3, 3), 1, 1, 1),
+    ("vgg16_conv3_2", (256, 56, 56), (256, 256, 3, 3), 1, 1, 1),
+    ("vgg16_conv4_2", (512, 28, 28), (512, 512, 3, 3), 1, 1, 1),
+    ("vgg16_conv5_2", (512, 14, 14), (512, 512, 3, 3), 1, 1, 1),
+]

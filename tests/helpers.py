@@ -1,0 +1,38 @@
+"""Reference convolution and comparison shared by the tests."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from escoin_tvm.prune import prune_array
+from escoin_tvm.spec import normalize_padding
+
+
+def random_weight(rng, shape, sparsity, scale=1.0):
+    weight = (rng.standard_normal(shape) * scale).astype(np.float32)
+    return prune_array(weight, sparsity)
+
+
+def reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, relu=False,
+              absolute=False):
+    """PyTorch conv2d in float64 (asymmetric padding through F.pad). With ``absolute`` it
+    convolves |x| with |w|: the scale fp32 rounding error is proportional to."""
+    top, left, bottom, right = normalize_padding(padding)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    w = torch.as_tensor(np.asarray(weight), dtype=torch.float64)
+    b = None if bias is None else torch.as_tensor(np.asarray(bias), dtype=torch.float64)
+    if absolute:
+        x, w, b = x.abs(), w.abs(), None if b is None else b.abs()
+    x = F.pad(x, (left, right, top, bottom))
+    out = F.conv2d(x, w, b, stride=stride, dilation=dilation, groups=groups)
+    return (torch.relu(out) if relu and not absolute else out).numpy()
+
+
+def assert_conv_close(out, x, weight, **conv_args):
+    """fp32 result within 1e-5 of the float64 reference, relative to sum |w| |x| per output."""
+    ref = reference(x, weight, **conv_args)
+    scale = reference(x, weight, absolute=True, **{k: v for k, v in conv_args.items() if k != "relu"})
+    out = np.asarray(out, dtype=np.float64)
+    assert out.shape == ref.shape
+    assert np.isfinite(out).all()
+    err = np.abs(out - ref) - (1e-5 * scale + 1e-6)
+    assert err.max() <= 0, f"max error over tolerance by {err.max()} at {np.unravel_index(err.argmax(), err.shape)}"

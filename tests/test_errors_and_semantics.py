@@ -1,0 +1,91 @@
+"""Bad input fails loudly with an error that names the problem; the documented Inf/NaN
+difference from dense convolution holds."""
+import numpy as np
+import pytest
+import torch
+
+import escoin_tvm
+from escoin_tvm import DTypeError, ShapeError, TargetError
+from escoin_tvm.target import has_gpu
+
+W = np.ones((4, 2, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("weight, shape, kwargs, error, words", [
+    (np.ones((4, 2, 3), np.float32), (1, 2, 5, 5), {}, ShapeError, "4-D"),
+    (np.ones((4, 2, 3, 3), np.float64), (1, 2, 5, 5), {}, DTypeError, "float32"),
+    (np.ones((4, 2, 3, 3), np.float32), (1, 3, 5, 5), {}, ShapeError, "input channels"),
+    (np.ones((4, 2, 3, 3), np.float32), (1, 6, 5, 5), {"groups": 4}, ShapeError, "groups=4"),
+    (np.ones((6, 2, 3, 3), np.float32), (1, 4, 5, 5), {"groups": 4}, ShapeError, "divide"),
+    (W, (1, 2, 5), {}, ShapeError, "NCHW"),
+    (W, (1, 2, 2, 2), {}, ShapeError, "larger than the padded"),
+    (W, (1, 2, 5, 5), {"stride": 0}, ShapeError, "stride"),
+    (W, (1, 2, 5, 5), {"padding": (1, 2, 3)}, ShapeError, "padding"),
+    (W, (1, 2, 5, 5), {"padding": -1}, ShapeError, "non-negative"),
+    (W, (1, 2, 5, 5), {"bias": np.ones(3, np.float32)}, ShapeError, "bias"),
+    (W, (1, 2, 5, 5), {"target": "foo"}, TargetError, "foo"),
+    (W, (1, 2, 5, 5), {"target": "cuda -arch=sm_90"}, TargetError, "dict"),
+    (W, (1, 2, 5, 5), {"target": {"kind": "opencl"}}, TargetError, "opencl"),
+    (W, (1, 2, 5, 5), {"target": 7}, TargetError, "target"),
+])
+def test_build_errors_name_the_problem(weight, shape, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        escoin_tvm.build_sparse_conv2d(weight, shape, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return escoin_tvm.build_sparse_conv2d(W, (1, 2, 5, 5), padding=1)
+
+
+@pytest.mark.parametrize("x, error, words", [
+    (np.ones((1, 2, 5, 4), np.float32), ShapeError, r"shape \(1, 2, 5, 5\)"),
+    (np.ones((2, 2, 5, 5), np.float32), ShapeError, "shape"),
+    (np.ones((1, 2, 5, 5), np.float64), DTypeError, "float32"),
+    (torch.ones(1, 2, 5, 5, dtype=torch.float16), DTypeError, "float16"),
+    ([[1.0]], TypeError, "numpy array or a torch tensor"),
+])
+def test_call_errors_name_the_problem(kernel, x, error, words):
+    with pytest.raises(error, match=words):
+        kernel(x)
+
+
+def test_error_types_are_escoin_errors():
+    assert issubclass(ShapeError, escoin_tvm.EscoinError)
+    assert issubclass(DTypeError, escoin_tvm.EscoinError)
+    assert issubclass(TargetError, escoin_tvm.EscoinError)
+
+
+@pytest.mark.skipif(has_gpu(), reason="checks the no-GPU path")
+def test_cuda_kernel_without_gpu_says_so():
+    kernel = escoin_tvm.build_sparse_conv2d(W, (1, 2, 5, 5), target="cuda")
+    with pytest.raises(TargetError, match="no CUDA GPU"):
+        kernel(np.ones((1, 2, 5, 5), np.float32))
+
+
+def _inf_case():
+    """Channel 1 of the weight is pruned away entirely; the input's channel 1 holds Inf and NaN.
+    Output channel 1 has a shorter row than channel 0, so its ELL padding is exercised too."""
+    weight = np.zeros((2, 2, 1, 1), np.float32)
+    weight[0, 0] = 2.0
+    weight[1, 0] = 3.0
+    weight[0, 1] = 0.0
+    x = np.ones((1, 2, 3, 3), np.float32)
+    x[0, 1, 0, 0] = np.inf
+    x[0, 1, 1, 1] = np.nan
+    weight2 = weight.copy()
+    weight2[0, 1] = 1e-3  # a non-zero weight on the Inf channel keeps Inf/NaN, as dense does
+    return weight, weight2, x
+
+
+@pytest.mark.parametrize("target", ["llvm", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_skipped_zero_weight_never_meets_inf_or_nan(target):
+    weight, weight2, x = _inf_case()
+    dense = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight)).numpy()
+    assert np.isnan(dense).any()  # dense: 0 * Inf = NaN
+    out = escoin_tvm.build_sparse_conv2d(weight, x.shape, target=target)(x)
+    np.testing.assert_array_equal(out[0, 0], np.full((3, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(out[0, 1], np.full((3, 3), 3.0, np.float32))
+    out2 = escoin_tvm.build_sparse_conv2d(weight2, x.shape, target=target)(x)
+    assert out2[0, 0, 0, 0] == np.inf and np.isnan(out2[0, 0, 1, 1])
+    np.testing.assert_array_equal(out2[0, 1], np.full((3, 3), 3.0, np.float32))

@@ -1,0 +1,86 @@
+"""The sparse direct convolution against PyTorch, on the CPU (LLVM), and its CUDA code."""
+import numpy as np
+import pytest
+import torch
+
+import escoin_tvm
+from cases import CASES
+from helpers import assert_conv_close, random_weight
+
+
+def build(case, rng, target):
+    weight = random_weight(rng, case.weight_shape, case.sparsity)
+    bias = rng.standard_normal(case.weight_shape[0]).astype(np.float32) if case.bias else None
+    kernel = escoin_tvm.build_sparse_conv2d(weight, case.input_shape, bias=bias, relu=case.relu,
+                                            target=target, **case.conv_args())
+    return kernel, weight, bias
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_cpu_matches_pytorch(case):
+    rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
+    kernel, weight, bias = build(case, rng, "llvm")
+    x = rng.standard_normal(case.input_shape).astype(np.float32)
+    out = kernel(x)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    assert_conv_close(out, x, weight, bias=bias, relu=case.relu, **case.conv_args())
+
+
+def test_channels_with_no_nonzero_give_bias_only():
+    rng = np.random.default_rng(1)
+    weight = random_weight(rng, (6, 4, 3, 3), 0.5)
+    weight[[0, 3, 5]] = 0  # whole output channels pruned away
+    bias = rng.standard_normal(6).astype(np.float32)
+    kernel = escoin_tvm.build_sparse_conv2d(weight, (2, 4, 8, 8), bias=bias, padding=1)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    out = kernel(x)
+    for k in (0, 3, 5):
+        assert np.array_equal(out[:, k], np.full((2, 8, 8), bias[k], np.float32))
+    assert_conv_close(out, x, weight, bias=bias, padding=1)
+
+
+def test_torch_in_torch_out():
+    rng = np.random.default_rng(2)
+    weight = torch.from_numpy(random_weight(rng, (8, 4, 3, 3), 0.7))
+    kernel = escoin_tvm.build_sparse_conv2d(weight, (1, 4, 6, 6), padding=1, stride=2)
+    x = torch.randn(1, 4, 6, 6)
+    out = kernel(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 8, 3, 3)
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, weight, padding=1, stride=2),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_calls_do_not_share_output():
+    rng = np.random.default_rng(3)
+    kernel = escoin_tvm.build_sparse_conv2d(random_weight(rng, (4, 4, 1, 1), 0.5), (1, 4, 3, 3))
+    a = kernel(np.ones((1, 4, 3, 3), np.float32))
+    b = kernel(np.zeros((1, 4, 3, 3), np.float32))
+    assert np.abs(a).sum() > 0 and not np.abs(b).any()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in {
+    "3x3_pad1", "5x5_pad2_bias_relu", "11x11_stride4_odd", "dilation_2x3", "groups2_alexnet",
+    "depthwise", "batch5", "spatial_1x1", "asymmetric_pad", "sparsity100_bias_only"}],
+    ids=lambda c: c.name)
+def test_cuda_code_generates(case):
+    """On a GPU-less machine the CUDA kernel still generates and compiles with nvcc."""
+    kernel, _, _ = build(case, np.random.default_rng(0), {"kind": "cuda", "arch": "sm_90"})
+    source = kernel.source
+    assert "__global__" in source and "__shared__" in source
+    # the register tile must live in registers: its indices are constants after unrolling
+    assert "sparse_conv_local_ptr[((" not in source
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_gpu_matches_pytorch(case):
+    torch.backends.cudnn.allow_tf32 = False
+    rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
+    kernel, weight, bias = build(case, rng, "cuda")
+    x = torch.randn(case.input_shape, device="cuda")
+    out = kernel(x)
+    assert out.is_cuda and out.shape == kernel.spec.output_shape
+    assert_conv_close(out.cpu().numpy(), x.cpu().numpy(), weight, bias=bias, relu=case.relu,
+                      **case.conv_args())
+    numpy_out = kernel(x.cpu().numpy())  # host arrays are copied to the GPU and back
+    np.testing.assert_array_equal(numpy_out, out.cpu().numpy())
