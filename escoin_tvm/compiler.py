@@ -231,6 +231,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         if exported.call_spec.out_spec is not None else None,
         "layers": [asdict(d) for d in dispatch.report],
     }
+    metadata = json.loads(json.dumps(metadata))  # the same plain form that load() reads back
     mod[METADATA_FUNC] = _metadata_func(metadata)
     with target:
         executable = tvm.compile(mod, target=target)

@@ -12,7 +12,7 @@ from torch import nn
 
 # ---- AlexNet (torchvision's single-tower variant) ----
 class AlexNet(nn.Module):
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, hidden: int = 4096):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
@@ -22,8 +22,8 @@ class AlexNet(nn.Module):
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(), nn.Linear(256 * 36, 4096), nn.ReLU(inplace=True),
-            nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Linear(4096, num_classes))
+            nn.Dropout(), nn.Linear(256 * 36, hidden), nn.ReLU(inplace=True),
+            nn.Dropout(), nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -37,7 +37,7 @@ VGG_CFGS = {
 
 
 class VGG(nn.Module):
-    def __init__(self, cfg, num_classes: int = 1000):
+    def __init__(self, cfg, num_classes: int = 1000, hidden: int = 4096):
         super().__init__()
         layers, channels = [], 3
         for v in cfg:
@@ -49,8 +49,8 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 49, 4096), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, num_classes))
+            nn.Linear(512 * 49, hidden), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(), nn.Linear(hidden, num_classes))
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -197,13 +197,14 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build(name: str, *, seed: int = 0, num_classes: int = 1000) -> nn.Module:
+def build(name: str, *, seed: int = 0, num_classes: int = 1000, **kwargs) -> nn.Module:
     """A torchvision architecture with random weights (and random batch-norm statistics, so
-    that folding them into the convolutions is really exercised), in eval mode."""
+    that folding them into the convolutions is really exercised), in eval mode. AlexNet and VGG
+    take ``hidden``, the classifier width (4096; tests use less to stay small)."""
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     torch.manual_seed(seed)
-    model = MODELS[name](num_classes=num_classes)
+    model = MODELS[name](num_classes=num_classes, **kwargs)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):

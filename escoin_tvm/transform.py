@@ -177,11 +177,13 @@ class SparseConv2dDispatch:
         decision.nnz = int(np.count_nonzero(dense))
         decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
         layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
-        out_dtype = str(attrs.out_dtype)
+        out_dtype = "" if attrs.out_dtype is None else str(attrs.out_dtype)
         if layouts != ("NCHW", "OIHW", "NCHW"):
             decision.reason = f"layout {'/'.join(layouts)} (Escoin kernels are NCHW/OIHW)"
-        elif _dtype(data) != "float32" or _dtype(weight) != "float32" or out_dtype not in ("float32", "", "void"):
-            decision.reason = f"dtype {_dtype(data)} (Escoin kernels are float32)"
+        elif (_dtype(data), _dtype(weight)) != ("float32", "float32") or \
+                out_dtype not in ("float32", "", "void", "None"):
+            decision.reason = (f"dtype {_dtype(data)} x {_dtype(weight)} -> {out_dtype or 'same'} "
+                               "(Escoin kernels are float32)")
         elif not decision.input_shape:
             decision.reason = "input shape is not static"
         elif decision.sparsity < self.threshold:

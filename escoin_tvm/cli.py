@@ -1,0 +1,166 @@
+"""The ``escoin`` command: compile, run, inspect exported models, and the built-in demo."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from .errors import EscoinError
+
+
+def _load_pt2(path):
+    import torch
+
+    if not os.path.isfile(path):
+        raise EscoinError(f"no such model file: {path!r}")
+    try:
+        return torch.export.load(path)
+    except Exception as err:
+        raise EscoinError(f"{path!r} is not a model saved with torch.export.save "
+                          f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
+
+
+def cmd_compile(args):
+    from .compiler import compile as compile_model
+
+    exported = _load_pt2(args.model)
+    compiled = compile_model(exported, None, target=args.target, sparsity_threshold=args.threshold)
+    compiled.export_library(args.output)
+    print(compiled.report())
+    print(f"wrote {args.output}")
+
+
+def cmd_run(args):
+    from .compiler import load
+
+    module = load(args.module)
+    if not os.path.isfile(args.input):
+        raise EscoinError(f"no such input file: {args.input!r}")
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except Exception as err:
+        raise EscoinError(f"{args.input!r} is not a .npy array ({err})") from None
+    out = module(x)
+    outputs = out if isinstance(out, (tuple, list)) else [out]
+    for i, o in enumerate(outputs):
+        o = np.asarray(o)
+        print(f"output {i}: shape {o.shape}, mean {o.mean():.6g}, min {o.min():.6g}, max {o.max():.6g}")
+    if args.output:
+        np.save(args.output, np.asarray(outputs[0]))
+        print(f"wrote {args.output}")
+
+
+def cmd_info(args):
+    from .compiler import load
+
+    module = load(args.module)
+    meta = module.metadata
+    print(f"target: {meta['target_json']}")
+    print(f"inputs: {', '.join('x'.join(map(str, s)) + ' ' + d for s, d in meta['inputs'])}")
+    print(f"sparsity threshold: {meta['threshold']}")
+    print(module.report())
+
+
+def _torch_time(fn, device, repeats=20):
+    import torch
+
+    for _ in range(3):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(repeats):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3)
+    else:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def cmd_demo(args):
+    import torch
+
+    from . import models, prune
+    from .compiler import compile as compile_model
+    from .target import has_gpu
+
+    device = "cuda" if has_gpu() and args.target != "llvm" else "cpu"
+    target = "cuda" if device == "cuda" else "llvm"
+    size = args.size or (224 if device == "cuda" else 112)
+    print(f"escoin demo: {args.model}, convolutions magnitude-pruned to {args.sparsity:.0%}, "
+          f"batch {args.batch}, {size}x{size} input, on the {device.upper()} (target {target})")
+    model = prune.magnitude(models.build(args.model), args.sparsity)
+    x = torch.randn(args.batch, 3, size, size)
+    start = time.time()
+    compiled = compile_model(model, (x,), target=target)
+    print(f"compiled in {time.time() - start:.1f} s\n")
+    print(compiled.report())
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = model.to(device)
+    xd = x.to(device)
+    with torch.no_grad():
+        reference = model(xd)
+        out = compiled(xd)
+        dense_s = _torch_time(lambda: model(xd), device)
+    err = float((out - reference).abs().max() / reference.abs().max())
+    ok = err < 1e-4
+    print(f"\ncheck against PyTorch fp32: max relative error {err:.2e} -> {'OK' if ok else 'MISMATCH'}")
+    escoin_s = compiled.time()
+    print(f"dense PyTorch fp32 (TF32 off): {dense_s * 1e3:8.2f} ms")
+    print(f"escoin-tvm:                    {escoin_s * 1e3:8.2f} ms  ({dense_s / escoin_s:.2f}x)")
+    return 0 if ok else 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="escoin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compile", help="compile a model saved with torch.export.save")
+    p.add_argument("model", help="MODEL.pt2")
+    p.add_argument("-o", "--output", required=True, help="shared library to write (model.so)")
+    p.add_argument("--target", default="cuda", help="cuda (default) or llvm")
+    p.add_argument("--threshold", type=float, default=None, help="sparsity threshold")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("run", help="run an exported module on a .npy input")
+    p.add_argument("module")
+    p.add_argument("--input", required=True, help="x.npy")
+    p.add_argument("-o", "--output", help="write the (first) output to this .npy")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("info", help="print an exported module's per-layer report")
+    p.add_argument("module")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("demo", help="compile and run a pruned ResNet-50 (the main job)")
+    p.add_argument("--model", default="resnet50", help="resnet50, resnet18, alexnet, vgg11, "
+                   "vgg16 or googlenet")
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--size", type=int, default=0, help="input size (default 224 on a GPU, "
+                   "112 on the CPU)")
+    p.add_argument("--target", default="auto", help="auto (GPU if there is one), cuda or llvm")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except EscoinError as err:
+        print(f"escoin: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""escoin_tvm.compile on pruned torchvision architectures, export/load, and the CLI."""
+import numpy as np
+import pytest
+import torch
+
+import escoin_tvm
+from escoin_tvm import EscoinError, models, prune
+from escoin_tvm.cli import main as cli
+
+SMALL = {"alexnet": dict(hidden=64), "vgg11": dict(hidden=64), "resnet18": {}, "googlenet": {}}
+
+
+def pruned(name, sparsity=0.9):
+    """The first convolution left dense, the others pruned to ``sparsity``."""
+    model = models.build(name, num_classes=10, **SMALL[name])
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    dense = first.weight.detach().clone()
+    prune.magnitude(model, sparsity)
+    with torch.no_grad():
+        first.weight.copy_(dense)
+    return model
+
+
+def assert_matches(out, ref):
+    scale = ref.abs().max().item()
+    assert (out - ref).abs().max().item() <= 1e-4 * scale + 1e-6
+
+
+@pytest.fixture(scope="module")
+def resnet18_llvm():
+    model = pruned("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    return model, x, escoin_tvm.compile(model, (x,), target="llvm")
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg11", "googlenet"])
+def test_models_match_pytorch_on_cpu(name):
+    model = pruned(name)
+    x = torch.randn(1, 3, 64, 64)
+    compiled = escoin_tvm.compile(model, (x,), target="llvm")
+    with torch.no_grad():
+        assert_matches(compiled(x), model(x))
+    kernels = {l["name"]: l["kernel"] for l in compiled.layers}
+    first = next(iter(kernels))
+    assert kernels[first] == "dense"  # the unpruned first convolution
+    assert sum(k == "escoin" for k in kernels.values()) == len(kernels) - 1
+
+
+def test_resnet18_report_and_outputs(resnet18_llvm):
+    model, x, compiled = resnet18_llvm
+    with torch.no_grad():
+        out = compiled(x)
+        assert isinstance(out, torch.Tensor)
+        assert_matches(out, model(x))
+        assert_matches(torch.from_numpy(compiled(x.numpy())), model(x))
+    report = compiled.report()
+    assert "layer1.0.conv1" in report and "bias+relu" in report
+    assert "conv1 " in report and "sparsity 0.00 < threshold 0.70" in report
+    assert "19 of 20 convolutions on Escoin kernels" in report
+
+
+def test_threshold_keeps_layers_dense(resnet18_llvm):
+    model, x, _ = resnet18_llvm
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", sparsity_threshold=0.95)
+    assert all(l["kernel"] == "dense" for l in compiled.layers)
+    with torch.no_grad():
+        assert_matches(compiled(x), model(x))
+
+
+def test_export_load_round_trip(resnet18_llvm, tmp_path):
+    model, x, compiled = resnet18_llvm
+    path = compiled.export_library(tmp_path / "r18.so")
+    loaded = escoin_tvm.load(path)
+    assert loaded.layers == compiled.layers
+    np.testing.assert_array_equal(loaded(x.numpy()), compiled(x.numpy()))
+
+
+def test_output_structure_is_kept():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return {"feat": y, "pooled": (y.mean((2, 3)), torch.relu(y))}
+
+    model = prune.magnitude(TwoHeads().eval(), 0.8)
+    x = torch.randn(1, 4, 6, 6)
+    out = escoin_tvm.compile(model, (x,), target="llvm")(x)
+    ref = model(x)
+    assert set(out) == {"feat", "pooled"} and isinstance(out["pooled"], tuple)
+    assert_matches(out["pooled"][1], ref["pooled"][1])
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    model = prune.magnitude(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3)).eval(), 0.9)
+    x = torch.randn(1, 3, 12, 12)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
+    np.save(tmp_path / "x.npy", x.numpy())
+    so = str(tmp_path / "m.so")
+    assert cli(["compile", str(tmp_path / "m.pt2"), "-o", so, "--target", "llvm"]) == 0
+    assert cli(["info", so]) == 0
+    assert "2 of 2 convolutions on Escoin kernels" in capsys.readouterr().out
+    out_npy = str(tmp_path / "y.npy")
+    assert cli(["run", so, "--input", str(tmp_path / "x.npy"), "-o", out_npy]) == 0
+    assert_matches(torch.from_numpy(np.load(out_npy)), model(x).detach())
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["info", "/nonexistent/m.so"], "no compiled module"),
+    (["compile", "/nonexistent/m.pt2", "-o", "x.so"], "no such model file"),
+])
+def test_cli_errors(argv, words, capsys):
+    assert cli(argv) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_corrupt_files_are_named(tmp_path, capsys):
+    bad_so, bad_pt2 = tmp_path / "bad.so", tmp_path / "bad.pt2"
+    bad_so.write_bytes(b"\x7fELF not really a library")
+    bad_pt2.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(EscoinError, match="bad.so.*not a valid escoin-tvm module"):
+        escoin_tvm.load(bad_so)
+    assert cli(["compile", str(bad_pt2), "-o", str(tmp_path / "o.so")]) == 2
+    assert "bad.pt2" in capsys.readouterr().err
+
+
+def test_untraceable_model_says_what_failed():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # torch.export cannot trace data-dependent control flow
+                return x * 2
+            return x
+
+    with pytest.raises(EscoinError, match="torch.export could not trace DataDependent"):
+        escoin_tvm.compile(DataDependent(), (torch.randn(1, 3, 4, 4),), target="llvm")
+
+
+@pytest.mark.parametrize("inputs, words", [
+    ((torch.randn(1, 3, 8, 8, dtype=torch.float64),), "float32"),
+    ((), "non-empty"),
+    (([1, 2],), "torch tensor or numpy array"),
+])
+def test_bad_example_inputs(inputs, words):
+    model = torch.nn.Conv2d(3, 4, 3).eval()
+    with pytest.raises(EscoinError, match=words):
+        escoin_tvm.compile(model, inputs, target="llvm")
+
+
+def test_unknown_target():
+    with pytest.raises(escoin_tvm.TargetError, match="vulkan"):
+        escoin_tvm.compile(torch.nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),),
+                           target={"kind": "vulkan"})
+
+
+def test_wrong_input_at_call_time(resnet18_llvm):
+    _, x, compiled = resnet18_llvm
+    with pytest.raises(escoin_tvm.ShapeError, match=r"shape \(2, 3, 64, 64\)"):
+        compiled(torch.randn(1, 3, 64, 64))
+    with pytest.raises(EscoinError, match="takes 1 input"):
+        compiled(x, x)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resnet18", "googlenet", "alexnet", "vgg11"])
+def test_models_match_pytorch_on_gpu(name, tmp_path):
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = pruned(name).cuda()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    compiled = escoin_tvm.compile(model, (x,), target="cuda")
+    with torch.no_grad():
+        ref = model(x)
+        out = compiled(x)
+    assert out.is_cuda
+    assert_matches(out, ref)
+    loaded = escoin_tvm.load(compiled.export_library(tmp_path / "m.so"))
+    assert_matches(loaded(x), ref)
+    with pytest.raises(ValueError, match="cpu"):
+        compiled(x.cpu())  # a CPU tensor for a GPU module is refused, not silently copied

@@ -1,0 +1,108 @@
+"""The Escoin dispatch pass alone, on hand-built Relax modules."""
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from escoin_tvm import EscoinError
+from escoin_tvm.prune import prune_array
+from escoin_tvm.target import resolve_target
+from escoin_tvm.transform import SparseConv2dDispatch
+from helpers import reference
+
+LLVM = resolve_target("llvm")
+RNG = np.random.default_rng(7)
+W = prune_array(RNG.standard_normal((8, 4, 3, 3)).astype(np.float32), 0.9)
+B = RNG.standard_normal((1, 8, 1, 1)).astype(np.float32)
+X = RNG.standard_normal((2, 4, 9, 9)).astype(np.float32)
+
+
+def module(body, weight_param=False, data_shape=(2, 4, 9, 9)):
+    """main(x[, w]) whose dataflow block is built by ``body(bb, x, w)``."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(data_shape, "float32"))
+    w = relax.Var("w", relax.TensorType(W.shape, "float32")) if weight_param else relax.const(W)
+    params = [x, w] if weight_param else [x]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, x, w))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def conv(bb, x, w, **kw):
+    return bb.emit(relax.op.nn.conv2d(x, w, padding=1, **kw))
+
+
+def ops_in(mod):
+    text = mod["main"].script()
+    return {op: text.count(op) for op in ("R.nn.conv2d", "R.call_tir", "R.add", "R.nn.relu")}
+
+
+def run(mod, *args):
+    exe = tvm.compile(mod, target=LLVM)
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
+
+
+def apply(mod, threshold=0.5):
+    dispatch = SparseConv2dDispatch(LLVM, threshold)
+    return dispatch(mod), dispatch.report
+
+
+def test_conv_bias_relu_becomes_one_kernel():
+    mod = module(lambda bb, x, w: bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(conv(bb, x, w), relax.const(B))))))
+    new, report = apply(mod)
+    assert ops_in(new) == {"R.nn.conv2d": 0, "R.call_tir": 1, "R.add": 0, "R.nn.relu": 0}
+    assert report[0].kernel == "escoin" and report[0].epilogue == "bias+relu"
+    np.testing.assert_allclose(run(new, X), reference(X, W, B.reshape(-1), padding=1, relu=True),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_bias_on_the_left_and_no_relu():
+    mod = module(lambda bb, x, w: bb.emit(relax.op.add(relax.const(B), conv(bb, x, w))))
+    new, report = apply(mod)
+    assert report[0].epilogue == "bias" and ops_in(new)["R.add"] == 0
+    np.testing.assert_allclose(run(new, X), reference(X, W, B.reshape(-1), padding=1), rtol=1e-4, atol=1e-4)
+
+
+def test_shared_intermediate_is_not_folded():
+    """conv feeds both the relu and the output: folding the relu would compute conv twice."""
+    def body(bb, x, w):
+        c = conv(bb, x, w)
+        return bb.emit(relax.op.add(bb.emit(relax.op.nn.relu(c)), c))
+    new, report = apply(module(body))
+    assert report[0].kernel == "escoin" and report[0].epilogue == ""
+    assert ops_in(new) == {"R.nn.conv2d": 0, "R.call_tir": 1, "R.add": 1, "R.nn.relu": 1}
+    ref = reference(X, W, padding=1)
+    np.testing.assert_allclose(run(new, X), np.maximum(ref, 0) + ref, rtol=1e-4, atol=1e-4)
+
+
+def test_non_constant_weight_stays_dense():
+    mod = module(lambda bb, x, w: conv(bb, x, w), weight_param=True)
+    new, report = apply(mod)
+    assert ops_in(new)["R.nn.conv2d"] == 1 and ops_in(new)["R.call_tir"] == 0
+    assert report[0].kernel == "dense" and report[0].reason == "weight is not a constant"
+
+
+def test_below_threshold_and_other_layouts_stay_dense():
+    new, report = apply(module(lambda bb, x, w: conv(bb, x, w)), threshold=0.95)
+    assert report[0].kernel == "dense" and "< threshold 0.95" in report[0].reason
+    nhwc = module(lambda bb, x, w: bb.emit(relax.op.nn.conv2d(x, w, padding=1, data_layout="NHWC")),
+                  data_shape=(2, 9, 9, 4))
+    new, report = apply(nhwc)
+    assert report[0].kernel == "dense" and "layout NHWC" in report[0].reason
+    assert ops_in(new)["R.nn.conv2d"] == 1
+
+
+def test_pass_composes_in_a_sequential():
+    mod = module(lambda bb, x, w: conv(bb, x, w, strides=2))
+    seq = tvm.transform.Sequential([relax.transform.FoldConstant(), SparseConv2dDispatch(LLVM, 0.5)])
+    new = seq(mod)
+    assert ops_in(new)["R.call_tir"] == 1
+    np.testing.assert_allclose(run(new, X), reference(X, W, padding=1, stride=2), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_threshold():
+    with pytest.raises(EscoinError, match="threshold"):
+        SparseConv2dDispatch(LLVM, 1.5)
