@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["escoin_tvm", "escoin_tvm.*"]),
     python_requires=">=3.9",
+    data_files=[("share/escoin-tvm/schedules", [str(p) for p in Path("schedules").glob("*.json")])],
     install_requires=[
         "apache-tvm==0.27.0.post1",
         "apache-tvm-ffi==0.1.14.post0",  # 0.1.15 makes MetaSchedule segfault

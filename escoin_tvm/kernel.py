@@ -9,6 +9,7 @@ from tvm import s_tir
 
 from .errors import ShapeError
 from .operator import Epilogue, sparse_conv2d_primfunc
+from .schedule import pretuned
 from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, schedule_cpu,
                        schedule_gpu)
 from .spec import Conv2dSpec, IntOrPair
@@ -25,7 +26,8 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
 
     Returns (mod, offsets, values, config)."""
     if is_gpu(target):
-        config = (config or default_gpu_config(spec)).validate()
+        arch = str(target.attrs.get("arch", ""))
+        config = (config or pretuned.lookup(spec, arch) or default_gpu_config(spec)).validate()
         if not isinstance(config, GpuConfig):
             raise TypeError(f"a CUDA target needs a GpuConfig, got {type(config).__name__}")
         offsets, values = weight.to_ell(spec.in_channels, multiple=config.chunk)

@@ -58,13 +58,19 @@ def _pow2_at_least(value: int, cap: int) -> int:
 
 
 def default_gpu_config(spec: Conv2dSpec) -> GpuConfig:
-    """A good untuned choice from the layer's shape: about 64-256 threads, covering the
-    output row, a register tile of 8-32 accumulators, and enough blocks to fill the GPU."""
+    """An untuned choice from the layer's shape. Occupancy first: a register tile only as large
+    as leaves about 64K threads (2K warps, 16 per SM of an H100) to hide the latency of the
+    non-zero walk; then about 128 threads per block, a warp covering an output row."""
     threads_x = _pow2_at_least(spec.out_w, 32)
-    rows = 2 if spec.out_h >= 8 else 1
+    outputs = spec.batch * spec.out_channels * spec.out_h * spec.out_w
+    tile = 1
+    while tile * 2 <= min(16, outputs // 65536):
+        tile *= 2
+    images = 2 if spec.batch >= 2 and tile >= 4 else 1
+    tile //= images
+    rows = 2 if tile >= 2 and spec.out_h >= 8 else 1
+    channels = min(4, max(1, tile // rows))
     threads_y = max(1, min(_pow2_at_least(-(-spec.out_h // rows), 16), 128 // threads_x))
-    images = 2 if spec.batch >= 8 else 1
-    channels = 4 if spec.out_channels % 4 == 0 or spec.out_channels > 16 else 1
     return GpuConfig(threads_x=threads_x, threads_y=threads_y, rows_per_thread=rows,
                      channels_per_thread=channels, images_per_thread=images).validate()
 

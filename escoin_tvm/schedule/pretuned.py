@@ -1,0 +1,45 @@
+"""Pre-tuned schedule knobs shipped in ``schedules/`` (TVM's old TopHub idea): per GPU
+architecture, the best GpuConfig found for known layer shapes. Used when the user gives no
+tuning log; shapes not in the table fall back to the heuristic default."""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from ..spec import Conv2dSpec
+from .gpu import GpuConfig
+
+# A source checkout or editable install reads the repository's schedules/; a wheel install reads
+# the copy setup.py puts under <prefix>/share/escoin-tvm/schedules.
+SCHEDULES_DIRS = (Path(__file__).resolve().parents[2] / "schedules",
+                  Path(sys.prefix) / "share" / "escoin-tvm" / "schedules")
+
+
+def spec_key(spec: Conv2dSpec) -> tuple:
+    return (tuple(spec.input_shape), tuple(spec.weight_shape), tuple(spec.stride),
+            tuple(spec.padding), tuple(spec.dilation), spec.groups)
+
+
+@lru_cache(maxsize=None)
+def _table(arch: str) -> dict:
+    path = next((d / f"pretuned-{arch}.json" for d in SCHEDULES_DIRS
+                 if (d / f"pretuned-{arch}.json").is_file()), None)
+    if path is None:
+        return {}
+    try:
+        records = json.loads(path.read_text())["records"]
+        return {(tuple(r["input_shape"]), tuple(r["weight_shape"]), tuple(r["stride"]),
+                 tuple(r["padding"]), tuple(r["dilation"]), r["groups"]): GpuConfig(**r["config"]).validate()
+                for r in records}
+    except (ValueError, KeyError, TypeError) as err:
+        warnings.warn(f"ignoring the corrupt pre-tuned schedule table {path}: {err}")
+        return {}
+
+
+def lookup(spec: Conv2dSpec, arch: str) -> Optional[GpuConfig]:
+    """The shipped config for this exact layer on ``arch`` (sm_90a reads sm_90's table)."""
+    return _table(arch.rstrip("a")).get(spec_key(spec))

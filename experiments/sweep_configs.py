@@ -1,0 +1,157 @@
+"""Grid sweep of the Escoin GPU template's knobs on the benchmark layers.
+
+For each layer and batch (sparsity 0.9 by default), builds the default config and a random
+sample of the knob grid (in parallel on the CPUs), times each on the GPU (time_evaluator,
+median), checks the best against cuDNN fp32, and writes:
+  - raw times: <out>/sweep-<gpu>-<stamp>.jsonl
+  - the best config per layer shape: <out>/pretuned-<arch>.json (the format of schedules/)
+
+Usage: python experiments/sweep_configs.py [--samples 40] [--layers a,b] [--batches 1,16]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_layers import environment, pruned_weight  # noqa: E402
+from layers import LAYERS  # noqa: E402
+
+
+def candidate_configs(spec, samples, seed):
+    from escoin_tvm.schedule.gpu import GpuConfig, _pow2_at_least, default_gpu_config
+
+    tx = _pow2_at_least(spec.out_w, 32)
+    grid = []
+    for ty, rows, ch, ct, img, stage, chunk in itertools.product(
+            (1, 2, 4, 8, 16), (1, 2, 4), (1, 2, 4, 8), (1, 2, 4), (1, 2, 4), (True, False), (8, 16, 32)):
+        threads = tx * ty * ct
+        acc = rows * ch * img
+        if not 32 <= threads <= 512 or acc > 32 or img > spec.batch or ty * rows > 2 * spec.out_h:
+            continue
+        grid.append(GpuConfig(tx, ty, ct, rows, ch, img, chunk, stage))
+    random.Random(seed).shuffle(grid)
+    default = default_gpu_config(spec)
+    return [default] + [c for c in grid[:samples] if c != default]
+
+
+def build(job):
+    name, batch, sparsity, chw, wshape, stride, pad, groups, seed, workdir, index, config = job
+    import escoin_tvm
+    from escoin_tvm.schedule import GpuConfig
+
+    weight = pruned_weight(wshape, sparsity, seed)
+    try:
+        kernel = escoin_tvm.build_sparse_conv2d(weight, (batch, *chw), stride=stride, padding=pad,
+                                                groups=groups, target="cuda",
+                                                config=GpuConfig(**config))
+    except Exception as err:  # a knob combination the template cannot take
+        return None, f"{type(err).__name__}: {str(err)[:200]}"
+    path = os.path.join(workdir, f"{name}_b{batch}_{index}.so")
+    kernel.executable.export_library(path)
+    np.savez(path + ".npz", *kernel._host_constants)
+    return path, None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", default="")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    args = parser.parse_args(argv)
+
+    from escoin_tvm.spec import Conv2dSpec
+
+    layers = [l for l in LAYERS if not args.layers or l[0] in args.layers.split(",")]
+    workdir = "/tmp/escoin_sweep"
+    os.makedirs(workdir, exist_ok=True)
+    jobs, keys = [], []
+    for seed, (name, chw, wshape, stride, pad, groups) in enumerate(layers):
+        for batch in (int(b) for b in args.batches.split(",")):
+            spec = Conv2dSpec.create((batch, *chw), wshape, stride=stride, padding=pad, groups=groups)
+            for index, config in enumerate(candidate_configs(spec, args.samples, seed)):
+                jobs.append((name, batch, args.sparsity, chw, wshape, stride, pad, groups, seed,
+                             workdir, index, dict(vars(config))))
+                keys.append(spec)
+    t0 = time.time()
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        built = list(pool.map(build, jobs, chunksize=4))
+    print(f"built {len(jobs)} kernels in {time.time() - t0:.0f} s", flush=True)
+
+    import torch
+    import torch.nn.functional as F
+    import tvm
+
+    env = environment()
+    dev = tvm.cuda(0)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    os.makedirs(args.out, exist_ok=True)
+    raw = open(Path(args.out) / f"sweep-{env['gpu'].replace(' ', '_')}-{stamp}.jsonl", "w")
+    raw.write(json.dumps({"environment": env, "sparsity": args.sparsity}) + "\n")
+    best, defaults, inputs = {}, {}, {}
+    for job, spec, (path, error) in zip(jobs, keys, built):
+        name, batch = job[0], job[1]
+        row = {"layer": name, "batch": batch, "config": job[-1]}
+        if path is None:
+            row["error"] = error
+            raw.write(json.dumps(row) + "\n")
+            continue
+        if (name, batch) not in inputs:
+            x = torch.randn(batch, *job[3], device="cuda")
+            torch.backends.cudnn.allow_tf32 = False
+            ref = F.conv2d(x, torch.from_numpy(pruned_weight(job[4], args.sparsity, job[8])).cuda(),
+                           None, job[5], job[6], 1, job[7])
+            inputs[(name, batch)] = (x, ref)
+        x, ref = inputs[(name, batch)]
+        mod = tvm.runtime.load_module(path)
+        consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
+        xt, yt = tvm.runtime.from_dlpack(x), tvm.runtime.empty(tuple(ref.shape), "float32", dev)
+        mod["main"](xt, *consts, yt)
+        err = float((torch.from_dlpack(yt) - ref).abs().max() / ref.abs().max())
+        timer = mod.time_evaluator("main", dev, number=20, repeat=3, min_repeat_ms=5)
+        t = float(np.median(timer(xt, *consts, yt).results))
+        row.update(time_s=t, max_rel_err=err, default=job[-2] == 0)
+        raw.write(json.dumps(row) + "\n")
+        if err >= 1e-4:
+            print(f"WRONG RESULT: {name} b{batch} {job[-1]} max rel err {err:.2e}", flush=True)
+        elif (name, batch) not in best or t < best[(name, batch)]["time_s"]:
+            best[(name, batch)] = {"spec": spec, "time_s": t, "config": job[-1]}
+        if job[-2] == 0:
+            defaults[(name, batch)] = t
+    raw.close()
+
+    records = []
+    print(f"{'layer':24s} {'batch':>5s} {'default us':>11s} {'best us':>9s}  best config")
+    for (name, batch), rec in sorted(best.items(), key=lambda kv: kv[0]):
+        spec = rec["spec"]
+        default_t = defaults.get((name, batch), float("nan"))
+        print(f"{name:24s} {batch:5d} {default_t*1e6:11.1f} {rec['time_s']*1e6:9.1f}  {rec['config']}")
+        records.append({"layer": name, "input_shape": list(spec.input_shape),
+                        "weight_shape": list(spec.weight_shape), "stride": list(spec.stride),
+                        "padding": list(spec.padding), "dilation": list(spec.dilation),
+                        "groups": spec.groups, "config": rec["config"],
+                        "time_us": rec["time_s"] * 1e6, "default_time_us": default_t * 1e6})
+    arch = "sm_%d%d" % torch.cuda.get_device_capability()
+    table = {"version": 1, "arch": arch, "gpu": env["gpu"], "sparsity": args.sparsity,
+             "source": "experiments/sweep_configs.py", "date": env["date"], "records": records}
+    with open(Path(args.out) / f"pretuned-{arch}.json", "w") as f:
+        json.dump(table, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
