@@ -136,6 +136,17 @@ def _example_specs(example_inputs):
     return tuple(tensors)
 
 
+def _on_cpu(model):
+    """The model itself if it lives on the CPU, else a CPU copy: tracing and weight extraction
+    happen on the host, whatever device the module will run on."""
+    import copy
+
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 def _export(model, example_inputs):
     import torch
 
@@ -204,7 +215,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
             raise EscoinError(f"model must be a torch.nn.Module or an ExportedProgram, got "
                               f"{type(model).__name__}")
         example = _example_specs(example_inputs)
-        exported = _export(model.eval(), example)
+        exported = _export(_on_cpu(model).eval(), example)
     mod = _to_relax(exported)
     params = [p for p in mod["main"].params]
     if len(params) != len(example):

@@ -35,13 +35,17 @@ def candidate_configs(spec, samples, seed):
 
     tx = _pow2_at_least(spec.out_w, 32)
     grid = []
-    for ty, rows, ch, ct, img, stage, chunk in itertools.product(
-            (1, 2, 4, 8, 16), (1, 2, 4), (1, 2, 4, 8), (1, 2, 4), (1, 2, 4), (True, False), (8, 16, 32)):
+    for ty, rows, ch, ct, steps, img, stage, chunk in itertools.product(
+            (1, 2, 4, 8, 16), (1, 2, 4), (1, 2, 4, 8), (1, 2, 4), (1, 4, 16), (1, 2, 4),
+            (True, False), (8, 16, 32)):
         threads = tx * ty * ct
         acc = rows * ch * img
-        if not 32 <= threads <= 512 or acc > 32 or img > spec.batch or ty * rows > 2 * spec.out_h:
+        if not 32 <= threads <= 512 or acc > 32 or img > spec.batch or ty * rows > 2 * spec.out_h \
+                or ct * ch * steps > spec.out_channels:
             continue
-        grid.append(GpuConfig(tx, ty, ct, rows, ch, img, chunk, stage))
+        grid.append(GpuConfig(threads_x=tx, threads_y=ty, channel_threads=ct, channel_steps=steps,
+                              rows_per_thread=rows, channels_per_thread=ch, images_per_thread=img,
+                              chunk=chunk, stage_weights=stage))
     random.Random(seed).shuffle(grid)
     default = default_gpu_config(spec)
     return [default] + [c for c in grid[:samples] if c != default]
@@ -72,6 +76,8 @@ def main(argv=None):
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--merge", default="", help="an existing pretuned table: keep its records "
+                        "unless this sweep found a faster config for the same layer")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     args = parser.parse_args(argv)
 
@@ -146,6 +152,15 @@ def main(argv=None):
                         "padding": list(spec.padding), "dilation": list(spec.dilation),
                         "groups": spec.groups, "config": rec["config"],
                         "time_us": rec["time_s"] * 1e6, "default_time_us": default_t * 1e6})
+    if args.merge and os.path.isfile(args.merge):
+        def key(r):
+            return json.dumps([r[k] for k in ("input_shape", "weight_shape", "stride", "padding",
+                                                "dilation", "groups")])
+        merged = {key(r): r for r in json.load(open(args.merge))["records"]}
+        for r in records:
+            if key(r) not in merged or r["time_us"] < merged[key(r)]["time_us"]:
+                merged[key(r)] = r
+        records = list(merged.values())
     arch = "sm_%d%d" % torch.cuda.get_device_capability()
     table = {"version": 1, "arch": arch, "gpu": env["gpu"], "sparsity": args.sparsity,
              "source": "experiments/sweep_configs.py", "date": env["date"], "records": records}

@@ -26,6 +26,8 @@ class GpuConfig:
     threads_x: int = 16  # threads over output columns
     threads_y: int = 4  # threads over output rows
     channel_threads: int = 1  # threads over output channels (each with its own channel tile)
+    channel_steps: int = 1  # channel tiles a block walks one after another: its input tile
+    #                         stays in L1 across them instead of being re-read by other blocks
     rows_per_thread: int = 2  # register tile: output rows per thread
     channels_per_thread: int = 4  # register tile: output channels per thread
     images_per_thread: int = 1  # register tile: images per thread
@@ -42,7 +44,8 @@ class GpuConfig:
             value = getattr(self, field.name)
             if field.type in (int, "int") and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ValueError(f"GpuConfig.{field.name} must be an int, got {value!r}")
-        if min(self.threads_x, self.threads_y, self.channel_threads, self.rows_per_thread,
+        if min(self.threads_x, self.threads_y, self.channel_threads, self.channel_steps,
+               self.rows_per_thread,
                self.channels_per_thread, self.images_per_thread, self.chunk) < 1:
             raise ValueError(f"GpuConfig knobs must be >= 1: {self}")
         if self.threads > MAX_THREADS:
@@ -80,19 +83,20 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
     multiple of ``config.chunk``."""
     pad, conv, epilogue = blocks(sch)
     n, k, y, x, j = sch.get_loops(conv)
-    k_block, k_thread, k_reg = sch.split(k, [None, config.channel_threads, config.channels_per_thread])
+    k_block, k_step, k_thread, k_reg = sch.split(
+        k, [None, config.channel_steps, config.channel_threads, config.channels_per_thread])
     n_block, n_reg = sch.split(n, [None, config.images_per_thread])
     y_block, y_thread, y_reg = sch.split(y, [None, config.threads_y, config.rows_per_thread])
     x_block, x_thread = sch.split(x, [None, config.threads_x])
     j_chunk, j_inner = sch.split(j, [None, config.chunk])
-    sch.reorder(k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread,
+    sch.reorder(k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread, k_step,
                 j_chunk, j_inner, n_reg, k_reg, y_reg)
     sch.bind(k_block, "blockIdx.y")
     sch.bind(sch.fuse(n_block, y_block, x_block), "blockIdx.x")
     thread = sch.fuse(k_thread, y_thread, x_thread)
     sch.bind(thread, "threadIdx.x")
 
-    local = write_back(sch, conv, thread, epilogue)
+    local = write_back(sch, conv, k_step, epilogue)
     if config.stage_weights:
         for name in ("offsets", "values"):
             staged = sch.cache_read(conv, read_index(sch, conv, name), "shared")
@@ -107,9 +111,9 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
         sch.unroll(loop)
     if config.unroll:
         sch.unroll(j_inner)
-    for loop in loops_below(sch, sch.get_sblock("sparse_conv_init"), thread):
+    for loop in loops_below(sch, sch.get_sblock("sparse_conv_init"), k_step):
         sch.unroll(loop)
-    for loop in loops_below(sch, local, thread):
+    for loop in loops_below(sch, local, k_step):
         sch.unroll(loop)
 
     fused = sch.fuse(*sch.get_loops(pad))
