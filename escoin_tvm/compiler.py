@@ -249,6 +249,13 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     return CompiledModule(executable, device_for(target), metadata)
 
 
+def _module_kinds(module) -> set:
+    kinds = {module.kind}
+    for imported in module.imports:
+        kinds |= _module_kinds(imported)
+    return kinds
+
+
 def load(path, device=None) -> CompiledModule:
     """Loads a library written by ``CompiledModule.export_library``. ``device`` defaults to
     the first GPU for a CUDA module and the CPU otherwise."""
@@ -257,15 +264,26 @@ def load(path, device=None) -> CompiledModule:
         raise EscoinError(f"no compiled module at {path!r}")
     try:
         lib = tvm.runtime.load_module(path)
+    except Exception as err:
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        if "created using {cuda}" in message:
+            raise EscoinError(f"{path!r} was compiled for CUDA and this machine's TVM runtime "
+                              "cannot load CUDA modules (no GPU runtime)") from None
+        raise EscoinError(f"{path!r} is not a valid escoin-tvm module ({message})") from None
+    is_cuda = "cuda" in _module_kinds(lib)
+    if device is None:
+        device = tvm.cuda(0) if is_cuda else tvm.cpu(0)
+    if is_cuda:
+        require_device(device)
+    try:
         executable = relax.VMExecutable(lib)
-        metadata_vm = relax.VirtualMachine(executable, tvm.cpu())
-        blob = metadata_vm[METADATA_FUNC]().numpy()
-        metadata = json.loads(blob.tobytes().decode())
+        vm = relax.VirtualMachine(executable, device)
+        metadata = json.loads(vm[METADATA_FUNC]().numpy().tobytes().decode())
     except Exception as err:
         raise EscoinError(f"{path!r} is not a valid escoin-tvm module ({type(err).__name__}: "
                           f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
     if metadata.get("version") != METADATA_VERSION:
         raise EscoinError(f"{path!r} was written by an incompatible escoin-tvm version")
-    if device is None:
-        device = tvm.cuda(0) if metadata["target"] == "cuda" else tvm.cpu(0)
-    return CompiledModule(executable, device, metadata)
+    module = CompiledModule(executable, device, metadata)
+    module._vm = vm
+    return module
