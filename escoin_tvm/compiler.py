@@ -183,6 +183,28 @@ def _to_relax(exported):
         raise EscoinError(f"TVM's PyTorch frontend could not convert the exported program: {first}") from err
 
 
+def _refuse_known_tvm_crashes(mod) -> None:
+    """TVM 0.27's default CUDA code for an adaptive_avg_pool2d that resizes (e.g. 1x1 -> 6x6 or
+    13x13 -> 6x6) segfaults at run time (experiments/debug/adaptive_pool_gpu_crash.py, H100):
+    refuse it at compile time instead of letting the process die."""
+    pool = tvm.ir.Op.get("relax.nn.adaptive_avg_pool2d")
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                call = binding.value
+                if isinstance(call, relax.Call) and call.op.same_as(pool):
+                    src = [int(d) for d in call.args[0].ty.shape][2:]
+                    dst = [int(d) for d in binding.var.ty.shape][2:]
+                    if src != dst:
+                        raise EscoinError(
+                            f"the model has an adaptive average pool from {src[0]}x{src[1]} to "
+                            f"{dst[0]}x{dst[1]}, and TVM 0.27's CUDA code for it crashes; use an "
+                            "input size at which the pool keeps the size (224x224 for "
+                            "torchvision's AlexNet and VGG) or target='llvm'")
+
+
 def _metadata_func(metadata: dict) -> relax.Function:
     """A Relax function returning the metadata as UTF-8 bytes: it travels inside the library."""
     blob = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8).copy()
@@ -217,6 +239,8 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         example = _example_specs(example_inputs)
         exported = _export(_on_cpu(model).eval(), example)
     mod = _to_relax(exported)
+    if is_gpu(target):
+        _refuse_known_tvm_crashes(mod)
     params = [p for p in mod["main"].params]
     if len(params) != len(example):
         raise EscoinError(f"the exported program takes {len(params)} tensor inputs, "

@@ -149,6 +149,12 @@ def test_bad_example_inputs(inputs, words):
         escoin_tvm.compile(model, inputs, target="llvm")
 
 
+def test_gpu_crashing_adaptive_pool_is_refused_at_compile_time():
+    model = models.build("alexnet", num_classes=10, hidden=16)  # 64x64: pool 1x1 -> 6x6
+    with pytest.raises(EscoinError, match="adaptive average pool from 1x1 to 6x6"):
+        escoin_tvm.compile(model, (torch.randn(1, 3, 64, 64),), target="cuda")
+
+
 def test_unknown_target():
     with pytest.raises(escoin_tvm.TargetError, match="vulkan"):
         escoin_tvm.compile(torch.nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),),
