@@ -64,36 +64,13 @@ def cmd_info(args):
     print(module.report())
 
 
-def _torch_time(fn, device, repeats=20):
-    import torch
-
-    for _ in range(3):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(repeats):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e-3)
-    else:
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def cmd_demo(args):
     import torch
 
     from . import models, prune
     from .compiler import compile as compile_model
     from .target import has_gpu
+    from .timing import median_time
 
     device = "cuda" if has_gpu() and args.target != "llvm" else "cpu"
     target = "cuda" if device == "cuda" else "llvm"
@@ -114,7 +91,7 @@ def cmd_demo(args):
     with torch.no_grad():
         reference = model(xd)
         out = compiled(xd)
-        dense_s = _torch_time(lambda: model(xd), device)
+        dense_s = median_time(lambda: model(xd), device)
     err = float((out - reference).abs().max() / reference.abs().max())
     ok = err < 1e-4
     print(f"\ncheck against PyTorch fp32: max relative error {err:.2e} -> {'OK' if ok else 'MISMATCH'}")

@@ -56,13 +56,14 @@ class SparseConv2dKernel:
         mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config)
         self.executable = tvm.compile(mod, target=target)
         self.device = device_for(target)
-        self._host_constants = [a for a in (offsets, values, bias) if a is not None]
+        # the kernel's constant arguments (ELL offsets, values[, bias]), kept on the host
+        self.host_constants = [a for a in (offsets, values, bias) if a is not None]
         self._constants = None  # uploaded on first use: a CUDA kernel also builds without a GPU
 
     def _device_constants(self):
         if self._constants is None:
             require_device(self.device)
-            self._constants = [tvm.runtime.tensor(a, self.device) for a in self._host_constants]
+            self._constants = [tvm.runtime.tensor(a, self.device) for a in self.host_constants]
         return self._constants
 
     def __call__(self, x):

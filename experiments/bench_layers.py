@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from layers import LAYERS  # noqa: E402
+from escoin_tvm.timing import median_time  # noqa: E402
 
 FP32_PEAK = {"H100": 66.9e12, "H200": 66.9e12}  # non-tensor fp32 FMA peak, SXM datasheets
 
@@ -57,7 +58,7 @@ def build_escoin(job):
         target="cuda", config=GpuConfig(**config) if config else None)
     path = os.path.join(workdir, f"{name}_b{batch}_s{sparsity}.so")
     kernel.executable.export_library(path)
-    np.savez(path + ".npz", *kernel._host_constants)
+    np.savez(path + ".npz", *kernel.host_constants)
     return path, kernel.config.__dict__, time.time() - start, kernel.weight.nnz
 
 
@@ -128,25 +129,8 @@ def torch_baselines(x, weight, stride, padding, groups, which):
             try:
                 out["cusparse_im2col"] = graph_time(spmm)
             except RuntimeError:  # some torch builds can't capture cuSPARSE: time eagerly
-                out["cusparse_im2col"] = eager_time(spmm)
+                out["cusparse_im2col"] = median_time(spmm, repeats=100)
     return out
-
-
-def eager_time(fn, warmup=5, repeats=100):
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
-    return float(np.median(times))
 
 
 def build_tvm_dense(job):

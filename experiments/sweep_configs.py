@@ -65,7 +65,7 @@ def build(job):
         return None, f"{type(err).__name__}: {str(err)[:200]}"
     path = os.path.join(workdir, f"{name}_b{batch}_{index}.so")
     kernel.executable.export_library(path)
-    np.savez(path + ".npz", *kernel._host_constants)
+    np.savez(path + ".npz", *kernel.host_constants)
     return path, None
 
 
