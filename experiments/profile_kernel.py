@@ -1,0 +1,26 @@
+"""Runs one Escoin kernel a few times, for Nsight Compute to profile:
+
+    ncu --kernel-name regex:main_kernel_1 --launch-skip 2 --launch-count 1 \\
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \\
+        --section LaunchStats python3 experiments/profile_kernel.py vgg16_conv3_2 16 0.9
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import escoin_tvm  # noqa: E402
+from bench_layers import pruned_weight  # noqa: E402
+from layers import LAYERS  # noqa: E402
+
+name, batch, sparsity = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+seed, (_, chw, wshape, stride, pad, groups) = next((i, l) for i, l in enumerate(LAYERS) if l[0] == name)
+kernel = escoin_tvm.build_sparse_conv2d(pruned_weight(wshape, sparsity, seed), (batch, *chw),
+                                        stride=stride, padding=pad, groups=groups, target="cuda")
+print(kernel.config)
+x = np.random.default_rng(0).standard_normal((batch, *chw)).astype(np.float32)
+for _ in range(4):
+    kernel(x)
