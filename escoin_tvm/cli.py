@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .errors import EscoinError
+from .errors import EscoinError, first_line
 
 
 def _load_pt2(path):
@@ -20,7 +20,7 @@ def _load_pt2(path):
         return torch.export.load(path)
     except Exception as err:
         raise EscoinError(f"{path!r} is not a model saved with torch.export.save "
-                          f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
+                          f"({type(err).__name__}: {first_line(err)})") from None
 
 
 def cmd_compile(args):

@@ -19,7 +19,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import EscoinError
+from .errors import EscoinError, first_line
 from .target import TargetLike, device_for, is_gpu, require_device, resolve_target
 from .tensors import from_tvm, is_torch, to_tvm
 from .transform import SparseConv2dDispatch
@@ -179,8 +179,8 @@ def _to_relax(exported):
     try:
         return from_exported_program(exported, keep_params_as_input=False)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EscoinError(f"TVM's PyTorch frontend could not convert the exported program: {first}") from err
+        raise EscoinError("TVM's PyTorch frontend could not convert the exported program: "
+                          f"{first_line(err)}") from err
 
 
 def _refuse_known_tvm_crashes(mod) -> None:
@@ -305,7 +305,7 @@ def load(path, device=None) -> CompiledModule:
         metadata = json.loads(vm[METADATA_FUNC]().numpy().tobytes().decode())
     except Exception as err:
         raise EscoinError(f"{path!r} is not a valid escoin-tvm module ({type(err).__name__}: "
-                          f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
+                          f"{first_line(err)})") from None
     if metadata.get("version") != METADATA_VERSION:
         raise EscoinError(f"{path!r} was written by an incompatible escoin-tvm version")
     module = CompiledModule(executable, device, metadata)

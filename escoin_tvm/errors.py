@@ -2,6 +2,12 @@
 that names the problem (never a crash deep inside TVM)."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (TVM's run to pages), or its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class EscoinError(Exception):
     """Base class of escoin-tvm's errors."""
 

@@ -9,9 +9,8 @@ from tvm import s_tir
 
 from .errors import ShapeError
 from .operator import Epilogue, sparse_conv2d_primfunc
-from .schedule import pretuned
-from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, schedule_cpu,
-                       schedule_gpu)
+from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, pretuned,
+                       schedule_cpu, schedule_gpu)
 from .spec import Conv2dSpec, IntOrPair
 from .target import TargetLike, device_for, is_gpu, require_device, resolve_target
 from .tensors import from_tvm, to_tvm

@@ -5,7 +5,7 @@ from typing import Union
 
 import tvm
 
-from .errors import TargetError
+from .errors import TargetError, first_line
 
 SUPPORTED_KINDS = ("llvm", "cuda")
 DEFAULT_CUDA_ARCH = "sm_90"  # Hopper, the GPU we tune for; used when no GPU is visible
@@ -47,7 +47,7 @@ def resolve_target(target: TargetLike) -> tvm.target.Target:
         try:
             resolved = tvm.target.Target(target)
         except (ValueError, RuntimeError, TypeError) as err:
-            raise TargetError(f"unknown target {target!r}: {str(err).splitlines()[0]} "
+            raise TargetError(f"unknown target {target!r}: {first_line(err)} "
                               f"(use 'llvm', 'cuda' or a dict such as "
                               f"{{'kind': 'cuda', 'arch': 'sm_90'}})") from None
     else:

@@ -19,9 +19,15 @@ SCHEDULES_DIRS = (Path(__file__).resolve().parents[2] / "schedules",
                   Path(sys.prefix) / "share" / "escoin-tvm" / "schedules")
 
 
+KEY_FIELDS = ("input_shape", "weight_shape", "stride", "padding", "dilation", "groups")
+
+
+def _key(values) -> tuple:
+    return tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values)
+
+
 def spec_key(spec: Conv2dSpec) -> tuple:
-    return (tuple(spec.input_shape), tuple(spec.weight_shape), tuple(spec.stride),
-            tuple(spec.padding), tuple(spec.dilation), spec.groups)
+    return _key(getattr(spec, f) for f in KEY_FIELDS)
 
 
 @lru_cache(maxsize=None)
@@ -32,8 +38,7 @@ def _table(arch: str) -> dict:
         return {}
     try:
         records = json.loads(path.read_text())["records"]
-        return {(tuple(r["input_shape"]), tuple(r["weight_shape"]), tuple(r["stride"]),
-                 tuple(r["padding"]), tuple(r["dilation"]), r["groups"]): GpuConfig(**r["config"]).validate()
+        return {_key(r[f] for f in KEY_FIELDS): GpuConfig(**r["config"]).validate()
                 for r in records}
     except (ValueError, KeyError, TypeError) as err:
         warnings.warn(f"ignoring the corrupt pre-tuned schedule table {path}: {err}")
