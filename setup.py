@@ -20,6 +20,7 @@ setup(
         "torch>=2.4,<3",  # keep the user's own build (CUDA or CPU)
         "xgboost-cpu",  # MetaSchedule's cost model
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    # tornado: TVM's RPC tracker (tuning spread over machines, tested on localhost)
+    extras_require={"test": ["pytest", "hypothesis", "tornado"], "rpc": ["tornado"]},
     entry_points={"console_scripts": ["escoin=escoin_tvm.cli:main"]},
 )

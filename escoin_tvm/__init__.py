@@ -7,5 +7,15 @@ from .spec import Conv2dSpec
 from .weight_format import EscoinWeight
 
 __version__ = "0.1.0"
-__all__ = ["compile", "load", "CompiledModule", "build_sparse_conv2d", "SparseConv2dKernel", "Conv2dSpec", "EscoinWeight",
+
+
+def tune(model, example_inputs, *, log, target="cuda", trials: int = 64, **options):
+    """Tunes the model's Escoin kernels with MetaSchedule into the tuning log ``log`` (see
+    ``escoin_tvm.tuning.tune``); MetaSchedule is imported only when tuning."""
+    from .tuning import tune as tune_model
+
+    return tune_model(model, example_inputs, log=log, target=target, trials=trials, **options)
+
+
+__all__ = ["compile", "load", "tune", "CompiledModule", "build_sparse_conv2d", "SparseConv2dKernel", "Conv2dSpec", "EscoinWeight",
            "EscoinError", "ShapeError", "DTypeError", "TargetError"]

@@ -27,10 +27,29 @@ def cmd_compile(args):
     from .compiler import compile as compile_model
 
     exported = _load_pt2(args.model)
-    compiled = compile_model(exported, None, target=args.target, sparsity_threshold=args.threshold)
+    compiled = compile_model(exported, None, target=args.target, sparsity_threshold=args.threshold,
+                             tuning_log=args.tuning_log)
     compiled.export_library(args.output)
     print(compiled.report())
     print(f"wrote {args.output}")
+
+
+def cmd_tune(args):
+    from .tuning import format_summary, tune
+
+    exported = _load_pt2(args.model)
+    print(f"tuning the Escoin kernels of {args.model} for {args.target}, {args.trials} trials "
+          f"each, log {args.log}" + (f", measured through the RPC tracker {args.rpc_tracker} "
+                                     f"(key {args.rpc_key})" if args.rpc_tracker else ""))
+    try:
+        results = tune(exported, None, log=args.log, target=args.target, trials=args.trials,
+                       sparsity_threshold=args.threshold, trials_per_iter=args.trials_per_iter,
+                       rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
+    except KeyboardInterrupt:
+        return 130
+    print(format_summary(results))
+    print(f"compile with: escoin compile {args.model} -o model.so --target {args.target} "
+          f"--tuning-log {args.log}")
 
 
 def cmd_run(args):
@@ -109,7 +128,19 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, help="shared library to write (model.so)")
     p.add_argument("--target", default="cuda", help="cuda (default) or llvm")
     p.add_argument("--threshold", type=float, default=None, help="sparsity threshold")
+    p.add_argument("--tuning-log", default=None, help="a log written by 'escoin tune'")
     p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("tune", help="tune a model's Escoin kernels with MetaSchedule")
+    p.add_argument("model", help="MODEL.pt2")
+    p.add_argument("--log", required=True, help="tuning log directory (resumed if it exists), "
+                   "e.g. tuning_logs/resnet50-h100")
+    p.add_argument("--target", default="cuda", help="cuda (default) or llvm")
+    p.add_argument("--trials", type=int, default=64, help="trials per kernel (default 64)")
+    p.add_argument("--trials-per-iter", type=int, default=16)
+    p.add_argument("--threshold", type=float, default=None, help="sparsity threshold")
+    p.add_argument("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker")
+    p.add_argument("--rpc-key", default=None, help="device key registered with the tracker")
+    p.set_defaults(func=cmd_tune)
     p = sub.add_parser("run", help="run an exported module on a .npy input")
     p.add_argument("module")
     p.add_argument("--input", required=True, help="x.npy")

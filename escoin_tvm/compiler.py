@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict
 from typing import List, Optional, Sequence
 
@@ -89,9 +90,10 @@ class CompiledModule:
 
 
 def format_report(layers: Sequence[dict]) -> str:
-    header = ["layer", "input", "weight", "sparsity", "nnz", "kernel", "epilogue", "why"]
+    header = ["layer", "input", "weight", "sparsity", "nnz", "kernel", "epilogue", "schedule", "why"]
     rows = [[l["name"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["weight_shape"])),
-             f"{l['sparsity']:.3f}", str(l["nnz"]), l["kernel"], l["epilogue"] or "-", l["reason"]]
+             f"{l['sparsity']:.3f}", str(l["nnz"]), l["kernel"], l["epilogue"] or "-",
+             l.get("schedule") or "-", l["reason"]]
             for l in layers]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
@@ -214,19 +216,11 @@ def _metadata_func(metadata: dict) -> relax.Function:
     return builder.get()[METADATA_FUNC]
 
 
-def compile(model, example_inputs, *, target: TargetLike = "cuda",
-            sparsity_threshold: Optional[float] = None, tuning_log=None,
-            config_for=None) -> CompiledModule:  # noqa: A001 (the issue's public name)
-    """Compiles ``model`` (a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``) for
-    inputs shaped like ``example_inputs``. Convolutions with constant weights at or above
-    ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels."""
+def prepare(model, example_inputs, target):
+    """torch.export and conversion to Relax, checked against the example inputs.
+    Returns (exported program, example tensors, Relax module)."""
     import torch
 
-    target = resolve_target(target)
-    threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else float(sparsity_threshold)
-    if tuning_log is not None:
-        raise EscoinError("tuning logs are not supported yet (see the tuning issue); "
-                          "compile without tuning_log")
     if isinstance(model, torch.export.ExportedProgram):
         exported = model
         example = _example_specs(example_inputs) if example_inputs is not None else tuple(
@@ -249,22 +243,61 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         if tuple(int(d) for d in param.ty.shape) != tuple(x.shape):
             raise EscoinError(f"example input {i} has shape {tuple(x.shape)} but the program "
                               f"expects {tuple(int(d) for d in param.ty.shape)}")
+    return exported, example, mod
 
-    dispatch = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), config_for)
+
+def dispatch(mod, exported, target, threshold: float, **options):
+    """Folds batch norms into the convolutions and runs the Escoin pass.
+    Returns (Relax module, the pass with its report and kernels)."""
+    escoin = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), **options)
     mod = tvm.transform.Sequential([
         relax.transform.FoldBatchnormToConv2D(),
         relax.transform.FoldConstant(),
-        dispatch,
+        escoin,
     ])(mod)
+    return mod, escoin
+
+
+def open_tuning_log(tuning_log, target):
+    """The TuningLog for ``tuning_log`` (a path or a TuningLog), checked; None for None."""
+    if tuning_log is None:
+        return None
+    from .tuning.log import TuningLog
+
+    log = tuning_log if isinstance(tuning_log, TuningLog) else TuningLog(tuning_log)
+    log.warn_if_foreign(target)
+    return log
+
+
+def compile(model, example_inputs, *, target: TargetLike = "cuda",
+            sparsity_threshold: Optional[float] = None, tuning_log=None,
+            config_for=None) -> CompiledModule:  # noqa: A001 (the issue's public name)
+    """Compiles ``model`` (a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``) for
+    inputs shaped like ``example_inputs``. Convolutions with constant weights at or above
+    ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels, with the
+    best schedules of ``tuning_log`` (a directory written by ``escoin_tvm.tune``) where it has
+    them, else the pre-tuned or default ones."""
+    import torch
+
+    target = resolve_target(target)
+    threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else float(sparsity_threshold)
+    log = open_tuning_log(tuning_log, target)
+    exported, example, mod = prepare(model, example_inputs, target)
+    mod, escoin = dispatch(mod, exported, target, threshold, config_for=config_for, tuning_log=log)
+    if log is not None and escoin.kernels and not any(
+            d.schedule.startswith("tuned") for d in escoin.report):
+        warnings.warn(f"tuning log {log.path} has no records for this model's kernels on "
+                      f"{target.kind.name}: they use the pre-tuned or default schedules")
     metadata = {
         "version": METADATA_VERSION,
         "target": str(target.kind.name),
         "target_json": str(target),
         "threshold": threshold,
+        "tuning_log": str(log.path) if log is not None else None,
         "inputs": [[list(x.shape), "float32"] for x in example],
         "out_spec": torch.utils._pytree.treespec_dumps(exported.call_spec.out_spec)
         if exported.call_spec.out_spec is not None else None,
-        "layers": [asdict(d) for d in dispatch.report],
+        "layers": [asdict(d) for d in escoin.report],
     }
     metadata = json.loads(json.dumps(metadata))  # the same plain form that load() reads back
     mod[METADATA_FUNC] = _metadata_func(metadata)

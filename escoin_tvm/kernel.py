@@ -19,9 +19,18 @@ from .weight_format import EscoinWeight, as_numpy_weight
 ScheduleConfig = Union[CpuConfig, GpuConfig]
 
 
+def schedule_source(spec: Conv2dSpec, target) -> str:
+    """Where an untuned kernel's knobs come from: the shipped table or the heuristic."""
+    if is_gpu(target) and pretuned.lookup(spec, str(target.attrs.get("arch", ""))):
+        return "pre-tuned"
+    return "default"
+
+
 def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target,
-                     config: Optional[ScheduleConfig] = None):
-    """The scheduled IRModule for ``target`` and the ELL arrays it expects.
+                     config: Optional[ScheduleConfig] = None, row_multiple: Optional[int] = None):
+    """The scheduled IRModule for ``target`` and the ELL arrays it expects. The rows are padded
+    to a multiple of ``row_multiple`` (default: the GPU config's chunk); a tuned config asks for
+    the multiple it was tuned with, so that the kernel is the one that was measured.
 
     Returns (mod, offsets, values, config)."""
     if is_gpu(target):
@@ -29,13 +38,15 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
         config = (config or pretuned.lookup(spec, arch) or default_gpu_config(spec)).validate()
         if not isinstance(config, GpuConfig):
             raise TypeError(f"a CUDA target needs a GpuConfig, got {type(config).__name__}")
-        offsets, values = weight.to_ell(spec.in_channels, multiple=config.chunk)
+        if (row_multiple or config.chunk) % config.chunk:
+            raise ValueError(f"row multiple {row_multiple} is not a multiple of the chunk {config.chunk}")
+        offsets, values = weight.to_ell(spec.in_channels, multiple=row_multiple or config.chunk)
         schedule = schedule_gpu
     else:
         config = config or default_cpu_config(spec)
         if not isinstance(config, CpuConfig):
             raise TypeError(f"an LLVM target needs a CpuConfig, got {type(config).__name__}")
-        offsets, values = weight.to_ell(spec.in_channels)
+        offsets, values = weight.to_ell(spec.in_channels, multiple=row_multiple or 1)
         schedule = schedule_cpu
     func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue)
     sch = schedule(s_tir.Schedule(func), config)

@@ -19,7 +19,7 @@ from tvm import relax
 from tvm.ir import Constant
 
 from .errors import EscoinError
-from .kernel import scheduled_module
+from .kernel import schedule_source, scheduled_module
 from .operator import Epilogue
 from .spec import Conv2dSpec
 from .weight_format import EscoinWeight
@@ -45,7 +45,18 @@ class LayerDecision:
     kernel: str = "dense"
     reason: str = ""
     epilogue: str = ""
+    schedule: str = ""  # where the kernel's knobs came from: tuned, pre-tuned, default, given
     config: dict = field(default_factory=dict)
+
+
+@dataclass
+class EscoinKernel:
+    """A kernel the pass generated (what tuning extracts as a task)."""
+
+    layer: str
+    spec: Conv2dSpec
+    weight: EscoinWeight
+    epilogue: Epilogue
 
 
 def _static_shape(expr) -> Optional[tuple]:
@@ -64,21 +75,25 @@ class SparseConv2dDispatch:
     """``SparseConv2dDispatch(target, threshold)``: a Relax module pass (usable inside
     ``tvm.transform.Sequential``). ``layer_names`` ((name, weight shape) pairs) labels the
     conv2d calls, in program order, in the report; ``choose`` may veto a layer (returns a reason string to keep it dense, e.g. the
-    measured dispatch of later issues); ``config_for`` picks schedule knobs per layer."""
+    measured dispatch of later issues); ``config_for`` picks schedule knobs per layer;
+    ``tuning_log`` (a ``tuning.TuningLog``) supplies tuned knobs for the kernels it has records of.
+    The pre-tuned table, then the heuristic default, cover the rest."""
 
     def __init__(self, target, threshold: float, layer_names: Sequence[str] = (),
-                 config_for: Optional[Callable[[Conv2dSpec], object]] = None):
+                 config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None):
         if not 0.0 <= threshold <= 1.0:
             raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
         self.target = target
         self.threshold = threshold
         self.layer_names = list(layer_names)
         self.config_for = config_for
+        self.tuning_log = tuning_log
         self.report: List[LayerDecision] = []
+        self.kernels: List[EscoinKernel] = []
 
     # ---- the module pass ----
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        self.report = []
+        self.report, self.kernels = [], []
         builder = relax.BlockBuilder(mod)
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
@@ -201,10 +216,17 @@ class SparseConv2dDispatch:
                                  padding=tuple(int(p) for p in attrs.padding),
                                  dilation=tuple(int(d) for d in attrs.dilation),
                                  groups=int(attrs.groups))
+        escoin_weight, epilogue = EscoinWeight.from_dense(weight, spec), Epilogue(bias is not None, relu)
+        self.kernels.append(EscoinKernel(decision.name, spec, escoin_weight, epilogue))
         config = self.config_for(spec) if self.config_for else None
-        mod, offsets, values, config = scheduled_module(
-            spec, EscoinWeight.from_dense(weight, spec), Epilogue(bias is not None, relu),
-            self.target, config)
+        row_multiple, decision.schedule = None, "given" if config else schedule_source(spec, self.target)
+        if config is None and self.tuning_log is not None:
+            tuned = self.tuning_log.lookup(spec, escoin_weight, epilogue, self.target)
+            if tuned is not None:
+                config, row_multiple, seconds = tuned
+                decision.schedule = f"tuned ({seconds * 1e6:.1f} us)"
+        mod, offsets, values, config = scheduled_module(spec, escoin_weight, epilogue, self.target,
+                                                        config, row_multiple)
         decision.config = dict(vars(config))
         func = mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
         gvar = builder.add_func(func, "escoin_conv2d")

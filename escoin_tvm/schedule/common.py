@@ -22,7 +22,7 @@ def read_index(sch: s_tir.Schedule, block, buffer_name: str) -> int:
 def write_back(sch: s_tir.Schedule, conv, loop, epilogue):
     """Accumulate in registers and write once under ``loop``, with the epilogue fused in."""
     local = sch.cache_write(conv, 0, "local")
-    sch.reverse_compute_at(local, loop)
+    sch.reverse_compute_at(local, loop, preserve_unit_loops=True)
     if epilogue is not None:
         sch.reverse_compute_inline(epilogue)
     return local

@@ -100,7 +100,7 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
     if config.stage_weights:
         for name in ("offsets", "values"):
             staged = sch.cache_read(conv, read_index(sch, conv, name), "shared")
-            sch.compute_at(staged, j_chunk)
+            sch.compute_at(staged, j_chunk, preserve_unit_loops=True)
             flat = sch.fuse(*loops_below(sch, staged, j_chunk))
             _, *lanes = sch.split(flat, [None, config.channel_threads, config.threads_y,
                                          config.threads_x])

@@ -1,0 +1,162 @@
+"""Tuning logs: a MetaSchedule JSON database (a directory with ``database_workload.json`` and
+``database_tuning_record.json``, one JSON value per line, appended as trials finish).
+
+The files are checked before MetaSchedule reads them, because its loader stops the process on a
+bad line. A job killed while writing leaves at most a truncated last line: it is dropped with a
+warning, and the rest of the log stays usable. Any other damage is an error naming the file and
+line. Records are looked up per kernel and per target; a log with no record for the compile
+target is reported, never silently ignored.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from ..errors import EscoinError, first_line
+from ..operator import Epilogue
+from ..spec import Conv2dSpec
+from ..target import is_gpu
+from ..weight_format import EscoinWeight
+from .space import TUNE_ROW_MULTIPLE, decode_config, workload
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+FAILED = 1e9  # MetaSchedule records a failed build or run with run_secs of 1e10
+
+
+def target_key(target) -> Tuple[str, str]:
+    """What a record must share with the compile target: the kind, and the GPU architecture
+    (sm_90a and sm_90 are one) or the CPU model."""
+    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+    kind = str(target.kind.name)
+    if kind == "cuda":
+        return kind, str(target.attrs.get("arch", "")).rstrip("a")
+    return kind, str(target.attrs.get("mcpu", ""))
+
+
+def describe(key: Tuple[str, str]) -> str:
+    return key[0] + (f" {key[1]}" if key[1] else "")
+
+
+def _check_lines(path: Path, check) -> int:
+    """Validates a JSON-lines table; drops a truncated last line. Returns the number of rows."""
+    if not path.exists():
+        return 0
+    raw = path.read_bytes()
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise EscoinError(f"tuning log {path} is not a text file (corrupt log)") from None
+    lines = text.split("\n")
+    rows = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            check(json.loads(line))
+        except (ValueError, TypeError, IndexError, KeyError) as err:
+            if number == len(lines) and not text.endswith("\n"):
+                warnings.warn(f"tuning log {path}: dropping the truncated last line {number} "
+                              "(a tuning job was stopped while writing it)")
+                path.write_text("\n".join(lines[:-1]) + "\n")
+                break
+            raise EscoinError(f"tuning log {path}, line {number} is corrupt ({err}); delete the "
+                              "line or the log") from None
+        rows += 1
+    return rows
+
+
+class TuningLog:
+    """A tuning log directory. ``TuningLog(path)`` checks an existing log;
+    ``TuningLog(path, create=True)`` also starts an empty one."""
+
+    def __init__(self, path, create: bool = False):
+        self.path = Path(path)
+        if self.path.is_file():
+            raise EscoinError(f"tuning log {self.path} is a file; a tuning log is a directory "
+                              f"holding {WORKLOADS} and {RECORDS}")
+        if not self.path.is_dir():
+            if not create:
+                raise EscoinError(f"no tuning log at {self.path}")
+            self.path.mkdir(parents=True)
+        elif not create and not (self.path / RECORDS).exists():
+            raise EscoinError(f"{self.path} is not a tuning log (no {RECORDS} in it)")
+        workloads = _check_lines(self.path / WORKLOADS, self._check_workload)
+
+        def check_record(row):
+            index, (trace, run_secs, target, _args) = row
+            if not isinstance(index, int) or not 0 <= index < workloads:
+                raise ValueError(f"workload index {index} is not in {WORKLOADS}")
+            if not isinstance(trace, list) or not isinstance(target, dict):
+                raise ValueError("not a MetaSchedule tuning record")
+            if run_secs is not None and not all(isinstance(t, (int, float)) for t in run_secs):
+                raise ValueError("run times are not numbers")
+
+        self.size = _check_lines(self.path / RECORDS, check_record)
+        try:
+            self.database = ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
+        except Exception as err:  # TVM's own reading of the files
+            raise EscoinError(f"tuning log {self.path} could not be read by MetaSchedule: "
+                              f"{first_line(err)}") from None
+
+    @staticmethod
+    def _check_workload(row):
+        shash, mod = row
+        if not isinstance(shash, str) or not isinstance(mod, str):
+            raise ValueError("not a MetaSchedule workload entry")
+
+    # ---- queries ----
+    def targets(self) -> List[Tuple[str, str]]:
+        return sorted({target_key(r.target) for r in self.database.get_all_tuning_records()})
+
+    def records(self, mod: tvm.IRModule, target) -> list:
+        """This workload's successful records for the target, fastest first."""
+        if not self.database.has_workload(mod):
+            return []
+        entry = self.database.commit_workload(mod)  # already there: returns it, writes nothing
+        key = target_key(target)
+        records = [r for r in self.database.get_top_k(entry, 1 << 30)
+                   if target_key(r.target) == key and r.run_secs
+                   and max(float(t) for t in r.run_secs) < FAILED]
+        return sorted(records, key=lambda r: _mean(r.run_secs))
+
+    def trials(self, mod: tvm.IRModule, target) -> int:
+        """Trials already recorded for this workload and target (failed ones included)."""
+        if not self.database.has_workload(mod):
+            return 0
+        entry = self.database.commit_workload(mod)
+        key = target_key(target)  # get_top_k leaves out failed trials: count them all
+        return sum(r.workload.same_as(entry) and target_key(r.target) == key
+                   for r in self.database.get_all_tuning_records())
+
+    def lookup(self, spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target):
+        """(config, row multiple, seconds) of the best record for this kernel, or None."""
+        row_length = weight.to_ell(spec.in_channels, TUNE_ROW_MULTIPLE)[0].shape[1]
+        records = self.records(workload(spec, row_length, epilogue), target)
+        if not records:
+            return None
+        try:
+            config = decode_config(records[0].trace, target)
+        except ValueError as err:
+            raise EscoinError(f"tuning log {self.path}: {err}") from None
+        return config, TUNE_ROW_MULTIPLE, _mean(records[0].run_secs)
+
+    def warn_if_foreign(self, target) -> bool:
+        """Warns (naming the file) when the log holds records, none of them for ``target``."""
+        targets = self.targets()
+        if targets and target_key(target) not in targets:
+            warnings.warn(f"tuning log {self.path} has no records for target "
+                          f"{describe(target_key(target))} (it has "
+                          f"{', '.join(describe(t) for t in targets)}): its kernels use the "
+                          "default schedules")
+            return True
+        return False
+
+
+def _mean(run_secs) -> float:
+    return sum(float(t) for t in run_secs) / len(run_secs)

@@ -1,0 +1,149 @@
+"""The Escoin schedule templates as MetaSchedule design spaces.
+
+Every integer knob of ``GpuConfig`` / ``CpuConfig`` becomes a ``sample_categorical`` decision
+whose random variable feeds the template's splits directly, so MetaSchedule can replay a trace
+with other decisions (evolutionary search) and the trace records the chosen knobs. Knobs that
+change the program's structure (weight staging, unrolling) cannot be replayed that way: each
+value is its own design space, and is recorded as a one-candidate decision so that a trace
+decodes back into a full config (``decode_config``).
+
+The non-zero loop is split by ``chunk``; tuned kernels pad their rows to a multiple of
+``TUNE_ROW_MULTIPLE`` so that every chunk candidate divides the row length and the workload (and
+hence the tuning record) does not depend on the knob values.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import fields
+from typing import Dict, List, Sequence, Tuple, Union
+
+import tvm
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
+from tvm.ir.utils import derived_object
+
+from ..operator import Epilogue, sparse_conv2d_primfunc
+from ..schedule import CpuConfig, GpuConfig, schedule_cpu, schedule_gpu
+from ..spec import Conv2dSpec
+from ..target import is_gpu
+
+TUNE_ROW_MULTIPLE = 32
+SAMPLE = "SampleCategorical"
+
+
+def tuned_row_length(max_row_nnz: int) -> int:
+    return max(TUNE_ROW_MULTIPLE, -(-max_row_nnz // TUNE_ROW_MULTIPLE) * TUNE_ROW_MULTIPLE)
+
+
+def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue) -> tvm.IRModule:
+    """The unscheduled kernel a tuning record is keyed on (its structural hash)."""
+    func = sparse_conv2d_primfunc(spec, row_length, epilogue)
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def _pow2_up_to(limit: int, cap: int) -> Tuple[int, ...]:
+    """1, 2, 4, ... up to the first power of two >= limit (at most cap)."""
+    values, p = [1], 1
+    while p < limit and p < cap:
+        p *= 2
+        values.append(p)
+    return tuple(values)
+
+
+def gpu_candidates(spec: Conv2dSpec) -> Dict[str, Tuple[int, ...]]:
+    """Candidate values of each integer GpuConfig knob for this layer (in GpuConfig order)."""
+    return {
+        "threads_x": tuple(v for v in (8, 16, 32) if v <= max(8, _pow2_up_to(spec.out_w, 32)[-1])),
+        "threads_y": _pow2_up_to(spec.out_h, 16),
+        "channel_threads": (1, 2, 4),
+        "channel_steps": (1, 2, 4),
+        "rows_per_thread": _pow2_up_to(spec.out_h, 4),
+        "channels_per_thread": (1, 2, 4, 8),
+        "images_per_thread": _pow2_up_to(spec.batch, 4),
+        "chunk": (8, 16, 32),
+    }
+
+
+def cpu_candidates(spec: Conv2dSpec) -> Dict[str, Tuple[int, ...]]:
+    return {"vector": tuple(v for v in (4, 8, 16) if v <= max(4, _pow2_up_to(spec.out_w, 16)[-1])),
+            "rows": _pow2_up_to(spec.out_h, 4)}
+
+
+GPU_STRUCTURES = ({"stage_weights": True, "unroll": True},
+                  {"stage_weights": False, "unroll": True},
+                  {"stage_weights": True, "unroll": False})
+
+
+def _sample(sch: s_tir.Schedule, values: Sequence[int]):
+    return sch.sample_categorical(list(values), [1.0 / len(values)] * len(values))
+
+
+def design_spaces(spec: Conv2dSpec, target):
+    """``fn(sch) -> [Schedule]`` for ms.space_generator.ScheduleFn."""
+    if is_gpu(target):
+        candidates, structures = gpu_candidates(spec), GPU_STRUCTURES
+    else:
+        candidates, structures = cpu_candidates(spec), ({},)
+
+    def spaces(sch: s_tir.Schedule) -> List[s_tir.Schedule]:
+        result = []
+        for structure in structures:
+            space = sch.copy()
+            knobs = {name: _sample(space, values) for name, values in candidates.items()}
+            for name, value in structure.items():  # recorded for decode_config
+                _sample(space, [int(value)])
+            if is_gpu(target):
+                schedule_gpu(space, GpuConfig(**knobs, **structure))
+            else:
+                schedule_cpu(space, CpuConfig(**knobs))
+            result.append(space)
+        return result
+
+    return spaces
+
+
+def decode_config(trace: s_tir.Trace, target) -> Union[GpuConfig, CpuConfig]:
+    """The config a trace of ``design_spaces`` chose (its categorical decisions, in order)."""
+    values = [int(inst.attrs[0][int(trace.decisions[inst])])
+              for inst in trace.insts if inst.kind.name == SAMPLE]
+    cls = GpuConfig if is_gpu(target) else CpuConfig
+    names = [f.name for f in fields(cls)]
+    if len(values) != len(names):
+        raise ValueError(f"the trace has {len(values)} knob decisions, {cls.__name__} has "
+                         f"{len(names)}: it was not made by this version's template")
+    types = {f.name: f.type for f in fields(cls)}
+    return cls(**{n: bool(v) if types[n] in (bool, "bool") else v
+                  for n, v in zip(names, values)}).validate()
+
+
+@derived_object
+class MutateKnob(ms.mutator.PyMutator):
+    """Evolutionary search's mutation for the template: one knob to another candidate.
+    (MetaSchedule's own mutators only know its tile-size and unroll decisions.)"""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def _initialize_with_tune_context(self, context) -> None:
+        pass
+
+    def apply(self, trace: s_tir.Trace, _rand_state) -> s_tir.Trace:
+        knobs = [inst for inst in trace.insts
+                 if inst.kind.name == SAMPLE and len(inst.attrs[0]) > 1]
+        if not knobs:
+            return None
+        inst = self.rng.choice(knobs)
+        current = int(trace.decisions[inst])
+        choice = self.rng.choice([i for i in range(len(inst.attrs[0])) if i != current])
+        return trace.with_decision(inst, choice, True)
+
+    def clone(self) -> "MutateKnob":
+        return MutateKnob(self.rng.randrange(2**31))
+
+
+def space_generator(spec: Conv2dSpec, target, seed: int = 0) -> ms.space_generator.ScheduleFn:
+    postprocs = ([ms.postproc.DisallowDynamicLoop(), ms.postproc.VerifyGPUCode()]
+                 if is_gpu(target) else [])
+    return ms.space_generator.ScheduleFn(design_spaces(spec, target), sch_rules=[],
+                                         postprocs=postprocs,
+                                         mutator_probs={MutateKnob(seed): 1.0})

@@ -1,0 +1,89 @@
+"""Tuning tasks: the distinct Escoin kernels of a model, as the compiler generates them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import tvm
+
+from ..operator import Epilogue
+from ..spec import Conv2dSpec
+from ..target import TargetLike, resolve_target
+from ..weight_format import EscoinWeight
+from .space import TUNE_ROW_MULTIPLE, workload
+
+
+@dataclass
+class Task:
+    """One kernel to tune: a convolution geometry, its epilogue and its padded row length.
+    Layers that share all three share the task (and its tuning records)."""
+
+    spec: Conv2dSpec
+    epilogue: Epilogue
+    weight: EscoinWeight  # the first layer's: its ELL arrays are the measurement's arguments
+    layers: List[str] = field(default_factory=list)
+
+    @property
+    def row_length(self) -> int:
+        return self.ell()[0].shape[1]
+
+    def ell(self):
+        return self.weight.to_ell(self.spec.in_channels, TUNE_ROW_MULTIPLE)
+
+    @property
+    def name(self) -> str:
+        more = f" (+{len(self.layers) - 1})" if len(self.layers) > 1 else ""
+        return self.layers[0] + more
+
+    def workload(self) -> tvm.IRModule:
+        return workload(self.spec, self.row_length, self.epilogue)
+
+    def arguments(self, seed: int = 0) -> "KernelArguments":
+        offsets, values = self.ell()
+        return KernelArguments({1: offsets, 2: values}, seed)
+
+
+class KernelArguments:
+    """MetaSchedule's ``f_alloc_argument`` for an Escoin kernel (local and RPC runners): the
+    kernel's real ELL arrays, because random offsets would read out of bounds; random data and
+    bias. Pickled to the runner's worker process."""
+
+    def __init__(self, fixed: dict, seed: int = 0):
+        self.fixed, self.seed = fixed, seed
+
+    def __call__(self, *args):  # (device, args_info, repeat) or (session, device, args_info, repeat)
+        device, args_info, repeat = args[-3:]
+        rng = np.random.default_rng(self.seed)
+        result = []
+        for _ in range(repeat):
+            tensors = []
+            for index, (_kind, dtype, shape) in enumerate(args_info):
+                host = self.fixed.get(index)
+                if host is None:
+                    host = rng.standard_normal(shape).astype(dtype)
+                tensor = tvm.runtime.empty(shape, dtype, device)
+                tensor.copyfrom(host)
+                tensors.append(tensor)
+            result.append(tensors)
+        return result
+
+
+def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
+                  sparsity_threshold: Optional[float] = None) -> List[Task]:
+    """The Escoin kernels ``escoin_tvm.compile`` would generate for this model, one task per
+    distinct kernel, in program order."""
+    from ..compiler import DEFAULT_SPARSITY_THRESHOLD, dispatch, prepare
+
+    target = resolve_target(target)
+    threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else sparsity_threshold
+    exported, _example, mod = prepare(model, example_inputs, target)
+    _mod, escoin = dispatch(mod, exported, target, float(threshold))
+    tasks = {}
+    for kernel in escoin.kernels:
+        row_length = kernel.weight.to_ell(kernel.spec.in_channels, TUNE_ROW_MULTIPLE)[0].shape[1]
+        key = (kernel.spec, kernel.epilogue, row_length)
+        if key not in tasks:
+            tasks[key] = Task(kernel.spec, kernel.epilogue, kernel.weight)
+        tasks[key].layers.append(kernel.layer)
+    return list(tasks.values())

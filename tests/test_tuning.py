@@ -1,0 +1,170 @@
+"""Tuning jobs on the CPU (LLVM target, a few trials): logs, resuming, applying, RPC, bad logs.
+The GPU template's design space is checked by replaying mutated traces into CUDA code."""
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import escoin_tvm
+from escoin_tvm import EscoinError, prune
+from escoin_tvm.operator import Epilogue
+from escoin_tvm.spec import Conv2dSpec
+from escoin_tvm.target import resolve_target
+from escoin_tvm.tuning import TuningLog, extract_tasks, format_summary, tune
+from escoin_tvm.tuning.log import RECORDS, WORKLOADS
+from escoin_tvm.tuning.space import MutateKnob, decode_config, design_spaces, workload
+
+
+def small_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 12, 3, padding=1, stride=2))
+    return prune.magnitude(model, 0.9, min_params=0).eval(), torch.randn(2, 8, 11, 11)
+
+
+@pytest.fixture(scope="module")
+def tuned_log(tmp_path_factory):
+    """A log with 3 trials per task, written by a first job."""
+    model, x = small_model()
+    log = tmp_path_factory.mktemp("tuning") / "small-llvm"
+    results = tune(model, (x,), log=log, target="llvm", trials=3, trials_per_iter=3, out=None)
+    return log, results
+
+
+def test_tasks_are_the_models_escoin_kernels():
+    model, x = small_model()
+    tasks = extract_tasks(model, (x,), "llvm")
+    assert [t.layers for t in tasks] == [["0"], ["2"]]
+    assert tasks[0].epilogue == Epilogue(bias=True, relu=True)
+    assert tasks[1].spec.stride == (2, 2) and tasks[1].row_length % 32 == 0
+
+
+def test_job_writes_a_log_and_resumes_it(tuned_log):
+    log, results = tuned_log
+    assert [r.trials for r in results] == [3, 3] and [r.new_trials for r in results] == [3, 3]
+    assert all(r.best_seconds and r.best_seconds < 1 for r in results)
+    assert "vector=" in format_summary(results)
+    model, x = small_model()
+    again = tune(model, (x,), log=log, target="llvm", trials=3, out=None)
+    assert [r.new_trials for r in again] == [0, 0]  # complete: nothing re-measured
+    more = tune(model, (x,), log=log, target="llvm", trials=5, trials_per_iter=2, out=None)
+    assert [r.trials for r in more] == [5, 5] and [r.new_trials for r in more] == [2, 2]
+
+
+def test_compile_uses_the_tuned_schedules(tuned_log):
+    log, _ = tuned_log
+    model, x = small_model()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", tuning_log=log)
+    assert [l["schedule"].startswith("tuned") for l in compiled.layers] == [True, True]
+    best = TuningLog(log).lookup  # the knobs compiled are the log's best
+    task = extract_tasks(model, (x,), "llvm")[1]
+    assert compiled.layers[1]["config"] == dict(vars(best(task.spec, task.weight, task.epilogue,
+                                                          resolve_target("llvm"))[0]))
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def copy_log(log, tmp_path):
+    copy = tmp_path / "log"
+    shutil.copytree(log, copy)
+    return copy
+
+
+def test_corrupt_log_names_the_file_and_line(tuned_log, tmp_path):
+    log = copy_log(tuned_log[0], tmp_path)
+    lines = (log / RECORDS).read_text().splitlines()
+    lines[1] = lines[1][:40] + "garbage" + lines[1][40:]
+    (log / RECORDS).write_text("\n".join(lines) + "\n")
+    model, x = small_model()
+    with pytest.raises(EscoinError, match=rf"{RECORDS}, line 2 is corrupt"):
+        escoin_tvm.compile(model, (x,), target="llvm", tuning_log=log)
+    (log / WORKLOADS).write_bytes(b"\x00\xff" * 10)
+    with pytest.raises(EscoinError, match=f"{WORKLOADS} is not a text file"):
+        TuningLog(log)
+
+
+def test_truncated_log_drops_the_partial_line_with_a_warning(tuned_log, tmp_path):
+    log = copy_log(tuned_log[0], tmp_path)
+    text = (log / RECORDS).read_text()
+    (log / RECORDS).write_text(text[:-30])  # killed in the middle of the last record
+    with pytest.warns(UserWarning, match=f"{RECORDS}: dropping the truncated last line"):
+        repaired = TuningLog(log)
+    assert repaired.size == len(text.splitlines()) - 1
+    model, x = small_model()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", tuning_log=log)
+    assert all(l["schedule"].startswith("tuned") for l in compiled.layers)
+
+
+def test_log_of_another_target_is_reported(tuned_log, tmp_path):
+    log = copy_log(tuned_log[0], tmp_path)
+    rows = [json.loads(line) for line in (log / RECORDS).read_text().splitlines()]
+    for row in rows:
+        row[1][2] = {"kind": "cuda", "arch": "sm_90", "keys": ["cuda", "gpu"], "tag": ""}
+    (log / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, x = small_model()
+    with pytest.warns(UserWarning, match=f"tuning log {log} has no records for target llvm"):
+        compiled = escoin_tvm.compile(model, (x,), target="llvm", tuning_log=log)
+    assert [l["schedule"] for l in compiled.layers] == ["default", "default"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p, "no tuning log at"),
+    (lambda p: (p.parent.mkdir(exist_ok=True), p.write_text("x"), p)[-1], "is a file"),
+    (lambda p: (p.mkdir(parents=True), p)[-1], "is not a tuning log"),
+])
+def test_missing_or_wrong_log_paths(tmp_path, make, message):
+    path = make(tmp_path / "logs" / "x")
+    model, x = small_model()
+    with pytest.raises(EscoinError, match=message):
+        escoin_tvm.compile(model, (x,), target="llvm", tuning_log=path)
+
+
+def test_rpc_tracker_errors_are_clear(tmp_path):
+    model, x = small_model()
+    with pytest.raises(EscoinError, match="cannot reach the RPC tracker at 127.0.0.1:9"):
+        tune(model, (x,), log=tmp_path / "l", target="llvm", trials=1, rpc_tracker="127.0.0.1:9",
+             rpc_key="k", out=None)
+    with pytest.raises(EscoinError, match="HOST:PORT"):
+        tune(model, (x,), log=tmp_path / "l", target="llvm", trials=1, rpc_tracker="nohost",
+             rpc_key="k", out=None)
+
+
+def test_tuning_through_an_rpc_tracker(tmp_path):
+    """Scale-out: the measurements go to a CPU RPC server registered with a local tracker."""
+    pytest.importorskip("tornado")
+    from tvm.s_tir.meta_schedule.testing.local_rpc import LocalRPC
+
+    model, x = small_model()
+    with LocalRPC(tracker_key="escoin-ci", silent=True) as rpc:
+        tracker = f"127.0.0.1:{rpc.tracker_port}"
+        with pytest.raises(EscoinError, match="no server with key 'other'"):
+            tune(model, (x,), log=tmp_path / "l", target="llvm", trials=1, rpc_tracker=tracker,
+                 rpc_key="other", out=None)
+        results = tune(model, (x[:1],), log=tmp_path / "rpc", target="llvm", trials=2,
+                       trials_per_iter=2, rpc_tracker=tracker, rpc_key="escoin-ci", out=None)
+    assert [r.trials for r in results] == [2, 2] and all(r.best_seconds for r in results)
+
+
+@pytest.mark.parametrize("target", ["llvm", "cuda"])
+def test_design_space_replays_under_mutation(target):
+    """Every mutated trace replays (the knobs are real sampling decisions) and decodes into the
+    config it applies; the CUDA ones generate code."""
+    import tvm
+    from tvm import s_tir
+
+    target = resolve_target(target)
+    spec = Conv2dSpec.create((3, 8, 9, 7), (12, 4, 3, 3), stride=(2, 1), padding=1, groups=2)
+    mod = workload(spec, 32, Epilogue(bias=True))
+    mutate = MutateKnob(seed=1)
+    for space in design_spaces(spec, target)(s_tir.Schedule(mod)):
+        trace = space.trace
+        for _ in range(6):
+            trace = mutate.apply(trace)
+            replayed = s_tir.Schedule(mod)
+            trace.apply_to_schedule(replayed, remove_postproc=False)
+            config = decode_config(trace, target).validate()
+            if target.kind.name == "cuda" and config.threads <= 1024:
+                assert "__global__" in tvm.compile(replayed.mod, target=target).mod.imports[0].inspect_source()
