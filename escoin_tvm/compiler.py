@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from dataclasses import asdict
 from typing import List, Optional, Sequence
@@ -36,19 +37,21 @@ class CompiledModule:
     """A compiled model: call it with torch tensors or numpy arrays shaped like the example
     inputs; it returns the same kind, in the model's output structure."""
 
-    def __init__(self, executable, device, metadata: dict):
+    def __init__(self, executable, device, metadata: dict, vm=None):
         self.executable = executable
         self.device = device
         self.metadata = metadata
-        self._vm = None
+        self._local = threading.local()  # a VM per thread: one VM used by two threads crashes
+        self._local.vm = vm
 
     # ---- running ----
     @property
     def vm(self):
-        if self._vm is None:
+        vm = getattr(self._local, "vm", None)
+        if vm is None:
             require_device(self.device)
-            self._vm = relax.VirtualMachine(self.executable, self.device)
-        return self._vm
+            vm = self._local.vm = relax.VirtualMachine(self.executable, self.device)
+        return vm
 
     @property
     def input_shapes(self) -> List[tuple]:
@@ -60,7 +63,15 @@ class CompiledModule:
             raise EscoinError(f"the model takes {len(specs)} input(s), got {len(inputs)}")
         args = [to_tvm(x, self.device, shape, name=f"input {i}", dtype=dtype)
                 for i, (x, (shape, dtype)) in enumerate(zip(inputs, specs))]
-        result = self.vm["main"](*args)
+        try:
+            result = self.vm["main"](*args)
+        except Exception as err:  # TVM reports CUDA allocation failures as generic errors
+            text = str(err).lower()
+            if any(s in text for s in ("out of memory", "out_of_memory", "memoryallocation")):
+                raise EscoinError(f"out of memory on {self.device} running the model on inputs "
+                                  f"of shape {self.input_shapes} (use a smaller batch or free "
+                                  f"memory): {first_line(err)}") from None
+            raise
         flat = [from_tvm(t, inputs[0]) for t in _flatten(result)]
         return _unflatten(flat, self.metadata.get("out_spec"))
 
@@ -271,19 +282,30 @@ def open_tuning_log(tuning_log, target):
 
 def compile(model, example_inputs, *, target: TargetLike = "cuda",
             sparsity_threshold: Optional[float] = None, tuning_log=None,
-            config_for=None) -> CompiledModule:  # noqa: A001 (the issue's public name)
+            dispatch_by: str = "threshold", config_for=None) -> CompiledModule:  # noqa: A001
     """Compiles ``model`` (a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``) for
     inputs shaped like ``example_inputs``. Convolutions with constant weights at or above
     ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels, with the
     best schedules of ``tuning_log`` (a directory written by ``escoin_tvm.tune``) where it has
-    them, else the pre-tuned or default ones."""
+    them, else the pre-tuned or default ones. ``dispatch_by="measure"`` also times each such
+    layer both ways on the target's device (which must be present) and keeps the faster;
+    ``dispatch_by="none"`` leaves every layer dense (plain TVM, the baseline)."""
     import torch
 
     target = resolve_target(target)
     threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else float(sparsity_threshold)
+    if dispatch_by not in ("threshold", "measure", "none"):
+        raise EscoinError(f"dispatch_by must be 'threshold', 'measure' or 'none', got "
+                          f"{dispatch_by!r}")
     log = open_tuning_log(tuning_log, target)
     exported, example, mod = prepare(model, example_inputs, target)
-    mod, escoin = dispatch(mod, exported, target, threshold, config_for=config_for, tuning_log=log)
+    measure = None
+    if dispatch_by == "measure":
+        from .measure import LayerTimer
+
+        measure = LayerTimer(target)
+    mod, escoin = dispatch(mod, exported, target, threshold, config_for=config_for,
+                           tuning_log=log, measure=measure, report_only=dispatch_by == "none")
     if log is not None and escoin.kernels and not any(
             d.schedule.startswith("tuned") for d in escoin.report):
         warnings.warn(f"tuning log {log.path} has no records for this model's kernels on "
@@ -293,6 +315,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         "target": str(target.kind.name),
         "target_json": str(target),
         "threshold": threshold,
+        "dispatch_by": dispatch_by,
         "tuning_log": str(log.path) if log is not None else None,
         "inputs": [[list(x.shape), "float32"] for x in example],
         "out_spec": torch.utils._pytree.treespec_dumps(exported.call_spec.out_spec)
@@ -313,12 +336,40 @@ def _module_kinds(module) -> set:
     return kinds
 
 
+def _check_library(path: str) -> None:
+    """Refuses a file that is not a complete ELF shared library before the dynamic loader maps
+    it: a truncated library kills the process with SIGBUS when its missing pages are touched."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(64)
+        if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:
+            raise EscoinError(f"{path!r} is not a valid escoin-tvm module (not a 64-bit ELF "
+                              "shared library)")
+        endian = "<" if header[5] == 1 else ">"
+        phoff, shoff = struct.unpack_from(endian + "QQ", header, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(endian + "HHHH", header, 54)
+        truncated = shoff + shnum * shentsize > size or phoff + phnum * phentsize > size
+        if not truncated:
+            f.seek(phoff)
+            for _ in range(phnum):
+                entry = f.read(phentsize)
+                offset, filesz = struct.unpack_from(endian + "Q", entry, 8)[0], \
+                    struct.unpack_from(endian + "Q", entry, 32)[0]
+                truncated |= offset + filesz > size
+    if truncated:
+        raise EscoinError(f"{path!r} is not a valid escoin-tvm module (the library is truncated: "
+                          f"{size} bytes)")
+
+
 def load(path, device=None) -> CompiledModule:
     """Loads a library written by ``CompiledModule.export_library``. ``device`` defaults to
     the first GPU for a CUDA module and the CPU otherwise."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise EscoinError(f"no compiled module at {path!r}")
+    _check_library(path)
     try:
         lib = tvm.runtime.load_module(path)
     except Exception as err:
@@ -341,6 +392,4 @@ def load(path, device=None) -> CompiledModule:
                           f"{first_line(err)})") from None
     if metadata.get("version") != METADATA_VERSION:
         raise EscoinError(f"{path!r} was written by an incompatible escoin-tvm version")
-    module = CompiledModule(executable, device, metadata)
-    module._vm = vm
-    return module
+    return CompiledModule(executable, device, metadata, vm)

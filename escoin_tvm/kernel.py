@@ -61,9 +61,11 @@ class SparseConv2dKernel:
     NaN input that meets only zero weights does not produce NaN (dense gives 0 * Inf = NaN)."""
 
     def __init__(self, spec: Conv2dSpec, weight: EscoinWeight, bias: Optional[np.ndarray],
-                 epilogue: Epilogue, target, config: ScheduleConfig):
+                 epilogue: Epilogue, target, config: ScheduleConfig,
+                 row_multiple: Optional[int] = None):
         self.spec, self.weight, self.epilogue, self.target = spec, weight, epilogue, target
-        mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config)
+        mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config,
+                                                             row_multiple)
         self.executable = tvm.compile(mod, target=target)
         self.device = device_for(target)
         # the kernel's constant arguments (ELL offsets, values[, bias]), kept on the host
@@ -102,10 +104,12 @@ class SparseConv2dKernel:
 def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride: IntOrPair = 1,
                         padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1,
                         relu: bool = False, target: TargetLike = "llvm",
-                        config: Optional[ScheduleConfig] = None) -> SparseConv2dKernel:
+                        config: Optional[ScheduleConfig] = None,
+                        row_multiple: Optional[int] = None) -> SparseConv2dKernel:
     """Compiles a sparse direct convolution of ``weight`` (dense OIHW float32, numpy or torch)
     for inputs of ``input_shape`` (NCHW). ``padding`` may be asymmetric:
-    (top, left, bottom, right). ``config`` overrides the default schedule knobs."""
+    (top, left, bottom, right). ``config`` overrides the default schedule knobs;
+    ``row_multiple`` the padding of the ELL rows (a tuned config's, see ``tuning``)."""
     target = resolve_target(target)
     weight = as_numpy_weight(weight)
     spec = Conv2dSpec.create(input_shape, weight.shape, stride=stride, padding=padding,
@@ -116,4 +120,4 @@ def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride
             raise ShapeError(f"bias must have shape ({spec.out_channels},), got {bias.shape}")
     epilogue = Epilogue(bias=bias is not None, relu=bool(relu))
     return SparseConv2dKernel(spec, EscoinWeight.from_dense(weight, spec), bias, epilogue, target,
-                              config)
+                              config, row_multiple)

@@ -42,3 +42,31 @@ def magnitude(model, sparsity: float, *, scope: str = "layer", min_params: int =
                 for conv in convs:
                     conv.weight.masked_fill_(conv.weight.abs() <= threshold, 0.0)
     return model
+
+
+# Fraction of weights kept per convolution in Deep Compression (Han, Mao, Dally, ICLR 2016,
+# Tables 4 and 5), in the networks' order of convolutions.
+DEEP_COMPRESSION_DENSITY = {
+    "alexnet": (0.84, 0.38, 0.35, 0.37, 0.37),
+    "vgg16": (0.58, 0.22, 0.34, 0.36, 0.53, 0.24, 0.42, 0.32, 0.27, 0.34, 0.35, 0.29, 0.36),
+}
+
+
+def deep_compression(model, network: str):
+    """Prunes the convolutions of ``model`` (an ``alexnet`` or ``vgg16`` of ``models.build``)
+    by magnitude to the per-layer sparsities Deep Compression published."""
+    import torch
+
+    if network not in DEEP_COMPRESSION_DENSITY:
+        raise ValueError(f"Deep Compression sparsities are known for "
+                         f"{', '.join(DEEP_COMPRESSION_DENSITY)}, not {network!r}")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    densities = DEEP_COMPRESSION_DENSITY[network]
+    if len(convs) != len(densities):
+        raise ValueError(f"{network} has {len(convs)} convolutions, Deep Compression lists "
+                         f"{len(densities)}")
+    with torch.no_grad():
+        for conv, density in zip(convs, densities):
+            pruned = prune_array(conv.weight.detach().cpu().numpy(), 1.0 - density)
+            conv.weight.copy_(torch.from_numpy(pruned))
+    return model

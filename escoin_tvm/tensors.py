@@ -10,6 +10,9 @@ import tvm
 from .errors import DTypeError, ShapeError
 
 
+ALIGNMENT = 64  # bytes; TVM's buffers (and its DLPack import) require it
+
+
 def is_torch(value) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "detach")
 
@@ -17,8 +20,9 @@ def is_torch(value) -> bool:
 def to_tvm(value, device, shape: Sequence[int], name: str = "input", dtype: str = "float32"):
     """A numpy array or torch tensor -> a TVM tensor on ``device``, after checking shape and dtype.
 
-    Torch tensors already on the right device are shared through DLPack (no copy); a CUDA torch
-    tensor given to a CPU module, or one on another GPU, is refused."""
+    Torch tensors already on the right device are shared through DLPack (no copy) when their data
+    is 64-byte aligned, as TVM's kernels assume; others (e.g. slices) are copied into an aligned
+    buffer. A CUDA torch tensor given to a CPU module, or one on another GPU, is refused."""
     shape = tuple(int(d) for d in shape)
     if is_torch(value):
         got_dtype = str(value.dtype).replace("torch.", "")
@@ -38,7 +42,14 @@ def to_tvm(value, device, shape: Sequence[int], name: str = "input", dtype: str 
                              f"move it with .to('{wanted}')")
         if value.requires_grad:
             value = value.detach()
-        return tvm.runtime.from_dlpack(value.contiguous())
+        value = value.contiguous()
+        if value.data_ptr() % ALIGNMENT == 0:
+            return tvm.runtime.from_dlpack(value)
+        import torch
+
+        aligned = tvm.runtime.empty(shape, dtype, device)
+        torch.from_dlpack(aligned).copy_(value)
+        return aligned
     return tvm.runtime.tensor(np.ascontiguousarray(value), device)
 
 

@@ -46,6 +46,8 @@ class LayerDecision:
     reason: str = ""
     epilogue: str = ""
     schedule: str = ""  # where the kernel's knobs came from: tuned, pre-tuned, default, given
+    escoin_us: Optional[float] = None  # measured dispatch: the layer timed both ways
+    dense_us: Optional[float] = None
     config: dict = field(default_factory=dict)
 
 
@@ -77,10 +79,13 @@ class SparseConv2dDispatch:
     conv2d calls, in program order, in the report; ``choose`` may veto a layer (returns a reason string to keep it dense, e.g. the
     measured dispatch of later issues); ``config_for`` picks schedule knobs per layer;
     ``tuning_log`` (a ``tuning.TuningLog``) supplies tuned knobs for the kernels it has records of.
-    The pre-tuned table, then the heuristic default, cover the rest."""
+    The pre-tuned table, then the heuristic default, cover the rest. With ``measure`` (a
+    ``measure.LayerTimer``), a layer that passes the threshold is timed both ways on the device
+    and takes the faster path. ``report_only`` keeps every layer dense (a baseline)."""
 
     def __init__(self, target, threshold: float, layer_names: Sequence[str] = (),
-                 config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None):
+                 config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None,
+                 measure=None, report_only: bool = False):
         if not 0.0 <= threshold <= 1.0:
             raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
         self.target = target
@@ -88,6 +93,8 @@ class SparseConv2dDispatch:
         self.layer_names = list(layer_names)
         self.config_for = config_for
         self.tuning_log = tuning_log
+        self.measure = measure
+        self.report_only = report_only  # the plain-TVM baseline: decide and report, change nothing
         self.report: List[LayerDecision] = []
         self.kernels: List[EscoinKernel] = []
 
@@ -125,6 +132,8 @@ class SparseConv2dDispatch:
                 continue
             decision = self._decide(value)
             self.report.append(decision)
+            if decision.kernel == "escoin" and self.measure is not None:
+                self._measure(value, decision)
             if decision.kernel != "escoin":
                 continue
             # Fold a single-use bias add, then a single-use relu, into the epilogue.
@@ -152,6 +161,18 @@ class SparseConv2dDispatch:
             new_bindings.append(binding)
         cls = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
         return cls(new_bindings)
+
+    def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
+        escoin_s, dense_s = self.measure(conv, lambda: SparseConv2dDispatch(
+            self.target, 0.0, config_for=self.config_for, tuning_log=self.tuning_log))
+        decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
+        if dense_s < escoin_s:
+            decision.kernel = "dense"
+            decision.reason = (f"measured: dense {dense_s * 1e6:.1f} us < escoin "
+                               f"{escoin_s * 1e6:.1f} us")
+        else:
+            decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, dense "
+                               f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
 
     @staticmethod
     def _single_consumer(var, bindings, uses: Counter):
@@ -201,6 +222,8 @@ class SparseConv2dDispatch:
                                "(Escoin kernels are float32)")
         elif not decision.input_shape:
             decision.reason = "input shape is not static"
+        elif self.report_only:
+            decision.reason = "Escoin pass off (dispatch_by='none')"
         elif decision.sparsity < self.threshold:
             decision.reason = f"sparsity {decision.sparsity:.2f} < threshold {self.threshold:.2f}"
         else:

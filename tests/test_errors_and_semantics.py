@@ -6,7 +6,9 @@ import torch
 
 import escoin_tvm
 from escoin_tvm import DTypeError, ShapeError, TargetError
+from escoin_tvm.prune import prune_array
 from escoin_tvm.target import has_gpu
+from helpers import assert_conv_close
 
 W = np.ones((4, 2, 3, 3), np.float32)
 
@@ -89,3 +91,18 @@ def test_skipped_zero_weight_never_meets_inf_or_nan(target):
     out2 = escoin_tvm.build_sparse_conv2d(weight2, x.shape, target=target)(x)
     assert out2[0, 0, 0, 0] == np.inf and np.isnan(out2[0, 0, 1, 1])
     np.testing.assert_array_equal(out2[0, 1], np.full((3, 3), 3.0, np.float32))
+
+
+def test_unaligned_torch_input_is_copied_not_refused():
+    """Regression (found by the pipeline property tests): a torch view whose data is not
+    64-byte aligned made TVM's DLPack import fail; it is now copied into an aligned buffer."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    weight = prune_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), 0.8)
+    kernel = escoin_tvm.build_sparse_conv2d(weight, (1, 3, 6, 6), padding=1)
+    storage = torch.from_numpy(rng.standard_normal(1 + 3 * 36).astype(np.float32))
+    x = storage[1:].view(1, 3, 6, 6)  # 4 bytes past an aligned start
+    assert x.data_ptr() % 64 != 0
+    np.testing.assert_allclose(kernel(x).numpy(), kernel(x.clone()).numpy())
+    assert_conv_close(kernel(x).numpy(), x.numpy(), weight, padding=1)

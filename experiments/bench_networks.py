@@ -1,0 +1,221 @@
+"""Whole-network inference of pruned CNNs: escoin-tvm against what a PyTorch user would run.
+
+For each network (torchvision architecture, random weights, convolutions magnitude-pruned to
+each sparsity, or to Deep Compression's published per-layer sparsities: "dc") and batch, at
+224x224, one run measures the end-to-end latency (median after warm-up) of:
+  eager_fp32     PyTorch eager, fp32, TF32 off          (CUDA events, 20 runs)
+  eager_tf32     PyTorch eager, PyTorch's default (cuDNN may use TF32)
+  eager_fp16     PyTorch eager, fp16 channels-last
+  torch_compile  torch.compile, default mode, fp32 (TF32 off)
+  tvm_dense      TVM 0.27 compiling the same model without the Escoin pass (dispatch_by="none")
+  escoin         escoin-tvm, threshold dispatch, pre-tuned/default schedules (untuned)
+  escoin_measured  escoin-tvm with per-layer dispatch by measurement (selected networks)
+  escoin_tuned   escoin-tvm with --tuning-log (if given and it has records)
+TVM modules are timed with time_evaluator (20 x 5 runs, median). Every escoin-tvm output is
+checked against PyTorch fp32 (TF32 off) in the same run. TVM compiles run in parallel worker
+processes while torch.compile warms up; all timing happens afterwards with the GPU otherwise idle.
+
+Usage: python experiments/bench_networks.py [--networks alexnet,googlenet,resnet50,vgg16]
+    [--batches 1,16] [--sparsities 0.9] [--sweep resnet50:1:0.7,0.8,0.95] [--dc alexnet,vgg16]
+    [--measured resnet50:1] [--out experiments/results] [--workers 12] [--deadline 540]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SIZE = 224
+
+
+def pruned_model(network: str, sparsity):
+    from escoin_tvm import models, prune
+
+    model = models.build(network, seed=0)
+    if sparsity == "dc":
+        prune.deep_compression(model, network)
+    else:
+        prune.magnitude(model, float(sparsity))
+    return model.eval()
+
+
+def example(batch: int):
+    import torch
+
+    return torch.from_numpy(np.random.default_rng(batch).standard_normal(
+        (batch, 3, SIZE, SIZE)).astype(np.float32))
+
+
+def compile_job(job):
+    """Worker: compile one TVM variant and export it."""
+    network, batch, sparsity, variant, workdir, tuning_log = job
+    import escoin_tvm
+
+    start = time.time()
+    dispatch = {"tvm_dense": "none", "escoin": "threshold", "escoin_tuned": "threshold"}[variant]
+    compiled = escoin_tvm.compile(pruned_model(network, sparsity), (example(batch),), target="cuda",
+                                  dispatch_by=dispatch,
+                                  tuning_log=tuning_log if variant == "escoin_tuned" else None)
+    path = os.path.join(workdir, f"{network}-b{batch}-{sparsity}-{variant}.so")
+    compiled.export_library(path)
+    return job, path, time.time() - start
+
+
+def torch_variants(network, batch, sparsity):
+    """Callables of the PyTorch variants on the GPU (dense kernels: their time does not depend
+    on the sparsity)."""
+    import torch
+
+    model = pruned_model(network, sparsity).cuda()
+    x = example(batch).cuda()
+    half = pruned_model(network, sparsity).cuda().half().to(memory_format=torch.channels_last)
+    xh = x.half().to(memory_format=torch.channels_last)
+    compiled = torch.compile(model)
+
+    def tf32(flag):
+        torch.backends.cudnn.allow_tf32 = flag
+        torch.backends.cuda.matmul.allow_tf32 = flag
+
+    def run(fn, allow_tf32=False):
+        def call():
+            tf32(allow_tf32)
+            with torch.no_grad():
+                return fn()
+        return call
+
+    return {"eager_fp32": run(lambda: model(x)), "eager_tf32": run(lambda: model(x), True),
+            "eager_fp16": run(lambda: half(xh)), "torch_compile": run(lambda: compiled(x))}
+
+
+def reference_output(network, batch, sparsity) -> np.ndarray:
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.no_grad():
+        return pruned_model(network, sparsity).cuda()(example(batch).cuda()).cpu().numpy()
+
+
+def relative_error(out, reference) -> float:
+    out, reference = np.asarray(out, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    return float(np.abs(out - reference).max() / max(np.abs(reference).max(), 1e-30))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", default="alexnet,googlenet,resnet50,vgg16")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--sparsities", default="0.9")
+    parser.add_argument("--sweep", default="", help="NET:BATCH:S1,S2 extra sparsities, ';'-separated")
+    parser.add_argument("--dc", default="alexnet,vgg16", help="networks also run at Deep "
+                        "Compression's per-layer sparsities (batch 1)")
+    parser.add_argument("--measured", default="resnet50:1", help="NET:BATCH compiled with "
+                        "dispatch by measurement (at the first sparsity), ';'-separated")
+    parser.add_argument("--tuning-log", default=None)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 4) - 4))
+    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--deadline", type=float, default=0)
+    args = parser.parse_args(argv)
+    started = time.time()
+
+    import torch
+
+    import escoin_tvm
+    from bench_layers import environment
+    from escoin_tvm.timing import median_time
+
+    networks = args.networks.split(",")
+    batches = [int(b) for b in args.batches.split(",")]
+    sparsities = args.sparsities.split(",")
+    cases = [(n, b, s) for n in networks for b in batches for s in sparsities]
+    for item in filter(None, args.sweep.split(";")):
+        n, b, ss = item.split(":")
+        cases += [(n, int(b), s) for s in ss.split(",") if (n, int(b), s) not in cases]
+    cases += [(n, 1, "dc") for n in filter(None, args.dc.split(",")) if n in networks]
+    measured = [(n, int(b)) for n, b in (m.split(":") for m in filter(None, args.measured.split(";")))]
+
+    env = environment()
+    out = Path(args.out) / f"networks-{env['gpu'].split()[1]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sink = out.open("w")
+
+    def emit(row):
+        sink.write(json.dumps(row) + "\n")
+        sink.flush()
+        print(json.dumps({k: v for k, v in row.items() if k != "layers"}), flush=True)
+
+    emit({"environment": env, "size": SIZE, "cases": cases})
+    workdir = tempfile.mkdtemp(prefix="escoin-networks-")
+    jobs = [(n, b, s, "escoin", workdir, None) for n, b, s in cases]
+    jobs += [(n, b, sparsities[0], "tvm_dense", workdir, None) for n in networks for b in batches]
+    if args.tuning_log:
+        jobs += [(n, b, s, "escoin_tuned", workdir, args.tuning_log) for n, b, s in cases]
+    pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))
+    futures = [pool.submit(compile_job, job) for job in jobs]
+
+    # While TVM compiles: build the PyTorch variants and warm them up (torch.compile compiles).
+    torch_runs, references = {}, {}
+    for n in networks:
+        for b in batches:
+            torch_runs[n, b] = torch_variants(n, b, sparsities[0])
+            for fn in torch_runs[n, b].values():
+                fn()
+    for n, b, s in cases:
+        references[n, b, s] = reference_output(n, b, s)
+    torch.cuda.synchronize()
+    built = []
+    for future in futures:
+        try:
+            built.append(future.result())
+        except Exception as err:  # keep going: a failed compile is a result too
+            print(f"compile failed: {type(err).__name__}: {err}", flush=True)
+    pool.shutdown()
+    print(f"compiled {len(built)}/{len(jobs)} TVM modules at {time.time() - started:.0f} s", flush=True)
+
+    # Timing, GPU otherwise idle.
+    for (n, b), runs in torch_runs.items():
+        for variant, fn in runs.items():
+            emit({"network": n, "batch": b, "sparsity": sparsities[0], "variant": variant,
+                  "latency_ms": median_time(fn, "cuda", warmup=5, repeats=30) * 1e3})
+    for (n, b, s, variant, _, _), path, compile_s in built:
+        module = escoin_tvm.load(path)
+        row = {"network": n, "batch": b, "sparsity": s, "variant": variant,
+               "latency_ms": module.time(number=20, repeat=5) * 1e3, "compile_s": compile_s,
+               "escoin_layers": sum(l["kernel"] == "escoin" for l in module.layers),
+               "convs": len(module.layers)}
+        if (n, b, s) in references:
+            row["rel_err"] = relative_error(module(example(b).numpy()), references[n, b, s])
+        emit(row)
+        os.remove(path)
+    for n, b in measured:
+        if args.deadline and time.time() - started > args.deadline:
+            print(f"deadline: skipping measured dispatch of {n} b{b}", flush=True)
+            continue
+        start = time.time()
+        compiled = escoin_tvm.compile(pruned_model(n, sparsities[0]), (example(b),), target="cuda",
+                                      dispatch_by="measure", sparsity_threshold=0.0)
+        row = {"network": n, "batch": b, "sparsity": sparsities[0], "variant": "escoin_measured",
+               "latency_ms": compiled.time(number=20, repeat=5) * 1e3,
+               "compile_s": time.time() - start, "layers": compiled.layers,
+               "escoin_layers": sum(l["kernel"] == "escoin" for l in compiled.layers),
+               "convs": len(compiled.layers)}
+        if (n, b, sparsities[0]) in references:
+            row["rel_err"] = relative_error(compiled(example(b).numpy()),
+                                            references[n, b, sparsities[0]])
+        emit(row)
+    print(f"wrote {out} in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Tuning the Escoin template on the benchmark layers: tuned vs untuned schedules.
+
+For each layer and batch (sparsity 0.9, the layer benchmark's random pruned weights), runs a
+MetaSchedule tuning job (escoin_tvm.tuning.tune_tasks: evolutionary search, XGBoost cost model)
+into one log, then times on the GPU, with TVM's time_evaluator (median of 5 x 100 runs):
+  - default: the heuristic default config (what an unknown shape gets),
+  - pretuned: the config shipped in schedules/ (the earlier grid sweep), if any,
+  - tuned: the best record of the log,
+checks the tuned kernel against cuDNN fp32 (TF32 off), and writes one JSON line per task with
+the best-so-far curve over the trials (to find the trials needed to get within 5% of the best).
+
+Usage: python experiments/tune_layers.py --trials 64 --log tuning_logs/layers-H100 \
+           --out experiments/results [--deadline 480] [--batches 1,16] [--layers a,b]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_layers import environment, pruned_weight  # noqa: E402
+from layers import LAYERS  # noqa: E402
+
+
+def record_times(path: Path, start_line: int):
+    """Mean run time of each record appended to the log after ``start_line`` (trial order)."""
+    lines = path.read_text().splitlines()[start_line:]
+    return [float(np.mean(json.loads(line)[1][1])) for line in lines]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--trials-per-iter", type=int, default=16)
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--layers", default="")
+    parser.add_argument("--log", default="tuning_logs/layers")
+    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--deadline", type=float, default=0, help="stop starting tasks after "
+                        "this many seconds (0: no limit)")
+    args = parser.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    import escoin_tvm
+    from escoin_tvm.operator import Epilogue
+    from escoin_tvm.schedule import default_gpu_config, pretuned
+    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.target import resolve_target
+    from escoin_tvm.tuning import Task, TuningLog, tune_tasks
+    from escoin_tvm.tuning.log import RECORDS
+    from escoin_tvm.weight_format import EscoinWeight
+
+    torch.backends.cudnn.allow_tf32 = False
+    target = resolve_target("cuda")
+    env = environment()
+    log = TuningLog(args.log, create=True)
+    out = Path(args.out) / f"tuning-{env['gpu'].split()[1]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wanted = set(filter(None, args.layers.split(",")))
+    started = time.time()
+    with out.open("w") as sink:
+        sink.write(json.dumps({"environment": env, "trials": args.trials,
+                               "sparsity": args.sparsity}) + "\n")
+        for seed, (name, chw, wshape, stride, pad, groups) in enumerate(LAYERS):
+            if wanted and name not in wanted:
+                continue
+            for batch in map(int, args.batches.split(",")):
+                if args.deadline and time.time() - started > args.deadline:
+                    print(f"deadline reached, skipping {name} b{batch}")
+                    continue
+                dense = pruned_weight(wshape, args.sparsity, seed)
+                spec = Conv2dSpec.create((batch, *chw), wshape, stride=stride, padding=pad,
+                                         groups=groups)
+                task = Task(spec, Epilogue(), EscoinWeight.from_dense(dense, spec), [f"{name}_b{batch}"])
+                lines_before = len((log.path / RECORDS).read_text().splitlines()) \
+                    if (log.path / RECORDS).exists() else 0
+                t0 = time.time()
+                result = tune_tasks([task], log=log, target=target, trials=args.trials,
+                                    trials_per_iter=args.trials_per_iter)[0]
+                tuning_s = time.time() - t0
+                curve = record_times(log.path / RECORDS, lines_before)
+                tuned = log.lookup(spec, task.weight, task.epilogue, target)
+                configs = {"default": (default_gpu_config(spec), None),
+                           "pretuned": (pretuned.lookup(spec, "sm_90"), None),
+                           "tuned": (tuned[0], tuned[1]) if tuned else (None, None)}
+                x = torch.randn(batch, *chw, device="cuda")
+                reference = F.conv2d(x, torch.from_numpy(dense).cuda(), stride=stride,
+                                     padding=pad, groups=groups)
+                row = {"layer": name, "batch": batch, "sparsity": args.sparsity,
+                       "trials": result.trials, "new_trials": result.new_trials,
+                       "tuning_s": tuning_s, "curve_s": curve, "configs": {}}
+                for label, (config, multiple) in configs.items():
+                    if config is None:
+                        continue
+                    kernel = escoin_tvm.build_sparse_conv2d(
+                        dense, (batch, *chw), stride=stride, padding=pad, groups=groups,
+                        target=target, config=config, row_multiple=multiple)
+                    row[f"{label}_us"] = kernel.time(number=100, repeat=5) * 1e6
+                    row["configs"][label] = dict(vars(kernel.config))
+                    err = float((kernel(x) - reference).abs().max() / reference.abs().max())
+                    row[f"{label}_rel_err"] = err
+                finite = [t for t in curve if t < 1e9]
+                if finite:
+                    best = min(finite)
+                    running = np.minimum.accumulate([t if t < 1e9 else np.inf for t in curve])
+                    row["trials_to_5pct"] = int(np.argmax(running <= best * 1.05)) + 1
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                print(f"{name} b{batch}: default {row.get('default_us', 0):.1f} us, pretuned "
+                      f"{row.get('pretuned_us', float('nan')):.1f} us, tuned "
+                      f"{row.get('tuned_us', float('nan')):.1f} us ({result.trials} trials, "
+                      f"{tuning_s:.0f} s, within 5% after {row.get('trials_to_5pct')}), "
+                      f"err {row.get('tuned_rel_err', float('nan')):.1e}", flush=True)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Per-layer dispatch: by threshold, by measurement on the device, or off (plain TVM)."""
+import numpy as np
+import pytest
+import torch
+
+import escoin_tvm
+from escoin_tvm import EscoinError, models, prune
+from escoin_tvm.prune import DEEP_COMPRESSION_DENSITY, deep_compression
+from escoin_tvm.target import resolve_target
+from escoin_tvm.transform import SparseConv2dDispatch
+
+
+def small_net():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    return prune.magnitude(model, 0.9).eval(), torch.randn(2, 3, 10, 10)
+
+
+def matches(compiled, model, x):
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_measured_dispatch_times_each_layer_both_ways():
+    model, x = small_net()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="measure")
+    for layer in compiled.layers:
+        assert layer["escoin_us"] > 0 and layer["dense_us"] > 0
+        assert layer["reason"].startswith("measured:")
+        faster = "escoin" if layer["escoin_us"] <= layer["dense_us"] else "dense"
+        assert layer["kernel"] == faster
+    matches(compiled, model, x)
+
+
+def test_measured_dispatch_keeps_a_layer_dense_when_dense_wins(monkeypatch):
+    """The pass's choice follows the timer: a timer where the dense side wins keeps it dense."""
+    model, x = small_net()
+    calls = []
+
+    def timer(conv, make_pass):
+        calls.append(make_pass())
+        return (2e-6, 1e-6) if len(calls) == 2 else (1e-6, 2e-6)  # dense wins the 2nd layer
+
+    import escoin_tvm.measure
+
+    monkeypatch.setattr(escoin_tvm.measure, "LayerTimer", lambda target: timer)
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="measure")
+    assert [l["kernel"] for l in compiled.layers] == ["escoin", "dense", "escoin"]
+    assert "dense 1.0 us < escoin 2.0 us" in compiled.layers[1]["reason"]
+    assert all(isinstance(p, SparseConv2dDispatch) for p in calls)
+    matches(compiled, model, x)
+
+
+def test_dispatch_off_is_plain_tvm():
+    model, x = small_net()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="none")
+    assert [l["kernel"] for l in compiled.layers] == ["dense"] * 3
+    assert "Escoin pass off" in compiled.layers[0]["reason"]
+    matches(compiled, model, x)
+
+
+def test_bad_dispatch_mode():
+    model, x = small_net()
+    with pytest.raises(EscoinError, match="dispatch_by must be"):
+        escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="fastest")
+
+
+def test_measured_dispatch_needs_the_device():
+    if escoin_tvm.target.has_gpu():
+        pytest.skip("this machine has a GPU")
+    model, x = small_net()
+    with pytest.raises(escoin_tvm.TargetError, match="no CUDA GPU"):
+        escoin_tvm.compile(model, (x,), target="cuda", dispatch_by="measure")
+
+
+@pytest.mark.parametrize("network", sorted(DEEP_COMPRESSION_DENSITY))
+def test_deep_compression_sparsities(network):
+    model = deep_compression(models.build(network), network)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    kept = [float((c.weight != 0).float().mean()) for c in convs]
+    np.testing.assert_allclose(kept, DEEP_COMPRESSION_DENSITY[network], atol=1e-3)
+    with pytest.raises(ValueError, match="resnet50"):
+        deep_compression(models.build("resnet18"), "resnet50")

@@ -1,0 +1,157 @@
+"""Faults and hostile inputs: damaged files, a tuning job killed mid-way, concurrent use from
+threads, GPU memory running out. Each ends in a clear error or a correct result."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import escoin_tvm
+from escoin_tvm import EscoinError, prune
+from escoin_tvm.cli import main as cli
+
+
+def net(seed, channels=8):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(channels, channels, 3, padding=1),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(channels, 5))
+    return prune.magnitude(model, 0.9).eval()
+
+
+@pytest.fixture(scope="module")
+def exported_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("files")
+    model, x = net(0), torch.randn(1, 3, 12, 12)
+    torch.export.save(torch.export.export(model, (x,)), root / "model.pt2")
+    escoin_tvm.compile(model, (x,), target="llvm").export_library(root / "model.so")
+    return root
+
+
+def test_truncated_and_adversarial_model_files(exported_files, tmp_path, capsys):
+    pt2 = (exported_files / "model.pt2").read_bytes()
+    (tmp_path / "half.pt2").write_bytes(pt2[: len(pt2) // 2])
+    with zipfile.ZipFile(tmp_path / "evil.pt2", "w") as archive:  # a zip, not an export
+        archive.writestr("model/data.pkl", b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")
+    for name in ("half.pt2", "evil.pt2"):
+        assert cli(["compile", str(tmp_path / name), "-o", str(tmp_path / "o.so")]) == 2
+        assert name in capsys.readouterr().err
+    so = (exported_files / "model.so").read_bytes()
+    (tmp_path / "half.so").write_bytes(so[: len(so) // 2])
+    with pytest.raises(EscoinError, match="half.so"):
+        escoin_tvm.load(tmp_path / "half.so")
+    (tmp_path / "empty.so").write_bytes(b"")
+    with pytest.raises(EscoinError, match="empty.so"):
+        escoin_tvm.load(tmp_path / "empty.so")
+
+
+def test_two_modules_from_many_threads():
+    """Two compiled models called from 8 threads at once give the same results as one by one."""
+    models = [net(1), net(2, channels=12)]
+    inputs = [torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(i))
+              for i in range(4)]
+    compiled = [escoin_tvm.compile(m, (inputs[0],), target="llvm") for m in models]
+    expected = {(m, i): compiled[m](x).numpy() for m in range(2) for i, x in enumerate(inputs)}
+    errors, results = [], []
+
+    def work(worker):
+        try:
+            for step in range(25):
+                m, i = (worker + step) % 2, step % len(inputs)
+                results.append(((m, i), compiled[m](inputs[i]).numpy()))
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 200
+    for key, out in results:
+        np.testing.assert_array_equal(out, expected[key])
+
+
+KILLED_JOB = textwrap.dedent("""
+    import sys, torch
+    from escoin_tvm import prune
+    from escoin_tvm.tuning import tune
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1))
+    prune.magnitude(model, 0.9)
+    tune(model.eval(), (torch.randn(1, 4, 10, 10),), log=sys.argv[1], target="llvm",
+         trials=int(sys.argv[2]), trials_per_iter=2)
+""")
+
+
+def test_killed_tuning_job_leaves_a_log_that_resumes(tmp_path):
+    from escoin_tvm.tuning import TuningLog
+    from escoin_tvm.tuning.log import RECORDS
+
+    log = tmp_path / "log"
+    script = tmp_path / "job.py"
+    script.write_text(KILLED_JOB)
+    job = subprocess.Popen([sys.executable, str(script), str(log), "8"], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and job.poll() is None:
+        records = log / RECORDS
+        if records.exists() and len(records.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.5)
+    assert job.poll() is None, "the job ended before it could be killed"
+    os.killpg(job.pid, signal.SIGKILL)  # the job and its builder/runner workers
+    job.wait()
+    survived = len((log / RECORDS).read_text().splitlines())
+    assert 3 <= survived < 16
+    resumed = subprocess.run([sys.executable, str(script), str(log), "4"], capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    checked = TuningLog(log)
+    assert checked.size >= max(survived, 8)  # nothing lost; both tasks have at least 4 trials
+
+
+@pytest.mark.gpu
+def test_out_of_gpu_memory_is_an_error_the_process_survives():
+    """With the GPU's memory taken, a run fails with a clear error; once memory is free again
+    the same module runs correctly."""
+    model, x = net(3), torch.randn(4, 3, 12, 12)
+    compiled = escoin_tvm.compile(model, (x,), target="cuda")
+    free, _ = torch.cuda.mem_get_info()
+    hog = [torch.empty(max(free - (64 << 20), 1 << 20), dtype=torch.uint8, device="cuda")]
+    while True:  # take what is left, down to the last MiB
+        try:
+            hog.append(torch.empty(1 << 20, dtype=torch.uint8, device="cuda"))
+        except torch.OutOfMemoryError:
+            break
+    try:
+        with pytest.raises(EscoinError, match="out of memory"):
+            compiled(x.cuda())
+    finally:
+        del hog
+        torch.cuda.empty_cache()
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x.cuda()).cpu().numpy(), model(x).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_inputs_on_the_wrong_device_are_refused():
+    model, x = net(4), torch.randn(1, 3, 12, 12)
+    on_cpu = escoin_tvm.compile(model, (x,), target="llvm")
+    with pytest.raises(ValueError, match="module runs on cpu"):
+        on_cpu(x.cuda())
+    on_gpu = escoin_tvm.compile(model, (x,), target="cuda")
+    with pytest.raises(ValueError, match="module runs on cuda"):
+        on_gpu(x)
