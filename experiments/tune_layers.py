@@ -71,56 +71,55 @@ def main(argv=None):
     with out.open("w") as sink:
         sink.write(json.dumps({"environment": env, "trials": args.trials,
                                "sparsity": args.sparsity}) + "\n")
-        for seed, (name, chw, wshape, stride, pad, groups) in enumerate(LAYERS):
-            if wanted and name not in wanted:
+        cases = [(batch, seed, layer) for batch in map(int, args.batches.split(","))
+                 for seed, layer in enumerate(LAYERS) if not wanted or layer[0] in wanted]
+        for batch, seed, (name, chw, wshape, stride, pad, groups) in cases:
+            if args.deadline and time.time() - started > args.deadline:
+                print(f"deadline reached, skipping {name} b{batch}")
                 continue
-            for batch in map(int, args.batches.split(",")):
-                if args.deadline and time.time() - started > args.deadline:
-                    print(f"deadline reached, skipping {name} b{batch}")
+            dense = pruned_weight(wshape, args.sparsity, seed)
+            spec = Conv2dSpec.create((batch, *chw), wshape, stride=stride, padding=pad,
+                                     groups=groups)
+            task = Task(spec, Epilogue(), EscoinWeight.from_dense(dense, spec), [f"{name}_b{batch}"])
+            lines_before = len((log.path / RECORDS).read_text().splitlines()) \
+                if (log.path / RECORDS).exists() else 0
+            t0 = time.time()
+            result = tune_tasks([task], log=log, target=target, trials=args.trials,
+                                trials_per_iter=args.trials_per_iter)[0]
+            tuning_s = time.time() - t0
+            curve = record_times(log.path / RECORDS, lines_before)
+            tuned = log.lookup(spec, task.weight, task.epilogue, target)
+            configs = {"default": (default_gpu_config(spec), None),
+                       "pretuned": (pretuned.lookup(spec, "sm_90"), None),
+                       "tuned": (tuned[0], tuned[1]) if tuned else (None, None)}
+            x = torch.randn(batch, *chw, device="cuda")
+            reference = F.conv2d(x, torch.from_numpy(dense).cuda(), stride=stride,
+                                 padding=pad, groups=groups)
+            row = {"layer": name, "batch": batch, "sparsity": args.sparsity,
+                   "trials": result.trials, "new_trials": result.new_trials,
+                   "tuning_s": tuning_s, "curve_s": curve, "configs": {}}
+            for label, (config, multiple) in configs.items():
+                if config is None:
                     continue
-                dense = pruned_weight(wshape, args.sparsity, seed)
-                spec = Conv2dSpec.create((batch, *chw), wshape, stride=stride, padding=pad,
-                                         groups=groups)
-                task = Task(spec, Epilogue(), EscoinWeight.from_dense(dense, spec), [f"{name}_b{batch}"])
-                lines_before = len((log.path / RECORDS).read_text().splitlines()) \
-                    if (log.path / RECORDS).exists() else 0
-                t0 = time.time()
-                result = tune_tasks([task], log=log, target=target, trials=args.trials,
-                                    trials_per_iter=args.trials_per_iter)[0]
-                tuning_s = time.time() - t0
-                curve = record_times(log.path / RECORDS, lines_before)
-                tuned = log.lookup(spec, task.weight, task.epilogue, target)
-                configs = {"default": (default_gpu_config(spec), None),
-                           "pretuned": (pretuned.lookup(spec, "sm_90"), None),
-                           "tuned": (tuned[0], tuned[1]) if tuned else (None, None)}
-                x = torch.randn(batch, *chw, device="cuda")
-                reference = F.conv2d(x, torch.from_numpy(dense).cuda(), stride=stride,
-                                     padding=pad, groups=groups)
-                row = {"layer": name, "batch": batch, "sparsity": args.sparsity,
-                       "trials": result.trials, "new_trials": result.new_trials,
-                       "tuning_s": tuning_s, "curve_s": curve, "configs": {}}
-                for label, (config, multiple) in configs.items():
-                    if config is None:
-                        continue
-                    kernel = escoin_tvm.build_sparse_conv2d(
-                        dense, (batch, *chw), stride=stride, padding=pad, groups=groups,
-                        target=target, config=config, row_multiple=multiple)
-                    row[f"{label}_us"] = kernel.time(number=100, repeat=5) * 1e6
-                    row["configs"][label] = dict(vars(kernel.config))
-                    err = float((kernel(x) - reference).abs().max() / reference.abs().max())
-                    row[f"{label}_rel_err"] = err
-                finite = [t for t in curve if t < 1e9]
-                if finite:
-                    best = min(finite)
-                    running = np.minimum.accumulate([t if t < 1e9 else np.inf for t in curve])
-                    row["trials_to_5pct"] = int(np.argmax(running <= best * 1.05)) + 1
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
-                print(f"{name} b{batch}: default {row.get('default_us', 0):.1f} us, pretuned "
-                      f"{row.get('pretuned_us', float('nan')):.1f} us, tuned "
-                      f"{row.get('tuned_us', float('nan')):.1f} us ({result.trials} trials, "
-                      f"{tuning_s:.0f} s, within 5% after {row.get('trials_to_5pct')}), "
-                      f"err {row.get('tuned_rel_err', float('nan')):.1e}", flush=True)
+                kernel = escoin_tvm.build_sparse_conv2d(
+                    dense, (batch, *chw), stride=stride, padding=pad, groups=groups,
+                    target=target, config=config, row_multiple=multiple)
+                row[f"{label}_us"] = kernel.time(number=100, repeat=5) * 1e6
+                row["configs"][label] = dict(vars(kernel.config))
+                err = float((kernel(x) - reference).abs().max() / reference.abs().max())
+                row[f"{label}_rel_err"] = err
+            finite = [t for t in curve if t < 1e9]
+            if finite:
+                best = min(finite)
+                running = np.minimum.accumulate([t if t < 1e9 else np.inf for t in curve])
+                row["trials_to_5pct"] = int(np.argmax(running <= best * 1.05)) + 1
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            print(f"{name} b{batch}: default {row.get('default_us', 0):.1f} us, pretuned "
+                  f"{row.get('pretuned_us', float('nan')):.1f} us, tuned "
+                  f"{row.get('tuned_us', float('nan')):.1f} us ({result.trials} trials, "
+                  f"{tuning_s:.0f} s, within 5% after {row.get('trials_to_5pct')}), "
+                  f"err {row.get('tuned_rel_err', float('nan')):.1e}", flush=True)
     print(f"wrote {out}")
 
 
