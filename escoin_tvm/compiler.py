@@ -260,12 +260,13 @@ def prepare(model, example_inputs, target):
 def dispatch(mod, exported, target, threshold: float, **options):
     """Folds batch norms into the convolutions and runs the Escoin pass.
     Returns (Relax module, the pass with its report and kernels)."""
+    from .workarounds import matmul_k1_to_multiply
+
     escoin = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), **options)
-    mod = tvm.transform.Sequential([
-        relax.transform.FoldBatchnormToConv2D(),
-        relax.transform.FoldConstant(),
-        escoin,
-    ])(mod)
+    passes = [relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant(), escoin]
+    if is_gpu(target):
+        passes.append(matmul_k1_to_multiply)
+    mod = tvm.transform.Sequential(passes)(mod)
     return mod, escoin
 
 

@@ -20,6 +20,7 @@ from tvm.ir import Constant
 
 from .errors import EscoinError
 from .kernel import schedule_source, scheduled_module
+from .target import is_gpu
 from .operator import Epilogue
 from .spec import Conv2dSpec
 from .weight_format import EscoinWeight
@@ -132,7 +133,8 @@ class SparseConv2dDispatch:
                 continue
             decision = self._decide(value)
             self.report.append(decision)
-            if decision.kernel == "escoin" and self.measure is not None:
+            if decision.kernel == "escoin" and self.measure is not None \
+                    and not decision.reason.startswith("one-tap"):
                 self._measure(value, decision)
             if decision.kernel != "escoin":
                 continue
@@ -222,6 +224,11 @@ class SparseConv2dDispatch:
                                "(Escoin kernels are float32)")
         elif not decision.input_shape:
             decision.reason = "input shape is not static"
+        elif is_gpu(self.target) and dense.shape[1] * dense.shape[2] * dense.shape[3] == 1 \
+                and not self.report_only:
+            # TVM 0.27's fused CUDA code for a one-tap reduction is wrong (see workarounds.py)
+            decision.kernel = "escoin"
+            decision.reason = "one-tap convolution: TVM 0.27's dense CUDA code for it is wrong"
         elif self.report_only:
             decision.reason = "Escoin pass off (dispatch_by='none')"
         elif decision.sparsity < self.threshold:

@@ -127,6 +127,7 @@ def test_out_of_gpu_memory_is_an_error_the_process_survives():
     the same module runs correctly."""
     model, x = net(3), torch.randn(4, 3, 12, 12)
     compiled = escoin_tvm.compile(model, (x,), target="cuda")
+    xd = x.cuda()
     free, _ = torch.cuda.mem_get_info()
     hog = [torch.empty(max(free - (64 << 20), 1 << 20), dtype=torch.uint8, device="cuda")]
     while True:  # take what is left, down to the last MiB
@@ -136,13 +137,13 @@ def test_out_of_gpu_memory_is_an_error_the_process_survives():
             break
     try:
         with pytest.raises(EscoinError, match="out of memory"):
-            compiled(x.cuda())
+            compiled(xd)
     finally:
         del hog
         torch.cuda.empty_cache()
     torch.backends.cudnn.allow_tf32 = False
     with torch.no_grad():
-        np.testing.assert_allclose(compiled(x.cuda()).cpu().numpy(), model(x).numpy(),
+        np.testing.assert_allclose(compiled(xd).cpu().numpy(), model(x).numpy(),
                                    rtol=1e-4, atol=1e-5)
 
 
@@ -155,3 +156,51 @@ def test_inputs_on_the_wrong_device_are_refused():
     on_gpu = escoin_tvm.compile(model, (x,), target="cuda")
     with pytest.raises(ValueError, match="module runs on cuda"):
         on_gpu(x)
+
+
+def one_tap_model():
+    torch.manual_seed(5)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 1, groups=2), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 9, 3), torch.nn.ReLU(),
+                               torch.nn.Linear(3, 1), torch.nn.Linear(1, 3)).eval()
+
+
+def cuda_source(compiled):
+    sources = []
+
+    def walk(module):
+        for imported in module.imports:
+            if imported.kind == "cuda":
+                sources.append(imported.inspect_source())
+            walk(imported)
+
+    walk(compiled.executable.mod)
+    return "\n".join(sources)
+
+
+def test_trivial_reductions_avoid_the_tvm_cuda_bug():
+    """Regression (found by the pipeline property tests on the H100): TVM 0.27's CUDA code for a
+    one-element reduction fused with its epilogue applies the epilogue twice. A Linear with one
+    input feature becomes a broadcast multiply; a one-tap convolution goes to Escoin."""
+    x = torch.randn(1, 2, 3, 3)
+    compiled = escoin_tvm.compile(one_tap_model(), (x,), target={"kind": "cuda", "arch": "sm_90"},
+                                  sparsity_threshold=1.0)
+    assert compiled.layers[0]["kernel"] == "escoin"
+    assert "one-tap" in compiled.layers[0]["reason"]
+    source = cuda_source(compiled)
+    assert source.count("matmul") and "fused_matmul_add_kernel" not in source.replace(
+        "fused_matmul_add_relu", "")  # the K=3 and K=36 matmuls remain, K=1 does not
+    with torch.no_grad():  # and the rewrite is exact on the CPU path too
+        llvm = escoin_tvm.compile(one_tap_model(), (x,), target="llvm", sparsity_threshold=1.0)
+        np.testing.assert_allclose(llvm(x).numpy(), one_tap_model()(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_trivial_reductions_on_gpu():
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(2, 2, 3, 3)
+    compiled = escoin_tvm.compile(one_tap_model(), (x,), target="cuda", sparsity_threshold=1.0)
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x.cuda()).cpu().numpy(), one_tap_model()(x).numpy(),
+                                   rtol=1e-4, atol=1e-5)

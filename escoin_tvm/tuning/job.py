@@ -88,6 +88,17 @@ def build_kernel(mod, target, _params):
     return build(mod, target=target)
 
 
+def export_kernel(mod) -> str:
+    """The builder's f_export: a shared library, linked in the parallel builder workers (the
+    default tar is linked at load time, one by one, in the runner)."""
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="escoin-trial-"), "kernel.so")
+    mod.export_library(path)
+    return path
+
+
 def _runner(task: Task, target, rpc_tracker: Optional[str], rpc_key: Optional[str],
             number: int, repeat: int):
     evaluator = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=0,
@@ -146,7 +157,7 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
     tuning_log = log if isinstance(log, TuningLog) else TuningLog(log, create=True)
     done = [tuning_log.trials(task.workload(), target) for task in tasks]
     progress = Progress(out or _Null(), sum(max(0, trials - d) for d in done))
-    builder = ms.builder.LocalBuilder(f_build=build_kernel, timeout_sec=120)
+    builder = ms.builder.LocalBuilder(f_build=build_kernel, f_export=export_kernel, timeout_sec=120)
     results = []
     try:
         for index, (task, already) in enumerate(zip(tasks, done), 1):

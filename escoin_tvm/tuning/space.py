@@ -22,7 +22,7 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
-from ..operator import Epilogue, sparse_conv2d_primfunc
+from ..operator import PAD_BLOCK, Epilogue, sparse_conv2d_primfunc
 from ..schedule import CpuConfig, GpuConfig, schedule_cpu, schedule_gpu
 from ..spec import Conv2dSpec
 from ..target import is_gpu
@@ -90,8 +90,11 @@ def design_spaces(spec: Conv2dSpec, target):
         for structure in structures:
             space = sch.copy()
             knobs = {name: _sample(space, values) for name, values in candidates.items()}
-            for name, value in structure.items():  # recorded for decode_config
-                _sample(space, [int(value)])
+            for name, value in structure.items():
+                # Recorded for decode_config; the annotation keeps the decision alive when
+                # MetaSchedule drops unused instructions from the traces it stores.
+                space.annotate(space.get_sblock(PAD_BLOCK), f"escoin.{name}",
+                               _sample(space, [int(value)]))
             if is_gpu(target):
                 schedule_gpu(space, GpuConfig(**knobs, **structure))
             else:
