@@ -134,7 +134,7 @@ class SparseConv2dDispatch:
             decision = self._decide(value)
             self.report.append(decision)
             if decision.kernel == "escoin" and self.measure is not None \
-                    and not decision.reason.startswith("one-tap"):
+                    and not self._dense_is_wrong(decision.weight_shape):
                 self._measure(value, decision)
             if decision.kernel != "escoin":
                 continue
@@ -163,6 +163,11 @@ class SparseConv2dDispatch:
             new_bindings.append(binding)
         cls = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
         return cls(new_bindings)
+
+    def _dense_is_wrong(self, weight_shape) -> bool:
+        """A one-tap convolution on CUDA: TVM 0.27's fused code for a reduction of one element
+        applies the epilogue twice (see workarounds.py), so it must not stay dense."""
+        return is_gpu(self.target) and int(np.prod(weight_shape[1:])) == 1
 
     def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
         escoin_s, dense_s = self.measure(conv, lambda: SparseConv2dDispatch(
@@ -224,13 +229,11 @@ class SparseConv2dDispatch:
                                "(Escoin kernels are float32)")
         elif not decision.input_shape:
             decision.reason = "input shape is not static"
-        elif is_gpu(self.target) and dense.shape[1] * dense.shape[2] * dense.shape[3] == 1 \
-                and not self.report_only:
-            # TVM 0.27's fused CUDA code for a one-tap reduction is wrong (see workarounds.py)
-            decision.kernel = "escoin"
-            decision.reason = "one-tap convolution: TVM 0.27's dense CUDA code for it is wrong"
         elif self.report_only:
             decision.reason = "Escoin pass off (dispatch_by='none')"
+        elif self._dense_is_wrong(decision.weight_shape):
+            decision.kernel = "escoin"
+            decision.reason = "one-tap convolution: TVM 0.27's dense CUDA code for it is wrong"
         elif decision.sparsity < self.threshold:
             decision.reason = f"sparsity {decision.sparsity:.2f} < threshold {self.threshold:.2f}"
         else:

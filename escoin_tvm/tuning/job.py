@@ -18,8 +18,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
 from ..errors import EscoinError, first_line
-from ..target import TargetLike, is_gpu, resolve_target
-from .log import TuningLog
+from ..target import TargetLike, resolve_target
+from .log import TuningLog, mean_seconds
 from .space import decode_config, space_generator
 from .tasks import Task, extract_tasks
 
@@ -155,7 +155,7 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
         raise EscoinError(f"trials and trials_per_iter must be >= 1, got {trials}, {trials_per_iter}")
     target = resolve_target(target)
     tuning_log = log if isinstance(log, TuningLog) else TuningLog(log, create=True)
-    done = [tuning_log.trials(task.workload(), target) for task in tasks]
+    done = [tuning_log.trials(task.workload, target) for task in tasks]
     progress = Progress(out or _Null(), sum(max(0, trials - d) for d in done))
     builder = ms.builder.LocalBuilder(f_build=build_kernel, f_export=export_kernel, timeout_sec=120)
     results = []
@@ -166,7 +166,7 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
             if remaining > 0:
                 _tune_task(task, tuning_log, target, remaining, trials_per_iter, seed + index,
                            _progress_callback(progress, index, len(tasks), task, already, trials,
-                                              _best(tuning_log, task, target)),
+                                              tuning_log.best_seconds(task.workload, target)),
                            builder, _runner(task, target, rpc_tracker, rpc_key, number, repeat))
                 progress.out.write("\n")
             results.append(_result(tuning_log, task, target, already, time.time() - started))
@@ -180,7 +180,7 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
 def _tune_task(task: Task, tuning_log: TuningLog, target, trials: int, per_iter: int, seed: int,
                callback, builder, runner) -> None:
     context = ms.TuneContext(
-        mod=task.workload(), target=target, space_generator=space_generator(task.spec, target, seed),
+        mod=task.workload, target=target, space_generator=space_generator(task.spec, target, seed),
         search_strategy=ms.search_strategy.EvolutionarySearch(
             population_size=128, init_min_unmeasured=32, genetic_num_iters=3),
         task_name=task.name,
@@ -193,17 +193,12 @@ def _tune_task(task: Task, tuning_log: TuningLog, target, trials: int, per_iter:
                   task_scheduler="round-robin")
 
 
-def _best(tuning_log: TuningLog, task: Task, target):
-    records = tuning_log.records(task.workload(), target)
-    return sum(float(t) for t in records[0].run_secs) / len(records[0].run_secs) if records else None
-
-
 def _result(tuning_log: TuningLog, task: Task, target, before: int, seconds: float) -> TaskResult:
-    mod = task.workload()
-    records = tuning_log.records(mod, target)
-    trials = tuning_log.trials(mod, target)
+    records = tuning_log.records(task.workload, target)
+    trials = tuning_log.trials(task.workload, target)
     config = dict(vars(decode_config(records[0].trace, target))) if records else None
-    return TaskResult(task.name, task.layers, trials, trials - before, _best(tuning_log, task, target),
+    return TaskResult(task.name, task.layers, trials, trials - before,
+                      mean_seconds(records[0]) if records else None,
                       config, seconds)
 
 

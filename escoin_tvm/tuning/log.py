@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import tvm
 from tvm.s_tir import meta_schedule as ms
@@ -20,9 +20,8 @@ from tvm.s_tir import meta_schedule as ms
 from ..errors import EscoinError, first_line
 from ..operator import Epilogue
 from ..spec import Conv2dSpec
-from ..target import is_gpu
 from ..weight_format import EscoinWeight
-from .space import TUNE_ROW_MULTIPLE, decode_config, workload
+from .space import TUNE_ROW_MULTIPLE, decode_config, tuned_row_length, workload
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -114,37 +113,45 @@ class TuningLog:
     def targets(self) -> List[Tuple[str, str]]:
         return sorted({target_key(r.target) for r in self.database.get_all_tuning_records()})
 
+    def _entry(self, mod: tvm.IRModule):
+        """The log's Workload for ``mod``, or None (commit_workload of a known workload returns
+        it and writes nothing)."""
+        return self.database.commit_workload(mod) if self.database.has_workload(mod) else None
+
     def records(self, mod: tvm.IRModule, target) -> list:
         """This workload's successful records for the target, fastest first."""
-        if not self.database.has_workload(mod):
+        entry = self._entry(mod)
+        if entry is None:
             return []
-        entry = self.database.commit_workload(mod)  # already there: returns it, writes nothing
         key = target_key(target)
         records = [r for r in self.database.get_top_k(entry, 1 << 30)
                    if target_key(r.target) == key and r.run_secs
                    and max(float(t) for t in r.run_secs) < FAILED]
-        return sorted(records, key=lambda r: _mean(r.run_secs))
+        return sorted(records, key=lambda r: mean_seconds(r))
+
+    def best_seconds(self, mod: tvm.IRModule, target) -> Optional[float]:
+        records = self.records(mod, target)
+        return mean_seconds(records[0]) if records else None
 
     def trials(self, mod: tvm.IRModule, target) -> int:
         """Trials already recorded for this workload and target (failed ones included)."""
-        if not self.database.has_workload(mod):
+        entry = self._entry(mod)
+        if entry is None:
             return 0
-        entry = self.database.commit_workload(mod)
         key = target_key(target)  # get_top_k leaves out failed trials: count them all
         return sum(r.workload.same_as(entry) and target_key(r.target) == key
                    for r in self.database.get_all_tuning_records())
 
     def lookup(self, spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target):
         """(config, row multiple, seconds) of the best record for this kernel, or None."""
-        row_length = weight.to_ell(spec.in_channels, TUNE_ROW_MULTIPLE)[0].shape[1]
-        records = self.records(workload(spec, row_length, epilogue), target)
+        records = self.records(workload(spec, tuned_row_length(weight), epilogue), target)
         if not records:
             return None
         try:
             config = decode_config(records[0].trace, target)
         except ValueError as err:
             raise EscoinError(f"tuning log {self.path}: {err}") from None
-        return config, TUNE_ROW_MULTIPLE, _mean(records[0].run_secs)
+        return config, TUNE_ROW_MULTIPLE, mean_seconds(records[0])
 
     def warn_if_foreign(self, target) -> bool:
         """Warns (naming the file) when the log holds records, none of them for ``target``."""
@@ -158,5 +165,5 @@ class TuningLog:
         return False
 
 
-def _mean(run_secs) -> float:
-    return sum(float(t) for t in run_secs) / len(run_secs)
+def mean_seconds(record) -> float:
+    return sum(float(t) for t in record.run_secs) / len(record.run_secs)

@@ -31,8 +31,11 @@ TUNE_ROW_MULTIPLE = 32
 SAMPLE = "SampleCategorical"
 
 
-def tuned_row_length(max_row_nnz: int) -> int:
-    return max(TUNE_ROW_MULTIPLE, -(-max_row_nnz // TUNE_ROW_MULTIPLE) * TUNE_ROW_MULTIPLE)
+def tuned_row_length(weight) -> int:
+    """The ELL row length of a tuned kernel: ``weight.to_ell(C, TUNE_ROW_MULTIPLE)``'s width,
+    without building the arrays."""
+    longest = max(1, int(weight.row_lengths.max(initial=0)))
+    return -(-longest // TUNE_ROW_MULTIPLE) * TUNE_ROW_MULTIPLE
 
 
 def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue) -> tvm.IRModule:

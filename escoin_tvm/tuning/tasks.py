@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import List, Optional
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..operator import Epilogue
 from ..spec import Conv2dSpec
 from ..target import TargetLike, resolve_target
 from ..weight_format import EscoinWeight
-from .space import TUNE_ROW_MULTIPLE, workload
+from .space import TUNE_ROW_MULTIPLE, tuned_row_length, workload
 
 
 @dataclass
@@ -26,21 +27,19 @@ class Task:
 
     @property
     def row_length(self) -> int:
-        return self.ell()[0].shape[1]
-
-    def ell(self):
-        return self.weight.to_ell(self.spec.in_channels, TUNE_ROW_MULTIPLE)
+        return tuned_row_length(self.weight)
 
     @property
     def name(self) -> str:
         more = f" (+{len(self.layers) - 1})" if len(self.layers) > 1 else ""
         return self.layers[0] + more
 
+    @cached_property
     def workload(self) -> tvm.IRModule:
         return workload(self.spec, self.row_length, self.epilogue)
 
     def arguments(self, seed: int = 0) -> "KernelArguments":
-        offsets, values = self.ell()
+        offsets, values = self.weight.to_ell(self.spec.in_channels, TUNE_ROW_MULTIPLE)
         return KernelArguments({1: offsets, 2: values}, seed)
 
 
@@ -81,8 +80,7 @@ def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
     _mod, escoin = dispatch(mod, exported, target, float(threshold))
     tasks = {}
     for kernel in escoin.kernels:
-        row_length = kernel.weight.to_ell(kernel.spec.in_channels, TUNE_ROW_MULTIPLE)[0].shape[1]
-        key = (kernel.spec, kernel.epilogue, row_length)
+        key = (kernel.spec, kernel.epilogue, tuned_row_length(kernel.weight))
         if key not in tasks:
             tasks[key] = Task(kernel.spec, kernel.epilogue, kernel.weight)
         tasks[key].layers.append(kernel.layer)
