@@ -22,7 +22,8 @@ import tvm
 from tvm import relax
 
 from .errors import EscoinError, first_line
-from .target import TargetLike, device_for, is_gpu, require_device, resolve_target
+from .target import (TargetLike, device_for, is_gpu, recover_from_out_of_memory, require_device,
+                     resolve_target)
 from .tensors import from_tvm, is_torch, to_tvm
 from .transform import SparseConv2dDispatch
 
@@ -68,6 +69,7 @@ class CompiledModule:
         except Exception as err:  # TVM reports CUDA allocation failures as generic errors
             text = str(err).lower()
             if any(s in text for s in ("out of memory", "out_of_memory", "memoryallocation")):
+                recover_from_out_of_memory()
                 raise EscoinError(f"out of memory on {self.device} running the model on inputs "
                                   f"of shape {self.input_shapes} (use a smaller batch or free "
                                   f"memory): {first_line(err)}") from None
@@ -260,12 +262,12 @@ def prepare(model, example_inputs, target):
 def dispatch(mod, exported, target, threshold: float, **options):
     """Folds batch norms into the convolutions and runs the Escoin pass.
     Returns (Relax module, the pass with its report and kernels)."""
-    from .workarounds import matmul_k1_to_multiply
+    from .workarounds import trivial_reductions_to_multiply
 
     escoin = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), **options)
     passes = [relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant(), escoin]
     if is_gpu(target):
-        passes.append(matmul_k1_to_multiply)
+        passes.append(trivial_reductions_to_multiply)
     mod = tvm.transform.Sequential(passes)(mod)
     return mod, escoin
 

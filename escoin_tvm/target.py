@@ -1,6 +1,8 @@
 """Compilation targets: what users may pass as ``target`` and how it maps to a TVM Target."""
 from __future__ import annotations
 
+import ctypes
+import os
 from typing import Union
 
 import tvm
@@ -71,3 +73,18 @@ def require_device(device) -> None:
     if device.dlpack_device_type() == tvm.cuda(0).dlpack_device_type() and not has_gpu():
         raise TargetError("this module was compiled for CUDA but no CUDA GPU is visible here; "
                           "compile with target='llvm' to run on the CPU")
+
+
+def recover_from_out_of_memory() -> None:
+    """Leaves the process as it was before a failed GPU allocation. TVM's CUDA runtime does
+    not reset the CUDA runtime's per-thread "last error" after a failed cudaMalloc, and PyTorch
+    shares that runtime: its next kernel launch in this thread would report the stale "out of
+    memory". TVM's memory pool also keeps what the failed run had allocated."""
+    tvm.get_global_func("vm.builtin.memory_manager.clear")()
+    for soname in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+        try:  # RTLD_NOLOAD: only the runtime already in the process, never load a second one
+            cudart = ctypes.CDLL(soname, mode=os.RTLD_NOLOAD)
+        except OSError:
+            continue
+        cudart.cudaGetLastError()
+        return

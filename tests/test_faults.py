@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import tvm
 
 import escoin_tvm
 from escoin_tvm import EscoinError, prune
@@ -141,6 +142,10 @@ def test_out_of_gpu_memory_is_an_error_the_process_survives():
     finally:
         del hog
         torch.cuda.empty_cache()
+    # Regression: TVM left CUDA's "last error" set, so PyTorch's next launch raised "out of
+    # memory" (seen as failures of later GPU tests in the same process).
+    torch.cuda.synchronize()
+    assert float((torch.ones(3, device="cuda") * 2).sum()) == 6.0
     torch.backends.cudnn.allow_tf32 = False
     with torch.no_grad():
         np.testing.assert_allclose(compiled(xd).cpu().numpy(), model(x).numpy(),
@@ -193,6 +198,53 @@ def test_trivial_reductions_avoid_the_tvm_cuda_bug():
     with torch.no_grad():  # and the rewrite is exact on the CPU path too
         llvm = escoin_tvm.compile(one_tap_model(), (x,), target="llvm", sparsity_threshold=1.0)
         np.testing.assert_allclose(llvm(x).numpy(), one_tap_model()(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+class OneTapConv(torch.nn.Module):
+    """A one-tap convolution whose weight is an input (not a constant the pass can encode)."""
+
+    def __init__(self, stride, padding, groups):
+        super().__init__()
+        self.stride, self.padding, self.groups = stride, padding, groups
+
+    def forward(self, x, w, b):
+        return torch.relu(torch.nn.functional.conv2d(x, w, b, self.stride, self.padding,
+                                                     groups=self.groups))
+
+
+ONE_TAP_CASES = [((1, 3, 5, 7), 3, 1, 0), ((2, 2, 6, 5), 6, 2, (1, 2)), ((1, 1, 4, 4), 4, (1, 3), 1)]
+
+
+def one_tap_inputs(shape, out_channels):
+    torch.manual_seed(len(shape) + out_channels)
+    return (torch.randn(shape), torch.randn(out_channels, 1, 1, 1), torch.randn(out_channels))
+
+
+@pytest.mark.parametrize("shape, out_channels, stride, padding", ONE_TAP_CASES)
+def test_one_tap_conv_with_an_input_weight_becomes_a_multiply(shape, out_channels, stride, padding):
+    """The same TVM bug for a one-tap convolution the pass cannot take (its weight is not a
+    constant): rewritten to pad/slice/repeat and a broadcast multiply, checked on the CPU."""
+    from escoin_tvm.compiler import prepare
+    from escoin_tvm.target import resolve_target
+    from escoin_tvm.workarounds import trivial_reductions_to_multiply
+
+    model, args = OneTapConv(stride, padding, shape[1]), one_tap_inputs(shape, out_channels)
+    _, _, mod = prepare(model, args, resolve_target("llvm"))
+    mod = trivial_reductions_to_multiply(mod)
+    assert "conv2d" not in mod.script()
+    vm = tvm.relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    out = vm["main"](*(tvm.runtime.tensor(a.numpy()) for a in args))
+    out = out[0] if not hasattr(out, "numpy") else out
+    np.testing.assert_allclose(out.numpy(), model(*args).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape, out_channels, stride, padding", ONE_TAP_CASES)
+def test_one_tap_conv_with_an_input_weight_on_gpu(shape, out_channels, stride, padding):
+    model, args = OneTapConv(stride, padding, shape[1]), one_tap_inputs(shape, out_channels)
+    compiled = escoin_tvm.compile(model, args, target="cuda")
+    np.testing.assert_allclose(compiled(*(a.cuda() for a in args)).cpu().numpy(),
+                               model(*args).numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu
