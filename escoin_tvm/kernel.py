@@ -9,6 +9,7 @@ from tvm import s_tir
 
 from .errors import ShapeError
 from .operator import Epilogue, sparse_conv2d_primfunc
+from .schedule.gpu import check_staged_fits
 from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, pretuned,
                        schedule_cpu, schedule_gpu)
 from .spec import Conv2dSpec, IntOrPair
@@ -33,6 +34,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
     the multiple it was tuned with, so that the kernel is the one that was measured.
 
     Returns (mod, offsets, values, config)."""
+    tile = None
     if is_gpu(target):
         arch = str(target.attrs.get("arch", ""))
         config = (config or pretuned.lookup(spec, arch) or default_gpu_config(spec)).validate()
@@ -40,7 +42,13 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
             raise TypeError(f"a CUDA target needs a GpuConfig, got {type(config).__name__}")
         if (row_multiple or config.chunk) % config.chunk:
             raise ValueError(f"row multiple {row_multiple} is not a multiple of the chunk {config.chunk}")
-        offsets, values = weight.to_ell(spec.in_channels, multiple=row_multiple or config.chunk)
+        multiple = row_multiple or config.chunk
+        if config.stage_input:
+            check_staged_fits(spec, config, arch)
+            offsets, values = weight.to_tile_ell(spec.tile_input_hw(*config.tile), multiple)
+            tile = config.tile
+        else:
+            offsets, values = weight.to_ell(spec.in_channels, multiple)
         schedule = schedule_gpu
     else:
         config = config or default_cpu_config(spec)
@@ -48,7 +56,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
             raise TypeError(f"an LLVM target needs a CpuConfig, got {type(config).__name__}")
         offsets, values = weight.to_ell(spec.in_channels, multiple=row_multiple or 1)
         schedule = schedule_cpu
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, tile)
     sch = schedule(s_tir.Schedule(func), config)
     return sch.mod, offsets, values, config
 
