@@ -9,7 +9,6 @@ from tvm import s_tir
 
 from .errors import ShapeError
 from .operator import Epilogue, sparse_conv2d_primfunc
-from .schedule.gpu import check_staged_fits
 from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, pretuned,
                        schedule_cpu, schedule_gpu)
 from .spec import Conv2dSpec, IntOrPair
@@ -34,7 +33,6 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
     the multiple it was tuned with, so that the kernel is the one that was measured.
 
     Returns (mod, offsets, values, config)."""
-    tile = None
     if is_gpu(target):
         arch = str(target.attrs.get("arch", ""))
         config = (config or pretuned.lookup(spec, arch) or default_gpu_config(spec)).validate()
@@ -42,13 +40,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
             raise TypeError(f"a CUDA target needs a GpuConfig, got {type(config).__name__}")
         if (row_multiple or config.chunk) % config.chunk:
             raise ValueError(f"row multiple {row_multiple} is not a multiple of the chunk {config.chunk}")
-        multiple = row_multiple or config.chunk
-        if config.stage_input:
-            check_staged_fits(spec, config, arch)
-            offsets, values = weight.to_tile_ell(spec.tile_input_hw(*config.tile), multiple)
-            tile = config.tile
-        else:
-            offsets, values = weight.to_ell(spec.in_channels, multiple)
+        offsets, values = weight.to_ell(spec.in_channels, multiple=row_multiple or config.chunk)
         schedule = schedule_gpu
     else:
         config = config or default_cpu_config(spec)
@@ -56,7 +48,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
             raise TypeError(f"an LLVM target needs a CpuConfig, got {type(config).__name__}")
         offsets, values = weight.to_ell(spec.in_channels, multiple=row_multiple or 1)
         schedule = schedule_cpu
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, tile)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue)
     sch = schedule(s_tir.Schedule(func), config)
     return sch.mod, offsets, values, config
 

@@ -9,15 +9,10 @@ loop outside the pixel loops, and TIR cannot reorder around a data-dependent ext
 
 The offsets and values are ordinary buffer parameters of the PrimFunc; the kernel wrapper and the
 Relax pass pass them as constants.
-
-The staged variant (``staged_sparse_conv2d_te``) gives each tile of output pixels its own zero-padded
-copy of the input window it reads, ``tile[n, group, tile_y, tile_x, :]``, and offsets relative to
-that window (``EscoinWeight.to_tile_ell``): the GPU schedule keeps the window in shared memory.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 from tvm import te, tirx
 
@@ -28,7 +23,6 @@ INT32_MAX = 2**31 - 1
 
 # Block names the schedules look up.
 PAD_BLOCK = "data_pad"
-TILE_BLOCK = "input_tile"
 CONV_BLOCK = "sparse_conv"
 EPILOGUE_BLOCK = "epilogue"
 
@@ -75,55 +69,7 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         lambda n, k, y, x: te.sum(
             values[k, j] * padded[n, offsets[k, j] + y * (sh * wp) + x * sw], axis=j),
         name=CONV_BLOCK)
-    return _finish(spec, [data, offsets, values], conv, epilogue)
-
-
-def staged_sparse_conv2d_te(spec: Conv2dSpec, row_length: int, tile_rows: int, tile_cols: int,
-                            epilogue: Epilogue = Epilogue()):
-    """The same convolution reading per-tile input windows; offsets from ``to_tile_ell`` for
-    ``spec.tile_input_hw(tile_rows, tile_cols)``."""
-    n_, _, h_, w_ = spec.input_shape
-    top, left = spec.padding[0], spec.padding[1]
-    sh, sw = spec.stride
-    th, tw = spec.tile_input_hw(tile_rows, tile_cols)
-    cg, kg = spec.in_per_group, spec.out_per_group
-    window = cg * th * tw  # + a zero channel that ELL padding entries read
-    tiles_y, tiles_x = -(-spec.out_h // tile_rows), -(-spec.out_w // tile_cols)
-    if spec.batch * spec.groups * tiles_y * tiles_x * (window + th * tw) > INT32_MAX:
-        raise ShapeError(f"convolution {spec.input_shape} -> {spec.output_shape} is too large for "
-                         "32-bit indexing; split the batch")
-
-    data = te.placeholder(spec.input_shape, "float32", name="data")
-    offsets = te.placeholder((spec.out_channels, row_length), "int32", name="offsets")
-    values = te.placeholder((spec.out_channels, row_length), "float32", name="values")
-
-    def load(n, g, ty, tx, f):
-        yy = ty * (tile_rows * sh) + f % (th * tw) // tw - top
-        xx = tx * (tile_cols * sw) + f % tw - left
-        inside = tirx.all(f < window, yy >= 0, yy < h_, xx >= 0, xx < w_)
-        return tirx.if_then_else(inside, data[n, g * cg + f // (th * tw), yy, xx],
-                                 tirx.const(0.0, "float32"))
-
-    tile = te.compute((n_, spec.groups, tiles_y, tiles_x, window + th * tw), load, name=TILE_BLOCK)
-    j = te.reduce_axis((0, row_length), name="j")
-
-    def offset(k, j):
-        # A no-op on valid weights (to_tile_ell's offsets lie in [0, window]); it bounds the
-        # data-dependent index, which the schedule's shared-memory staging needs to size the copy.
-        return tirx.max(tirx.min(offsets[k, j], window), 0)
-
-    conv = te.compute(
-        spec.output_shape,
-        lambda n, k, y, x: te.sum(
-            values[k, j] * tile[n, k // kg, y // tile_rows, x // tile_cols,
-                                offset(k, j) + y % tile_rows * (sh * tw) + x % tile_cols * sw],
-            axis=j),
-        name=CONV_BLOCK)
-    return _finish(spec, [data, offsets, values], conv, epilogue)
-
-
-def _finish(spec: Conv2dSpec, inputs, conv, epilogue: Epilogue):
-    """Appends the fused epilogue stage (and the bias input) when there is one."""
+    inputs = [data, offsets, values]
     if not epilogue.any:
         return inputs, conv
 
@@ -143,12 +89,7 @@ def _finish(spec: Conv2dSpec, inputs, conv, epilogue: Epilogue):
     return inputs, out
 
 
-def sparse_conv2d_primfunc(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
-                           tile: Optional[Tuple[int, int]] = None):
-    """The unscheduled PrimFunc; parameters (data, offsets, values[, bias], out). With
-    ``tile = (rows, cols)``, the staged variant for that output tile."""
-    if tile is None:
-        inputs, out = sparse_conv2d_te(spec, row_length, epilogue)
-    else:
-        inputs, out = staged_sparse_conv2d_te(spec, row_length, *tile, epilogue)
+def sparse_conv2d_primfunc(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue()):
+    """The unscheduled PrimFunc; parameters (data, offsets, values[, bias], out)."""
+    inputs, out = sparse_conv2d_te(spec, row_length, epilogue)
     return te.create_prim_func([*inputs, out])

@@ -128,8 +128,3 @@ class Conv2dSpec:
     @property
     def out_per_group(self) -> int:
         return self.out_channels // self.groups
-
-    def tile_input_hw(self, tile_rows: int, tile_cols: int) -> Tuple[int, int]:
-        """Height and width of the input window that a tile of output pixels reads."""
-        return ((tile_rows - 1) * self.stride[0] + (self.kernel_h - 1) * self.dilation[0] + 1,
-                (tile_cols - 1) * self.stride[1] + (self.kernel_w - 1) * self.dilation[1] + 1)

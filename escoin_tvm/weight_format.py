@@ -90,29 +90,6 @@ class EscoinWeight:
         dense[rows, c, r, s] = self.values
         return dense
 
-    def _ell(self, offsets: np.ndarray, pad_offset: int, multiple: int):
-        out_channels = self.weight_shape[0]
-        lengths = self.row_lengths
-        width = max(1, int(lengths.max(initial=0)))
-        width = -(-width // multiple) * multiple
-        ell_offsets = np.full((out_channels, width), pad_offset, dtype=np.int64)
-        values = np.zeros((out_channels, width), dtype=np.float32)
-        rows = np.repeat(np.arange(out_channels), lengths)
-        cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
-        ell_offsets[rows, cols] = offsets
-        values[rows, cols] = self.values
-        return ell_offsets.astype(np.int32), values
-
-    def to_tile_ell(self, tile_hw: Tuple[int, int], multiple: int = 1) -> Tuple[np.ndarray, np.ndarray]:
-        """ELL rows whose offsets point into a block's shared-memory copy of its input window:
-        ``c * TH * TW + r * dilation_h * TW + s * dilation_w`` for a ``tile_hw = (TH, TW)`` window
-        of the channel's group, whose slot ``Cg * TH * TW`` holds the zero that padding entries
-        read."""
-        th, tw = tile_hw
-        _, c, r, s = self.decode()
-        offsets = c * (th * tw) + r * self.dilation[0] * tw + s * self.dilation[1]
-        return self._ell(offsets, self.weight_shape[1] * th * tw, multiple)
-
     def to_ell(self, in_channels: int, multiple: int = 1) -> Tuple[np.ndarray, np.ndarray]:
         """Rows padded to one length (ELL), with offsets made absolute in the whole padded input.
 
@@ -123,7 +100,15 @@ class EscoinWeight:
         """
         out_channels = self.weight_shape[0]
         plane = self.padded_hw[0] * self.padded_hw[1]
+        lengths = self.row_lengths
+        width = max(1, int(lengths.max(initial=0)))
+        width = -(-width // multiple) * multiple
         group_base = (np.arange(out_channels) // (out_channels // self.groups)) * \
             self.weight_shape[1] * plane
-        rows = np.repeat(np.arange(out_channels), self.row_lengths)
-        return self._ell(self.offsets + group_base[rows], in_channels * plane, multiple)
+        offsets = np.full((out_channels, width), in_channels * plane, dtype=np.int64)
+        values = np.zeros((out_channels, width), dtype=np.float32)
+        rows = np.repeat(np.arange(out_channels), lengths)
+        cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
+        offsets[rows, cols] = self.offsets + group_base[rows]
+        values[rows, cols] = self.values
+        return offsets.astype(np.int32), values

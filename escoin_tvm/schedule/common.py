@@ -1,25 +1,16 @@
 """Helpers shared by the CPU and GPU schedules."""
 from tvm import s_tir
 
-from ..operator import CONV_BLOCK, EPILOGUE_BLOCK, PAD_BLOCK, TILE_BLOCK
-
-
-def _optional_block(sch: s_tir.Schedule, name: str):
-    try:
-        return sch.get_sblock(name)
-    except s_tir.ScheduleError:
-        return None
+from ..operator import CONV_BLOCK, EPILOGUE_BLOCK, PAD_BLOCK
 
 
 def blocks(sch: s_tir.Schedule):
-    """(input, conv, epilogue or None) block handles of a sparse_conv2d PrimFunc; the input
-    block is the padded input, or the per-tile input windows of the staged variant."""
-    source = _optional_block(sch, TILE_BLOCK) or sch.get_sblock(PAD_BLOCK)
-    return source, sch.get_sblock(CONV_BLOCK), _optional_block(sch, EPILOGUE_BLOCK)
-
-
-def is_staged(sch: s_tir.Schedule, block) -> bool:
-    return sch.get(block).name_hint == TILE_BLOCK
+    """(pad, conv, epilogue or None) block handles of a sparse_conv2d PrimFunc."""
+    try:
+        epilogue = sch.get_sblock(EPILOGUE_BLOCK)
+    except s_tir.ScheduleError:  # no fused bias/ReLU
+        epilogue = None
+    return sch.get_sblock(PAD_BLOCK), sch.get_sblock(CONV_BLOCK), epilogue
 
 
 def read_index(sch: s_tir.Schedule, block, buffer_name: str) -> int:

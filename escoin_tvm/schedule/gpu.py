@@ -5,30 +5,20 @@ threads cover output columns (adjacent threads read adjacent inputs, so loads co
 each thread keeps a register tile of ``images x channels x rows`` accumulators and walks the
 non-zeros of its channels once for the whole tile, so every weight it loads is reused
 ``images x rows`` times from registers. The block's CSR rows are staged through shared memory in
-chunks. Inputs come through the read-only cache, or (``stage_input``, the staged operator) the
-block first copies its zero-padded input window, all channels of its group, into shared memory:
-each input value is then read from global memory once per block, and every non-zero's loads
-are conflict-free shared-memory reads instead of L1/L2 traffic.
+chunks; inputs come through the read-only cache.
 
 Knob values are ints, or MetaSchedule random variables when the tuner drives the template.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Optional
+from dataclasses import dataclass, fields
 
 from tvm import s_tir
 
 from ..spec import Conv2dSpec
-from .common import blocks, is_staged, loops_below, read_index, write_back
+from .common import blocks, loops_below, read_index, write_back
 
 MAX_THREADS = 1024
-# Shared memory one block may opt into, per architecture (CUDA C programming guide, table of
-# compute capabilities); others get the 48 KB every GPU allows.
-MAX_SHARED_BYTES = {"sm_90": 232448, "sm_80": 166912, "sm_86": 101376, "sm_87": 166912,
-                    "sm_89": 101376}
-DEFAULT_SHARED_BYTES = 49152
-FETCH_UNROLL = 4  # loads per thread per step of the input-window copy
 
 
 @dataclass(frozen=True)
@@ -44,12 +34,6 @@ class GpuConfig:
     chunk: int = 16  # non-zeros staged per step; the rows are padded to a multiple of it
     stage_weights: bool = True  # CSR rows through shared memory (else straight from global/L1)
     unroll: bool = True  # unroll each chunk of the non-zero loop (else nvcc decides)
-    stage_input: bool = False  # the block's input window in shared memory (staged operator)
-
-    @property
-    def tile(self):
-        """(rows, cols) of output pixels a block covers: the staged operator's tile."""
-        return self.threads_y * self.rows_per_thread, self.threads_x
 
     @property
     def threads(self) -> int:
@@ -67,25 +51,6 @@ class GpuConfig:
         if self.threads > MAX_THREADS:
             raise ValueError(f"GpuConfig asks for {self.threads} threads per block (max {MAX_THREADS})")
         return self
-
-
-def staged_shared_bytes(spec: Conv2dSpec, config: GpuConfig) -> int:
-    """Shared memory of a staged block: its images' input windows (all channels of the group and
-    the zero channel) and, when staged, one chunk of its channels' CSR rows."""
-    th, tw = spec.tile_input_hw(*config.tile)
-    window = config.images_per_thread * (spec.in_per_group + 1) * th * tw * 4
-    rows = config.channel_threads * config.channels_per_thread * config.chunk * 8
-    return window + (rows if config.stage_weights else 0)
-
-
-def check_staged_fits(spec: Conv2dSpec, config: GpuConfig, arch: str) -> None:
-    limit = MAX_SHARED_BYTES.get(arch.rstrip("a"), DEFAULT_SHARED_BYTES)
-    need = staged_shared_bytes(spec, config)
-    if need > limit:
-        raise ValueError(f"stage_input with a {config.tile[0]}x{config.tile[1]} output tile needs "
-                         f"{need} bytes of shared memory per block for {spec.in_per_group} input "
-                         f"channels; {arch or 'this GPU'} allows {limit}: use a smaller tile, "
-                         "fewer images per thread or stage_input=False")
 
 
 def _pow2_at_least(value: int, cap: int) -> int:
@@ -113,46 +78,20 @@ def default_gpu_config(spec: Conv2dSpec) -> GpuConfig:
                      channels_per_thread=channels, images_per_thread=images).validate()
 
 
-def default_staged_config(spec: Conv2dSpec, arch: str) -> Optional[GpuConfig]:
-    """The heuristic default turned into a staged config that fits ``arch``'s shared memory:
-    fewer images, then fewer rows, then narrower tiles, until it fits; None if nothing does."""
-    config = replace(default_gpu_config(spec), stage_input=True)
-    for change in (dict(images_per_thread=1), dict(rows_per_thread=1), dict(threads_y=1),
-                   dict(threads_x=16), dict(threads_x=8)):
-        try:
-            check_staged_fits(spec, config, arch)
-            return config
-        except ValueError:
-            config = replace(config, **{k: min(v, getattr(config, k)) for k, v in change.items()})
-    try:
-        check_staged_fits(spec, config, arch)
-        return config
-    except ValueError:
-        return None
-
-
 def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
     """Applies the Escoin mapping to a sparse_conv2d PrimFunc whose rows are padded to a
-    multiple of ``config.chunk`` (for ``stage_input``, the staged PrimFunc of ``config.tile``)."""
-    source, conv, epilogue = blocks(sch)
-    if config.stage_input != is_staged(sch, source):
-        raise ValueError("stage_input must match the operator variant (staged_sparse_conv2d_te "
-                         "for stage_input=True)")
+    multiple of ``config.chunk``."""
+    pad, conv, epilogue = blocks(sch)
     n, k, y, x, j = sch.get_loops(conv)
-    groups = []
-    if config.stage_input:  # a block's channels in one group: it stages that group's window
-        groups = sch.get(source).writes[0].source.shape[1]
-        groups = list(sch.split(k, [groups, None])) if int(groups) > 1 else []
-        k = groups.pop() if groups else k
     k_block, k_step, k_thread, k_reg = sch.split(
         k, [None, config.channel_steps, config.channel_threads, config.channels_per_thread])
     n_block, n_reg = sch.split(n, [None, config.images_per_thread])
     y_block, y_thread, y_reg = sch.split(y, [None, config.threads_y, config.rows_per_thread])
     x_block, x_thread = sch.split(x, [None, config.threads_x])
     j_chunk, j_inner = sch.split(j, [None, config.chunk])
-    sch.reorder(*groups, k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread, k_step,
+    sch.reorder(k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread, k_step,
                 j_chunk, j_inner, n_reg, k_reg, y_reg)
-    sch.bind(sch.fuse(*groups, k_block) if groups else k_block, "blockIdx.y")
+    sch.bind(k_block, "blockIdx.y")
     sch.bind(sch.fuse(n_block, y_block, x_block), "blockIdx.x")
     thread = sch.fuse(k_thread, y_thread, x_thread)
     sch.bind(thread, "threadIdx.x")
@@ -177,16 +116,8 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
     for loop in loops_below(sch, local, k_step):
         sch.unroll(loop)
 
-    if config.stage_input:
-        # Once per block, before its channel steps; > 48 KB needs dynamic shared memory.
-        sch.set_scope(source, 0, "shared.dyn")
-        sch.compute_at(source, thread, preserve_unit_loops=True)
-        _, batch, lanes = sch.split(sch.fuse(*loops_below(sch, source, thread)),
-                                    [None, FETCH_UNROLL, config.threads])
-        sch.bind(lanes, "threadIdx.x")
-        sch.unroll(batch)  # several global loads in flight per thread, not one at a time
-    else:  # the padded input, written by its own kernel
-        blocks_, threads = sch.split(sch.fuse(*sch.get_loops(source)), [None, 256])
-        sch.bind(blocks_, "blockIdx.x")
-        sch.bind(threads, "threadIdx.x")
+    fused = sch.fuse(*sch.get_loops(pad))
+    blocks_, threads = sch.split(fused, [None, 256])
+    sch.bind(blocks_, "blockIdx.x")
+    sch.bind(threads, "threadIdx.x")
     return sch
