@@ -63,11 +63,15 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-def plot_sparsity(rows, path, title):
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_sparsity(rows, path, title):
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for network in sorted({k[0] for k in rows}):
         points = sorted((float(k[2]), k) for k in {k[:3] for k in rows}
@@ -90,10 +94,7 @@ def plot_sparsity(rows, path, title):
 
 
 def plot_layers(row, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     layers = [l for l in row["layers"] if l.get("escoin_us") and l.get("dense_us")]
     fig, ax = plt.subplots(figsize=(14, 4.5))
     xs = range(len(layers))
