@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-VARIANTS = ("eager_fp32", "eager_tf32", "eager_fp16", "torch_compile", "tvm_dense", "escoin",
-            "escoin_measured")
+DENSE_VARIANTS = ("eager_fp32", "eager_tf32", "eager_fp16", "torch_compile", "tvm_dense")
+VARIANTS = DENSE_VARIANTS + ("escoin", "escoin_measured")
 
 
 def load(paths):
@@ -48,9 +48,9 @@ def table(rows) -> str:
             " | escoin vs fp32 | vs TF32 | vs TVM dense |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in cases:
-        ms = {v: rows[(*case, v)]["latency_ms"] for v in VARIANTS if (*case, v) in rows}
-        ms.update({v: t for v in VARIANTS[:5] if v not in ms
-                   for t in [baseline(rows, case, v)] if t is not None})
+        ms = {v: t for v in DENSE_VARIANTS if (t := baseline(rows, case, v)) is not None}
+        ms.update({v: rows[(*case, v)]["latency_ms"] for v in VARIANTS[len(DENSE_VARIANTS):]
+                   if (*case, v) in rows})
         if "escoin" not in ms:
             continue
 
@@ -78,10 +78,9 @@ def plot_sparsity(rows, path, title):
                         if k[0] == network and k[1] == 1 and k[2] != "dc"
                         and (*k, "escoin") in rows)
         for ax, base in zip(axes, ("eager_fp32", "tvm_dense")):
-            xs = [s for s, k in points if baseline(rows, k, base)]
-            ys = [baseline(rows, k, base) / rows[(*k, "escoin")]["latency_ms"]
-                  for s, k in points if baseline(rows, k, base)]
-            ax.plot(xs, ys, "o-", label=network)
+            speedups = [(s, t / rows[(*k, "escoin")]["latency_ms"]) for s, k in points
+                         if (t := baseline(rows, k, base)) is not None]
+            ax.plot([s for s, _ in speedups], [x for _, x in speedups], "o-", label=network)
     for ax, base in zip(axes, ("PyTorch eager fp32", "TVM without the Escoin pass")):
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xlabel("sparsity of the convolutions")
