@@ -2,7 +2,8 @@
 
     torch.export -> Relax (parameters bound as constants) -> FoldBatchnormToConv2D + FoldConstant
     -> SparseConv2dDispatch (the Escoin pass) -> TVM's default pipeline for the target
-    (legalisation, fusion, dlight GPU schedules for the dense ops) -> relax VM executable
+    (legalisation, fusion, dlight GPU schedules for the dense ops, plus our skinny-matmul rule for
+    fully-connected layers at small batch: pipeline.py) -> relax VM executable
 
 The exported shared library carries everything needed to run: the kernels, the constants, and a
 small metadata function (input shapes, output structure, per-layer report), so ``load`` needs the
@@ -22,6 +23,7 @@ import tvm
 from tvm import relax
 
 from .errors import EscoinError, first_line
+from .pipeline import relax_pipeline
 from .target import (TargetLike, device_for, is_gpu, recover_from_out_of_memory, require_device,
                      resolve_target)
 from .tensors import from_tvm, is_torch, to_tvm
@@ -327,8 +329,9 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     }
     metadata = json.loads(json.dumps(metadata))  # the same plain form that load() reads back
     mod[METADATA_FUNC] = _metadata_func(metadata)
+    pipeline = relax_pipeline(target, stock=dispatch_by == "none")
     with target:
-        executable = tvm.compile(mod, target=target)
+        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     return CompiledModule(executable, device_for(target), metadata)
 
 

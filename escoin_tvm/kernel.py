@@ -30,9 +30,12 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
                      config: Optional[ScheduleConfig] = None, row_multiple: Optional[int] = None):
     """The scheduled IRModule for ``target`` and the ELL arrays it expects. The rows are padded
     to a multiple of ``row_multiple`` (default: the GPU config's chunk); a tuned config asks for
-    the multiple it was tuned with, so that the kernel is the one that was measured.
+    the multiple it was tuned with, and gets the exact-domain operator it was tuned on, so that
+    the kernel is the one that was measured. Untuned GPU kernels round the images and rows they
+    compute up to their register tile (``sparse_conv2d_te``'s ``domain``).
 
     Returns (mod, offsets, values, config)."""
+    domain = None
     if is_gpu(target):
         arch = str(target.attrs.get("arch", ""))
         config = (config or pretuned.lookup(spec, arch) or default_gpu_config(spec)).validate()
@@ -42,15 +45,22 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
             raise ValueError(f"row multiple {row_multiple} is not a multiple of the chunk {config.chunk}")
         offsets, values = weight.to_ell(spec.in_channels, multiple=row_multiple or config.chunk)
         schedule = schedule_gpu
+        if row_multiple is None:
+            domain = (_round_up(spec.batch, config.images_per_thread),
+                      _round_up(spec.out_h, config.rows_per_thread))
     else:
         config = config or default_cpu_config(spec)
         if not isinstance(config, CpuConfig):
             raise TypeError(f"an LLVM target needs a CpuConfig, got {type(config).__name__}")
         offsets, values = weight.to_ell(spec.in_channels, multiple=row_multiple or 1)
         schedule = schedule_cpu
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain)
     sch = schedule(s_tir.Schedule(func), config)
     return sch.mod, offsets, values, config
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 class SparseConv2dKernel:

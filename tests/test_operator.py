@@ -84,3 +84,36 @@ def test_gpu_matches_pytorch(case):
                       **case.conv_args())
     numpy_out = kernel(x.cpu().numpy())  # host arrays are copied to the GPU and back
     np.testing.assert_array_equal(numpy_out, out.cpu().numpy())
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in {
+    "5x5_pad2_bias_relu", "7x7_stride2_odd", "groups2_alexnet", "batch5", "dilation_2x3"}],
+    ids=lambda c: c.name)
+def test_sum_over_a_larger_domain_stores_the_output_only(case):
+    """The GPU kernels sum over images and rows rounded up to their register tile
+    (operator.sparse_conv2d_te's ``domain``): extra images read zeros, extra rows read in-bounds
+    leftovers, and only the output is stored. Checked here with the CPU schedule."""
+    import tvm
+    from tvm import s_tir
+
+    from escoin_tvm.operator import Epilogue, sparse_conv2d_primfunc
+    from escoin_tvm.schedule import default_cpu_config, schedule_cpu
+    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.weight_format import EscoinWeight
+
+    rng = np.random.default_rng(7)
+    weight = random_weight(rng, case.weight_shape, case.sparsity)
+    bias = rng.standard_normal(case.weight_shape[0]).astype(np.float32) if case.bias else None
+    spec = Conv2dSpec.create(case.input_shape, case.weight_shape, **case.conv_args())
+    offsets, values = EscoinWeight.from_dense(weight, spec).to_ell(spec.in_channels)
+    domain = (spec.batch + 3, spec.out_h + 3)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(case.bias, case.relu), domain)
+    lib = tvm.compile(schedule_cpu(s_tir.Schedule(func), default_cpu_config(spec)).mod, "llvm")
+    x = rng.standard_normal(spec.input_shape).astype(np.float32)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in [x, offsets, values] + ([bias] if case.bias else [])]
+    out = tvm.runtime.empty(spec.output_shape, "float32", dev)
+    lib["main"](*args, out)
+    assert_conv_close(out.numpy(), x, weight, bias=bias, relu=case.relu, **case.conv_args())
+    with pytest.raises(ValueError, match="smaller than the output"):
+        sparse_conv2d_primfunc(spec, offsets.shape[1], domain=(spec.batch, spec.out_h - 1))

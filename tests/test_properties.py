@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import escoin_tvm
+from escoin_tvm.schedule import GpuConfig
 from escoin_tvm.spec import Conv2dSpec
 from helpers import assert_conv_close, random_weight
 
@@ -34,9 +35,21 @@ def conv_configs(draw):
                                  padding=padding, dilation=dilation, groups=groups)
     except escoin_tvm.ShapeError:
         assume(False)
+    # GPU schedule knobs, including register tiles that do not divide the output (odd rows,
+    # images, channels): the kernel then sums over a rounded-up domain and crops
+    gpu = GpuConfig(threads_x=draw(st.sampled_from([8, 16, 32])),
+                    threads_y=draw(st.sampled_from([1, 2, 4])),
+                    channel_threads=draw(st.sampled_from([1, 2])),
+                    channel_steps=draw(st.sampled_from([1, 2])),
+                    rows_per_thread=draw(st.integers(1, 4)),
+                    channels_per_thread=draw(st.integers(1, 3)),
+                    images_per_thread=draw(st.integers(1, 3)),
+                    chunk=draw(st.sampled_from([4, 8, 16])),
+                    stage_weights=draw(st.booleans()), unroll=draw(st.booleans()))
     return dict(spec=spec, sparsity=draw(st.sampled_from([0.0, 0.3, 0.5, 0.8, 0.95, 1.0])),
                 scale=draw(st.sampled_from([1e-3, 1.0, 1e3])), bias=draw(st.booleans()),
-                relu=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+                relu=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+                gpu=draw(st.sampled_from([None, gpu])))
 
 
 def check(config, target, device="cpu"):
@@ -46,7 +59,9 @@ def check(config, target, device="cpu"):
     bias = rng.standard_normal(spec.out_channels).astype(np.float32) if config["bias"] else None
     args = dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
     kernel = escoin_tvm.build_sparse_conv2d(weight, spec.input_shape, bias=bias,
-                                            relu=config["relu"], target=target, **args)
+                                            relu=config["relu"], target=target,
+                                            config=config["gpu"] if target == "cuda" else None,
+                                            **args)
     x = rng.standard_normal(spec.input_shape).astype(np.float32)
     out = kernel(torch.from_numpy(x).to(device)).cpu().numpy() if device != "cpu" else kernel(x)
     assert_conv_close(out, x, weight, bias=bias, relu=config["relu"], **args)
@@ -67,7 +82,8 @@ def test_random_convolutions_generate_cuda(config):
     weight = random_weight(np.random.default_rng(0), spec.weight_shape, config["sparsity"])
     kernel = escoin_tvm.build_sparse_conv2d(
         weight, spec.input_shape, stride=spec.stride, padding=spec.padding,
-        dilation=spec.dilation, groups=spec.groups, target={"kind": "cuda", "arch": "sm_90"})
+        dilation=spec.dilation, groups=spec.groups, target={"kind": "cuda", "arch": "sm_90"},
+        config=config["gpu"])
     assert "__global__" in kernel.source
 
 

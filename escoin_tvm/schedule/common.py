@@ -20,7 +20,15 @@ def read_index(sch: s_tir.Schedule, block, buffer_name: str) -> int:
 
 
 def write_back(sch: s_tir.Schedule, conv, loop, epilogue):
-    """Accumulate in registers and write once under ``loop``, with the epilogue fused in."""
+    """Accumulate in registers and write once under ``loop``, with the epilogue fused in.
+    Returns the block that writes the output."""
+    if epilogue is not None and \
+            list(sch.get(conv).writes[0].source.shape) != list(sch.get(epilogue).writes[0].source.shape):
+        # The sum runs over a larger domain than the output (operator.py, ``domain``): the
+        # accumulators become the sum's own buffer, and the epilogue stores the part in bounds.
+        sch.set_scope(conv, 0, "local")
+        sch.reverse_compute_at(epilogue, loop, preserve_unit_loops=True)
+        return epilogue
     local = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(local, loop, preserve_unit_loops=True)
     if epilogue is not None:

@@ -1,0 +1,51 @@
+"""The Relax pipeline a compiled model goes through after the Escoin pass.
+
+For CUDA it is TVM's default pipeline (relax/backend/cuda/pipeline.py) with one change: the
+skinny-matmul rule is tried before dlight's default GPU rules, so that fully-connected layers at
+batch 2-64 stream their weights instead of running as badly tiled GEMMs. Other targets get TVM's
+default pipeline unchanged.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cuda import pipeline as cuda_pipeline
+from tvm.s_tir import dlight as dl
+
+from .schedule.skinny_matmul import SkinnyMatmul
+from .target import is_gpu
+
+
+def _cuda_legalize_passes():
+    """cuda_pipeline.legalize_passes with SkinnyMatmul first among the schedule rules."""
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        dl.ApplyDefaultSchedule(
+            SkinnyMatmul(),
+            dl.gpu.Matmul(),
+            dl.gpu.GEMV(),
+            dl.gpu.Reduction(),
+            dl.gpu.GeneralReduction(),
+            dl.gpu.Fallback(),
+        ),
+    ]
+
+
+def relax_pipeline(target: tvm.target.Target, stock: bool = False):
+    """What ``tvm.compile(..., relax_pipeline=)`` gets; ``stock`` asks for TVM's own."""
+    if stock or not is_gpu(target):
+        return "default"
+
+    @tvm.transform.module_pass(opt_level=0, name="escoin_cuda_pipeline")
+    def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with target:
+            passes = (cuda_pipeline.library_dispatch_passes(target) + _cuda_legalize_passes()
+                      + cuda_pipeline.dataflow_lower_passes(target)
+                      + cuda_pipeline.finalize_passes(target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline

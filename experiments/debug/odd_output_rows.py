@@ -1,0 +1,71 @@
+"""Why untuned kernels were 4-5x slow on 13x13 and 27x27 layers, and the fix, measured.
+
+A register tile of ``rows_per_thread`` rows (or images) that does not divide the output gets a
+bounds check around every accumulator; the checks differ per row, so nvcc emits a branch per FMA
+(138 branches and 256 shared loads in the hot loop of AlexNet conv3's default kernel, against 4 and
+16 for a 14x14 layer: PTX counts from this machine's nvcc) and cannot batch the loads. The fix
+sums over a domain rounded up to the tile and crops at the store (operator.py ``domain``).
+
+This times, for each layer and config, the kernel on the exact domain (what tuned kernels still
+use: ``row_multiple`` given) and on the rounded domain (the default now), and checks both against
+cuDNN fp32. Usage: python experiments/debug/odd_output_rows.py [--out DIR]
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_layers import pruned_weight  # noqa: E402
+
+# (name, input CHW, weight OIHW, padding, batch): torchvision AlexNet's layers (odd outputs) and
+# a 14x14 control
+LAYERS = [("tv_alexnet_conv2", (64, 27, 27), (192, 64, 5, 5), 2, 16),
+          ("tv_alexnet_conv3", (192, 13, 13), (384, 192, 3, 3), 1, 16),
+          ("tv_alexnet_conv4", (384, 13, 13), (256, 384, 3, 3), 1, 16),
+          ("tv_alexnet_conv5", (256, 13, 13), (256, 256, 3, 3), 1, 16),
+          ("resnet50_layer4_3x3", (512, 7, 7), (512, 512, 3, 3), 1, 16),
+          ("googlenet_4a_3x3_control", (96, 14, 14), (208, 96, 3, 3), 1, 16),
+          ("tv_alexnet_conv3_b3", (192, 13, 13), (384, 192, 3, 3), 1, 3)]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="experiments/results")
+    args = parser.parse_args()
+    import torch
+    import torch.nn.functional as F
+
+    import escoin_tvm
+    from escoin_tvm.schedule import default_gpu_config
+    from escoin_tvm.spec import Conv2dSpec
+
+    torch.backends.cudnn.allow_tf32 = False
+    path = Path(args.out) / f"odd-rows-{torch.cuda.get_device_name(0).split()[1]}-" \
+                            f"{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    for seed, (name, chw, wshape, pad, batch) in enumerate(LAYERS):
+        weight = pruned_weight(wshape, 0.9, seed)
+        spec = Conv2dSpec.create((batch, *chw), wshape, padding=pad)
+        config = default_gpu_config(spec)
+        x = torch.randn(batch, *chw, device="cuda")
+        ref = F.conv2d(x, torch.from_numpy(weight).cuda(), padding=pad)
+        row = {"layer": name, "batch": batch, "config": dict(vars(config))}
+        for domain, row_multiple in (("exact", config.chunk), ("rounded", None)):
+            kernel = escoin_tvm.build_sparse_conv2d(weight, (batch, *chw), padding=pad,
+                                                    target="cuda", config=config,
+                                                    row_multiple=row_multiple)
+            err = float((kernel(x) - ref).abs().max() / ref.abs().max())
+            row[domain] = {"time_us": kernel.time(number=50, repeat=5) * 1e6, "max_rel_err": err}
+        row["speedup"] = row["exact"]["time_us"] / row["rounded"]["time_us"]
+        print(json.dumps(row), flush=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
