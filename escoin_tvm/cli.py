@@ -28,7 +28,7 @@ def cmd_compile(args):
 
     exported = _load_pt2(args.model)
     compiled = compile_model(exported, None, target=args.target, sparsity_threshold=args.threshold,
-                             tuning_log=args.tuning_log)
+                             tuning_log=args.tuning_log, cuda_graph=args.cuda_graph)
     compiled.export_library(args.output)
     print(compiled.report())
     print(f"wrote {args.output}")
@@ -129,6 +129,8 @@ def build_parser():
     p.add_argument("--target", default="cuda", help="cuda (default) or llvm")
     p.add_argument("--threshold", type=float, default=None, help="sparsity threshold")
     p.add_argument("--tuning-log", default=None, help="a log written by 'escoin tune'")
+    p.add_argument("--cuda-graph", action="store_true", help="replay the kernels as CUDA graphs "
+                   "(less launch overhead, mostly at batch 1)")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("tune", help="tune a model's Escoin kernels with MetaSchedule")
     p.add_argument("model", help="MODEL.pt2")

@@ -287,14 +287,17 @@ def open_tuning_log(tuning_log, target):
 
 def compile(model, example_inputs, *, target: TargetLike = "cuda",
             sparsity_threshold: Optional[float] = None, tuning_log=None,
-            dispatch_by: str = "threshold", config_for=None) -> CompiledModule:  # noqa: A001
+            dispatch_by: str = "threshold", config_for=None,
+            cuda_graph: bool = False) -> CompiledModule:  # noqa: A001
     """Compiles ``model`` (a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``) for
     inputs shaped like ``example_inputs``. Convolutions with constant weights at or above
     ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels, with the
     best schedules of ``tuning_log`` (a directory written by ``escoin_tvm.tune``) where it has
     them, else the pre-tuned or default ones. ``dispatch_by="measure"`` also times each such
     layer both ways on the target's device (which must be present) and keeps the faster;
-    ``dispatch_by="none"`` leaves every layer dense (plain TVM, the baseline)."""
+    ``dispatch_by="none"`` leaves every layer dense (plain TVM, the baseline). ``cuda_graph``
+    (CUDA only) has TVM capture the kernel sequence into CUDA graphs on the first call and
+    replay them: less launch overhead, most useful at batch 1 (README, "Whole networks")."""
     import torch
 
     target = resolve_target(target)
@@ -321,6 +324,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         "target_json": str(target),
         "threshold": threshold,
         "dispatch_by": dispatch_by,
+        "cuda_graph": bool(cuda_graph) and is_gpu(target),
         "tuning_log": str(log.path) if log is not None else None,
         "inputs": [[list(x.shape), "float32"] for x in example],
         "out_spec": torch.utils._pytree.treespec_dumps(exported.call_spec.out_spec)
@@ -330,7 +334,9 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     metadata = json.loads(json.dumps(metadata))  # the same plain form that load() reads back
     mod[METADATA_FUNC] = _metadata_func(metadata)
     pipeline = relax_pipeline(target, stock=dispatch_by == "none")
-    with target:
+    outer = tvm.transform.PassContext.current()  # keep a caller's context, add the graph flag
+    config = {**dict(outer.config), "relax.backend.use_cuda_graph": bool(cuda_graph) and is_gpu(target)}
+    with target, tvm.transform.PassContext(opt_level=outer.opt_level, config=config):
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     return CompiledModule(executable, device_for(target), metadata)
 

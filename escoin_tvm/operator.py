@@ -30,20 +30,27 @@ EPILOGUE_BLOCK = "epilogue"
 
 @dataclass(frozen=True)
 class Epilogue:
-    """What is fused after the sum: a per-channel bias and/or a ReLU."""
+    """What is fused after the sum: a per-channel bias, a residual input added elementwise (a
+    ResNet shortcut), then a ReLU; each optional, applied in that order."""
 
     bias: bool = False
     relu: bool = False
+    residual: bool = False
 
     @property
     def any(self) -> bool:
-        return self.bias or self.relu
+        return self.bias or self.relu or self.residual
+
+    @property
+    def name(self) -> str:
+        return "+".join(p for p, on in (("bias", self.bias), ("residual", self.residual),
+                                        ("relu", self.relu)) if on)
 
 
 def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
                      domain: Optional[Tuple[int, int]] = None):
-    """Builds the TE graph. Returns (inputs, output): inputs are
-    ``[data, offsets, values]`` plus ``bias`` when the epilogue has one.
+    """Builds the TE graph. Returns (inputs, output): inputs are ``[data, offsets, values]``,
+    then ``bias`` and ``residual`` (output-shaped) when the epilogue has them.
 
     ``domain`` = (images, rows) computes the sum over more images and output rows than the output
     has (the extra ones from zeros or in-bounds leftovers of the padded input, never stored): a GPU
@@ -89,23 +96,26 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         return inputs, conv
 
     bias = te.placeholder((spec.out_channels,), "float32", name="bias") if epilogue.bias else None
+    residual = te.placeholder(spec.output_shape, "float32", name="residual") \
+        if epilogue.residual else None
 
     def finish(n, k, y, x):
         value = conv[n, k, y, x]
         if bias is not None:
             value = value + bias[k]
+        if residual is not None:
+            value = value + residual[n, k, y, x]
         if epilogue.relu:
             value = tirx.max(value, tirx.const(0.0, "float32"))
         return value
 
     out = te.compute(spec.output_shape, finish, name=EPILOGUE_BLOCK)
-    if bias is not None:
-        inputs.append(bias)
+    inputs += [t for t in (bias, residual) if t is not None]
     return inputs, out
 
 
 def sparse_conv2d_primfunc(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
                            domain: Optional[Tuple[int, int]] = None):
-    """The unscheduled PrimFunc; parameters (data, offsets, values[, bias], out)."""
+    """The unscheduled PrimFunc; parameters (data, offsets, values[, bias][, residual], out)."""
     inputs, out = sparse_conv2d_te(spec, row_length, epilogue, domain)
     return te.create_prim_func([*inputs, out])

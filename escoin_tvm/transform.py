@@ -4,7 +4,8 @@ It finds ``relax.nn.conv2d`` calls (NCHW/OIHW, float32, static shapes) whose wei
 with sparsity at or above the threshold, and replaces each by ``call_tir`` of a scheduled Escoin
 PrimFunc with the CSR arrays as constants. A following bias ``add`` (a constant of shape
 (1, O, 1, 1), which is also what FoldBatchnormToConv2D leaves behind) and ``relu`` are folded into
-the kernel's epilogue when nothing else uses the intermediate values. Everything else stays on
+the kernel's epilogue when nothing else uses the intermediate values, and so is a following
+``add`` of a same-shaped tensor (a ResNet shortcut) before the ``relu``. Everything else stays on
 TVM's normal path. Each decision is recorded in ``pass.report``.
 """
 from __future__ import annotations
@@ -124,6 +125,7 @@ class SparseConv2dDispatch:
         bindings = list(block.bindings)
         value_of: Dict[relax.Var, relax.Expr] = {b.var: b.value for b in bindings
                                                  if isinstance(b, relax.VarBinding)}
+        position = {b.var: i for i, b in enumerate(bindings)}
         replaced: Dict[relax.Var, relax.Expr] = {}  # binding var -> new value
         dropped = set()  # intermediate vars folded into a kernel
         for binding in bindings:
@@ -138,8 +140,9 @@ class SparseConv2dDispatch:
                 self._measure(value, decision)
             if decision.kernel != "escoin":
                 continue
-            # Fold a single-use bias add, then a single-use relu, into the epilogue.
-            last, bias, relu = binding.var, None, False
+            # Fold a single-use bias add, a single-use add of a same-shaped tensor (a residual
+            # shortcut), then a single-use relu, into the epilogue.
+            last, bias, residual, relu = binding.var, None, None, False
             consumer = self._single_consumer(last, bindings, uses)
             if consumer is not None and value_of[consumer].op.same_as(ADD):
                 bias = self._bias_constant(value_of[consumer], last, decision.weight_shape[0])
@@ -147,11 +150,18 @@ class SparseConv2dDispatch:
                     dropped.add(last)
                     last = consumer
                     consumer = self._single_consumer(last, bindings, uses)
+            if consumer is not None and value_of[consumer].op.same_as(ADD):
+                residual = self._residual(value_of[consumer], last, position, position[binding.var])
+                if residual is not None:
+                    dropped.add(last)
+                    last = consumer
+                    consumer = self._single_consumer(last, bindings, uses)
             if consumer is not None and value_of[consumer].op.same_as(RELU):
                 dropped.add(last)
                 last, relu = consumer, True
-            decision.epilogue = "+".join(p for p, on in (("bias", bias is not None), ("relu", relu)) if on)
-            replaced[last] = self._escoin_call(value, bias, relu, decision, builder)
+            epilogue = Epilogue(bias is not None, relu, residual is not None)
+            decision.epilogue = epilogue.name
+            replaced[last] = self._escoin_call(value, bias, residual, epilogue, decision, builder)
         if not replaced:
             return block
         new_bindings = []
@@ -203,6 +213,20 @@ class SparseConv2dDispatch:
             return None
         return value.reshape(out_channels).astype(np.float32)
 
+    @staticmethod
+    def _residual(add: relax.Call, conv_var, position, conv_position: int) -> Optional[relax.Expr]:
+        """The other operand of ``conv + other`` when it has the sum's own static shape and
+        dtype (no broadcasting) and is computed before the convolution, else None. (Of two
+        convolutions added together, only the later one takes the add: each would otherwise
+        claim it.)"""
+        lhs, rhs = add.args
+        other = rhs if lhs.same_as(conv_var) else lhs
+        if other.same_as(conv_var) or _dtype(other) != "float32" or \
+                _static_shape(other) is None or _static_shape(other) != _static_shape(conv_var) or \
+                position.get(other, -1) > conv_position:
+            return None
+        return other
+
     def _decide(self, call: relax.Call) -> LayerDecision:
         index = len(self.report)
         data, weight = call.args
@@ -241,7 +265,8 @@ class SparseConv2dDispatch:
             decision.reason = f"sparsity {decision.sparsity:.2f} >= threshold {self.threshold:.2f}"
         return decision
 
-    def _escoin_call(self, conv: relax.Call, bias, relu: bool, decision: LayerDecision, builder):
+    def _escoin_call(self, conv: relax.Call, bias, residual, epilogue: Epilogue,
+                     decision: LayerDecision, builder):
         attrs = conv.attrs
         weight = conv.args[1].value.numpy()
         spec = Conv2dSpec.create(decision.input_shape, weight.shape,
@@ -249,7 +274,7 @@ class SparseConv2dDispatch:
                                  padding=tuple(int(p) for p in attrs.padding),
                                  dilation=tuple(int(d) for d in attrs.dilation),
                                  groups=int(attrs.groups))
-        escoin_weight, epilogue = EscoinWeight.from_dense(weight, spec), Epilogue(bias is not None, relu)
+        escoin_weight = EscoinWeight.from_dense(weight, spec)
         self.kernels.append(EscoinKernel(decision.name, spec, escoin_weight, epilogue))
         config = self.config_for(spec) if self.config_for else None
         row_multiple, decision.schedule = None, "given" if config else schedule_source(spec, self.target)
@@ -266,4 +291,6 @@ class SparseConv2dDispatch:
         args = [conv.args[0], relax.const(offsets), relax.const(values)]
         if bias is not None:
             args.append(relax.const(bias))
+        if residual is not None:
+            args.append(residual)
         return relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, "float32"))

@@ -20,3 +20,33 @@ LAYERS = [
     ("vgg16_conv4_2", (512, 28, 28), (512, 512, 3, 3), 1, 1, 1),
     ("vgg16_conv5_2", (512, 14, 14), (512, 512, 3, 3), 1, 1, 1),
 ]
+
+
+def network_layers(network: str, size: int = 224):
+    """The distinct convolutions of one of escoin_tvm.models' networks at ``size`` x ``size``, in
+    the LAYERS format (name ``network:module``; dilation 1, symmetric padding)."""
+    import torch
+
+    from escoin_tvm import models
+
+    model, shapes = models.build(network).eval(), {}
+
+    def record(name):
+        def hook(module, inputs, _output):
+            shapes.setdefault(name, (tuple(inputs[0].shape[1:]), module))
+        return hook
+
+    hooks = [m.register_forward_hook(record(name))
+             for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    layers, seen = [], set()
+    for name, (chw, conv) in shapes.items():
+        key = (chw, tuple(conv.weight.shape), conv.stride, conv.padding, conv.groups)
+        if key not in seen and conv.dilation == (1, 1):
+            seen.add(key)
+            layers.append((f"{network}:{name}", chw, tuple(conv.weight.shape), conv.stride,
+                           conv.padding, conv.groups))
+    return layers

@@ -6,7 +6,8 @@ median), checks the best against cuDNN fp32, and writes:
   - raw times: <out>/sweep-<gpu>-<stamp>.jsonl
   - the best config per layer shape: <out>/pretuned-<arch>.json (the format of schedules/)
 
-Usage: python experiments/sweep_configs.py [--samples 40] [--layers a,b] [--batches 1,16]
+Usage: python experiments/sweep_configs.py [--samples 40] [--layers a,b | --networks vgg16,...]
+    [--batches 1,16] [--merge schedules/pretuned-sm_90.json]
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_layers import environment, pruned_weight  # noqa: E402
-from layers import LAYERS  # noqa: E402
+from layers import LAYERS, network_layers  # noqa: E402
 
 
 def candidate_configs(spec, samples, seed):
@@ -72,6 +73,8 @@ def build(job):
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", default="")
+    parser.add_argument("--networks", default="", help="sweep these networks' distinct "
+                        "convolutions (escoin_tvm.models, 224x224) instead of the benchmark layers")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--samples", type=int, default=40)
@@ -84,6 +87,8 @@ def main(argv=None):
     from escoin_tvm.spec import Conv2dSpec
 
     layers = [l for l in LAYERS if not args.layers or l[0] in args.layers.split(",")]
+    if args.networks:
+        layers = [l for n in args.networks.split(",") for l in network_layers(n)]
     workdir = "/tmp/escoin_sweep"
     os.makedirs(workdir, exist_ok=True)
     jobs, keys = [], []

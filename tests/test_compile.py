@@ -189,3 +189,28 @@ def test_models_match_pytorch_on_gpu(name, tmp_path):
     assert_matches(loaded(x), ref)
     with pytest.raises(ValueError, match="cpu"):
         compiled(x.cpu())  # a CPU tensor for a GPU module is refused, not silently copied
+
+
+@pytest.mark.gpu
+def test_cuda_graph_option_matches_pytorch_and_survives_export(tmp_path):
+    torch.backends.cudnn.allow_tf32 = False
+    model = pruned("resnet18").cuda()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    compiled = escoin_tvm.compile(model, (x,), target="cuda", cuda_graph=True)
+    assert compiled.metadata["cuda_graph"]
+    with torch.no_grad():
+        ref = model(x)
+    for _ in range(3):  # the first call captures the graphs, later ones replay them
+        assert_matches(compiled(x), ref)
+    x2 = torch.randn(2, 3, 64, 64, device="cuda")  # replay reads the new input
+    with torch.no_grad():
+        assert_matches(compiled(x2), model(x2))
+    assert_matches(escoin_tvm.load(compiled.export_library(tmp_path / "g.so"))(x), ref)
+
+
+def test_cuda_graph_option_is_ignored_on_cpu():
+    model, x = pruned("resnet18"), torch.randn(1, 3, 32, 32)
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", cuda_graph=True)
+    assert not compiled.metadata["cuda_graph"]
+    with torch.no_grad():
+        assert_matches(compiled(x), model(x))

@@ -66,6 +66,43 @@ def test_bias_on_the_left_and_no_relu():
     np.testing.assert_allclose(run(new, X), reference(X, W, B.reshape(-1), padding=1), rtol=1e-4, atol=1e-4)
 
 
+def test_residual_add_is_folded_between_bias_and_relu():
+    """relu(conv(x) + b + shortcut), the end of a ResNet block, becomes one kernel."""
+    shortcut = RNG.standard_normal((2, 8, 9, 9)).astype(np.float32)
+
+    def body(bb, x, w):
+        biased = bb.emit(relax.op.add(conv(bb, x, w), relax.const(B)))
+        return bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(relax.const(shortcut), biased))))
+    new, report = apply(module(body))
+    assert report[0].epilogue == "bias+residual+relu"
+    assert ops_in(new) == {"R.nn.conv2d": 0, "R.call_tir": 1, "R.add": 0, "R.nn.relu": 0}
+    ref = reference(X, W, B.reshape(-1), padding=1) + shortcut
+    np.testing.assert_allclose(run(new, X), np.maximum(ref, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_two_convolutions_added_fold_the_add_once():
+    """conv_a(x) + conv_b(x): only the later convolution takes the add (as a downsample
+    shortcut does in a ResNet), the earlier one's output is its residual input."""
+    w2 = prune_array(RNG.standard_normal(W.shape).astype(np.float32), 0.9)
+
+    def body(bb, x, w):
+        a, b = conv(bb, x, w), conv(bb, x, relax.const(w2))
+        return bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(a, b))))
+    new, report = apply(module(body))
+    assert [d.epilogue for d in report] == ["", "residual+relu"]
+    assert ops_in(new) == {"R.nn.conv2d": 0, "R.call_tir": 2, "R.add": 0, "R.nn.relu": 0}
+    ref = reference(X, W, padding=1) + reference(X, w2, padding=1)
+    np.testing.assert_allclose(run(new, X), np.maximum(ref, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_broadcast_add_is_not_a_residual():
+    row = RNG.standard_normal((1, 1, 1, 9)).astype(np.float32)
+    new, report = apply(module(lambda bb, x, w: bb.emit(relax.op.add(conv(bb, x, w),
+                                                                      relax.const(row)))))
+    assert report[0].epilogue == "" and ops_in(new)["R.add"] == 1
+    np.testing.assert_allclose(run(new, X), reference(X, W, padding=1) + row, rtol=1e-4, atol=1e-4)
+
+
 def test_shared_intermediate_is_not_folded():
     """conv feeds both the relu and the output: folding the relu would compute conv twice."""
     def body(bb, x, w):
