@@ -275,14 +275,15 @@ def dispatch(mod, exported, target, threshold: float, **options):
 
 
 def open_tuning_log(tuning_log, target):
-    """The TuningLog for ``tuning_log`` (a path or a TuningLog), checked; None for None."""
+    """``(TuningLog, foreign)`` for ``tuning_log`` (a path or a TuningLog), checked, ``foreign``
+    when it was recorded for other targets only (already warned about); ``(None, False)`` for
+    None."""
     if tuning_log is None:
-        return None
+        return None, False
     from .tuning.log import TuningLog
 
     log = tuning_log if isinstance(tuning_log, TuningLog) else TuningLog(tuning_log)
-    log.warn_if_foreign(target)
-    return log
+    return log, log.warn_if_foreign(target)
 
 
 def compile(model, example_inputs, *, target: TargetLike = "cuda",
@@ -305,7 +306,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     if dispatch_by not in ("threshold", "measure", "none"):
         raise EscoinError(f"dispatch_by must be 'threshold', 'measure' or 'none', got "
                           f"{dispatch_by!r}")
-    log = open_tuning_log(tuning_log, target)
+    log, foreign = open_tuning_log(tuning_log, target)
     exported, example, mod = prepare(model, example_inputs, target)
     measure = None
     if dispatch_by == "measure":
@@ -314,7 +315,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         measure = LayerTimer(target)
     mod, escoin = dispatch(mod, exported, target, threshold, config_for=config_for,
                            tuning_log=log, measure=measure, report_only=dispatch_by == "none")
-    if log is not None and escoin.kernels and not any(
+    if log is not None and not foreign and escoin.kernels and not any(
             d.schedule.startswith("tuned") for d in escoin.report):
         warnings.warn(f"tuning log {log.path} has no records for this model's kernels on "
                       f"{target.kind.name}: they use the pre-tuned or default schedules")

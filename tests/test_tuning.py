@@ -105,9 +105,24 @@ def test_log_of_another_target_is_reported(tuned_log, tmp_path):
         row[1][2] = {"kind": "cuda", "arch": "sm_90", "keys": ["cuda", "gpu"], "tag": ""}
     (log / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     model, x = small_model()
-    with pytest.warns(UserWarning, match=f"tuning log {log} has no records for target llvm"):
+    with pytest.warns(UserWarning) as caught:
         compiled = escoin_tvm.compile(model, (x,), target="llvm", tuning_log=log)
+    ours = [str(w.message) for w in caught if str(w.message).startswith("tuning log")]
+    assert len(ours) == 1 and f"tuning log {log} has no records for target llvm" in ours[0]
     assert [l["schedule"] for l in compiled.layers] == ["default", "default"]
+
+
+def test_log_of_another_model_is_reported(tuned_log):
+    """A log for this target whose records are all for other kernels: one warning, naming it."""
+    torch.manual_seed(1)
+    other = prune.magnitude(torch.nn.Sequential(torch.nn.Conv2d(8, 4, 3)), 0.9, min_params=0)
+    with pytest.warns(UserWarning) as caught:
+        compiled = escoin_tvm.compile(other.eval(), (torch.randn(1, 8, 7, 7),), target="llvm",
+                                      tuning_log=tuned_log[0])
+    ours = [str(w.message) for w in caught if str(w.message).startswith("tuning log")]
+    assert ours == [f"tuning log {tuned_log[0]} has no records for this model's kernels on llvm: "
+                    "they use the pre-tuned or default schedules"]
+    assert compiled.layers[0]["schedule"] == "default"
 
 
 @pytest.mark.parametrize("make, message", [
