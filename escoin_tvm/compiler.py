@@ -302,6 +302,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     import torch
 
     target = resolve_target(target)
+    cuda_graph = bool(cuda_graph) and is_gpu(target)
     threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else float(sparsity_threshold)
     if dispatch_by not in ("threshold", "measure", "none"):
         raise EscoinError(f"dispatch_by must be 'threshold', 'measure' or 'none', got "
@@ -325,7 +326,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         "target_json": str(target),
         "threshold": threshold,
         "dispatch_by": dispatch_by,
-        "cuda_graph": bool(cuda_graph) and is_gpu(target),
+        "cuda_graph": cuda_graph,
         "tuning_log": str(log.path) if log is not None else None,
         "inputs": [[list(x.shape), "float32"] for x in example],
         "out_spec": torch.utils._pytree.treespec_dumps(exported.call_spec.out_spec)
@@ -336,7 +337,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     mod[METADATA_FUNC] = _metadata_func(metadata)
     pipeline = relax_pipeline(target, stock=dispatch_by == "none")
     outer = tvm.transform.PassContext.current()  # keep a caller's context, add the graph flag
-    config = {**dict(outer.config), "relax.backend.use_cuda_graph": bool(cuda_graph) and is_gpu(target)}
+    config = {**dict(outer.config), "relax.backend.use_cuda_graph": cuda_graph}
     with target, tvm.transform.PassContext(opt_level=outer.opt_level, config=config):
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     return CompiledModule(executable, device_for(target), metadata)

@@ -8,7 +8,6 @@ default pipeline unchanged.
 from __future__ import annotations
 
 import tvm
-from tvm import relax
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.s_tir import dlight as dl
 
@@ -16,23 +15,12 @@ from .schedule.skinny_matmul import SkinnyMatmul
 from .target import is_gpu
 
 
-def _cuda_legalize_passes():
-    """cuda_pipeline.legalize_passes with SkinnyMatmul first among the schedule rules."""
-    return [
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        dl.ApplyDefaultSchedule(
-            SkinnyMatmul(),
-            dl.gpu.Matmul(),
-            dl.gpu.GEMV(),
-            dl.gpu.Reduction(),
-            dl.gpu.GeneralReduction(),
-            dl.gpu.Fallback(),
-        ),
-    ]
+def _cuda_legalize_passes(target):
+    """cuda_pipeline.legalize_passes with the SkinnyMatmul rule applied just before dlight's
+    defaults (which leave the functions it scheduled alone: they are marked scheduled)."""
+    passes = cuda_pipeline.legalize_passes(target)
+    defaults = next(i for i, p in enumerate(passes) if isinstance(p, dl.ApplyDefaultSchedule))
+    return passes[:defaults] + [dl.ApplyDefaultSchedule(SkinnyMatmul())] + passes[defaults:]
 
 
 def relax_pipeline(target: tvm.target.Target, stock: bool = False):
@@ -43,7 +31,7 @@ def relax_pipeline(target: tvm.target.Target, stock: bool = False):
     @tvm.transform.module_pass(opt_level=0, name="escoin_cuda_pipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
-            passes = (cuda_pipeline.library_dispatch_passes(target) + _cuda_legalize_passes()
+            passes = (cuda_pipeline.library_dispatch_passes(target) + _cuda_legalize_passes(target)
                       + cuda_pipeline.dataflow_lower_passes(target)
                       + cuda_pipeline.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)

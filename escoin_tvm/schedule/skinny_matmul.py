@@ -76,7 +76,7 @@ class SkinnyMatmul(GPUScheduleRule):
         if len(reductions) != 1 or reductions[0].dom_kind() != "SSR":
             return None
         main = reductions[0]
-        if not all(isinstance(d, int) or isinstance(d, tirx.IntImm) for d in main.dom()):
+        if not all(isinstance(d, (int, tirx.IntImm)) for d in main.dom()):
             return None
         rows, cols, depth = (int(d) for d in main.dom())
         if not (2 <= rows <= MAX_ROWS and cols >= 256 and depth >= 256):
@@ -84,12 +84,10 @@ class SkinnyMatmul(GPUScheduleRule):
         operands = _operands(sch.get(main.block_rv))
         if operands is None:
             return None
-        position = infos.index(main)
-        if position != 0:  # producers fused in front (reshape, ...): leave them to dlight
+        # producers fused in front (reshape, ...) or a non-elementwise tail: leave it to dlight
+        if infos[0] is not main or not all(info.is_injective() for info in infos[1:]):
             return None
         epilogues = [info.block_rv for info in infos[1:]]
-        if not all(info.is_injective() for info in infos[1:]):
-            return None
         try:
             for block in epilogues[:-1]:
                 sch.compute_inline(block)
@@ -143,8 +141,6 @@ def _schedule(sch: s_tir.Schedule, main, shape, weight_read: int, epilogue):
         total = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(total, threads, preserve_unit_loops=True)
         sch.decompose_reduction(block, k2)
-        if epilogue is not None:
-            sch.reverse_compute_inline(epilogue)
-    elif epilogue is not None:
+    if epilogue is not None:
         sch.reverse_compute_inline(epilogue)
     return sch
