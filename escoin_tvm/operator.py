@@ -7,6 +7,9 @@ the ELL padding entries point at (see ``EscoinWeight.to_ell``). The reduction ha
 (the longest row), which keeps every loop schedulable: the Escoin register tile needs the non-zero
 loop outside the pixel loops, and TIR cannot reorder around a data-dependent extent.
 
+A convolution without padding skips the copy: ``padded`` is then the input itself, read in place
+through a flat (N, C*H*W) view (``reads_in_place``; the caller reshapes, which costs nothing).
+
 The offsets and values are ordinary buffer parameters of the PrimFunc; the kernel wrapper and the
 Relax pass pass them as constants.
 """
@@ -19,6 +22,7 @@ from tvm import te, tirx
 
 from .errors import ShapeError
 from .spec import Conv2dSpec
+from .weight_format import EscoinWeight
 
 INT32_MAX = 2**31 - 1
 
@@ -47,6 +51,23 @@ class Epilogue:
                                         ("relu", self.relu)) if on)
 
 
+def reads_in_place(spec: Conv2dSpec) -> bool:
+    """Whether the kernel reads its input in place (no padding to add, so no padded copy): its
+    data parameter is then the input flattened per image, ``kernel_input_shape(spec)``."""
+    return not any(spec.padding)
+
+
+def kernel_input_shape(spec: Conv2dSpec) -> Tuple[int, ...]:
+    """The shape of the kernel's data parameter: NCHW, or (N, C*H*W) when it reads in place."""
+    n_, c_, h_, w_ = spec.input_shape
+    return (n_, c_ * h_ * w_) if reads_in_place(spec) else spec.input_shape
+
+
+def ell_arrays(spec: Conv2dSpec, weight: EscoinWeight, multiple: int = 1):
+    """The (offsets, values) arrays the kernel of ``spec`` takes (``EscoinWeight.to_ell``)."""
+    return weight.to_ell(spec.in_channels, multiple, in_place=reads_in_place(spec))
+
+
 def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
                      domain: Optional[Tuple[int, int]] = None):
     """Builds the TE graph. Returns (inputs, output): inputs are ``[data, offsets, values]``,
@@ -70,9 +91,10 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         raise ShapeError(f"convolution {spec.input_shape} -> {spec.output_shape} is too large for "
                          "32-bit indexing; split the batch")
 
-    data = te.placeholder(spec.input_shape, "float32", name="data")
+    data = te.placeholder(kernel_input_shape(spec), "float32", name="data")
     offsets = te.placeholder((spec.out_channels, row_length), "int32", name="offsets")
     values = te.placeholder((spec.out_channels, row_length), "float32", name="values")
+    j = te.reduce_axis((0, row_length), name="j")
 
     def pad(n, f):
         c = f // (hp * wp)
@@ -83,13 +105,22 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
             inside, n = tirx.all(n < n_, inside), tirx.min(n, n_ - 1)
         return tirx.if_then_else(inside, data[n, c, yy, xx], tirx.const(0.0, "float32"))
 
-    padded = te.compute((images, flat), pad, name=PAD_BLOCK)
-    j = te.reduce_axis((0, row_length), name="j")
-    conv = te.compute(
-        (images, spec.out_channels, rows, spec.out_w),
-        lambda n, k, y, x: te.sum(
-            values[k, j] * padded[n, offsets[k, j] + y * (sh * wp) + x * sw], axis=j),
-        name=CONV_BLOCK)
+    if reads_in_place(spec):
+        # The extra images and rows of a larger domain read the last real ones (never stored):
+        # the clamps are per thread, outside the non-zero loop.
+        def gather(n, k, y, x):
+            n = tirx.min(n, n_ - 1) if images > n_ else n
+            y = tirx.min(y, spec.out_h - 1) if rows > spec.out_h else y
+            return data[n, offsets[k, j] + y * (sh * wp) + x * sw]
+    else:
+        padded = te.compute((images, flat), pad, name=PAD_BLOCK)
+
+        def gather(n, k, y, x):
+            return padded[n, offsets[k, j] + y * (sh * wp) + x * sw]
+
+    conv = te.compute((images, spec.out_channels, rows, spec.out_w),
+                      lambda n, k, y, x: te.sum(values[k, j] * gather(n, k, y, x), axis=j),
+                      name=CONV_BLOCK)
     inputs = [data, offsets, values]
     cropped = (images, rows) != (n_, spec.out_h)
     if not epilogue.any and not cropped:

@@ -22,7 +22,7 @@ from tvm.ir import Constant
 from .errors import EscoinError
 from .kernel import schedule_source, scheduled_module
 from .target import is_gpu
-from .operator import Epilogue
+from .operator import Epilogue, kernel_input_shape, reads_in_place
 from .spec import Conv2dSpec
 from .weight_format import EscoinWeight
 
@@ -126,7 +126,7 @@ class SparseConv2dDispatch:
         value_of: Dict[relax.Var, relax.Expr] = {b.var: b.value for b in bindings
                                                  if isinstance(b, relax.VarBinding)}
         position = {b.var: i for i, b in enumerate(bindings)}
-        replaced: Dict[relax.Var, relax.Expr] = {}  # binding var -> new value
+        replaced: Dict[relax.Var, list] = {}  # binding var -> the bindings that replace it
         dropped = set()  # intermediate vars folded into a kernel
         for binding in bindings:
             value = binding.value
@@ -161,16 +161,16 @@ class SparseConv2dDispatch:
                 last, relu = consumer, True
             epilogue = Epilogue(bias is not None, relu, residual is not None)
             decision.epilogue = epilogue.name
-            replaced[last] = self._escoin_call(value, bias, residual, epilogue, decision, builder)
+            replaced[last] = self._escoin_bindings(last, value, bias, residual, epilogue,
+                                                   decision, builder,
+                                                   isinstance(block, relax.DataflowBlock))
         if not replaced:
             return block
         new_bindings = []
         for binding in bindings:
             if binding.var in dropped:
                 continue
-            if binding.var in replaced:
-                binding = relax.VarBinding(binding.var, replaced[binding.var])
-            new_bindings.append(binding)
+            new_bindings.extend(replaced.get(binding.var, [binding]))
         cls = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
         return cls(new_bindings)
 
@@ -265,8 +265,12 @@ class SparseConv2dDispatch:
             decision.reason = f"sparsity {decision.sparsity:.2f} >= threshold {self.threshold:.2f}"
         return decision
 
-    def _escoin_call(self, conv: relax.Call, bias, residual, epilogue: Epilogue,
-                     decision: LayerDecision, builder):
+    def _escoin_bindings(self, var: relax.Var, conv: relax.Call, bias, residual,
+                         epilogue: Epilogue, decision: LayerDecision, builder,
+                         dataflow: bool) -> list:
+        """The bindings that compute ``var`` with an Escoin kernel: its call_tir, after a
+        (copy-free) flattening reshape of the input when the kernel reads it in place, and a
+        subsampling of the input first when the layer is a strided 1x1 convolution."""
         attrs = conv.attrs
         weight = conv.args[1].value.numpy()
         spec = Conv2dSpec.create(decision.input_shape, weight.shape,
@@ -274,6 +278,20 @@ class SparseConv2dDispatch:
                                  padding=tuple(int(p) for p in attrs.padding),
                                  dilation=tuple(int(d) for d in attrs.dilation),
                                  groups=int(attrs.groups))
+        bindings, data = [], conv.args[0]
+        Var = relax.DataflowVar if dataflow else relax.Var
+
+        def bind(name: str, value: relax.Expr, shape) -> relax.Var:
+            bound = Var(f"{var.name}_{name}", relax.TensorType(shape, "float32"))
+            bindings.append(relax.VarBinding(bound, value))
+            return bound
+
+        stride_one = spec.subsampled()
+        if stride_one is not None:
+            data = bind("subsampled", relax.op.strided_slice(
+                data, axes=[2, 3], begin=[0, 0], end=[spec.height, spec.width],
+                strides=list(spec.stride)), stride_one.input_shape)
+            spec = stride_one
         escoin_weight = EscoinWeight.from_dense(weight, spec)
         self.kernels.append(EscoinKernel(decision.name, spec, escoin_weight, epilogue))
         config = self.config_for(spec) if self.config_for else None
@@ -288,9 +306,13 @@ class SparseConv2dDispatch:
         decision.config = dict(vars(config))
         func = mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
         gvar = builder.add_func(func, "escoin_conv2d")
-        args = [conv.args[0], relax.const(offsets), relax.const(values)]
+        if reads_in_place(spec):
+            data = bind("input", relax.op.reshape(data, kernel_input_shape(spec)),
+                        kernel_input_shape(spec))
+        args = [data, relax.const(offsets), relax.const(values)]
         if bias is not None:
             args.append(relax.const(bias))
         if residual is not None:
             args.append(residual)
-        return relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, "float32"))
+        call = relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, "float32"))
+        return bindings + [relax.VarBinding(var, call)]

@@ -90,13 +90,17 @@ class EscoinWeight:
         dense[rows, c, r, s] = self.values
         return dense
 
-    def to_ell(self, in_channels: int, multiple: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    def to_ell(self, in_channels: int, multiple: int = 1,
+               in_place: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """Rows padded to one length (ELL), with offsets made absolute in the whole padded input.
 
         Returns ``(offsets, values)`` of shape (out_channels, L), L the longest row rounded up to
         ``multiple``. Padding entries have value 0 and point into the all-zero extra channel that the
         operator appends after the ``in_channels`` real ones, so that they add 0 * 0 and never turn
-        an Inf or NaN input into NaN.
+        an Inf or NaN input into NaN. A kernel that reads its input in place has no such channel
+        (``operator.reads_in_place``): its padding entries repeat the row's last tap, whose input
+        the row already multiplies by a non-zero weight (an empty row: its group's first tap), so
+        a non-finite input only reaches outputs that are non-finite anyway (Inf may turn NaN).
         """
         out_channels = self.weight_shape[0]
         plane = self.padded_hw[0] * self.padded_hw[1]
@@ -109,6 +113,10 @@ class EscoinWeight:
         values = np.zeros((out_channels, width), dtype=np.float32)
         rows = np.repeat(np.arange(out_channels), lengths)
         cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
+        if in_place:
+            last, nonempty = np.zeros(out_channels, np.int64), lengths > 0
+            last[nonempty] = self.offsets[self.indptr[1:][nonempty] - 1]
+            offsets[:] = (last + group_base)[:, None]
         offsets[rows, cols] = self.offsets + group_base[rows]
         values[rows, cols] = self.values
         return offsets.astype(np.int32), values

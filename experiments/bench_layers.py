@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from layers import LAYERS  # noqa: E402
+from escoin_tvm.operator import kernel_input_shape  # noqa: E402
+from escoin_tvm.spec import Conv2dSpec  # noqa: E402
 from escoin_tvm.timing import median_time  # noqa: E402
 
 FP32_PEAK = {"H100": 66.9e12, "H200": 66.9e12}  # non-tensor fp32 FMA peak, SXM datasheets
@@ -253,7 +255,8 @@ def main(argv=None):
             ref = F.conv2d(x, torch.from_numpy(weight).cuda(), None, stride, pad, 1, groups)
             mod = tvm.runtime.load_module(path)
             consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
-            xt = tvm.runtime.from_dlpack(x)
+            spec = Conv2dSpec.create(x.shape, wshape, stride=stride, padding=pad, groups=groups)
+            xt = tvm.runtime.from_dlpack(x.reshape(kernel_input_shape(spec)))
             yt = tvm.runtime.empty(tuple(ref.shape), "float32", dev)
             mod["main"](xt, *consts, yt)
             got = torch.from_dlpack(yt)

@@ -9,6 +9,7 @@ each sparsity, or to Deep Compression's published per-layer sparsities: "dc") an
   torch_compile  torch.compile, default mode, fp32 (TF32 off)
   tvm_dense      TVM 0.27 compiling the same model without the Escoin pass (dispatch_by="none")
   escoin         escoin-tvm, threshold dispatch, pre-tuned/default schedules (untuned)
+  escoin_graph   the same compiled with cuda_graph=True (TVM's CUDA-graph rewrite; --graph)
   escoin_measured  escoin-tvm with per-layer dispatch by measurement (selected networks)
   escoin_tuned   escoin-tvm with --tuning-log (if given and it has records)
 TVM modules are timed with time_evaluator (20 x 5 runs, median). Every escoin-tvm output is
@@ -63,9 +64,9 @@ def compile_job(job):
     import escoin_tvm
 
     start = time.time()
-    dispatch = {"tvm_dense": "none", "escoin": "threshold", "escoin_tuned": "threshold"}[variant]
+    dispatch = "none" if variant == "tvm_dense" else "threshold"
     compiled = escoin_tvm.compile(pruned_model(network, sparsity), (example(batch),), target="cuda",
-                                  dispatch_by=dispatch,
+                                  dispatch_by=dispatch, cuda_graph=variant == "escoin_graph",
                                   tuning_log=tuning_log if variant == "escoin_tuned" else None)
     path = os.path.join(workdir, f"{network}-b{batch}-{sparsity}-{variant}.so")
     compiled.export_library(path)
@@ -123,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--measured", default="resnet50:1", help="NET:BATCH compiled with "
                         "dispatch by measurement (at the first sparsity), ';'-separated")
     parser.add_argument("--tuning-log", default=None)
+    parser.add_argument("--graph", action="store_true", help="also escoin_graph (CUDA graphs) "
+                        "for each network and batch at the first sparsity")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 4) - 4))
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--deadline", type=float, default=0)
@@ -159,6 +162,8 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="escoin-networks-")
     jobs = [(n, b, s, "escoin", workdir, None) for n, b, s in cases]
     jobs += [(n, b, sparsities[0], "tvm_dense", workdir, None) for n in networks for b in batches]
+    if args.graph:
+        jobs += [(n, b, sparsities[0], "escoin_graph", workdir, None) for n in networks for b in batches]
     if args.tuning_log:
         jobs += [(n, b, s, "escoin_tuned", workdir, args.tuning_log) for n, b, s in cases]
     pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))

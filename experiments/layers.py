@@ -24,10 +24,12 @@ LAYERS = [
 
 def network_layers(network: str, size: int = 224):
     """The distinct convolutions of one of escoin_tvm.models' networks at ``size`` x ``size``, in
-    the LAYERS format (name ``network:module``; dilation 1, symmetric padding)."""
+    the LAYERS format (name ``network:module``; dilation 1, symmetric padding), as the compiler
+    runs them: a strided 1x1 convolution as the stride-1 one of its subsampled input."""
     import torch
 
     from escoin_tvm import models
+    from escoin_tvm.spec import Conv2dSpec
 
     model, shapes = models.build(network).eval(), {}
 
@@ -44,9 +46,14 @@ def network_layers(network: str, size: int = 224):
         hook.remove()
     layers, seen = [], set()
     for name, (chw, conv) in shapes.items():
-        key = (chw, tuple(conv.weight.shape), conv.stride, conv.padding, conv.groups)
+        stride, padding = conv.stride, conv.padding
+        stride_one = Conv2dSpec.create((1, *chw), conv.weight.shape, stride=stride,
+                                       padding=padding, groups=conv.groups).subsampled()
+        if stride_one is not None:
+            chw, stride, padding = stride_one.input_shape[1:], (1, 1), (0, 0)
+        key = (chw, tuple(conv.weight.shape), stride, padding, conv.groups)
         if key not in seen and conv.dilation == (1, 1):
             seen.add(key)
-            layers.append((f"{network}:{name}", chw, tuple(conv.weight.shape), conv.stride,
-                           conv.padding, conv.groups))
+            layers.append((f"{network}:{name}", chw, tuple(conv.weight.shape), stride, padding,
+                           conv.groups))
     return layers

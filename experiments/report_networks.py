@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 DENSE_VARIANTS = ("eager_fp32", "eager_tf32", "eager_fp16", "torch_compile", "tvm_dense")
-VARIANTS = DENSE_VARIANTS + ("escoin", "escoin_measured")
+VARIANTS = DENSE_VARIANTS + ("escoin", "escoin_graph", "escoin_tuned", "escoin_measured")
 
 
 def load(paths):

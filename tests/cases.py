@@ -45,4 +45,10 @@ CASES = [
     Case("sparsity100_bias_only", (2, 8, 7, 7), (8, 8, 3, 3), padding=1, sparsity=1.0, bias=True,
          relu=True),
     Case("odd_channels_wide", (1, 7, 5, 37), (5, 7, 3, 3), padding=1, sparsity=0.8),
+    # no padding: the kernel reads its input in place (no padded copy, no zero channel)
+    Case("1x1_stride2_odd_bias_relu", (3, 16, 15, 15), (24, 16, 1, 1), stride=2, bias=True,
+         relu=True),
+    Case("3x3_valid_groups2_dilation2", (2, 8, 13, 11), (12, 4, 3, 3), groups=2, dilation=2,
+         sparsity=0.7),
+    Case("1x1_sparsity100_bias_only", (2, 8, 7, 7), (8, 8, 1, 1), sparsity=1.0, bias=True),
 ]

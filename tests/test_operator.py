@@ -60,7 +60,8 @@ def test_repeated_calls_do_not_share_output():
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in {
     "3x3_pad1", "5x5_pad2_bias_relu", "11x11_stride4_odd", "dilation_2x3", "groups2_alexnet",
-    "depthwise", "batch5", "spatial_1x1", "asymmetric_pad", "sparsity100_bias_only"}],
+    "depthwise", "batch5", "spatial_1x1", "asymmetric_pad", "sparsity100_bias_only",
+    "1x1_stride2_odd_bias_relu", "3x3_valid_groups2_dilation2"}],
     ids=lambda c: c.name)
 def test_cuda_code_generates(case):
     """On a GPU-less machine the CUDA kernel still generates and compiles with nvcc."""
@@ -87,16 +88,18 @@ def test_gpu_matches_pytorch(case):
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in {
-    "5x5_pad2_bias_relu", "7x7_stride2_odd", "groups2_alexnet", "batch5", "dilation_2x3"}],
+    "5x5_pad2_bias_relu", "7x7_stride2_odd", "groups2_alexnet", "batch5", "dilation_2x3",
+    "1x1_stride2_odd_bias_relu", "3x3_valid_groups2_dilation2"}],
     ids=lambda c: c.name)
 def test_sum_over_a_larger_domain_stores_the_output_only(case):
     """The GPU kernels sum over images and rows rounded up to their register tile
     (operator.sparse_conv2d_te's ``domain``): extra images read zeros, extra rows read in-bounds
-    leftovers, and only the output is stored. Checked here with the CPU schedule."""
+    leftovers (an in-place kernel: the last real image and row again), and only the output is
+    stored. Checked here with the CPU schedule."""
     import tvm
     from tvm import s_tir
 
-    from escoin_tvm.operator import Epilogue, sparse_conv2d_primfunc
+    from escoin_tvm.operator import Epilogue, ell_arrays, kernel_input_shape, sparse_conv2d_primfunc
     from escoin_tvm.schedule import default_cpu_config, schedule_cpu
     from escoin_tvm.spec import Conv2dSpec
     from escoin_tvm.weight_format import EscoinWeight
@@ -105,15 +108,31 @@ def test_sum_over_a_larger_domain_stores_the_output_only(case):
     weight = random_weight(rng, case.weight_shape, case.sparsity)
     bias = rng.standard_normal(case.weight_shape[0]).astype(np.float32) if case.bias else None
     spec = Conv2dSpec.create(case.input_shape, case.weight_shape, **case.conv_args())
-    offsets, values = EscoinWeight.from_dense(weight, spec).to_ell(spec.in_channels)
+    offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec))
     domain = (spec.batch + 3, spec.out_h + 3)
     func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(case.bias, case.relu), domain)
     lib = tvm.compile(schedule_cpu(s_tir.Schedule(func), default_cpu_config(spec)).mod, "llvm")
     x = rng.standard_normal(spec.input_shape).astype(np.float32)
     dev = tvm.cpu()
-    args = [tvm.runtime.tensor(a, dev) for a in [x, offsets, values] + ([bias] if case.bias else [])]
+    args = [tvm.runtime.tensor(a, dev) for a in [x.reshape(kernel_input_shape(spec)), offsets, values]
+            + ([bias] if case.bias else [])]
     out = tvm.runtime.empty(spec.output_shape, "float32", dev)
     lib["main"](*args, out)
     assert_conv_close(out.numpy(), x, weight, bias=bias, relu=case.relu, **case.conv_args())
     with pytest.raises(ValueError, match="smaller than the output"):
         sparse_conv2d_primfunc(spec, offsets.shape[1], domain=(spec.batch, spec.out_h - 1))
+
+
+@pytest.mark.parametrize("padding, in_place", [(0, True), (1, False), ((0, 0, 1, 0), False)])
+def test_unpadded_convolution_reads_its_input_in_place(padding, in_place):
+    """Without padding there is nothing to copy: no pad stage, the data parameter is the input
+    flattened per image, and the ELL padding points at real taps instead of a zero channel."""
+    from escoin_tvm.operator import PAD_BLOCK, kernel_input_shape, reads_in_place
+    from escoin_tvm.spec import Conv2dSpec
+
+    spec = Conv2dSpec.create((2, 4, 6, 6), (8, 4, 3, 3), padding=padding)
+    assert reads_in_place(spec) == in_place
+    assert kernel_input_shape(spec) == ((2, 4 * 36) if in_place else (2, 4, 6, 6))
+    kernel = escoin_tvm.build_sparse_conv2d(random_weight(np.random.default_rng(1), (8, 4, 3, 3), 0.8),
+                                            (2, 4, 6, 6), padding=padding)
+    assert (PAD_BLOCK in kernel.source) != in_place

@@ -143,3 +143,35 @@ def test_pass_composes_in_a_sequential():
 def test_bad_threshold():
     with pytest.raises(EscoinError, match="threshold"):
         SparseConv2dDispatch(LLVM, 1.5)
+
+
+@pytest.mark.parametrize("stride, shape", [((2, 2), (2, 4, 9, 9)), ((2, 3), (1, 4, 10, 11)),
+                                           ((3, 1), (3, 4, 7, 8))])
+def test_strided_pointwise_conv_runs_stride_one_on_the_subsampled_input(stride, shape):
+    """A strided 1x1 convolution (a ResNet downsample) becomes a strided slice of its input
+    and a stride-1 Escoin kernel that reads it in place, with the residual add and ReLU folded."""
+    w = prune_array(RNG.standard_normal((6, 4, 1, 1)).astype(np.float32), 0.5)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    out_hw = ((shape[2] - 1) // stride[0] + 1, (shape[3] - 1) // stride[1] + 1)
+    shortcut = RNG.standard_normal((shape[0], 6, *out_hw)).astype(np.float32)
+
+    def body(bb, x_, _w):
+        y = bb.emit(relax.op.nn.conv2d(x_, relax.const(w), strides=stride))
+        return bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(y, relax.const(shortcut)))))
+    dispatch = SparseConv2dDispatch(LLVM, 0.4)
+    new = dispatch(module(body, data_shape=shape))
+    assert dispatch.report[0].kernel == "escoin" and dispatch.report[0].epilogue == "residual+relu"
+    assert dispatch.kernels[0].spec.stride == (1, 1)
+    assert dispatch.kernels[0].spec.input_shape == (shape[0], 4, *out_hw)
+    text = new["main"].script()
+    assert "R.strided_slice" in text and "R.reshape" in text
+    ref = np.maximum(reference(x, w, stride=stride) + shortcut, 0)
+    np.testing.assert_allclose(run(new, x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight, stride, padding", [((6, 4, 3, 3), 2, 0), ((6, 4, 1, 1), 2, 1),
+                                                     ((6, 4, 1, 1), 1, 0)])
+def test_only_unpadded_strided_pointwise_convs_are_subsampled(weight, stride, padding):
+    from escoin_tvm.spec import Conv2dSpec
+
+    assert Conv2dSpec.create((1, 4, 9, 9), weight, stride=stride, padding=padding).subsampled() is None

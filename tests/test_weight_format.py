@@ -50,3 +50,20 @@ def test_ell_rows_are_padded_into_the_zero_channel():
         base = (k // 3) * 2 * plane
         assert (offsets[k, :n] == ew.offsets[ew.indptr[k]:ew.indptr[k + 1]] + base).all()
         assert (offsets[k, n:] == spec.in_channels * plane).all() and (values[k, n:] == 0).all()
+
+
+def test_in_place_ell_rows_are_padded_with_their_last_tap():
+    """A kernel that reads its input in place has no zero channel: padding entries (weight 0)
+    repeat the row's last tap, an empty row its group's first tap, always inside the input."""
+    weight, spec, ew = make((6, 2, 1, 1), (1, 4, 7, 7), 0.5, groups=2)
+    weight[1] = 0
+    ew = EscoinWeight.from_dense(weight, spec)
+    offsets, values = ew.to_ell(spec.in_channels, multiple=8, in_place=True)
+    plane = spec.padded_h * spec.padded_w
+    assert offsets.max() < spec.in_channels * plane and offsets.min() >= 0
+    for k in range(6):
+        n = ew.row_lengths[k]
+        base = (k // 3) * 2 * plane
+        row = ew.offsets[ew.indptr[k]:ew.indptr[k + 1]] + base
+        assert (offsets[k, :n] == row).all() and (values[k, n:] == 0).all()
+        assert (offsets[k, n:] == (row[-1] if n else base)).all()

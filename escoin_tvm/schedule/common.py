@@ -4,13 +4,17 @@ from tvm import s_tir
 from ..operator import CONV_BLOCK, EPILOGUE_BLOCK, PAD_BLOCK
 
 
-def blocks(sch: s_tir.Schedule):
-    """(pad, conv, epilogue or None) block handles of a sparse_conv2d PrimFunc."""
+def _block(sch: s_tir.Schedule, name: str):
     try:
-        epilogue = sch.get_sblock(EPILOGUE_BLOCK)
-    except s_tir.ScheduleError:  # no fused bias/ReLU
-        epilogue = None
-    return sch.get_sblock(PAD_BLOCK), sch.get_sblock(CONV_BLOCK), epilogue
+        return sch.get_sblock(name)
+    except s_tir.ScheduleError:
+        return None
+
+
+def blocks(sch: s_tir.Schedule):
+    """(pad or None, conv, epilogue or None) block handles of a sparse_conv2d PrimFunc: a kernel
+    that reads its input in place has no pad block, one with no epilogue no epilogue block."""
+    return _block(sch, PAD_BLOCK), sch.get_sblock(CONV_BLOCK), _block(sch, EPILOGUE_BLOCK)
 
 
 def read_index(sch: s_tir.Schedule, block, buffer_name: str) -> int:

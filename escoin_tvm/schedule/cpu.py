@@ -44,5 +44,6 @@ def schedule_cpu(sch: s_tir.Schedule, config: CpuConfig) -> s_tir.Schedule:
     sch.parallel(sch.fuse(n, k))
     sch.vectorize(xi)
     sch.decompose_reduction(conv, j)
-    sch.parallel(sch.get_loops(pad)[0])
+    if pad is not None:
+        sch.parallel(sch.get_loops(pad)[0])
     return sch

@@ -116,8 +116,8 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
     for loop in loops_below(sch, local, k_step):
         sch.unroll(loop)
 
-    fused = sch.fuse(*sch.get_loops(pad))
-    blocks_, threads = sch.split(fused, [None, 256])
-    sch.bind(blocks_, "blockIdx.x")
-    sch.bind(threads, "threadIdx.x")
+    if pad is not None:
+        blocks_, threads = sch.split(sch.fuse(*sch.get_loops(pad)), [None, 256])
+        sch.bind(blocks_, "blockIdx.x")
+        sch.bind(threads, "threadIdx.x")
     return sch

@@ -22,7 +22,8 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
-from ..operator import PAD_BLOCK, Epilogue, sparse_conv2d_primfunc
+from ..kernel import TUNED_TILE, tuned_domain
+from ..operator import CONV_BLOCK, Epilogue, sparse_conv2d_primfunc
 from ..schedule import CpuConfig, GpuConfig, schedule_cpu, schedule_gpu
 from ..spec import Conv2dSpec
 from ..target import is_gpu
@@ -40,7 +41,7 @@ def tuned_row_length(weight) -> int:
 
 def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue) -> tvm.IRModule:
     """The unscheduled kernel a tuning record is keyed on (its structural hash)."""
-    func = sparse_conv2d_primfunc(spec, row_length, epilogue)
+    func = sparse_conv2d_primfunc(spec, row_length, epilogue, tuned_domain(spec))
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
@@ -60,16 +61,16 @@ def gpu_candidates(spec: Conv2dSpec) -> Dict[str, Tuple[int, ...]]:
         "threads_y": _pow2_up_to(spec.out_h, 16),
         "channel_threads": (1, 2, 4),
         "channel_steps": (1, 2, 4),
-        "rows_per_thread": _pow2_up_to(spec.out_h, 4),
+        "rows_per_thread": _pow2_up_to(spec.out_h, TUNED_TILE),
         "channels_per_thread": (1, 2, 4, 8),
-        "images_per_thread": _pow2_up_to(spec.batch, 4),
+        "images_per_thread": _pow2_up_to(spec.batch, TUNED_TILE),
         "chunk": (8, 16, 32),
     }
 
 
 def cpu_candidates(spec: Conv2dSpec) -> Dict[str, Tuple[int, ...]]:
     return {"vector": tuple(v for v in (4, 8, 16) if v <= max(4, _pow2_up_to(spec.out_w, 16)[-1])),
-            "rows": _pow2_up_to(spec.out_h, 4)}
+            "rows": _pow2_up_to(spec.out_h, TUNED_TILE)}
 
 
 GPU_STRUCTURES = ({"stage_weights": True, "unroll": True},
@@ -96,7 +97,7 @@ def design_spaces(spec: Conv2dSpec, target):
             for name, value in structure.items():
                 # Recorded for decode_config; the annotation keeps the decision alive when
                 # MetaSchedule drops unused instructions from the traces it stores.
-                space.annotate(space.get_sblock(PAD_BLOCK), f"escoin.{name}",
+                space.annotate(space.get_sblock(CONV_BLOCK), f"escoin.{name}",
                                _sample(space, [int(value)]))
             if is_gpu(target):
                 schedule_gpu(space, GpuConfig(**knobs, **structure))

@@ -8,7 +8,7 @@ from typing import List, Optional
 import numpy as np
 import tvm
 
-from ..operator import Epilogue
+from ..operator import Epilogue, ell_arrays
 from ..spec import Conv2dSpec
 from ..target import TargetLike, resolve_target
 from ..weight_format import EscoinWeight
@@ -39,7 +39,7 @@ class Task:
         return workload(self.spec, self.row_length, self.epilogue)
 
     def arguments(self, seed: int = 0) -> "KernelArguments":
-        offsets, values = self.weight.to_ell(self.spec.in_channels, TUNE_ROW_MULTIPLE)
+        offsets, values = ell_arrays(self.spec, self.weight, TUNE_ROW_MULTIPLE)
         return KernelArguments({1: offsets, 2: values}, seed)
 
 
