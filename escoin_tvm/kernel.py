@@ -34,6 +34,13 @@ def tuned_domain(spec: Conv2dSpec) -> Tuple[int, int]:
             _round_up(spec.out_h, largest_tile(spec.out_h)))
 
 
+def untuned_config(spec: Conv2dSpec, target) -> ScheduleConfig:
+    """The knobs a kernel gets without a tuning log: the shipped table's, else the heuristic."""
+    if is_gpu(target):
+        return pretuned.lookup(spec, str(target.attrs.get("arch", ""))) or default_gpu_config(spec)
+    return default_cpu_config(spec)
+
+
 def schedule_source(spec: Conv2dSpec, target) -> str:
     """Where an untuned kernel's knobs come from: the shipped table or the heuristic."""
     if is_gpu(target) and pretuned.lookup(spec, str(target.attrs.get("arch", ""))):
@@ -52,8 +59,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
     Returns (mod, offsets, values, config)."""
     domain = tuned_domain(spec) if row_multiple is not None else None
     if is_gpu(target):
-        arch = str(target.attrs.get("arch", ""))
-        config = (config or pretuned.lookup(spec, arch) or default_gpu_config(spec)).validate()
+        config = (config or untuned_config(spec, target)).validate()
         if not isinstance(config, GpuConfig):
             raise TypeError(f"a CUDA target needs a GpuConfig, got {type(config).__name__}")
         if (row_multiple or config.chunk) % config.chunk:
@@ -64,7 +70,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
             domain = (_round_up(spec.batch, config.images_per_thread),
                       _round_up(spec.out_h, config.rows_per_thread))
     else:
-        config = config or default_cpu_config(spec)
+        config = config or untuned_config(spec, target)
         if not isinstance(config, CpuConfig):
             raise TypeError(f"an LLVM target needs a CpuConfig, got {type(config).__name__}")
         offsets, values = ell_arrays(spec, weight, row_multiple or 1)

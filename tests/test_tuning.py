@@ -15,7 +15,9 @@ from escoin_tvm.spec import Conv2dSpec
 from escoin_tvm.target import resolve_target
 from escoin_tvm.tuning import TuningLog, extract_tasks, format_summary, tune
 from escoin_tvm.tuning.log import RECORDS, WORKLOADS
-from escoin_tvm.tuning.space import MutateKnob, decode_config, design_spaces, workload
+from escoin_tvm.kernel import untuned_config
+from escoin_tvm.tuning.space import (MutateKnob, decode_config, design_spaces, representable,
+                                     workload)
 
 
 def small_model():
@@ -52,6 +54,31 @@ def test_job_writes_a_log_and_resumes_it(tuned_log):
     assert [r.new_trials for r in again] == [0, 0]  # complete: nothing re-measured
     more = tune(model, (x,), log=log, target="llvm", trials=5, trials_per_iter=2, out=None)
     assert [r.trials for r in more] == [5, 5] and [r.new_trials for r in more] == [2, 2]
+
+
+def test_a_job_starts_from_the_untuned_knobs(tuned_log):
+    """Each task's first trial is the config an untuned compile uses, so the search starts from
+    it and the best record is at least as fast."""
+    log, _ = tuned_log
+    model, x = small_model()
+    target, tuning_log = resolve_target("llvm"), TuningLog(log)
+    for task in extract_tasks(model, (x,), target):
+        records = tuning_log.records(task.workload, target)
+        assert untuned_config(task.spec, target) in [decode_config(r.trace, target) for r in records]
+
+
+@pytest.mark.parametrize("target", ["llvm", "cuda"])
+def test_fixed_design_space_is_the_given_config(target):
+    from tvm import s_tir
+
+    target = resolve_target(target)
+    spec = Conv2dSpec.create((16, 64, 13, 13), (64, 64, 3, 3), padding=1)
+    config = untuned_config(spec, target)
+    assert representable(spec, target, config)
+    [space] = design_spaces(spec, target, fixed=config)(s_tir.Schedule(workload(spec, 32, Epilogue())))
+    assert decode_config(space.trace, target) == config
+    if target.kind.name == "cuda":
+        assert not representable(spec, target, type(config)(**{**vars(config), "channel_steps": 16}))
 
 
 def test_compile_uses_the_tuned_schedules(tuned_log):

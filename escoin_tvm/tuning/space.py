@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import fields
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import tvm
 from tvm import s_tir
@@ -78,22 +78,28 @@ GPU_STRUCTURES = ({"stage_weights": True, "unroll": True},
                   {"stage_weights": True, "unroll": False})
 
 
-def _sample(sch: s_tir.Schedule, values: Sequence[int]):
-    return sch.sample_categorical(list(values), [1.0 / len(values)] * len(values))
+def _sample(sch: s_tir.Schedule, values: Sequence[int], chosen: Optional[int] = None):
+    return sch.sample_categorical(list(values), [1.0 / len(values)] * len(values),
+                                  None if chosen is None else list(values).index(chosen))
 
 
-def design_spaces(spec: Conv2dSpec, target):
-    """``fn(sch) -> [Schedule]`` for ms.space_generator.ScheduleFn."""
+def design_spaces(spec: Conv2dSpec, target, fixed: Optional[Union[GpuConfig, CpuConfig]] = None):
+    """``fn(sch) -> [Schedule]`` for ms.space_generator.ScheduleFn. With ``fixed`` (a config
+    whose knobs are all candidates: ``representable``), one schedule whose decisions are that
+    config's (a tuning job's starting point)."""
     if is_gpu(target):
         candidates, structures = gpu_candidates(spec), GPU_STRUCTURES
     else:
         candidates, structures = cpu_candidates(spec), ({},)
+    if fixed is not None:
+        structures = [st for st in structures if all(getattr(fixed, k) == v for k, v in st.items())]
 
     def spaces(sch: s_tir.Schedule) -> List[s_tir.Schedule]:
         result = []
         for structure in structures:
             space = sch.copy()
-            knobs = {name: _sample(space, values) for name, values in candidates.items()}
+            knobs = {name: _sample(space, values, getattr(fixed, name) if fixed else None)
+                     for name, values in candidates.items()}
             for name, value in structure.items():
                 # Recorded for decode_config; the annotation keeps the decision alive when
                 # MetaSchedule drops unused instructions from the traces it stores.
@@ -107,6 +113,16 @@ def design_spaces(spec: Conv2dSpec, target):
         return result
 
     return spaces
+
+
+def representable(spec: Conv2dSpec, target, config) -> bool:
+    """Whether ``config`` is a point of the tuning space of ``spec`` on ``target``."""
+    if is_gpu(target):
+        candidates, structures = gpu_candidates(spec), GPU_STRUCTURES
+    else:
+        candidates, structures = cpu_candidates(spec), ({},)
+    return all(getattr(config, name) in values for name, values in candidates.items()) and \
+        any(all(getattr(config, k) == v for k, v in st.items()) for st in structures)
 
 
 def decode_config(trace: s_tir.Trace, target) -> Union[GpuConfig, CpuConfig]:
