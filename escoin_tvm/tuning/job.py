@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, TextIO
 
@@ -20,7 +21,7 @@ from tvm.ir.utils import derived_object
 
 from ..errors import EscoinError, first_line
 from ..kernel import untuned_config
-from ..target import TargetLike, resolve_target
+from ..target import TargetLike, is_gpu, resolve_target
 from .log import TuningLog, mean_seconds
 from .space import decode_config, design_spaces, representable, space_generator
 from .tasks import Task, extract_tasks
@@ -191,12 +192,12 @@ def _measure_untuned(task: Task, tuning_log: TuningLog, target, builder, runner)
         return 0
     sch = design_spaces(task.spec, target, fixed=config)(s_tir.Schedule(task.workload))[0]
     built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
-    if built.error_msg is not None:
-        return 0
     args_info = ms.arg_info.ArgInfo.from_prim_func(task.workload["main"])
-    measured = runner.run([ms.runner.RunnerInput(built.artifact_path, target.kind.name,
-                                                 args_info)])[0].result()
+    measured = built if built.error_msg is not None else runner.run([ms.runner.RunnerInput(
+        built.artifact_path, "cuda" if is_gpu(target) else "cpu", args_info)])[0].result()
     if measured.error_msg is not None:
+        warnings.warn(f"task {task.name}: the untuned knobs {config} failed to build or run, "
+                      f"the search starts from random points ({first_line(measured.error_msg)})")
         return 0
     database = tuning_log.database
     database.commit_tuning_record(ms.database.TuningRecord(
