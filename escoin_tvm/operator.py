@@ -105,18 +105,15 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
             inside, n = tirx.all(n < n_, inside), tirx.min(n, n_ - 1)
         return tirx.if_then_else(inside, data[n, c, yy, xx], tirx.const(0.0, "float32"))
 
-    if reads_in_place(spec):
-        # The extra images and rows of a larger domain read the last real ones (never stored):
-        # the clamps are per thread, outside the non-zero loop.
-        def gather(n, k, y, x):
+    in_place = reads_in_place(spec)
+    source = data if in_place else te.compute((images, flat), pad, name=PAD_BLOCK)
+
+    def gather(n, k, y, x):
+        if in_place:  # the extra images and rows of a larger domain read the last real ones
+            # (never stored); the clamps are per thread, outside the non-zero loop
             n = tirx.min(n, n_ - 1) if images > n_ else n
             y = tirx.min(y, spec.out_h - 1) if rows > spec.out_h else y
-            return data[n, offsets[k, j] + y * (sh * wp) + x * sw]
-    else:
-        padded = te.compute((images, flat), pad, name=PAD_BLOCK)
-
-        def gather(n, k, y, x):
-            return padded[n, offsets[k, j] + y * (sh * wp) + x * sw]
+        return source[n, offsets[k, j] + y * (sh * wp) + x * sw]
 
     conv = te.compute((images, spec.out_channels, rows, spec.out_w),
                       lambda n, k, y, x: te.sum(values[k, j] * gather(n, k, y, x), axis=j),

@@ -109,14 +109,16 @@ class EscoinWeight:
         width = -(-width // multiple) * multiple
         group_base = (np.arange(out_channels) // (out_channels // self.groups)) * \
             self.weight_shape[1] * plane
-        offsets = np.full((out_channels, width), in_channels * plane, dtype=np.int64)
-        values = np.zeros((out_channels, width), dtype=np.float32)
-        rows = np.repeat(np.arange(out_channels), lengths)
-        cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
         if in_place:
             last, nonempty = np.zeros(out_channels, np.int64), lengths > 0
             last[nonempty] = self.offsets[self.indptr[1:][nonempty] - 1]
-            offsets[:] = (last + group_base)[:, None]
+            padding = (last + group_base)[:, None]
+        else:
+            padding = in_channels * plane
+        offsets = np.full((out_channels, width), padding, dtype=np.int64)
+        values = np.zeros((out_channels, width), dtype=np.float32)
+        rows = np.repeat(np.arange(out_channels), lengths)
+        cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
         offsets[rows, cols] = self.offsets + group_base[rows]
         values[rows, cols] = self.values
         return offsets.astype(np.int32), values

@@ -34,9 +34,9 @@ from layers import LAYERS, network_layers  # noqa: E402
 
 def candidate_configs(spec, samples, seed):
     from escoin_tvm.schedule import pretuned
-    from escoin_tvm.schedule.gpu import GpuConfig, _pow2_at_least, default_gpu_config
+    from escoin_tvm.schedule.gpu import GpuConfig, default_gpu_config, pow2_at_least
 
-    tx = _pow2_at_least(spec.out_w, 32)
+    tx = pow2_at_least(spec.out_w, 32)
     grid = []
     for ty, rows, ch, ct, steps, img, stage, chunk in itertools.product(
             (1, 2, 4, 8, 16), (1, 2, 4), (1, 2, 4, 8), (1, 2, 4), (1, 4, 16), (1, 2, 4),

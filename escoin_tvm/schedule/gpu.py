@@ -53,7 +53,8 @@ class GpuConfig:
         return self
 
 
-def _pow2_at_least(value: int, cap: int) -> int:
+def pow2_at_least(value: int, cap: int) -> int:
+    """The smallest power of two >= value, at most cap."""
     p = 1
     while p < value and p < cap:
         p *= 2
@@ -64,7 +65,7 @@ def default_gpu_config(spec: Conv2dSpec) -> GpuConfig:
     """An untuned choice from the layer's shape. Occupancy first: a register tile only as large
     as leaves about 64K threads (2K warps, 16 per SM of an H100) to hide the latency of the
     non-zero walk; then about 128 threads per block, a warp covering an output row."""
-    threads_x = _pow2_at_least(spec.out_w, 32)
+    threads_x = pow2_at_least(spec.out_w, 32)
     outputs = spec.batch * spec.out_channels * spec.out_h * spec.out_w
     tile = 1
     while tile * 2 <= min(16, outputs // 65536):
@@ -73,7 +74,7 @@ def default_gpu_config(spec: Conv2dSpec) -> GpuConfig:
     tile //= images
     rows = 2 if tile >= 2 and spec.out_h >= 8 else 1
     channels = min(4, max(1, tile // rows))
-    threads_y = max(1, min(_pow2_at_least(-(-spec.out_h // rows), 16), 128 // threads_x))
+    threads_y = max(1, min(pow2_at_least(-(-spec.out_h // rows), 16), 128 // threads_x))
     return GpuConfig(threads_x=threads_x, threads_y=threads_y, rows_per_thread=rows,
                      channels_per_thread=channels, images_per_thread=images).validate()
 

@@ -165,15 +165,15 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
     try:
         for index, (task, already) in enumerate(zip(tasks, done), 1):
             started = time.time()
-            runner = _runner(task, target, rpc_tracker, rpc_key, number, repeat)
-            measured = already or _measure_untuned(task, tuning_log, target, builder, runner)
-            remaining = trials - measured
-            if remaining > 0:
-                _tune_task(task, tuning_log, target, remaining, trials_per_iter, seed + index,
-                           _progress_callback(progress, index, len(tasks), task, measured, trials,
-                                              tuning_log.best_seconds(task.workload, target)),
-                           builder, runner)
-                progress.out.write("\n")
+            if already < trials:  # a complete task needs no runner (nor an RPC tracker check)
+                runner = _runner(task, target, rpc_tracker, rpc_key, number, repeat)
+                measured = already or _measure_untuned(task, tuning_log, target, builder, runner)
+                if measured < trials:
+                    callback = _progress_callback(progress, index, len(tasks), task, measured, trials,
+                                                  tuning_log.best_seconds(task.workload, target))
+                    _tune_task(task, tuning_log, target, trials - measured, trials_per_iter,
+                               seed + index, callback, builder, runner)
+                    progress.out.write("\n")
             results.append(_result(tuning_log, task, target, already, time.time() - started))
     except KeyboardInterrupt:
         progress.out.write(f"\nstopped: the log {tuning_log.path} is valid; run the job again "

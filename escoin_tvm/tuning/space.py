@@ -83,16 +83,24 @@ def _sample(sch: s_tir.Schedule, values: Sequence[int], chosen: Optional[int] = 
                                   None if chosen is None else list(values).index(chosen))
 
 
+def _space(spec: Conv2dSpec, target):
+    """(candidate values per integer knob, structures) of the template on ``target``."""
+    if is_gpu(target):
+        return gpu_candidates(spec), GPU_STRUCTURES
+    return cpu_candidates(spec), ({},)
+
+
+def _has_structure(config, structure: dict) -> bool:
+    return all(getattr(config, name) == value for name, value in structure.items())
+
+
 def design_spaces(spec: Conv2dSpec, target, fixed: Optional[Union[GpuConfig, CpuConfig]] = None):
     """``fn(sch) -> [Schedule]`` for ms.space_generator.ScheduleFn. With ``fixed`` (a config
     whose knobs are all candidates: ``representable``), one schedule whose decisions are that
     config's (a tuning job's starting point)."""
-    if is_gpu(target):
-        candidates, structures = gpu_candidates(spec), GPU_STRUCTURES
-    else:
-        candidates, structures = cpu_candidates(spec), ({},)
+    candidates, structures = _space(spec, target)
     if fixed is not None:
-        structures = [st for st in structures if all(getattr(fixed, k) == v for k, v in st.items())]
+        structures = [st for st in structures if _has_structure(fixed, st)]
 
     def spaces(sch: s_tir.Schedule) -> List[s_tir.Schedule]:
         result = []
@@ -117,12 +125,9 @@ def design_spaces(spec: Conv2dSpec, target, fixed: Optional[Union[GpuConfig, Cpu
 
 def representable(spec: Conv2dSpec, target, config) -> bool:
     """Whether ``config`` is a point of the tuning space of ``spec`` on ``target``."""
-    if is_gpu(target):
-        candidates, structures = gpu_candidates(spec), GPU_STRUCTURES
-    else:
-        candidates, structures = cpu_candidates(spec), ({},)
+    candidates, structures = _space(spec, target)
     return all(getattr(config, name) in values for name, values in candidates.items()) and \
-        any(all(getattr(config, k) == v for k, v in st.items()) for st in structures)
+        any(_has_structure(config, st) for st in structures)
 
 
 def decode_config(trace: s_tir.Trace, target) -> Union[GpuConfig, CpuConfig]:
