@@ -39,12 +39,12 @@ def candidate_configs(spec, samples, seed):
     tx = pow2_at_least(spec.out_w, 32)
     grid = []
     for ty, rows, ch, ct, steps, img, stage, chunk in itertools.product(
-            (1, 2, 4, 8, 16), (1, 2, 4), (1, 2, 4, 8), (1, 2, 4), (1, 4, 16), (1, 2, 4),
+            (1, 2, 4, 8, 16), (1, 2, 4), (1, 2, 4, 8), (1, 2, 4, 8, 16, 32), (1, 4, 16), (1, 2, 4),
             (True, False), (8, 16, 32)):
         threads = tx * ty * ct
         acc = rows * ch * img
-        if not 32 <= threads <= 512 or acc > 32 or img > spec.batch or ty * rows > 2 * spec.out_h \
-                or ct * ch * steps > spec.out_channels:
+        if not 32 <= threads <= 1024 or acc > 32 or img > spec.batch or ty * rows > 2 * spec.out_h \
+                or ct * ch * steps > spec.out_per_group:
             continue
         grid.append(GpuConfig(threads_x=tx, threads_y=ty, channel_threads=ct, channel_steps=steps,
                               rows_per_thread=rows, channels_per_thread=ch, images_per_thread=img,

@@ -80,7 +80,8 @@ def main(argv=None):
             dense = pruned_weight(wshape, args.sparsity, seed)
             spec = Conv2dSpec.create((batch, *chw), wshape, stride=stride, padding=pad,
                                      groups=groups)
-            task = Task(spec, Epilogue(), EscoinWeight.from_dense(dense, spec), [f"{name}_b{batch}"])
+            task = Task(spec, Epilogue(), EscoinWeight.from_dense(dense, spec), target,
+                        [f"{name}_b{batch}"])
             lines_before = len((log.path / RECORDS).read_text().splitlines()) \
                 if (log.path / RECORDS).exists() else 0
             t0 = time.time()

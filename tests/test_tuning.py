@@ -41,7 +41,9 @@ def test_tasks_are_the_models_escoin_kernels():
     tasks = extract_tasks(model, (x,), "llvm")
     assert [t.layers for t in tasks] == [["0"], ["2"]]
     assert tasks[0].epilogue == Epilogue(bias=True, relu=True)
-    assert tasks[1].spec.stride == (2, 2) and tasks[1].row_length % 32 == 0
+    assert tasks[1].spec.stride == (2, 2)
+    # the workload's row length is that of the ELL arrays the runner measures it with
+    assert tasks[1].row_length == tasks[1].arguments().fixed[1].shape[1]
 
 
 def test_job_writes_a_log_and_resumes_it(tuned_log):
@@ -75,10 +77,42 @@ def test_fixed_design_space_is_the_given_config(target):
     spec = Conv2dSpec.create((16, 64, 13, 13), (64, 64, 3, 3), padding=1)
     config = untuned_config(spec, target)
     assert representable(spec, target, config)
-    [space] = design_spaces(spec, target, fixed=config)(s_tir.Schedule(workload(spec, 32, Epilogue())))
+    mod = workload(spec, 32, Epilogue(), target)
+    [space] = design_spaces(spec, target, fixed=config)(s_tir.Schedule(mod))
     assert decode_config(space.trace, target) == config
     if target.kind.name == "cuda":
         assert not representable(spec, target, type(config)(**{**vars(config), "channel_steps": 16}))
+
+
+@pytest.mark.parametrize("target", ["llvm", "cuda"])
+@pytest.mark.parametrize("shape", [(16, 64, 13, 13), (1, 96, 14, 14), (3, 8, 27, 9)])
+def test_tuned_kernel_with_the_untuned_knobs_is_the_untuned_kernel(target, shape):
+    """A task's workload is the untuned kernel's work (rows and images rounded to its tile, ELL
+    rows to its chunk), so the untuned knobs are a point of the search that costs exactly what
+    the untuned kernel costs, and every candidate fits that work."""
+    import tvm
+
+    from escoin_tvm.kernel import scheduled_module, tuned_extents
+    from escoin_tvm.schedule import GpuConfig
+    from escoin_tvm.tuning.space import _space
+    from escoin_tvm.weight_format import EscoinWeight
+
+    target = resolve_target(target)
+    spec = Conv2dSpec.create(shape, (32, shape[1], 3, 3), padding=1)
+    weight = EscoinWeight.from_dense(prune.prune_array(
+        np.random.default_rng(0).standard_normal(spec.weight_shape).astype(np.float32), 0.9), spec)
+    config = untuned_config(spec, target)
+    (images, rows), multiple = tuned_extents(spec, target)
+    untuned = scheduled_module(spec, weight, Epilogue(), target)
+    tuned = scheduled_module(spec, weight, Epilogue(), target, config, row_multiple=multiple)
+    tvm.ir.assert_structural_equal(untuned[0], tuned[0])
+    np.testing.assert_array_equal(untuned[1], tuned[1])
+    candidates, _ = _space(spec, target)
+    if isinstance(config, GpuConfig):
+        assert all(images % v == 0 for v in candidates["images_per_thread"])
+        assert all(multiple % v == 0 for v in candidates["chunk"])
+    assert all(rows % v == 0 for v in candidates["rows_per_thread" if isinstance(config, GpuConfig)
+                                                else "rows"])
 
 
 def test_compile_uses_the_tuned_schedules(tuned_log):
@@ -199,7 +233,7 @@ def test_design_space_replays_under_mutation(target):
 
     target = resolve_target(target)
     spec = Conv2dSpec.create((3, 8, 9, 7), (12, 4, 3, 3), stride=(2, 1), padding=1, groups=2)
-    mod = workload(spec, 32, Epilogue(bias=True))
+    mod = workload(spec, 32, Epilogue(bias=True), target)
     mutate = MutateKnob(seed=1)
     for space in design_spaces(spec, target)(s_tir.Schedule(mod)):
         trace = space.trace

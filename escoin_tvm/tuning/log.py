@@ -21,7 +21,8 @@ from ..errors import EscoinError, first_line
 from ..operator import Epilogue
 from ..spec import Conv2dSpec
 from ..weight_format import EscoinWeight
-from .space import TUNE_ROW_MULTIPLE, decode_config, tuned_row_length, workload
+from ..kernel import tuned_extents
+from .space import decode_config, tuned_row_length, workload
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -144,14 +145,15 @@ class TuningLog:
 
     def lookup(self, spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target):
         """(config, row multiple, seconds) of the best record for this kernel, or None."""
-        records = self.records(workload(spec, tuned_row_length(weight), epilogue), target)
+        records = self.records(workload(spec, tuned_row_length(weight, spec, target), epilogue,
+                                        target), target)
         if not records:
             return None
         try:
             config = decode_config(records[0].trace, target)
         except ValueError as err:
             raise EscoinError(f"tuning log {self.path}: {err}") from None
-        return config, TUNE_ROW_MULTIPLE, mean_seconds(records[0])
+        return config, tuned_extents(spec, target)[1], mean_seconds(records[0])
 
     def warn_if_foreign(self, target) -> bool:
         """Warns (naming the file) when the log holds records, none of them for ``target``."""

@@ -7,9 +7,9 @@ change the program's structure (weight staging, unrolling) cannot be replayed th
 value is its own design space, and is recorded as a one-candidate decision so that a trace
 decodes back into a full config (``decode_config``).
 
-The non-zero loop is split by ``chunk``; tuned kernels pad their rows to a multiple of
-``TUNE_ROW_MULTIPLE`` so that every chunk candidate divides the row length and the workload (and
-hence the tuning record) does not depend on the knob values.
+A task's workload is the untuned kernel's (``kernel.tuned_extents``: its images and rows rounded
+up to the untuned register tile, its rows padded to the untuned chunk), fixed whatever the knobs,
+so that records key on it; the candidates are the tiles and chunks that divide that work.
 """
 from __future__ import annotations
 
@@ -22,26 +22,26 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
-from ..kernel import TUNED_TILE, tuned_domain
+from ..kernel import TUNED_TILE, tuned_extents
 from ..operator import CONV_BLOCK, Epilogue, sparse_conv2d_primfunc
 from ..schedule import CpuConfig, GpuConfig, schedule_cpu, schedule_gpu
 from ..spec import Conv2dSpec
 from ..target import is_gpu
 
-TUNE_ROW_MULTIPLE = 32
 SAMPLE = "SampleCategorical"
 
 
-def tuned_row_length(weight) -> int:
-    """The ELL row length of a tuned kernel: ``weight.to_ell(C, TUNE_ROW_MULTIPLE)``'s width,
-    without building the arrays."""
+def tuned_row_length(weight, spec: Conv2dSpec, target) -> int:
+    """The ELL row length of a tuned kernel (``weight.to_ell``'s width for the tuned row
+    multiple), without building the arrays."""
     longest = max(1, int(weight.row_lengths.max(initial=0)))
-    return -(-longest // TUNE_ROW_MULTIPLE) * TUNE_ROW_MULTIPLE
+    multiple = tuned_extents(spec, target)[1]
+    return -(-longest // multiple) * multiple
 
 
-def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue) -> tvm.IRModule:
+def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue, target) -> tvm.IRModule:
     """The unscheduled kernel a tuning record is keyed on (its structural hash)."""
-    func = sparse_conv2d_primfunc(spec, row_length, epilogue, tuned_domain(spec))
+    func = sparse_conv2d_primfunc(spec, row_length, epilogue, tuned_extents(spec, target)[0])
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
@@ -54,23 +54,31 @@ def _pow2_up_to(limit: int, cap: int) -> Tuple[int, ...]:
     return tuple(values)
 
 
-def gpu_candidates(spec: Conv2dSpec) -> Dict[str, Tuple[int, ...]]:
+def _dividing(values: Sequence[int], extent: int) -> Tuple[int, ...]:
+    return tuple(v for v in values if extent % v == 0)
+
+
+def gpu_candidates(spec: Conv2dSpec, target) -> Dict[str, Tuple[int, ...]]:
     """Candidate values of each integer GpuConfig knob for this layer (in GpuConfig order)."""
+    (images, rows), multiple = tuned_extents(spec, target)
     return {
         "threads_x": tuple(v for v in (8, 16, 32) if v <= max(8, _pow2_up_to(spec.out_w, 32)[-1])),
         "threads_y": _pow2_up_to(spec.out_h, 16),
-        "channel_threads": (1, 2, 4),
+        # up to 32 thread groups of output channels: a block's channels share each input line
+        # it pulls into L1 (experiments/debug/channel_tiles.py: 1.1-1.3x at batch 16)
+        "channel_threads": _pow2_up_to(spec.out_per_group, 32),
         "channel_steps": (1, 2, 4),
-        "rows_per_thread": _pow2_up_to(spec.out_h, TUNED_TILE),
+        "rows_per_thread": _dividing(_pow2_up_to(spec.out_h, TUNED_TILE), rows),
         "channels_per_thread": (1, 2, 4, 8),
-        "images_per_thread": _pow2_up_to(spec.batch, TUNED_TILE),
-        "chunk": (8, 16, 32),
+        "images_per_thread": _dividing(_pow2_up_to(spec.batch, TUNED_TILE), images),
+        "chunk": _dividing((8, 16, 32), multiple),
     }
 
 
-def cpu_candidates(spec: Conv2dSpec) -> Dict[str, Tuple[int, ...]]:
+def cpu_candidates(spec: Conv2dSpec, target) -> Dict[str, Tuple[int, ...]]:
+    (_, rows), _ = tuned_extents(spec, target)
     return {"vector": tuple(v for v in (4, 8, 16) if v <= max(4, _pow2_up_to(spec.out_w, 16)[-1])),
-            "rows": _pow2_up_to(spec.out_h, TUNED_TILE)}
+            "rows": _dividing(_pow2_up_to(spec.out_h, TUNED_TILE), rows)}
 
 
 GPU_STRUCTURES = ({"stage_weights": True, "unroll": True},
@@ -86,8 +94,8 @@ def _sample(sch: s_tir.Schedule, values: Sequence[int], chosen: Optional[int] = 
 def _space(spec: Conv2dSpec, target):
     """(candidate values per integer knob, structures) of the template on ``target``."""
     if is_gpu(target):
-        return gpu_candidates(spec), GPU_STRUCTURES
-    return cpu_candidates(spec), ({},)
+        return gpu_candidates(spec, target), GPU_STRUCTURES
+    return cpu_candidates(spec, target), ({},)
 
 
 def _has_structure(config, structure: dict) -> bool:

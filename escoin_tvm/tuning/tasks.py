@@ -12,22 +12,24 @@ from ..operator import Epilogue, ell_arrays
 from ..spec import Conv2dSpec
 from ..target import TargetLike, resolve_target
 from ..weight_format import EscoinWeight
-from .space import TUNE_ROW_MULTIPLE, tuned_row_length, workload
+from ..kernel import tuned_extents
+from .space import tuned_row_length, workload
 
 
 @dataclass
 class Task:
-    """One kernel to tune: a convolution geometry, its epilogue and its padded row length.
-    Layers that share all three share the task (and its tuning records)."""
+    """One kernel to tune for ``target``: a convolution geometry, its epilogue and its padded row
+    length. Layers that share all three share the task (and its tuning records)."""
 
     spec: Conv2dSpec
     epilogue: Epilogue
     weight: EscoinWeight  # the first layer's: its ELL arrays are the measurement's arguments
+    target: tvm.target.Target
     layers: List[str] = field(default_factory=list)
 
     @property
     def row_length(self) -> int:
-        return tuned_row_length(self.weight)
+        return tuned_row_length(self.weight, self.spec, self.target)
 
     @property
     def name(self) -> str:
@@ -36,10 +38,10 @@ class Task:
 
     @cached_property
     def workload(self) -> tvm.IRModule:
-        return workload(self.spec, self.row_length, self.epilogue)
+        return workload(self.spec, self.row_length, self.epilogue, self.target)
 
     def arguments(self, seed: int = 0) -> "KernelArguments":
-        offsets, values = ell_arrays(self.spec, self.weight, TUNE_ROW_MULTIPLE)
+        offsets, values = ell_arrays(self.spec, self.weight, tuned_extents(self.spec, self.target)[1])
         return KernelArguments({1: offsets, 2: values}, seed)
 
 
@@ -80,8 +82,8 @@ def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
     _mod, escoin = dispatch(mod, exported, target, float(threshold))
     tasks = {}
     for kernel in escoin.kernels:
-        key = (kernel.spec, kernel.epilogue, tuned_row_length(kernel.weight))
+        key = (kernel.spec, kernel.epilogue, tuned_row_length(kernel.weight, kernel.spec, target))
         if key not in tasks:
-            tasks[key] = Task(kernel.spec, kernel.epilogue, kernel.weight)
+            tasks[key] = Task(kernel.spec, kernel.epilogue, kernel.weight, target)
         tasks[key].layers.append(kernel.layer)
     return list(tasks.values())
