@@ -136,3 +136,58 @@ def test_unpadded_convolution_reads_its_input_in_place(padding, in_place):
     kernel = escoin_tvm.build_sparse_conv2d(random_weight(np.random.default_rng(1), (8, 4, 3, 3), 0.8),
                                             (2, 4, 6, 6), padding=padding)
     assert (PAD_BLOCK in kernel.source) != in_place
+
+
+def _split_k_kernel(case, split, target):
+    """The GPU schedule with each row's non-zeros split over ``split`` blocks (schedule_gpu's
+    split_k), built for ``target``; returns (executable, weight, bias, spec, constants)."""
+    import tvm
+    from tvm import s_tir
+
+    from escoin_tvm.kernel import extents
+    from escoin_tvm.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
+    from escoin_tvm.schedule import GpuConfig, schedule_gpu
+    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.weight_format import EscoinWeight
+
+    rng = np.random.default_rng(3)
+    weight = random_weight(rng, case.weight_shape, case.sparsity)
+    bias = rng.standard_normal(case.weight_shape[0]).astype(np.float32) if case.bias else None
+    spec = Conv2dSpec.create(case.input_shape, case.weight_shape, **case.conv_args())
+    config = GpuConfig(threads_x=8, threads_y=2, channel_threads=2, rows_per_thread=2,
+                       channels_per_thread=2, images_per_thread=2 if spec.batch > 1 else 1, chunk=8)
+    domain, multiple = extents(spec, config)
+    offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec), multiple * split)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(case.bias, case.relu), domain)
+    exe = tvm.compile(schedule_gpu(s_tir.Schedule(func), config, split_k=split).mod, target=target)
+    return exe, weight, bias, spec, [offsets, values] + ([bias] if case.bias else [])
+
+
+SPLIT_CASES = [c for c in CASES if c.name in {
+    "3x3_pad1", "5x5_pad2_bias_relu", "groups2_alexnet", "batch5", "1x1_stride2_odd_bias_relu"}]
+
+
+@pytest.mark.parametrize("split", [2, 4])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c.name)
+def test_split_k_cuda_code_generates(case, split):
+    """split_k: partial sums over blocks (rfactor) and a second kernel that sums them."""
+    exe = _split_k_kernel(case, split, {"kind": "cuda", "arch": "sm_90"})[0]
+    source = exe.mod.imports[0].inspect_source()
+    assert "sparse_conv_rf" in source and "sparse_conv_rf_local_ptr[((" not in source
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split", [2, 4])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c.name)
+def test_split_k_gpu_matches_pytorch(case, split):
+    import tvm
+
+    from escoin_tvm.operator import kernel_input_shape
+
+    exe, weight, bias, spec, constants = _split_k_kernel(case, split, "cuda")
+    dev = tvm.cuda(0)
+    x = np.random.default_rng(5).standard_normal(spec.input_shape).astype(np.float32)
+    out = tvm.runtime.empty(spec.output_shape, "float32", dev)
+    exe["main"](*[tvm.runtime.tensor(a, dev) for a in [x.reshape(kernel_input_shape(spec))] + constants],
+                out)
+    assert_conv_close(out.numpy(), x, weight, bias=bias, relu=case.relu, **case.conv_args())

@@ -79,25 +79,42 @@ def default_gpu_config(spec: Conv2dSpec) -> GpuConfig:
                      channels_per_thread=channels, images_per_thread=images).validate()
 
 
-def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
+def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_tir.Schedule:
     """Applies the Escoin mapping to a sparse_conv2d PrimFunc whose rows are padded to a
-    multiple of ``config.chunk``."""
+    multiple of ``config.chunk`` (of ``split_k * config.chunk`` with ``split_k``).
+
+    ``split_k`` > 1 splits each row's non-zeros over that many thread blocks (``rfactor``): more
+    blocks and shorter serial walks when the output alone gives too few threads (batch 1); a
+    second small kernel sums the partial sums and applies the epilogue. Not used by default yet
+    (experiments/debug/split_k.py): the one version measured kept its accumulators in local
+    memory and was faster on 3 of the 15 benchmark layers at batch 1 only; this one keeps them in
+    registers and has not been timed."""
     pad, conv, epilogue = blocks(sch)
-    n, k, y, x, j = sch.get_loops(conv)
+    final = j_split = None
+    if split_k > 1:
+        n, k, y, x, j = sch.get_loops(conv)
+        j_split, _ = sch.split(j, [split_k, None])
+        sch.reorder(n, j_split, k, y, x)
+        final, conv = conv, sch.rfactor(j_split, 0)
+        n, j_split, k, y, x, j = sch.get_loops(conv)
+    else:
+        n, k, y, x, j = sch.get_loops(conv)
     k_block, k_step, k_thread, k_reg = sch.split(
         k, [None, config.channel_steps, config.channel_threads, config.channels_per_thread])
     n_block, n_reg = sch.split(n, [None, config.images_per_thread])
     y_block, y_thread, y_reg = sch.split(y, [None, config.threads_y, config.rows_per_thread])
     x_block, x_thread = sch.split(x, [None, config.threads_x])
     j_chunk, j_inner = sch.split(j, [None, config.chunk])
-    sch.reorder(k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread, k_step,
-                j_chunk, j_inner, n_reg, k_reg, y_reg)
-    sch.bind(k_block, "blockIdx.y")
+    sch.reorder(*[j_split] * (j_split is not None), k_block, n_block, y_block, x_block, k_thread,
+                y_thread, x_thread, k_step, j_chunk, j_inner, n_reg, k_reg, y_reg)
+    # the splits as more blocks of output channels (a block's loops only: fused with the thread
+    # loops, the accumulators' indices would not be constants and would leave the registers)
+    sch.bind(k_block if j_split is None else sch.fuse(j_split, k_block), "blockIdx.y")
     sch.bind(sch.fuse(n_block, y_block, x_block), "blockIdx.x")
     thread = sch.fuse(k_thread, y_thread, x_thread)
     sch.bind(thread, "threadIdx.x")
 
-    local = write_back(sch, conv, k_step, epilogue)
+    local = write_back(sch, conv, k_step, None if final is not None else epilogue)
     if config.stage_weights:
         for name in ("offsets", "values"):
             staged = sch.cache_read(conv, read_index(sch, conv, name), "shared")
@@ -106,19 +123,38 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig) -> s_tir.Schedule:
             _, *lanes = sch.split(flat, [None, config.channel_threads, config.threads_y,
                                          config.threads_x])
             sch.bind(sch.fuse(*lanes), "threadIdx.x")
-    sch.decompose_reduction(conv, j_chunk)
+    init = sch.decompose_reduction(conv, j_chunk)
     # The register tile must be fully unrolled, or its accumulators spill to local memory.
     for loop in (n_reg, k_reg, y_reg):
         sch.unroll(loop)
     if config.unroll:
         sch.unroll(j_inner)
-    for loop in loops_below(sch, sch.get_sblock("sparse_conv_init"), k_step):
+    for loop in loops_below(sch, init, k_step):
         sch.unroll(loop)
     for loop in loops_below(sch, local, k_step):
         sch.unroll(loop)
 
+    if final is not None:
+        _sum_partials(sch, final, epilogue)
     if pad is not None:
         blocks_, threads = sch.split(sch.fuse(*sch.get_loops(pad)), [None, 256])
         sch.bind(blocks_, "blockIdx.x")
         sch.bind(threads, "threadIdx.x")
     return sch
+
+
+def _sum_partials(sch: s_tir.Schedule, final, epilogue) -> None:
+    """The split-K second kernel: a thread per output sums its partial sums, then the epilogue
+    (which also crops a rounded-up domain: the sum is computed only where it is stored)."""
+    if epilogue is None:
+        n, j_split, k, y, x = sch.get_loops(final)
+        sch.reorder(n, k, y, x, j_split)
+        outer = sch.fuse(n, k, y, x)
+    else:
+        outer = sch.fuse(*sch.get_loops(epilogue))
+    blocks_, threads = sch.split(outer, [None, 256])
+    sch.bind(blocks_, "blockIdx.x")
+    sch.bind(threads, "threadIdx.x")
+    if epilogue is not None:
+        sch.set_scope(final, 0, "local")
+        sch.compute_at(final, threads, preserve_unit_loops=True)

@@ -1,0 +1,88 @@
+"""Are the batch-1 kernels latency-bound on their serial walk of the non-zeros? Times the
+shipped knobs of each benchmark layer with each row's non-zeros split over 1, 2, 4, 8 thread
+blocks (``schedule_gpu(split_k=...)``: rfactor, plus a second kernel that sums the partials).
+
+At batch 1 a 14x14 layer with 256 output channels has about 50K outputs, so about 12 warps per
+SM of an H100, each walking ~270 non-zeros in chunks whose loads wait on L2 one chunk at a time.
+
+Usage (GPU): python experiments/debug/split_k.py [--batch 1] [--layers a,b]
+Timing as bench_layers.py (CUDA graph of 20 calls, median of 50 replays / 20).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from bench_layers import graph_time, pruned_weight  # noqa: E402
+from layers import LAYERS  # noqa: E402
+
+
+def build(spec, weight, config, split):
+    import tvm
+    from tvm import s_tir
+
+    from escoin_tvm.kernel import extents
+    from escoin_tvm.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
+    from escoin_tvm.schedule.gpu import schedule_gpu
+    from escoin_tvm.weight_format import EscoinWeight
+
+    domain, multiple = extents(spec, config)
+    offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec), multiple * split)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(), domain)
+    sch = schedule_gpu(s_tir.Schedule(func), config, split_k=split)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    return tvm.compile(sch.mod, target=target), offsets, values
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", default="")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--splits", default="1,2,4,8")
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    args = parser.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    import tvm
+
+    from escoin_tvm.kernel import untuned_config
+    from escoin_tvm.operator import kernel_input_shape
+    from escoin_tvm.spec import Conv2dSpec
+
+    torch.backends.cudnn.allow_tf32 = False
+    dev = tvm.cuda(0)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    splits = [int(s) for s in args.splits.split(",")]
+    print(f"{'layer':22s} b{args.batch}  " + "  ".join(f"split {s:d}" for s in splits) + "  (us)")
+    for seed, (name, chw, wshape, stride, pad, groups) in enumerate(LAYERS):
+        if args.layers and name not in args.layers.split(","):
+            continue
+        weight = pruned_weight(wshape, args.sparsity, seed)
+        spec = Conv2dSpec.create((args.batch, *chw), wshape, stride=stride, padding=pad,
+                                 groups=groups)
+        config = untuned_config(spec, target)
+        x = torch.randn(args.batch, *chw, device="cuda")
+        ref = F.conv2d(x, torch.from_numpy(weight).cuda(), None, stride, pad, 1, groups)
+        xt = tvm.runtime.from_dlpack(x.reshape(kernel_input_shape(spec)))
+        times = []
+        for split in splits:
+            exe, offsets, values = build(spec, weight, config, split)
+            out = tvm.runtime.empty(spec.output_shape, "float32", dev)
+            consts = [tvm.runtime.tensor(offsets, dev), tvm.runtime.tensor(values, dev)]
+            t = graph_time(lambda: exe["main"](xt, *consts, out), tvm_stream=True)
+            torch.cuda.synchronize()
+            err = float((torch.from_dlpack(out) - ref).abs().max() / ref.abs().max())
+            if err > 1e-4:
+                raise SystemExit(f"WRONG RESULT {name} split {split}: max rel err {err:.2e}")
+            times.append(t * 1e6)
+        print(f"{name:22s}     " + "  ".join(f"{t:7.1f}" for t in times), flush=True)
+
+
+if __name__ == "__main__":
+    main()
