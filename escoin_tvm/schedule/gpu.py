@@ -105,8 +105,9 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     y_block, y_thread, y_reg = sch.split(y, [None, config.threads_y, config.rows_per_thread])
     x_block, x_thread = sch.split(x, [None, config.threads_x])
     j_chunk, j_inner = sch.split(j, [None, config.chunk])
-    sch.reorder(*[j_split] * (j_split is not None), k_block, n_block, y_block, x_block, k_thread,
-                y_thread, x_thread, k_step, j_chunk, j_inner, n_reg, k_reg, y_reg)
+    splits = [] if j_split is None else [j_split]
+    sch.reorder(*splits, k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread, k_step,
+                j_chunk, j_inner, n_reg, k_reg, y_reg)
     # the splits as more blocks of output channels (a block's loops only: fused with the thread
     # loops, the accumulators' indices would not be constants and would leave the registers)
     sch.bind(k_block if j_split is None else sch.fuse(j_split, k_block), "blockIdx.y")

@@ -41,7 +41,8 @@ class Task:
         return workload(self.spec, self.row_length, self.epilogue, self.target)
 
     def arguments(self, seed: int = 0) -> "KernelArguments":
-        offsets, values = ell_arrays(self.spec, self.weight, tuned_extents(self.spec, self.target)[1])
+        multiple = tuned_extents(self.spec, self.target)[1]
+        offsets, values = ell_arrays(self.spec, self.weight, multiple)
         return KernelArguments({1: offsets, 2: values}, seed)
 
 
