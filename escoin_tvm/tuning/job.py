@@ -11,7 +11,9 @@ from __future__ import annotations
 import socket
 import sys
 import time
+import types
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import List, Optional, TextIO
 
@@ -205,20 +207,42 @@ def _measure_untuned(task: Task, tuning_log: TuningLog, target, builder, runner)
     return tuning_log.trials(task.workload, target)
 
 
+@contextmanager
+def _without_tensor_intrinsics():
+    """MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin, which parses every tensor
+    intrinsic's TVMScript (about 55 s on this repository's CPU machine, the first task of every
+    job); the Escoin design spaces tensorize nothing. An empty module stands in while the
+    context is made, and is taken out again so that a later real import still happens."""
+    name = "tvm.s_tir.tensor_intrin"
+    stub = name not in sys.modules
+    if stub:
+        sys.modules[name] = types.ModuleType(name)
+    try:
+        yield
+    finally:
+        if stub:
+            del sys.modules[name]
+
+
 def _tune_task(task: Task, tuning_log: TuningLog, target, trials: int, per_iter: int, seed: int,
                callback, builder, runner) -> None:
-    context = ms.TuneContext(
-        mod=task.workload, target=target, space_generator=space_generator(task.spec, target, seed),
-        search_strategy=ms.search_strategy.EvolutionarySearch(
-            population_size=128, init_min_unmeasured=32, genetic_num_iters=3),
-        task_name=task.name,
-        rand_state=seed, num_threads="physical")
+    with _without_tensor_intrinsics():
+        context = _context(task, target, seed)
     ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(tuning_log.path),
                   max_trials_global=trials, num_trials_per_iter=min(per_iter, trials),
                   builder=builder, runner=runner,
                   database=tuning_log.database, cost_model="xgb",
                   measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
                   task_scheduler="round-robin")
+
+
+def _context(task: Task, target, seed: int) -> ms.TuneContext:
+    return ms.TuneContext(
+        mod=task.workload, target=target, space_generator=space_generator(task.spec, target, seed),
+        search_strategy=ms.search_strategy.EvolutionarySearch(
+            population_size=128, init_min_unmeasured=32, genetic_num_iters=3),
+        task_name=task.name,
+        rand_state=seed, num_threads="physical")
 
 
 def _result(tuning_log: TuningLog, task: Task, target, before: int, seconds: float) -> TaskResult:
