@@ -6,9 +6,9 @@ bounds check around every accumulator; the checks differ per row, so nvcc emits 
 16 for a 14x14 layer: PTX counts from this machine's nvcc) and cannot batch the loads. The fix
 sums over a domain rounded up to the tile and crops at the store (operator.py ``domain``).
 
-This times, for each layer and config, the kernel on the exact domain (what tuned kernels still
-use: ``row_multiple`` given) and on the rounded domain (the default now), and checks both against
-cuDNN fp32. Usage: python experiments/debug/odd_output_rows.py [--out DIR]
+This times, for each layer and config, the kernel on the exact domain and on the rounded domain
+(what every kernel uses now), and checks both against cuDNN fp32.
+Usage: python experiments/debug/odd_output_rows.py [--out DIR]
 """
 import argparse
 import json
@@ -22,6 +22,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_layers import pruned_weight  # noqa: E402
+
+
+def build(spec, weight, config, domain):
+    """The kernel of ``config`` summing over ``domain`` (None: the exact output)."""
+    import tvm
+    from tvm import s_tir
+
+    from escoin_tvm.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
+    from escoin_tvm.schedule import schedule_gpu
+    from escoin_tvm.weight_format import EscoinWeight
+
+    offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec), config.chunk)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(), domain)
+    exe = tvm.compile(schedule_gpu(s_tir.Schedule(func), config).mod,
+                      target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    return exe, offsets, values
 
 # (name, input CHW, weight OIHW, padding, batch): torchvision AlexNet's layers (odd outputs) and
 # a 14x14 control
@@ -41,7 +57,9 @@ def main():
     import torch
     import torch.nn.functional as F
 
-    import escoin_tvm
+    import tvm
+
+    from escoin_tvm.kernel import extents
     from escoin_tvm.schedule import default_gpu_config
     from escoin_tvm.spec import Conv2dSpec
 
@@ -55,12 +73,17 @@ def main():
         x = torch.randn(batch, *chw, device="cuda")
         ref = F.conv2d(x, torch.from_numpy(weight).cuda(), padding=pad)
         row = {"layer": name, "batch": batch, "config": dict(vars(config))}
-        for domain, row_multiple in (("exact", config.chunk), ("rounded", None)):
-            kernel = escoin_tvm.build_sparse_conv2d(weight, (batch, *chw), padding=pad,
-                                                    target="cuda", config=config,
-                                                    row_multiple=row_multiple)
-            err = float((kernel(x) - ref).abs().max() / ref.abs().max())
-            row[domain] = {"time_us": kernel.time(number=50, repeat=5) * 1e6, "max_rel_err": err}
+        dev = tvm.cuda(0)
+        for label, domain in (("exact", None), ("rounded", extents(spec, config)[0])):
+            exe, offsets, values = build(spec, weight, config, domain)
+            args_ = [tvm.runtime.from_dlpack(x), tvm.runtime.tensor(offsets, dev),
+                     tvm.runtime.tensor(values, dev),
+                     tvm.runtime.empty(spec.output_shape, "float32", dev)]
+            exe["main"](*args_)
+            err = float((torch.from_dlpack(args_[-1]) - ref).abs().max() / ref.abs().max())
+            timer = exe.mod.time_evaluator("main", dev, number=50, repeat=5)
+            row[label] = {"time_us": float(np.median(timer(*args_).results)) * 1e6,
+                          "max_rel_err": err}
         row["speedup"] = row["exact"]["time_us"] / row["rounded"]["time_us"]
         print(json.dumps(row), flush=True)
         with open(path, "a") as f:
