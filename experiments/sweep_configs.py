@@ -87,6 +87,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     args = parser.parse_args(argv)
 
+    from escoin_tvm.schedule import GpuConfig, pretuned
     from escoin_tvm.spec import Conv2dSpec
 
     layers = LAYERS
@@ -162,25 +163,13 @@ def main(argv=None):
         spec = rec["spec"]
         default_t = defaults.get((name, batch), float("nan"))
         print(f"{name:24s} {batch:5d} {default_t*1e6:11.1f} {rec['time_s']*1e6:9.1f}  {rec['config']}")
-        records.append({"layer": name, "input_shape": list(spec.input_shape),
-                        "weight_shape": list(spec.weight_shape), "stride": list(spec.stride),
-                        "padding": list(spec.padding), "dilation": list(spec.dilation),
-                        "groups": spec.groups, "config": rec["config"],
-                        "time_us": rec["time_s"] * 1e6, "default_time_us": default_t * 1e6})
-    if args.merge and os.path.isfile(args.merge):
-        def key(r):
-            return json.dumps([r[k] for k in ("input_shape", "weight_shape", "stride", "padding",
-                                                "dilation", "groups")])
-        merged = {key(r): r for r in json.load(open(args.merge))["records"]}
-        for r in records:
-            if key(r) not in merged or r["time_us"] < merged[key(r)]["time_us"]:
-                merged[key(r)] = r
-        records = list(merged.values())
+        records.append(pretuned.record(name, spec, GpuConfig(**rec["config"]),
+                                       rec["time_s"] * 1e6, default_time_us=default_t * 1e6))
     arch = "sm_%d%d" % torch.cuda.get_device_capability()
-    table = {"version": 1, "arch": arch, "gpu": env["gpu"], "sparsity": args.sparsity,
-             "source": "experiments/sweep_configs.py", "date": env["date"], "records": records}
-    with open(Path(args.out) / f"pretuned-{arch}.json", "w") as f:
-        json.dump(table, f, indent=1)
+    pretuned.write_table(Path(args.out) / f"pretuned-{arch}.json",
+                         pretuned.merge(records, args.merge or None), arch=arch, gpu=env["gpu"],
+                         sparsity=args.sparsity, source="experiments/sweep_configs.py",
+                         date=env["date"])
 
 
 if __name__ == "__main__":

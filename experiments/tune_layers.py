@@ -9,8 +9,12 @@ into one log, then times on the GPU, with TVM's time_evaluator (median of 5 x 10
 checks the tuned kernel against cuDNN fp32 (TF32 off), and writes one JSON line per task with
 the best-so-far curve over the trials (to find the trials needed to get within 5% of the best).
 
+With ``--merge schedules/pretuned-sm_90.json`` it also writes ``<out>/pretuned-<arch>.json``: that
+table with the tuned knobs of every layer whose tuned kernel beat the table's time (the format of
+schedules/, for shipping tuning results as the untuned defaults).
+
 Usage: python experiments/tune_layers.py --trials 64 --log tuning_logs/layers-H100 \
-           --out experiments/results [--deadline 480] [--batches 1,16] [--layers a,b]
+           --out experiments/results [--deadline 480] [--batches 1,16] [--layers a,b] [--merge T]
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ def main(argv=None):
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--deadline", type=float, default=0, help="stop starting tasks after "
                         "this many seconds (0: no limit)")
+    parser.add_argument("--merge", default="", help="a pre-tuned table to merge the tuned knobs "
+                        "into (see above)")
     args = parser.parse_args(argv)
 
     import torch
@@ -53,7 +59,7 @@ def main(argv=None):
 
     import escoin_tvm
     from escoin_tvm.operator import Epilogue
-    from escoin_tvm.schedule import default_gpu_config, pretuned
+    from escoin_tvm.schedule import GpuConfig, default_gpu_config, pretuned
     from escoin_tvm.spec import Conv2dSpec
     from escoin_tvm.target import resolve_target
     from escoin_tvm.tuning import Task, TuningLog, tune_tasks
@@ -68,6 +74,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     wanted = set(filter(None, args.layers.split(",")))
     started = time.time()
+    tuned_records = []
     with out.open("w") as sink:
         sink.write(json.dumps({"environment": env, "trials": args.trials,
                                "sparsity": args.sparsity}) + "\n")
@@ -116,12 +123,21 @@ def main(argv=None):
                 row["trials_to_5pct"] = int(np.argmax(running <= best * 1.05)) + 1
             sink.write(json.dumps(row) + "\n")
             sink.flush()
+            if "tuned" in row["configs"]:
+                tuned_records.append(pretuned.record(f"{name}_b{batch}", spec, GpuConfig(
+                    **row["configs"]["tuned"]), row["tuned_us"], source="tune_layers"))
             print(f"{name} b{batch}: default {row.get('default_us', 0):.1f} us, pretuned "
                   f"{row.get('pretuned_us', float('nan')):.1f} us, tuned "
                   f"{row.get('tuned_us', float('nan')):.1f} us ({result.trials} trials, "
                   f"{tuning_s:.0f} s, within 5% after {row.get('trials_to_5pct')}), "
                   f"err {row.get('tuned_rel_err', float('nan')):.1e}", flush=True)
     print(f"wrote {out}")
+    if args.merge:
+        arch = str(target.attrs.get("arch", "sm_90"))
+        pretuned.write_table(out.parent / f"pretuned-{arch}.json",
+                             pretuned.merge(tuned_records, args.merge), arch=arch, gpu=env["gpu"],
+                             sparsity=args.sparsity, source="experiments/tune_layers.py (merged)",
+                             date=env["date"])
 
 
 if __name__ == "__main__":

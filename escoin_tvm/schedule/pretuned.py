@@ -48,3 +48,36 @@ def _table(arch: str) -> dict:
 def lookup(spec: Conv2dSpec, arch: str) -> Optional[GpuConfig]:
     """The shipped config for this exact layer on ``arch`` (sm_90a reads sm_90's table)."""
     return _table(arch.rstrip("a")).get(spec_key(spec))
+
+
+def record(name: str, spec: Conv2dSpec, config: GpuConfig, time_us: float, **extra) -> dict:
+    """One entry of a pre-tuned table: the layer's shape key, its knobs and their time."""
+    return {"layer": name, **{f: _field(getattr(spec, f)) for f in KEY_FIELDS},
+            "config": dict(vars(config)), "time_us": time_us, **extra}
+
+
+def _field(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def merge(records, old_table: Optional[Path]) -> list:
+    """``records`` merged into the records of ``old_table`` (a schedules/ JSON file, if given):
+    for a shape both have, the faster one stays."""
+    if old_table is None or not Path(old_table).is_file():
+        return list(records)
+    merged = {_key(r[f] for f in KEY_FIELDS): r
+              for r in json.loads(Path(old_table).read_text())["records"]}
+    for r in records:
+        key = _key(r[f] for f in KEY_FIELDS)
+        if key not in merged or r["time_us"] < merged[key]["time_us"]:
+            merged[key] = r
+    return list(merged.values())
+
+
+def write_table(path: Path, records, *, arch: str, gpu: str, sparsity: float, source: str,
+                date: str) -> None:
+    """A table in the format ``lookup`` reads."""
+    table = {"version": 1, "arch": arch, "gpu": gpu, "sparsity": sparsity, "source": source,
+             "date": date, "records": list(records)}
+    Path(path).write_text(json.dumps(table, indent=1))
+

@@ -1,0 +1,51 @@
+"""The shipped pre-tuned schedule tables (schedules/): lookup, and the merge that sweeps and
+tuning runs use to update them."""
+import json
+
+import pytest
+
+from escoin_tvm.schedule import GpuConfig, pretuned
+from escoin_tvm.spec import Conv2dSpec
+
+VGG_CONV3_2 = Conv2dSpec.create((16, 256, 56, 56), (256, 256, 3, 3), padding=1)
+
+
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    """lookup() reading tables from tmp_path only."""
+    monkeypatch.setattr(pretuned, "SCHEDULES_DIRS", (tmp_path,))
+    pretuned._table.cache_clear()
+    yield tmp_path
+    pretuned._table.cache_clear()
+
+
+def test_shipped_table_has_the_benchmark_layers():
+    config = pretuned.lookup(VGG_CONV3_2, "sm_90")
+    assert isinstance(config, GpuConfig) and config.threads <= 1024
+    assert pretuned.lookup(VGG_CONV3_2, "sm_90a") == config  # sm_90a reads sm_90's table
+    assert pretuned.lookup(Conv2dSpec.create((3, 5, 7, 9), (4, 5, 3, 3)), "sm_90") is None
+    assert pretuned.lookup(VGG_CONV3_2, "sm_80") is None  # no table for that architecture
+
+
+def test_merge_keeps_the_faster_record_per_shape(tables):
+    slow, fast = GpuConfig(threads_x=16), GpuConfig(threads_x=32, channel_threads=8)
+    other = Conv2dSpec.create((1, 8, 9, 9), (8, 8, 3, 3), padding=1)
+    path = tables / "pretuned-sm_90.json"
+    pretuned.write_table(path, [pretuned.record("a", VGG_CONV3_2, slow, 900.0),
+                                pretuned.record("b", other, fast, 5.0)],
+                         arch="sm_90", gpu="test", sparsity=0.9, source="test", date="now")
+    merged = pretuned.merge([pretuned.record("a2", VGG_CONV3_2, fast, 800.0),
+                             pretuned.record("b2", other, slow, 6.0)], path)
+    assert sorted(r["layer"] for r in merged) == ["a2", "b"]
+    pretuned.write_table(path, merged, arch="sm_90", gpu="test", sparsity=0.9, source="test",
+                         date="now")
+    assert pretuned.lookup(VGG_CONV3_2, "sm_90") == fast
+    assert pretuned.lookup(other, "sm_90") == fast
+    assert pretuned.merge([], tables / "missing.json") == []
+
+
+def test_corrupt_table_is_ignored_with_a_warning_naming_it(tables):
+    path = tables / "pretuned-sm_90.json"
+    path.write_text(json.dumps({"records": [{"input_shape": [1, 2, 3, 4]}]}))
+    with pytest.warns(UserWarning, match=str(path)):
+        assert pretuned.lookup(VGG_CONV3_2, "sm_90") is None
