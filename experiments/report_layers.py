@@ -52,11 +52,13 @@ def main(path=None):
     for col, base in enumerate(["cudnn_fp32", "cudnn_tf32"]):
         for row, batch in enumerate(sorted({r["batch"] for r in rows})):
             ax = axes[row][col]
-            for layer in layers:
+            for index, layer in enumerate(layers):
                 sel = sorted((r for r in rows if r["layer"] == layer and r["batch"] == batch),
                              key=lambda r: r["sparsity"])
+                # 15 layers, 10 colours: the second round of colours gets dashed lines
                 ax.plot([r["sparsity"] for r in sel], [r[base + "_s"] / r["escoin_s"] for r in sel],
-                        marker="o", label=layer)
+                        marker="os"[index // 10], linestyle="-" if index < 10 else "--",
+                        label=layer)
             ax.axhline(1.0, color="black", lw=0.8)
             ax.set_yscale("log")
             ax.set_title(f"speedup over {base}, batch {batch}")
