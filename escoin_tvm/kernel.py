@@ -19,9 +19,6 @@ from .weight_format import EscoinWeight, as_numpy_weight
 ScheduleConfig = Union[CpuConfig, GpuConfig]
 
 
-TUNED_TILE = 4  # the largest images / rows register tile the tuning space tries
-
-
 def untuned_config(spec: Conv2dSpec, target) -> ScheduleConfig:
     """The knobs a kernel gets without a tuning log: the shipped table's, else the heuristic."""
     if is_gpu(target):
@@ -56,10 +53,10 @@ def schedule_source(spec: Conv2dSpec, target) -> str:
 
 
 def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target,
-                     config: Optional[ScheduleConfig] = None, row_multiple: Optional[int] = None):
-    """The scheduled IRModule for ``target`` and the ELL arrays it expects. ``row_multiple`` is
-    given for a tuned config (``TuningLog.lookup``): the kernel then runs on the work it was
-    tuned on (``tuned_extents``); an untuned one on its own ``extents``.
+                     config: Optional[ScheduleConfig] = None, tuned: bool = False):
+    """The scheduled IRModule for ``target`` and the ELL arrays it expects. A ``tuned`` config
+    (``TuningLog.lookup``'s) runs on the work it was tuned on (``tuned_extents``), any other on
+    its own ``extents``.
 
     Returns (mod, offsets, values, config)."""
     config = config or untuned_config(spec, target)
@@ -68,9 +65,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
         raise TypeError(f"a {target.kind.name} target needs a {wanted.__name__}, got "
                         f"{type(config).__name__}")
     config = config.validate() if wanted is GpuConfig else config
-    domain, multiple = tuned_extents(spec, target) if row_multiple is not None else \
-        extents(spec, config)
-    multiple = row_multiple or multiple
+    domain, multiple = tuned_extents(spec, target) if tuned else extents(spec, config)
     if isinstance(config, GpuConfig) and (multiple % config.chunk or
                                           domain[0] % config.images_per_thread or
                                           domain[1] % config.rows_per_thread):
@@ -96,11 +91,10 @@ class SparseConv2dKernel:
     the exceptions of ``EscoinWeight.to_ell(in_place=True)`` for convolutions without padding."""
 
     def __init__(self, spec: Conv2dSpec, weight: EscoinWeight, bias: Optional[np.ndarray],
-                 epilogue: Epilogue, target, config: ScheduleConfig,
-                 row_multiple: Optional[int] = None):
+                 epilogue: Epilogue, target, config: ScheduleConfig, tuned: bool = False):
         self.spec, self.weight, self.epilogue, self.target = spec, weight, epilogue, target
         mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config,
-                                                             row_multiple)
+                                                             tuned)
         self.executable = tvm.compile(mod, target=target)
         self.device = device_for(target)
         # the kernel's constant arguments (ELL offsets, values[, bias]), kept on the host
@@ -143,11 +137,12 @@ def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride
                         padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1,
                         relu: bool = False, target: TargetLike = "llvm",
                         config: Optional[ScheduleConfig] = None,
-                        row_multiple: Optional[int] = None) -> SparseConv2dKernel:
+                        tuned: bool = False) -> SparseConv2dKernel:
     """Compiles a sparse direct convolution of ``weight`` (dense OIHW float32, numpy or torch)
     for inputs of ``input_shape`` (NCHW). ``padding`` may be asymmetric:
-    (top, left, bottom, right). ``config`` overrides the default schedule knobs;
-    ``row_multiple`` the padding of the ELL rows (a tuned config's, see ``tuning``)."""
+    (top, left, bottom, right). ``config`` overrides the default schedule knobs; ``tuned``
+    says it comes from a tuning log (``TuningLog.lookup``): the kernel then does the work it was
+    tuned on (``tuned_extents``)."""
     target = resolve_target(target)
     weight = as_numpy_weight(weight)
     spec = Conv2dSpec.create(input_shape, weight.shape, stride=stride, padding=padding,
@@ -158,4 +153,4 @@ def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride
             raise ShapeError(f"bias must have shape ({spec.out_channels},), got {bias.shape}")
     epilogue = Epilogue(bias=bias is not None, relu=bool(relu))
     return SparseConv2dKernel(spec, EscoinWeight.from_dense(weight, spec), bias, epilogue, target,
-                              config, row_multiple)
+                              config, tuned)

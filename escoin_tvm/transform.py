@@ -295,14 +295,14 @@ class SparseConv2dDispatch:
         escoin_weight = EscoinWeight.from_dense(weight, spec)
         self.kernels.append(EscoinKernel(decision.name, spec, escoin_weight, epilogue))
         config = self.config_for(spec) if self.config_for else None
-        row_multiple, decision.schedule = None, "given" if config else schedule_source(spec, self.target)
+        tuned, decision.schedule = False, "given" if config else schedule_source(spec, self.target)
         if config is None and self.tuning_log is not None:
-            tuned = self.tuning_log.lookup(spec, escoin_weight, epilogue, self.target)
-            if tuned is not None:
-                config, row_multiple, seconds = tuned
+            found = self.tuning_log.lookup(spec, escoin_weight, epilogue, self.target)
+            if found is not None:
+                (config, seconds), tuned = found, True
                 decision.schedule = f"tuned ({seconds * 1e6:.1f} us)"
         mod, offsets, values, config = scheduled_module(spec, escoin_weight, epilogue, self.target,
-                                                        config, row_multiple)
+                                                        config, tuned)
         decision.config = dict(vars(config))
         func = mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
         gvar = builder.add_func(func, "escoin_conv2d")

@@ -97,21 +97,21 @@ def main(argv=None):
             tuning_s = time.time() - t0
             curve = record_times(log.path / RECORDS, lines_before)
             tuned = log.lookup(spec, task.weight, task.epilogue, target)
-            configs = {"default": (default_gpu_config(spec), None),
-                       "pretuned": (pretuned.lookup(spec, "sm_90"), None),
-                       "tuned": (tuned[0], tuned[1]) if tuned else (None, None)}
+            configs = {"default": (default_gpu_config(spec), False),
+                       "pretuned": (pretuned.lookup(spec, "sm_90"), False),
+                       "tuned": (tuned[0] if tuned else None, True)}
             x = torch.randn(batch, *chw, device="cuda")
             reference = F.conv2d(x, torch.from_numpy(dense).cuda(), stride=stride,
                                  padding=pad, groups=groups)
             row = {"layer": name, "batch": batch, "sparsity": args.sparsity,
                    "trials": result.trials, "new_trials": result.new_trials,
                    "tuning_s": tuning_s, "curve_s": curve, "configs": {}}
-            for label, (config, multiple) in configs.items():
+            for label, (config, is_tuned) in configs.items():
                 if config is None:
                     continue
                 kernel = escoin_tvm.build_sparse_conv2d(
                     dense, (batch, *chw), stride=stride, padding=pad, groups=groups,
-                    target=target, config=config, row_multiple=multiple)
+                    target=target, config=config, tuned=is_tuned)
                 row[f"{label}_us"] = kernel.time(number=100, repeat=5) * 1e6
                 row["configs"][label] = dict(vars(kernel.config))
                 err = float((kernel(x) - reference).abs().max() / reference.abs().max())

@@ -34,16 +34,15 @@ def work(task) -> int:
 
 def kernel_seconds(task, target, tuned=None) -> float:
     """Median time of the task's kernel as the compiler builds it, untuned or with ``tuned`` =
-    (config, row multiple), on random data."""
+    the config of a tuning record, on random data."""
     import numpy as np
     import tvm
 
     from escoin_tvm.kernel import scheduled_module
     from escoin_tvm.operator import kernel_input_shape
 
-    config, multiple = tuned or (None, None)
     mod, offsets, values, _ = scheduled_module(task.spec, task.weight, task.epilogue, target,
-                                               config, multiple)
+                                               tuned, tuned is not None)
     lib, dev, rng = tvm.compile(mod, target=target).mod, tvm.cuda(0), np.random.default_rng(0)
     spec = task.spec
     arrays = [rng.standard_normal(kernel_input_shape(spec)), offsets, values]
@@ -103,7 +102,7 @@ def main(argv=None):
                            "untuned_us": kernel_seconds(task, target) * 1e6}
                     tuned = log.lookup(task.spec, task.weight, task.epilogue, target)
                     if tuned is not None:
-                        row["tuned_us"] = kernel_seconds(task, target, tuned[:2]) * 1e6
+                        row["tuned_us"] = kernel_seconds(task, target, tuned[0]) * 1e6
                     sink.write(json.dumps(row) + "\n")
                     sink.flush()
                     print(json.dumps(row), flush=True)

@@ -104,7 +104,7 @@ def test_tuned_kernel_with_the_untuned_knobs_is_the_untuned_kernel(target, shape
     config = untuned_config(spec, target)
     (images, rows), multiple = tuned_extents(spec, target)
     untuned = scheduled_module(spec, weight, Epilogue(), target)
-    tuned = scheduled_module(spec, weight, Epilogue(), target, config, row_multiple=multiple)
+    tuned = scheduled_module(spec, weight, Epilogue(), target, config, tuned=True)
     tvm.ir.assert_structural_equal(untuned[0], tuned[0])
     np.testing.assert_array_equal(untuned[1], tuned[1])
     candidates, _ = _space(spec, target)

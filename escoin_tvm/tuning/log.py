@@ -21,7 +21,6 @@ from ..errors import EscoinError, first_line
 from ..operator import Epilogue
 from ..spec import Conv2dSpec
 from ..weight_format import EscoinWeight
-from ..kernel import tuned_extents
 from .space import decode_config, tuned_row_length, workload
 
 WORKLOADS = "database_workload.json"
@@ -144,7 +143,8 @@ class TuningLog:
                    for r in self.database.get_all_tuning_records())
 
     def lookup(self, spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target):
-        """(config, row multiple, seconds) of the best record for this kernel, or None."""
+        """(config, seconds) of the best record for this kernel, or None; build the config with
+        ``tuned=True`` (``kernel.scheduled_module``)."""
         records = self.records(workload(spec, tuned_row_length(weight, spec, target), epilogue,
                                         target), target)
         if not records:
@@ -153,7 +153,7 @@ class TuningLog:
             config = decode_config(records[0].trace, target)
         except ValueError as err:
             raise EscoinError(f"tuning log {self.path}: {err}") from None
-        return config, tuned_extents(spec, target)[1], mean_seconds(records[0])
+        return config, mean_seconds(records[0])
 
     def warn_if_foreign(self, target) -> bool:
         """Warns (naming the file) when the log holds records, none of them for ``target``."""

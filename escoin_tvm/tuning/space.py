@@ -22,13 +22,14 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
-from ..kernel import TUNED_TILE, tuned_extents
+from ..kernel import tuned_extents
 from ..operator import CONV_BLOCK, Epilogue, sparse_conv2d_primfunc
 from ..schedule import CpuConfig, GpuConfig, schedule_cpu, schedule_gpu
 from ..spec import Conv2dSpec
 from ..target import is_gpu
 
 SAMPLE = "SampleCategorical"
+TUNED_TILE = 4  # the largest images / rows register tile the space tries
 
 
 def tuned_row_length(weight, spec: Conv2dSpec, target) -> int:
