@@ -53,13 +53,12 @@ def schedule_source(spec: Conv2dSpec, target) -> str:
 
 
 def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target,
-                     config: Optional[ScheduleConfig] = None, tuned: bool = False,
-                     masked: bool = False):
-    """The scheduled IRModule for ``target`` and the constant arrays it takes after its data
-    (``operator.ell_arrays``). A ``tuned`` config (``TuningLog.lookup``'s) runs on the work it
-    was tuned on (``tuned_extents``), any other on its own ``extents``.
+                     config: Optional[ScheduleConfig] = None, tuned: bool = False):
+    """The scheduled IRModule for ``target`` and the ELL arrays it expects. A ``tuned`` config
+    (``TuningLog.lookup``'s) runs on the work it was tuned on (``tuned_extents``), any other on
+    its own ``extents``.
 
-    Returns (mod, arrays, config)."""
+    Returns (mod, offsets, values, config)."""
     config = config or untuned_config(spec, target)
     wanted = GpuConfig if is_gpu(target) else CpuConfig
     if not isinstance(config, wanted):
@@ -72,11 +71,11 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
                                           domain[1] % config.rows_per_thread):
         raise ValueError(f"{config} does not fit the tuned work (images, rows) {domain}, rows "
                          f"padded to a multiple of {multiple}")
-    arrays = ell_arrays(spec, weight, multiple, masked)
-    func = sparse_conv2d_primfunc(spec, arrays[0].shape[1], epilogue, domain, masked)
+    offsets, values = ell_arrays(spec, weight, multiple)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain)
     schedule = schedule_gpu if isinstance(config, GpuConfig) else schedule_cpu
     sch = schedule(s_tir.Schedule(func), config)
-    return sch.mod, arrays, config
+    return sch.mod, offsets, values, config
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -94,11 +93,12 @@ class SparseConv2dKernel:
     def __init__(self, spec: Conv2dSpec, weight: EscoinWeight, bias: Optional[np.ndarray],
                  epilogue: Epilogue, target, config: ScheduleConfig, tuned: bool = False):
         self.spec, self.weight, self.epilogue, self.target = spec, weight, epilogue, target
-        mod, arrays, self.config = scheduled_module(spec, weight, epilogue, target, config, tuned)
+        mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config,
+                                                             tuned)
         self.executable = tvm.compile(mod, target=target)
         self.device = device_for(target)
-        # the kernel's constant arguments (ELL arrays[, bias]), kept on the host
-        self.host_constants = arrays + ([] if bias is None else [bias])
+        # the kernel's constant arguments (ELL offsets, values[, bias]), kept on the host
+        self.host_constants = [a for a in (offsets, values, bias) if a is not None]
         self._constants = None  # uploaded on first use: a CUDA kernel also builds without a GPU
 
     def _device_constants(self):

@@ -9,9 +9,6 @@ loop outside the pixel loops, and TIR cannot reorder around a data-dependent ext
 
 A convolution without padding skips the copy: ``padded`` is then the input itself, read in place
 through a flat (N, C*H*W) view (``reads_in_place``; the caller reshapes, which costs nothing).
-A *masked* kernel skips it with padding too: it reads the unpadded input through that view and
-checks each tap's row and column against the input's bounds (``EscoinWeight.to_masked_ell``
-gives every non-zero its shifts), reading 0 outside: no padded copy, no second kernel launch.
 
 The offsets and values are ordinary buffer parameters of the PrimFunc; the kernel wrapper and the
 Relax pass pass them as constants.
@@ -19,14 +16,13 @@ Relax pass pass them as constants.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 from tvm import te, tirx
 
 from .errors import ShapeError
 from .spec import Conv2dSpec
-from .weight_format import TAP_BIAS, EscoinWeight
+from .weight_format import EscoinWeight
 
 INT32_MAX = 2**31 - 1
 
@@ -61,27 +57,21 @@ def reads_in_place(spec: Conv2dSpec) -> bool:
     return not any(spec.padding)
 
 
-def kernel_input_shape(spec: Conv2dSpec, masked: bool = False) -> Tuple[int, ...]:
-    """The shape of the kernel's data parameter: NCHW, or (N, C*H*W) when it reads in place or
-    masked."""
+def kernel_input_shape(spec: Conv2dSpec) -> Tuple[int, ...]:
+    """The shape of the kernel's data parameter: NCHW, or (N, C*H*W) when it reads in place."""
     n_, c_, h_, w_ = spec.input_shape
-    return (n_, c_ * h_ * w_) if masked or reads_in_place(spec) else spec.input_shape
+    return (n_, c_ * h_ * w_) if reads_in_place(spec) else spec.input_shape
 
 
-def ell_arrays(spec: Conv2dSpec, weight: EscoinWeight, multiple: int = 1,
-               masked: bool = False) -> List[np.ndarray]:
-    """The constant arrays the kernel of ``spec`` takes after its data: ``[offsets, values]``
-    (``EscoinWeight.to_ell``), masked ``[offsets, taps, values]`` (``to_masked_ell``)."""
-    if masked:
-        return list(weight.to_masked_ell((spec.height, spec.width), spec.padding[:2], multiple))
-    return list(weight.to_ell(spec.in_channels, multiple, in_place=reads_in_place(spec)))
+def ell_arrays(spec: Conv2dSpec, weight: EscoinWeight, multiple: int = 1):
+    """The (offsets, values) arrays the kernel of ``spec`` takes (``EscoinWeight.to_ell``)."""
+    return weight.to_ell(spec.in_channels, multiple, in_place=reads_in_place(spec))
 
 
 def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
-                     domain: Optional[Tuple[int, int]] = None, masked: bool = False):
-    """Builds the TE graph. Returns (inputs, output): inputs are ``[data, offsets, values]``
-    (masked: ``[data, offsets, taps, values]``), then ``bias`` and ``residual`` (output-shaped)
-    when the epilogue has them.
+                     domain: Optional[Tuple[int, int]] = None):
+    """Builds the TE graph. Returns (inputs, output): inputs are ``[data, offsets, values]``,
+    then ``bias`` and ``residual`` (output-shaped) when the epilogue has them.
 
     ``domain`` = (images, rows) computes the sum over more images and output rows than the output
     has (the extra ones from zeros or in-bounds leftovers of the padded input, never stored): a GPU
@@ -101,9 +91,8 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         raise ShapeError(f"convolution {spec.input_shape} -> {spec.output_shape} is too large for "
                          "32-bit indexing; split the batch")
 
-    data = te.placeholder(kernel_input_shape(spec, masked), "float32", name="data")
+    data = te.placeholder(kernel_input_shape(spec), "float32", name="data")
     offsets = te.placeholder((spec.out_channels, row_length), "int32", name="offsets")
-    taps = te.placeholder((spec.out_channels, row_length), "int32", name="taps") if masked else None
     values = te.placeholder((spec.out_channels, row_length), "float32", name="values")
     j = te.reduce_axis((0, row_length), name="j")
 
@@ -117,24 +106,9 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         return tirx.if_then_else(inside, data[n, c, yy, xx], tirx.const(0.0, "float32"))
 
     in_place = reads_in_place(spec)
-    source = data if in_place or masked else te.compute((images, flat), pad, name=PAD_BLOCK)
+    source = data if in_place else te.compute((images, flat), pad, name=PAD_BLOCK)
 
     def gather(n, k, y, x):
-        if masked:  # extra images read the last real one; extra rows are masked like padding
-            n = tirx.min(n, n_ - 1) if images > n_ else n
-            tap = taps[k, j]
-            row = y * sh + tirx.shift_right(tap, 16) - TAP_BIAS
-            col = x * sw + tirx.bitwise_and(tap, 0xFFFF) - TAP_BIAS
-            # unsigned compares (one per bound) that TIR's simplifier leaves alone, a clamped index
-            # and a select: branch-free, so nvcc can still batch the register tile's loads (a
-            # lazy if_then_else becomes a branch per accumulator and serialises them)
-            inside = tirx.all(tirx.Cast("uint32", row) < tirx.const(h_, "uint32"),
-                              tirx.Cast("uint32", col) < tirx.const(w_, "uint32"))
-            index = tirx.min(tirx.max(offsets[k, j] + y * (sh * w_) + x * sw, 0), c_ * h_ * w_ - 1)
-            loaded = tirx.Var("loaded", "float32")  # bound outside the select: TIR turns a select
-            # with a load inside into an if (RewriteUnsafeSelect), which nvcc makes a branch
-            return tirx.Let(loaded, source[n, index],
-                            tirx.Select(inside, loaded, tirx.const(0.0, "float32")))
         if in_place:  # the extra images and rows of a larger domain read the last real ones
             # (never stored); the clamps are per thread, outside the non-zero loop
             n = tirx.min(n, n_ - 1) if images > n_ else n
@@ -144,7 +118,7 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
     conv = te.compute((images, spec.out_channels, rows, spec.out_w),
                       lambda n, k, y, x: te.sum(values[k, j] * gather(n, k, y, x), axis=j),
                       name=CONV_BLOCK)
-    inputs = [data, offsets, values] if taps is None else [data, offsets, taps, values]
+    inputs = [data, offsets, values]
     cropped = (images, rows) != (n_, spec.out_h)
     if not epilogue.any and not cropped:
         return inputs, conv
@@ -169,8 +143,7 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
 
 
 def sparse_conv2d_primfunc(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
-                           domain: Optional[Tuple[int, int]] = None, masked: bool = False):
-    """The unscheduled PrimFunc; parameters (data, offsets[, taps], values[, bias][, residual],
-    out)."""
-    inputs, out = sparse_conv2d_te(spec, row_length, epilogue, domain, masked)
+                           domain: Optional[Tuple[int, int]] = None):
+    """The unscheduled PrimFunc; parameters (data, offsets, values[, bias][, residual], out)."""
+    inputs, out = sparse_conv2d_te(spec, row_length, epilogue, domain)
     return te.create_prim_func([*inputs, out])

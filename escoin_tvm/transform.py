@@ -301,15 +301,15 @@ class SparseConv2dDispatch:
             if found is not None:
                 (config, seconds), tuned = found, True
                 decision.schedule = f"tuned ({seconds * 1e6:.1f} us)"
-        mod, arrays, config = scheduled_module(spec, escoin_weight, epilogue, self.target, config,
-                                               tuned)
+        mod, offsets, values, config = scheduled_module(spec, escoin_weight, epilogue, self.target,
+                                                        config, tuned)
         decision.config = dict(vars(config))
         func = mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
         gvar = builder.add_func(func, "escoin_conv2d")
         if reads_in_place(spec):
             data = bind("input", relax.op.reshape(data, kernel_input_shape(spec)),
                         kernel_input_shape(spec))
-        args = [data, *map(relax.const, arrays)]
+        args = [data, relax.const(offsets), relax.const(values)]
         if bias is not None:
             args.append(relax.const(bias))
         if residual is not None:

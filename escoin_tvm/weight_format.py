@@ -15,9 +15,6 @@ import numpy as np
 from .errors import DTypeError, ShapeError
 from .spec import Conv2dSpec
 
-# Bias of the packed tap shifts (``to_masked_ell``): both fit 15 bits, the packed tap stays positive.
-TAP_BIAS = 1 << 14
-
 
 def as_numpy_weight(weight) -> np.ndarray:
     """A torch tensor or array-like -> float32 numpy array, refusing other dtypes loudly."""
@@ -107,10 +104,12 @@ class EscoinWeight:
         """
         out_channels = self.weight_shape[0]
         plane = self.padded_hw[0] * self.padded_hw[1]
-        rows, cols, width = self._ell_layout(multiple)
-        group_base = self._group_base() * plane
+        lengths = self.row_lengths
+        width = max(1, int(lengths.max(initial=0)))
+        width = -(-width // multiple) * multiple
+        group_base = (np.arange(out_channels) // (out_channels // self.groups)) * \
+            self.weight_shape[1] * plane
         if in_place:
-            lengths = self.row_lengths
             last, nonempty = np.zeros(out_channels, np.int64), lengths > 0
             last[nonempty] = self.offsets[self.indptr[1:][nonempty] - 1]
             padding = (last + group_base)[:, None]
@@ -118,51 +117,8 @@ class EscoinWeight:
             padding = in_channels * plane
         offsets = np.full((out_channels, width), padding, dtype=np.int64)
         values = np.zeros((out_channels, width), dtype=np.float32)
+        rows = np.repeat(np.arange(out_channels), lengths)
+        cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
         offsets[rows, cols] = self.offsets + group_base[rows]
         values[rows, cols] = self.values
         return offsets.astype(np.int32), values
-
-    def to_masked_ell(self, input_hw: Tuple[int, int], top_left: Tuple[int, int],
-                      multiple: int = 1) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """ELL rows for a kernel that reads the *unpadded* input and masks the reads that fall in
-        the padding (``operator``'s masked path: no padded copy, no second kernel).
-
-        Returns ``(offsets, taps, values)`` of shape (out_channels, L): ``offsets`` index the input
-        flattened per image, ``c * H * W + dy * W + dx`` with the tap's shifts ``dy = r *
-        dilation_h - top`` and ``dx = s * dilation_w - left`` (negative near the top-left padding);
-        ``taps`` packs the shifts, ``(dy + TAP_BIAS) << 16 | (dx + TAP_BIAS)``, for the bounds
-        check ``0 <= y * stride_h + dy < H`` (and the same for columns). Padding entries have value
-        0 and tap 0 (a shift of -TAP_BIAS, out of bounds for every pixel), so they read nothing
-        and add 0 * 0."""
-        height, width_ = input_hw
-        if max(height, width_, *top_left, self.padded_hw[0], self.padded_hw[1]) >= TAP_BIAS:
-            raise ShapeError(f"input {input_hw} with padding {top_left} is too large for masked "
-                             f"reads (sizes below {TAP_BIAS})")
-        out_channels = self.weight_shape[0]
-        rows, cols, width = self._ell_layout(multiple)
-        _, c, r, s = self.decode()
-        dy = r.astype(np.int64) * self.dilation[0] - top_left[0]
-        dx = s.astype(np.int64) * self.dilation[1] - top_left[1]
-        base = (self._group_base()[rows] + c) * (height * width_)
-        offsets = np.zeros((out_channels, width), dtype=np.int64)
-        taps = np.zeros((out_channels, width), dtype=np.int64)
-        values = np.zeros((out_channels, width), dtype=np.float32)
-        offsets[rows, cols] = base + dy * width_ + dx
-        taps[rows, cols] = ((dy + TAP_BIAS) << 16) | (dx + TAP_BIAS)
-        values[rows, cols] = self.values
-        return offsets.astype(np.int32), taps.astype(np.int32), values
-
-    def _group_base(self) -> np.ndarray:
-        """Per output channel, the first input channel of its group."""
-        out_channels = self.weight_shape[0]
-        return (np.arange(out_channels) // (out_channels // self.groups)) * self.weight_shape[1]
-
-    def _ell_layout(self, multiple: int) -> Tuple[np.ndarray, np.ndarray, int]:
-        """(row, column) of every non-zero in the ELL arrays, and their width: the longest row
-        rounded up to ``multiple``."""
-        lengths = self.row_lengths
-        width = max(1, int(lengths.max(initial=0)))
-        width = -(-width // multiple) * multiple
-        rows = np.repeat(np.arange(self.weight_shape[0]), lengths)
-        cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
-        return rows, cols, width

@@ -41,11 +41,11 @@ def kernel_seconds(task, target, tuned=None) -> float:
     from escoin_tvm.kernel import scheduled_module
     from escoin_tvm.operator import kernel_input_shape
 
-    mod, constants, _ = scheduled_module(task.spec, task.weight, task.epilogue, target, tuned,
-                                         tuned is not None)
+    mod, offsets, values, _ = scheduled_module(task.spec, task.weight, task.epilogue, target,
+                                               tuned, tuned is not None)
     lib, dev, rng = tvm.compile(mod, target=target).mod, tvm.cuda(0), np.random.default_rng(0)
     spec = task.spec
-    arrays = [rng.standard_normal(kernel_input_shape(spec)), *constants]
+    arrays = [rng.standard_normal(kernel_input_shape(spec)), offsets, values]
     if task.epilogue.bias:
         arrays.append(rng.standard_normal(spec.out_channels))
     if task.epilogue.residual:

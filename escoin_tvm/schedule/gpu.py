@@ -117,8 +117,7 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
 
     local = write_back(sch, conv, k_step, None if final is not None else epilogue)
     if config.stage_weights:
-        reads = {region.source.name for region in sch.get(conv).reads}
-        for name in [n for n in ("offsets", "taps", "values") if n in reads]:
+        for name in ("offsets", "values"):
             staged = sch.cache_read(conv, read_index(sch, conv, name), "shared")
             sch.compute_at(staged, j_chunk, preserve_unit_loops=True)
             flat = sch.fuse(*loops_below(sch, staged, j_chunk))
