@@ -1,7 +1,8 @@
-"""Timing of PyTorch callables for the demo and the benchmarks (not for unit tests)."""
+"""Timing on the GPU for the demo, the benchmarks and tuning (not for unit tests)."""
 from __future__ import annotations
 
 import time
+from typing import List
 
 import numpy as np
 
@@ -28,3 +29,45 @@ def median_time(fn, device: str = "cuda", warmup: int = 3, repeats: int = 20) ->
             fn()
             times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def graph_times(fn, warmup: int = 3, replays: int = 50, calls: int = 20,
+                tvm_stream: bool = False) -> List[float]:
+    """Seconds per call of ``fn``, one value per replay: ``calls`` calls captured in one CUDA
+    graph, the graph replayed ``replays`` times, each replay timed by CUDA events and divided by
+    ``calls``, so that neither the host's launch latency nor the graph's is counted (a batch-1
+    Escoin kernel runs 5-20 us, about what a launch from the host takes). ``tvm_stream``: ``fn``
+    launches TVM kernels, which join PyTorch's capture through tvm_ffi's stream context."""
+    import torch
+    import tvm_ffi
+
+    def on(context):
+        return tvm_ffi.use_torch_stream(context) if tvm_stream else context
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with on(torch.cuda.stream(stream)):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with on(torch.cuda.graph(graph)):
+        for _ in range(calls):
+            fn()
+    for _ in range(warmup):
+        graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / calls)
+    return times
+
+
+def graph_time(fn, warmup: int = 3, replays: int = 50, calls: int = 20,
+               tvm_stream: bool = False) -> float:
+    """Median of ``graph_times``."""
+    return float(np.median(graph_times(fn, warmup, replays, calls, tvm_stream)))

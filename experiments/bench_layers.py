@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layers import LAYERS  # noqa: E402
 from escoin_tvm.operator import kernel_input_shape  # noqa: E402
 from escoin_tvm.spec import Conv2dSpec  # noqa: E402
-from escoin_tvm.timing import median_time  # noqa: E402
+from escoin_tvm.timing import graph_time, median_time  # noqa: E402
 
 FP32_PEAK = {"H100": 66.9e12, "H200": 66.9e12}  # non-tensor fp32 FMA peak, SXM datasheets
 
@@ -65,40 +65,6 @@ def build_escoin(job):
     kernel.executable.export_library(path)
     np.savez(path + ".npz", *kernel.host_constants)
     return path, kernel.config.__dict__, time.time() - start, kernel.weight.nnz
-
-
-def graph_time(fn, warmup=3, replays=50, calls=20, tvm_stream=False):
-    """Median time (s) of one call of ``fn``: ``calls`` calls captured in one CUDA graph, the
-    graph replayed ``replays`` times, each replay timed by CUDA events and divided by ``calls``
-    (so the graph's own launch latency is not counted either). ``tvm_stream``: ``fn`` launches
-    TVM kernels, which join the capture through tvm_ffi's stream context."""
-    import torch
-    import tvm_ffi
-
-    def on(context):
-        return tvm_ffi.use_torch_stream(context) if tvm_stream else context
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with on(torch.cuda.stream(stream)):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with on(torch.cuda.graph(graph)):
-        for _ in range(calls):
-            fn()
-    for _ in range(warmup):
-        graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3 / calls)
-    return float(np.median(times))
 
 
 def torch_baselines(x, weight, stride, padding, groups, which):

@@ -1,8 +1,10 @@
 """Grid sweep of the Escoin GPU template's knobs on the benchmark layers.
 
 For each layer and batch (sparsity 0.9 by default), builds the default config and a random
-sample of the knob grid (in parallel on the CPUs), times each on the GPU (time_evaluator,
-median), checks the best against cuDNN fp32, and writes:
+sample of the knob grid (in parallel on the CPUs), times each on the GPU as bench_layers.py does
+(``timing.graph_time``; back-to-back launches from the host, time_evaluator's way, add a launch
+latency that varies from run to run to a 5-20 us batch-1 kernel: one kernel of tune_layers.py's
+measured 8.7 and 7.2 us that way), checks the best against cuDNN fp32, and writes:
   - raw times: <out>/sweep-<gpu>-<stamp>.jsonl
   - the best config per layer shape: <out>/pretuned-<arch>.json (the format of schedules/)
 
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_layers import environment, pruned_weight  # noqa: E402
+from escoin_tvm.timing import graph_time  # noqa: E402
 from escoin_tvm.operator import kernel_input_shape  # noqa: E402
 from layers import LAYERS, network_layers  # noqa: E402
 
@@ -83,7 +86,8 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--merge", default="", help="an existing pretuned table: keep its records "
-                        "unless this sweep found a faster config for the same layer")
+                        "of the layers this sweep did not measure (for those it did, its best "
+                        "config wins: the table's own config is one of its candidates)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     args = parser.parse_args(argv)
 
@@ -141,8 +145,7 @@ def main(argv=None):
         try:
             mod["main"](xt, *consts, yt)
             err = float((torch.from_dlpack(yt) - ref).abs().max() / ref.abs().max())
-            timer = mod.time_evaluator("main", dev, number=20, repeat=3, min_repeat_ms=5)
-            t = float(np.median(timer(xt, *consts, yt).results))
+            t = graph_time(lambda: mod["main"](xt, *consts, yt), replays=20, tvm_stream=True)
         except Exception as failure:  # a config the GPU cannot launch: record it, go on
             row["error"] = f"{type(failure).__name__}: {str(failure).strip()[-200:]}"
             raw.write(json.dumps(row) + "\n")
@@ -167,7 +170,8 @@ def main(argv=None):
                                        rec["time_s"] * 1e6, default_time_us=default_t * 1e6))
     arch = "sm_%d%d" % torch.cuda.get_device_capability()
     pretuned.write_table(Path(args.out) / f"pretuned-{arch}.json",
-                         pretuned.merge(records, args.merge or None), arch=arch, gpu=env["gpu"],
+                         pretuned.merge(records, args.merge or None, replace=True), arch=arch,
+                         gpu=env["gpu"],
                          sparsity=args.sparsity, source="experiments/sweep_configs.py",
                          date=env["date"])
 

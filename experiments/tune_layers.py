@@ -2,7 +2,9 @@
 
 For each layer and batch (sparsity 0.9, the layer benchmark's random pruned weights), runs a
 MetaSchedule tuning job (escoin_tvm.tuning.tune_tasks: evolutionary search, XGBoost cost model)
-into one log, then times on the GPU, with TVM's time_evaluator (median of 5 x 100 runs):
+into one log (each trial timed from a CUDA graph: ``tuning.evaluator``), then times on the GPU
+the way bench_layers.py does (``timing.graph_time``: 20 calls in a CUDA graph, median of 50
+replays):
   - default: the heuristic default config (what an unknown shape gets),
   - pretuned: the config shipped in schedules/ (the earlier grid sweep), if any,
   - tuned: the best record of the log,
@@ -10,8 +12,8 @@ checks the tuned kernel against cuDNN fp32 (TF32 off), and writes one JSON line 
 the best-so-far curve over the trials (to find the trials needed to get within 5% of the best).
 
 With ``--merge schedules/pretuned-sm_90.json`` it also writes ``<out>/pretuned-<arch>.json``: that
-table with the tuned knobs of every layer whose tuned kernel beat the table's time (the format of
-schedules/, for shipping tuning results as the untuned defaults).
+table with the tuned knobs of every layer whose tuned kernel beat the table's config timed in
+the same run (the format of schedules/, for shipping tuning results as the untuned defaults).
 
 Usage: python experiments/tune_layers.py --trials 64 --log tuning_logs/layers-H100 \
            --out experiments/results [--deadline 480] [--batches 1,16] [--layers a,b] [--merge T]
@@ -31,6 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_layers import environment, pruned_weight  # noqa: E402
 from layers import LAYERS  # noqa: E402
+
+
+def kernel_seconds(kernel, x) -> float:
+    """The kernel timed as bench_layers.py times it, on the torch tensor ``x``."""
+    import tvm
+
+    from escoin_tvm.operator import kernel_input_shape
+    from escoin_tvm.timing import graph_time
+
+    constants = [tvm.runtime.tensor(a, kernel.device) for a in kernel.host_constants]
+    data = tvm.runtime.from_dlpack(x.reshape(kernel_input_shape(kernel.spec)))
+    out = tvm.runtime.empty(kernel.spec.output_shape, "float32", kernel.device)
+    return graph_time(lambda: kernel.executable.mod["main"](data, *constants, out),
+                      tvm_stream=True)
 
 
 def record_times(path: Path, start_line: int):
@@ -112,7 +128,7 @@ def main(argv=None):
                 kernel = escoin_tvm.build_sparse_conv2d(
                     dense, (batch, *chw), stride=stride, padding=pad, groups=groups,
                     target=target, config=config, tuned=is_tuned)
-                row[f"{label}_us"] = kernel.time(number=100, repeat=5) * 1e6
+                row[f"{label}_us"] = kernel_seconds(kernel, x) * 1e6
                 row["configs"][label] = dict(vars(kernel.config))
                 err = float((kernel(x) - reference).abs().max() / reference.abs().max())
                 row[f"{label}_rel_err"] = err
@@ -123,7 +139,7 @@ def main(argv=None):
                 row["trials_to_5pct"] = int(np.argmax(running <= best * 1.05)) + 1
             sink.write(json.dumps(row) + "\n")
             sink.flush()
-            if "tuned" in row["configs"]:
+            if "tuned" in row["configs"] and row["tuned_us"] < row.get("pretuned_us", np.inf):
                 tuned_records.append(pretuned.record(f"{name}_b{batch}", spec, GpuConfig(
                     **row["configs"]["tuned"]), row["tuned_us"], source="tune_layers"))
             print(f"{name} b{batch}: default {row.get('default_us', 0):.1f} us, pretuned "
@@ -135,7 +151,7 @@ def main(argv=None):
     if args.merge:
         arch = str(target.attrs.get("arch", "sm_90"))
         pretuned.write_table(out.parent / f"pretuned-{arch}.json",
-                             pretuned.merge(tuned_records, args.merge), arch=arch, gpu=env["gpu"],
+                             pretuned.merge(tuned_records, args.merge, replace=True), arch=arch, gpu=env["gpu"],
                              sparsity=args.sparsity, source="experiments/tune_layers.py (merged)",
                              date=env["date"])
 

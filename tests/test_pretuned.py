@@ -42,6 +42,9 @@ def test_merge_keeps_the_faster_record_per_shape(tables):
     assert pretuned.lookup(VGG_CONV3_2, "sm_90") == fast
     assert pretuned.lookup(other, "sm_90") == fast
     assert pretuned.merge([], tables / "missing.json") == []
+    # replace: the new record wins even when slower (its time is from another measurement)
+    replaced = pretuned.merge([pretuned.record("b3", other, slow, 6.0)], path, replace=True)
+    assert sorted(r["layer"] for r in replaced) == ["a2", "b3"]
 
 
 def test_corrupt_table_is_ignored_with_a_warning_naming_it(tables):

@@ -60,16 +60,18 @@ def _field(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def merge(records, old_table: Optional[Path]) -> list:
+def merge(records, old_table: Optional[Path], replace: bool = False) -> list:
     """``records`` merged into the records of ``old_table`` (a schedules/ JSON file, if given):
-    for a shape both have, the faster one stays."""
+    for a shape both have, the faster one stays, or with ``replace`` the new one (for records
+    that beat the table's config re-measured in the same run: times from another run, or another
+    timing method, are not comparable)."""
     if old_table is None or not Path(old_table).is_file():
         return list(records)
     merged = {_key(r[f] for f in KEY_FIELDS): r
               for r in json.loads(Path(old_table).read_text())["records"]}
     for r in records:
         key = _key(r[f] for f in KEY_FIELDS)
-        if key not in merged or r["time_us"] < merged[key]["time_us"]:
+        if replace or key not in merged or r["time_us"] < merged[key]["time_us"]:
             merged[key] = r
     return list(merged.values())
 

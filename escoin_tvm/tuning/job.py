@@ -24,6 +24,7 @@ from tvm.ir.utils import derived_object
 from ..errors import EscoinError, first_line
 from ..kernel import untuned_config
 from ..target import TargetLike, is_gpu, resolve_target
+from .evaluator import GraphEvaluator
 from .log import TuningLog, mean_seconds
 from .space import decode_config, design_spaces, representable, space_generator
 from .tasks import Task, extract_tasks
@@ -111,7 +112,7 @@ def _runner(task: Task, target, rpc_tracker: Optional[str], rpc_key: Optional[st
     arguments = task.arguments()
     if rpc_tracker is None:
         return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator,
-                                     f_alloc_argument=arguments)
+                                     f_alloc_argument=arguments, f_run_evaluator=GraphEvaluator())
     host, _, port = rpc_tracker.rpartition(":")
     if not host or not port.isdigit() or not rpc_key:
         raise EscoinError(f"--rpc-tracker must be HOST:PORT with an --rpc-key, got "

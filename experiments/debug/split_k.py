@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from bench_layers import graph_time, pruned_weight  # noqa: E402
+from bench_layers import pruned_weight  # noqa: E402
+from escoin_tvm.timing import graph_time  # noqa: E402
 from layers import LAYERS  # noqa: E402
 
 
