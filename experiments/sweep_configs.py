@@ -171,8 +171,7 @@ def main(argv=None):
     arch = "sm_%d%d" % torch.cuda.get_device_capability()
     pretuned.write_table(Path(args.out) / f"pretuned-{arch}.json",
                          pretuned.merge(records, args.merge or None, replace=True), arch=arch,
-                         gpu=env["gpu"],
-                         sparsity=args.sparsity, source="experiments/sweep_configs.py",
+                         gpu=env["gpu"], sparsity=args.sparsity, source="experiments/sweep_configs.py",
                          date=env["date"])
 
 

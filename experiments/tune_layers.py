@@ -151,7 +151,8 @@ def main(argv=None):
     if args.merge:
         arch = str(target.attrs.get("arch", "sm_90"))
         pretuned.write_table(out.parent / f"pretuned-{arch}.json",
-                             pretuned.merge(tuned_records, args.merge, replace=True), arch=arch, gpu=env["gpu"],
+                             pretuned.merge(tuned_records, args.merge, replace=True), arch=arch,
+                             gpu=env["gpu"],
                              sparsity=args.sparsity, source="experiments/tune_layers.py (merged)",
                              date=env["date"])
 
