@@ -53,10 +53,12 @@ def schedule_source(spec: Conv2dSpec, target) -> str:
 
 
 def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target,
-                     config: Optional[ScheduleConfig] = None, tuned: bool = False):
+                     config: Optional[ScheduleConfig] = None, tuned: bool = False,
+                     split_k: int = 1):
     """The scheduled IRModule for ``target`` and the ELL arrays it expects. A ``tuned`` config
     (``TuningLog.lookup``'s) runs on the work it was tuned on (``tuned_extents``), any other on
-    its own ``extents``.
+    its own ``extents``. ``split_k`` > 1 (GPU only, opt-in: ``schedule_gpu``) pads the rows to
+    ``split_k`` times the multiple and splits each over that many blocks.
 
     Returns (mod, offsets, values, config)."""
     config = config or untuned_config(spec, target)
@@ -71,10 +73,13 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
                                           domain[1] % config.rows_per_thread):
         raise ValueError(f"{config} does not fit the tuned work (images, rows) {domain}, rows "
                          f"padded to a multiple of {multiple}")
-    offsets, values = ell_arrays(spec, weight, multiple)
+    if split_k > 1 and not isinstance(config, GpuConfig):
+        raise ValueError(f"split_k={split_k} needs a GPU target, got {target.kind.name}")
+    offsets, values = ell_arrays(spec, weight, multiple * split_k)
     func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain)
-    schedule = schedule_gpu if isinstance(config, GpuConfig) else schedule_cpu
-    sch = schedule(s_tir.Schedule(func), config)
+    sch = s_tir.Schedule(func)
+    sch = schedule_gpu(sch, config, split_k) if isinstance(config, GpuConfig) else \
+        schedule_cpu(sch, config)
     return sch.mod, offsets, values, config
 
 

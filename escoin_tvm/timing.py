@@ -36,8 +36,9 @@ def graph_times(fn, warmup: int = 3, replays: int = 50, calls: int = 20,
     """Seconds per call of ``fn``, one value per replay: ``calls`` calls captured in one CUDA
     graph, the graph replayed ``replays`` times, each replay timed by CUDA events and divided by
     ``calls``, so that neither the host's launch latency nor the graph's is counted (a batch-1
-    Escoin kernel runs 5-20 us; launches from the host add a few us that vary from run to run). ``tvm_stream``: ``fn``
-    launches TVM kernels, which join PyTorch's capture through tvm_ffi's stream context."""
+    Escoin kernel runs 5-20 us; launches from the host add a few us that vary from run to run).
+    ``tvm_stream``: ``fn`` launches TVM kernels, which join PyTorch's capture through tvm_ffi's
+    stream context."""
     import torch
     import tvm_ffi
 

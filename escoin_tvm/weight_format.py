@@ -90,6 +90,12 @@ class EscoinWeight:
         dense[rows, c, r, s] = self.values
         return dense
 
+    def ell_width(self, multiple: int = 1) -> int:
+        """The length ``to_ell`` pads every row to: the longest row (at least 1) rounded up to
+        ``multiple``."""
+        longest = max(1, int(self.row_lengths.max(initial=0)))
+        return -(-longest // multiple) * multiple
+
     def to_ell(self, in_channels: int, multiple: int = 1,
                in_place: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """Rows padded to one length (ELL), with offsets made absolute in the whole padded input.
@@ -105,8 +111,7 @@ class EscoinWeight:
         out_channels = self.weight_shape[0]
         plane = self.padded_hw[0] * self.padded_hw[1]
         lengths = self.row_lengths
-        width = max(1, int(lengths.max(initial=0)))
-        width = -(-width // multiple) * multiple
+        width = self.ell_width(multiple)
         group_base = (np.arange(out_channels) // (out_channels // self.groups)) * \
             self.weight_shape[1] * plane
         if in_place:

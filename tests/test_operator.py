@@ -142,12 +142,12 @@ def _split_k_kernel(case, split, target):
     """The GPU schedule with each row's non-zeros split over ``split`` blocks (schedule_gpu's
     split_k), built for ``target``; returns (executable, weight, bias, spec, constants)."""
     import tvm
-    from tvm import s_tir
 
-    from escoin_tvm.kernel import extents
-    from escoin_tvm.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
-    from escoin_tvm.schedule import GpuConfig, schedule_gpu
+    from escoin_tvm.kernel import scheduled_module
+    from escoin_tvm.operator import Epilogue
+    from escoin_tvm.schedule import GpuConfig
     from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.target import resolve_target
     from escoin_tvm.weight_format import EscoinWeight
 
     rng = np.random.default_rng(3)
@@ -156,10 +156,11 @@ def _split_k_kernel(case, split, target):
     spec = Conv2dSpec.create(case.input_shape, case.weight_shape, **case.conv_args())
     config = GpuConfig(threads_x=8, threads_y=2, channel_threads=2, rows_per_thread=2,
                        channels_per_thread=2, images_per_thread=2 if spec.batch > 1 else 1, chunk=8)
-    domain, multiple = extents(spec, config)
-    offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec), multiple * split)
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(case.bias, case.relu), domain)
-    exe = tvm.compile(schedule_gpu(s_tir.Schedule(func), config, split_k=split).mod, target=target)
+    target = resolve_target(target)
+    mod, offsets, values, _ = scheduled_module(spec, EscoinWeight.from_dense(weight, spec),
+                                               Epilogue(case.bias, case.relu), target, config,
+                                               split_k=split)
+    exe = tvm.compile(mod, target=target)
     return exe, weight, bias, spec, [offsets, values] + ([bias] if case.bias else [])
 
 
@@ -191,3 +192,17 @@ def test_split_k_gpu_matches_pytorch(case, split):
     exe["main"](*[tvm.runtime.tensor(a, dev) for a in [x.reshape(kernel_input_shape(spec))] + constants],
                 out)
     assert_conv_close(out.numpy(), x, weight, bias=bias, relu=case.relu, **case.conv_args())
+
+
+def test_split_k_needs_a_gpu_target():
+    from escoin_tvm.kernel import scheduled_module
+    from escoin_tvm.operator import Epilogue
+    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.target import resolve_target
+    from escoin_tvm.weight_format import EscoinWeight
+
+    spec = Conv2dSpec.create((1, 4, 6, 6), (8, 4, 3, 3), padding=1)
+    dense = random_weight(np.random.default_rng(0), (8, 4, 3, 3), 0.5)
+    weight = EscoinWeight.from_dense(dense, spec)
+    with pytest.raises(ValueError, match="split_k=2 needs a GPU target"):
+        scheduled_module(spec, weight, Epilogue(), resolve_target("llvm"), split_k=2)

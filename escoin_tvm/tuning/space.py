@@ -33,11 +33,8 @@ TUNED_TILE = 4  # the largest images / rows register tile the space tries
 
 
 def tuned_row_length(weight, spec: Conv2dSpec, target) -> int:
-    """The ELL row length of a tuned kernel (``weight.to_ell``'s width for the tuned row
-    multiple), without building the arrays."""
-    longest = max(1, int(weight.row_lengths.max(initial=0)))
-    multiple = tuned_extents(spec, target)[1]
-    return -(-longest // multiple) * multiple
+    """The ELL row length of a tuned kernel, without building the arrays."""
+    return weight.ell_width(tuned_extents(spec, target)[1])
 
 
 def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue, target) -> tvm.IRModule:

@@ -25,19 +25,15 @@ from layers import LAYERS  # noqa: E402
 
 def build(spec, weight, config, split):
     import tvm
-    from tvm import s_tir
 
-    from escoin_tvm.kernel import extents
-    from escoin_tvm.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
-    from escoin_tvm.schedule.gpu import schedule_gpu
+    from escoin_tvm.kernel import scheduled_module
+    from escoin_tvm.operator import Epilogue
     from escoin_tvm.weight_format import EscoinWeight
 
-    domain, multiple = extents(spec, config)
-    offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec), multiple * split)
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(), domain)
-    sch = schedule_gpu(s_tir.Schedule(func), config, split_k=split)
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
-    return tvm.compile(sch.mod, target=target), offsets, values
+    mod, offsets, values, _ = scheduled_module(spec, EscoinWeight.from_dense(weight, spec),
+                                               Epilogue(), target, config, split_k=split)
+    return tvm.compile(mod, target=target), offsets, values
 
 
 def main():
