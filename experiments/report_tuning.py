@@ -1,17 +1,21 @@
-"""Table and plot of a tune_layers.py run: best kernel time against trials, per layer.
+"""Table and plot of tune_layers.py runs: tuned vs default times, best time against trials.
 
-Usage: python experiments/report_tuning.py experiments/results/tuning-H100-*.jsonl
-Writes <input>.md and <input>.png next to the input."""
+Usage: python experiments/report_tuning.py experiments/results/tuning-H100-X.jsonl
+       python experiments/report_tuning.py RUN1.jsonl RUN2.jsonl ... --out PREFIX
+One run: writes <run>.md and <run>.png next to it. Several (e.g. the batches and layers of one
+GPU, tuned in several jobs): one table and plot of all their tasks, PREFIX.md and PREFIX.png."""
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 
-def main(path):
-    path = Path(path)
-    rows = [json.loads(line) for line in path.read_text().splitlines()][1:]
+def geomean(xs) -> float:
+    return float(np.exp(np.mean(np.log(xs))))
+
+
+def table(rows) -> str:
     lines = ["| layer | batch | default (us) | pre-tuned (us) | tuned (us) | tuned vs default | "
              "tuned vs pre-tuned | trials | within 5% after | tuning (s) |", "|" + "---|" * 10]
     for r in rows:
@@ -20,28 +24,58 @@ def main(path):
                      f"{pre:.1f} | {r['tuned_us']:.1f} | {r['default_us'] / r['tuned_us']:.2f}x | "
                      f"{pre / r['tuned_us']:.2f}x | {r['trials']} | {r.get('trials_to_5pct')} | "
                      f"{r['tuning_s']:.0f} |")
-    gm = lambda xs: float(np.exp(np.mean(np.log(xs))))  # noqa: E731
     lines.append("")
-    lines.append(f"geomean tuned vs default {gm([r['default_us'] / r['tuned_us'] for r in rows]):.2f}x, "
-                 f"vs pre-tuned {gm([r['pretuned_us'] / r['tuned_us'] for r in rows if r.get('pretuned_us')]):.2f}x")
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for label, group in [(f"batch {b}", [r for r in rows if r["batch"] == b])
+                         for b in sorted({r["batch"] for r in rows})] + [("all", rows)]:
+        if len({r["batch"] for r in rows}) == 1 and label != "all":
+            continue
+        tuning = [r["tuning_s"] for r in group]
+        lines.append(f"{label} ({len(group)} tasks): geomean tuned vs default "
+                     f"{geomean([r['default_us'] / r['tuned_us'] for r in group]):.2f}x, vs pre-tuned "
+                     f"{geomean([r['pretuned_us'] / r['tuned_us'] for r in group if r.get('pretuned_us')]):.2f}x; "
+                     f"tuning {min(tuning):.0f}-{max(tuning):.0f} s per task (median "
+                     f"{np.median(tuning):.0f} s)")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        curve = np.minimum.accumulate([t if t < 1e9 else np.inf for t in r["curve_s"]])
-        ax.plot(np.arange(1, len(curve) + 1), curve * 1e6, label=f"{r['layer']} b{r['batch']}")
-    ax.set_xlabel("trials")
-    ax.set_ylabel("best kernel time so far (us)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.set_title("MetaSchedule tuning of the Escoin template (H100, sparsity 0.9)")
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(7 * len(batches), 4.5), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        for r in (r for r in rows if r["batch"] == batch):
+            curve = np.minimum.accumulate([t if t < 1e9 else np.inf for t in r["curve_s"]])
+            ax.plot(np.arange(1, len(curve) + 1), curve * 1e6, label=r["layer"])
+        ax.set_xlabel("trials")
+        ax.set_ylabel("best kernel time so far (us)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=6, ncol=2)
+        ax.set_title(f"MetaSchedule tuning of the Escoin template, batch {batch} (H100, sparsity 0.9)",
+                     fontsize=9)
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=120)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--out", default="", help="output prefix (required for several runs)")
+    args = parser.parse_args(argv)
+    if len(args.runs) > 1 and not args.out:
+        parser.error("several runs need --out PREFIX")
+    rows = [json.loads(line) for run in args.runs
+            for line in Path(run).read_text().splitlines()[1:]]  # the first line: environment
+    prefix = Path(args.out) if args.out else Path(args.runs[0]).with_suffix("")
+    text = table(rows)
+    if len(args.runs) > 1:
+        text = "From " + ", ".join(f"`{Path(r).name}`" for r in args.runs) + ".\n\n" + text
+    prefix.with_suffix(".md").write_text(text)
+    print(text)
+    plot(rows, prefix.with_suffix(".png"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -221,7 +221,23 @@ def test_tuning_through_an_rpc_tracker(tmp_path):
                  rpc_key="other", out=None)
         results = tune(model, (x[:1],), log=tmp_path / "rpc", target="llvm", trials=2,
                        trials_per_iter=2, rpc_tracker=tracker, rpc_key="escoin-ci", out=None)
+        if escoin_tvm.target.has_gpu():  # the server could run the CUDA kernels below
+            return
+        # trials that all fail on the servers (CUDA kernels, a CPU server) are reported with
+        # their error, not just left out of the summary
+        with pytest.warns(UserWarning, match="(?s)task 0: none of its trials built and ran on the "
+                          "RPC servers of key 'escoin-ci'.*first error.*cuda"):
+            failed = tune(model, (x[:1],), log=tmp_path / "cuda", target="cuda", trials=1,
+                          rpc_tracker=tracker, rpc_key="escoin-ci", out=None)
     assert [r.trials for r in results] == [2, 2] and all(r.best_seconds for r in results)
+    assert [r.best_seconds for r in failed] == [None, None]
+
+
+@pytest.mark.skipif(escoin_tvm.target.has_gpu(), reason="needs a machine without a GPU")
+def test_cuda_tuning_without_a_gpu_is_refused(tmp_path):
+    model, x = small_model()
+    with pytest.raises(EscoinError, match="measures the trials on a GPU and this machine has none"):
+        tune(model, (x,), log=tmp_path / "l", target="cuda", trials=1, out=None)
 
 
 @pytest.mark.parametrize("target", ["llvm", "cuda"])

@@ -23,7 +23,7 @@ from tvm.ir.utils import derived_object
 
 from ..errors import EscoinError, first_line
 from ..kernel import untuned_config
-from ..target import TargetLike, is_gpu, resolve_target
+from ..target import TargetLike, has_gpu, is_gpu, resolve_target
 from .evaluator import GraphEvaluator
 from .log import TuningLog, mean_seconds
 from .space import decode_config, design_spaces, representable, space_generator
@@ -67,12 +67,17 @@ def _clock(seconds: float) -> str:
 
 def _progress_callback(progress: Progress, index: int, count: int, task: Task, done: int,
                        goal: int, best):
-    state = {"done": done, "best": best}
+    """The measure callback that prints the progress line; its ``state`` keeps the first
+    error of a failed build or run, reported if no trial of the task succeeds."""
+    state = {"done": done, "best": best, "error": None}
 
     @derived_object
     class ShowProgress(ms.measure_callback.PyMeasureCallback):
-        def apply(self, _scheduler, _task_id, _candidates, _builds, results) -> None:
-            for result in results:
+        def apply(self, _scheduler, _task_id, _candidates, builds, results) -> None:
+            for built, result in zip(builds, results):
+                failure = built.error_msg or result.error_msg
+                if failure and state["error"] is None:
+                    state["error"] = str(failure)
                 if result.error_msg is None and result.run_secs:
                     seconds = sum(float(t) for t in result.run_secs) / len(result.run_secs)
                     if state["best"] is None or seconds < state["best"]:
@@ -83,7 +88,9 @@ def _progress_callback(progress: Progress, index: int, count: int, task: Task, d
             progress.measured += len(results)
             progress.line(index, count, task, state["done"], goal, state["best"])
 
-    return ShowProgress()
+    callback = ShowProgress()
+    callback.state = state
+    return callback
 
 
 def build_kernel(mod, target, _params):
@@ -162,6 +169,10 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
     target = resolve_target(target)
     tuning_log = log if isinstance(log, TuningLog) else TuningLog(log, create=True)
     done = [tuning_log.trials(task.workload, target) for task in tasks]
+    if is_gpu(target) and rpc_tracker is None and not has_gpu() and min(done, default=trials) < trials:
+        raise EscoinError(f"tuning for {target.kind.name} measures the trials on a GPU and this "
+                          "machine has none: run the job on a GPU machine, or measure on GPU "
+                          "servers through an RPC tracker (--rpc-tracker HOST:PORT --rpc-key KEY)")
     progress = Progress(out or _Null(), sum(max(0, trials - d) for d in done))
     builder = ms.builder.LocalBuilder(f_build=build_kernel, f_export=export_kernel, timeout_sec=120)
     results = []
@@ -177,12 +188,33 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
                     _tune_task(task, tuning_log, target, trials - measured, trials_per_iter,
                                seed + index, callback, builder, runner)
                     progress.out.write("\n")
+                    error = callback.state["error"]
+                    if error and tuning_log.best_seconds(task.workload, target) is None:
+                        where = (f"on the RPC servers of key {rpc_key!r} at {rpc_tracker}"
+                                 if rpc_tracker else "on this machine")
+                        warnings.warn(f"task {task.name}: none of its trials built and ran "
+                                      f"{where}; the first error: {_last_lines(error)}"
+                                      f"{_rpc_hint(error) if rpc_tracker else ''}")
             results.append(_result(tuning_log, task, target, already, time.time() - started))
     except KeyboardInterrupt:
         progress.out.write(f"\nstopped: the log {tuning_log.path} is valid; run the job again "
                            "to resume\n")
         raise
     return results
+
+
+def _last_lines(error: str, count: int = 6) -> str:
+    """The end of a MetaSchedule error message (a traceback: the cause is at its end)."""
+    lines = [line for line in error.strip().splitlines() if line.strip(" ^~")]  # no markers
+    return "\n".join(lines[-count:])
+
+
+def _rpc_hint(error: str) -> str:
+    # TVM 0.27's rpc_server forks each session from a process that has initialised CUDA
+    if "cudaErrorInitializationError" in error:
+        return ("\n(a CUDA RPC server must run with --no-fork: python -m tvm.exec.rpc_server "
+                "--tracker HOST:PORT --key KEY --no-fork)")
+    return ""
 
 
 def _measure_untuned(task: Task, tuning_log: TuningLog, target, builder, runner) -> int:
@@ -200,7 +232,8 @@ def _measure_untuned(task: Task, tuning_log: TuningLog, target, builder, runner)
         built.artifact_path, "cuda" if is_gpu(target) else "cpu", args_info)])[0].result()
     if measured.error_msg is not None:
         warnings.warn(f"task {task.name}: the untuned knobs {config} failed to build or run, "
-                      f"the search starts from random points ({first_line(measured.error_msg)})")
+                      f"the search starts from random points: {_last_lines(measured.error_msg)}"
+                      f"{_rpc_hint(measured.error_msg)}")
         return 0
     database = tuning_log.database
     database.commit_tuning_record(ms.database.TuningRecord(
