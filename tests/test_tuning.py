@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import tvm
 
 import escoin_tvm
 from escoin_tvm import EscoinError, prune
@@ -132,6 +133,40 @@ def copy_log(log, tmp_path):
     copy = tmp_path / "log"
     shutil.copytree(log, copy)
     return copy
+
+
+def test_the_cost_model_starts_from_the_log(tuned_log, tmp_path):
+    """One XGBoost model per job, pre-trained on every record the log holds for the target, so
+    that it ranks candidates from the first search round (MetaSchedule's own starts random)."""
+    import io
+    import re
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from escoin_tvm.tuning.cost_model import job_cost_model
+    from escoin_tvm.tuning.job import _without_tensor_intrinsics
+
+    log = copy_log(tuned_log[0], tmp_path)
+    target = resolve_target("llvm")
+    records = TuningLog(log).database.get_all_tuning_records()
+    contexts = {}
+    with _without_tensor_intrinsics():
+        cost_model, used, kernels = job_cost_model(
+            TuningLog(log), target, 1,
+            lambda mod: contexts.setdefault(mod, ms.TuneContext(mod=mod, target=target)))
+    assert (used, kernels, cost_model.data_size) == (len(records), 2, len(records))
+    cost_model.num_warmup_samples = 0  # past the warm-up: predictions come from the booster
+    mod, context = next(iter(contexts.items()))
+    sch = tvm.s_tir.Schedule(mod)
+    records[0].trace.apply_to_schedule(sch, remove_postproc=False)
+    candidate = [ms.MeasureCandidate(sch, list(records[0].args_info))]
+    assert cost_model.predict(context, candidate) == pytest.approx(cost_model.predict(context, candidate))
+    # the job says so, and a log for another target teaches it nothing
+    model, x = small_model()
+    out = io.StringIO()
+    tune(model, (x,), log=log, target="llvm", trials=len(records) // 2 + 1, trials_per_iter=1, out=out)
+    assert re.search(rf"pre-trained on the log's {len(records)} records of 2 kernels", out.getvalue())
+    assert job_cost_model(TuningLog(log), resolve_target("cuda"), 1, None)[1:] == (0, 0)
 
 
 def test_corrupt_log_names_the_file_and_line(tuned_log, tmp_path):

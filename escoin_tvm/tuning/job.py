@@ -1,5 +1,6 @@
 """Tuning jobs: each Escoin kernel of a model searched by MetaSchedule's evolutionary search
-with its XGBoost cost model, records appended to a tuning log that later runs resume from.
+with an XGBoost cost model (``cost_model.py``: one per job, pre-trained on the log's records),
+records appended to a tuning log that later runs resume from.
 
 A job tunes one task after another, each until the log holds ``trials`` records for it, so a job
 that was stopped (Ctrl-C, a crash, a time limit) continues where it stopped. Measurements run on
@@ -24,6 +25,7 @@ from tvm.ir.utils import derived_object
 from ..errors import EscoinError, first_line
 from ..kernel import untuned_config
 from ..target import TargetLike, has_gpu, is_gpu, resolve_target
+from .cost_model import job_cost_model
 from .evaluator import GraphEvaluator
 from .log import TuningLog, mean_seconds
 from .space import decode_config, design_spaces, representable, space_generator
@@ -169,12 +171,22 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
     target = resolve_target(target)
     tuning_log = log if isinstance(log, TuningLog) else TuningLog(log, create=True)
     done = [tuning_log.trials(task.workload, target) for task in tasks]
-    if is_gpu(target) and rpc_tracker is None and not has_gpu() and min(done, default=trials) < trials:
+    work_left = min(done, default=trials) < trials
+    if work_left and is_gpu(target) and rpc_tracker is None and not has_gpu():
         raise EscoinError(f"tuning for {target.kind.name} measures the trials on a GPU and this "
                           "machine has none: run the job on a GPU machine, or measure on GPU "
                           "servers through an RPC tracker (--rpc-tracker HOST:PORT --rpc-key KEY)")
     progress = Progress(out or _Null(), sum(max(0, trials - d) for d in done))
     builder = ms.builder.LocalBuilder(f_build=build_kernel, f_export=export_kernel, timeout_sec=120)
+    cost_model = None
+    if work_left:
+        with _without_tensor_intrinsics():
+            cost_model, used, kernels = job_cost_model(
+                tuning_log, target, ms.utils.cpu_count(logical=False),
+                lambda mod: ms.TuneContext(mod=mod, target=target, num_threads="physical"))
+        if used:
+            progress.out.write(f"cost model: pre-trained on the log's {used} records of "
+                               f"{kernels} kernels\n")
     results = []
     try:
         for index, (task, already) in enumerate(zip(tasks, done), 1):
@@ -186,7 +198,7 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
                     callback = _progress_callback(progress, index, len(tasks), task, measured, trials,
                                                   tuning_log.best_seconds(task.workload, target))
                     _tune_task(task, tuning_log, target, trials - measured, trials_per_iter,
-                               seed + index, callback, builder, runner)
+                               seed + index, callback, builder, runner, cost_model)
                     progress.out.write("\n")
                     error = callback.state["error"]
                     if error and tuning_log.best_seconds(task.workload, target) is None:
@@ -259,13 +271,13 @@ def _without_tensor_intrinsics():
 
 
 def _tune_task(task: Task, tuning_log: TuningLog, target, trials: int, per_iter: int, seed: int,
-               callback, builder, runner) -> None:
+               callback, builder, runner, cost_model) -> None:
     with _without_tensor_intrinsics():
         context = _context(task, target, seed)
     ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(tuning_log.path),
                   max_trials_global=trials, num_trials_per_iter=min(per_iter, trials),
                   builder=builder, runner=runner,
-                  database=tuning_log.database, cost_model="xgb",
+                  database=tuning_log.database, cost_model=cost_model,
                   measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
                   task_scheduler="round-robin")
 
