@@ -30,9 +30,10 @@ def table(rows) -> str:
         if len({r["batch"] for r in rows}) == 1 and label != "all":
             continue
         tuning = [r["tuning_s"] for r in group]
-        lines.append(f"{label} ({len(group)} tasks): geomean tuned vs default "
-                     f"{geomean([r['default_us'] / r['tuned_us'] for r in group]):.2f}x, vs pre-tuned "
-                     f"{geomean([r['pretuned_us'] / r['tuned_us'] for r in group if r.get('pretuned_us')]):.2f}x; "
+        vs_default = geomean([r["default_us"] / r["tuned_us"] for r in group])
+        vs_pretuned = geomean([r["pretuned_us"] / r["tuned_us"] for r in group if r.get("pretuned_us")])
+        lines.append(f"{label} ({len(group)} tasks): geomean tuned vs default {vs_default:.2f}x, "
+                     f"vs pre-tuned {vs_pretuned:.2f}x; "
                      f"tuning {min(tuning):.0f}-{max(tuning):.0f} s per task (median "
                      f"{np.median(tuning):.0f} s)")
     return "\n".join(lines) + "\n"

@@ -294,7 +294,8 @@ def test_design_space_replays_under_mutation(target):
             trace.apply_to_schedule(replayed, remove_postproc=False)
             config = decode_config(trace, target).validate()
             if target.kind.name == "cuda" and config.threads <= 1024:
-                assert "__global__" in tvm.compile(replayed.mod, target=target).mod.imports[0].inspect_source()
+                built = tvm.compile(replayed.mod, target=target)
+                assert "__global__" in built.mod.imports[0].inspect_source()
 
 
 def test_tune_context_is_made_without_parsing_the_tensor_intrinsics():
