@@ -132,12 +132,11 @@ def main(argv=None) -> int:
         out = compiled(x.to(device))
     err = float((out - reference).abs().max() / reference.abs().max())
     # the compile must have taken every Escoin layer's schedule from the log
-    escoin_layers = [line for line in report.splitlines() if " escoin " in line]
-    tuned_layers = sum(" tuned (" in line for line in escoin_layers)
+    escoin_layers = [layer for layer in compiled.layers if layer["kernel"] == "escoin"]
+    tuned_layers = sum(str(layer.get("schedule")).startswith("tuned") for layer in escoin_layers)
     row = {"model": args.model, "sparsity": args.sparsity, "size": args.size,
            "trials_per_task": args.trials, "server_flags": args.server_flags, "gpus": gpus,
-           "servers": servers,
-           "target": args.target, "gpu": torch.cuda.get_device_name(0) if gpus else None,
+           "servers": servers, "target": args.target, "gpu": torch.cuda.get_device_name(0) if gpus else None,
            "tracker_servers": summary.get("server_info"), "tuning_s": tuning_s,
            "records": len(tuning_log.database.get_all_tuning_records()),
            "escoin_layers": len(escoin_layers), "tuned_layers": tuned_layers,
