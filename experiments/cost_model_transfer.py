@@ -49,12 +49,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
 
-    from tvm.s_tir import meta_schedule as ms
-
     from escoin_tvm.target import resolve_target
     from escoin_tvm.tuning import TuningLog
+    from escoin_tvm.tuning.context import tune_context
     from escoin_tvm.tuning.cost_model import logged_samples, new_model
-    from escoin_tvm.tuning.job import _without_tensor_intrinsics
 
     target = resolve_target(json.loads(args.target))
     samples = {}  # layer key: (workload module, candidates, results)
@@ -64,16 +62,14 @@ def main(argv=None) -> int:
             key = kernel_key(workload.mod)
             mod, c, r = samples.get(key, (workload.mod, [], []))
             samples[key] = (mod, c + candidates, r + results)  # one kernel in several logs
-    with _without_tensor_intrinsics():
-        contexts = {k: ms.TuneContext(mod=v[0], target=target, num_threads="physical")
-                    for k, v in samples.items()}
+    contexts = {k: tune_context(v[0], target) for k, v in samples.items()}
     lines, rhos, gaps, random_gaps = [], [], [], []
     for held_out, (_mod, candidates, results) in samples.items():
         seconds = np.array([np.mean([float(t) for t in r.run_secs]) for r in results])
         ok = seconds < 1e9
         if ok.sum() < 4:
             continue
-        model = new_model(ms.utils.cpu_count(logical=False), warmup=0)
+        model = new_model(warmup=0)
         for other, (_m, c, r) in samples.items():
             if not same_layer(other, held_out):  # the layer at another batch is left out too
                 model.update(contexts[other], c, r)

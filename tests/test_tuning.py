@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import tvm
 
 import escoin_tvm
 from escoin_tvm import EscoinError, prune
@@ -141,32 +140,24 @@ def test_the_cost_model_starts_from_the_log(tuned_log, tmp_path):
     import io
     import re
 
-    from tvm.s_tir import meta_schedule as ms
-
-    from escoin_tvm.tuning.cost_model import job_cost_model
-    from escoin_tvm.tuning.job import _without_tensor_intrinsics
+    from escoin_tvm.tuning.context import tune_context
+    from escoin_tvm.tuning.cost_model import job_cost_model, logged_samples
 
     log = copy_log(tuned_log[0], tmp_path)
     target = resolve_target("llvm")
     records = TuningLog(log).database.get_all_tuning_records()
-    contexts = {}
-    with _without_tensor_intrinsics():
-        cost_model, used, kernels = job_cost_model(
-            TuningLog(log), target, 1,
-            lambda mod: contexts.setdefault(mod, ms.TuneContext(mod=mod, target=target)))
+    cost_model, used, kernels = job_cost_model(TuningLog(log), target)
     assert (used, kernels, cost_model.data_size) == (len(records), 2, len(records))
     cost_model.num_warmup_samples = 0  # past the warm-up: predictions come from the booster
-    mod, context = next(iter(contexts.items()))
-    sch = tvm.s_tir.Schedule(mod)
-    records[0].trace.apply_to_schedule(sch, remove_postproc=False)
-    candidate = [ms.MeasureCandidate(sch, list(records[0].args_info))]
-    assert cost_model.predict(context, candidate) == pytest.approx(cost_model.predict(context, candidate))
+    workload, (candidates, _results) = next(iter(logged_samples(TuningLog(log), target)[0].items()))
+    context = tune_context(workload.mod, target)
+    assert cost_model.predict(context, candidates) == pytest.approx(cost_model.predict(context, candidates))
     # the job says so, and a log for another target teaches it nothing
     model, x = small_model()
     out = io.StringIO()
     tune(model, (x,), log=log, target="llvm", trials=len(records) // 2 + 1, trials_per_iter=1, out=out)
     assert re.search(rf"pre-trained on the log's {len(records)} records of 2 kernels", out.getvalue())
-    assert job_cost_model(TuningLog(log), resolve_target("cuda"), 1, None)[1:] == (0, 0)
+    assert job_cost_model(TuningLog(log), resolve_target("cuda"))[1:] == (0, 0)
 
 
 def test_corrupt_log_names_the_file_and_line(tuned_log, tmp_path):
@@ -256,16 +247,15 @@ def test_tuning_through_an_rpc_tracker(tmp_path):
                  rpc_key="other", out=None)
         results = tune(model, (x[:1],), log=tmp_path / "rpc", target="llvm", trials=2,
                        trials_per_iter=2, rpc_tracker=tracker, rpc_key="escoin-ci", out=None)
-        if escoin_tvm.target.has_gpu():  # the server could run the CUDA kernels below
-            return
-        # trials that all fail on the servers (CUDA kernels, a CPU server) are reported with
-        # their error, not just left out of the summary
-        with pytest.warns(UserWarning, match="(?s)task 0: none of its trials built and ran on the "
-                          "RPC servers of key 'escoin-ci'.*first error.*cuda"):
-            failed = tune(model, (x[:1],), log=tmp_path / "cuda", target="cuda", trials=1,
-                          rpc_tracker=tracker, rpc_key="escoin-ci", out=None)
-    assert [r.trials for r in results] == [2, 2] and all(r.best_seconds for r in results)
-    assert [r.best_seconds for r in failed] == [None, None]
+        assert [r.trials for r in results] == [2, 2] and all(r.best_seconds for r in results)
+        if not escoin_tvm.target.has_gpu():  # else the server could run the CUDA kernels
+            # trials that all fail on the servers (CUDA kernels, a CPU server) are reported
+            # with their error, not just left out of the summary
+            with pytest.warns(UserWarning, match="(?s)task 0: none of its trials built and ran on "
+                              "the RPC servers of key 'escoin-ci'.*first error.*cuda"):
+                failed = tune(model, (x[:1],), log=tmp_path / "cuda", target="cuda", trials=1,
+                              rpc_tracker=tracker, rpc_key="escoin-ci", out=None)
+            assert [r.best_seconds for r in failed] == [None, None]
 
 
 @pytest.mark.skipif(escoin_tvm.target.has_gpu(), reason="needs a machine without a GPU")
@@ -304,11 +294,11 @@ def test_tune_context_is_made_without_parsing_the_tensor_intrinsics():
     out, so that a later real import is not shadowed."""
     import sys
 
-    from escoin_tvm.tuning import job
+    from escoin_tvm.tuning.context import without_tensor_intrinsics
 
     name = "tvm.s_tir.tensor_intrin"
     before = sys.modules.get(name)
-    with job._without_tensor_intrinsics():
+    with without_tensor_intrinsics():
         assert name in sys.modules
         if before is None:
             assert not hasattr(sys.modules[name], "cuda")  # the stand-in, not the real module

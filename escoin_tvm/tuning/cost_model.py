@@ -16,22 +16,23 @@ from collections import defaultdict
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
-from .log import TuningLog, target_key
+from .context import tune_context
+from .log import TuningLog
 
 WARMUP_SAMPLES = 16  # one search round: an XGBoost ranking of 16 points beats a random one
 
 
-def new_model(num_threads: int, warmup: int = WARMUP_SAMPLES) -> ms.cost_model.XGBModel:
-    return ms.cost_model.XGBModel(num_warmup_samples=warmup, num_tuning_cores=num_threads)
+def new_model(warmup: int = WARMUP_SAMPLES) -> ms.cost_model.XGBModel:
+    return ms.cost_model.XGBModel(num_warmup_samples=warmup,
+                                  num_tuning_cores=ms.utils.cpu_count(logical=False))
 
 
 def logged_samples(tuning_log: TuningLog, target):
     """{workload: (measure candidates, runner results)} of the log's records for the target,
     and how many records were skipped because their trace no longer replays."""
-    key = target_key(target)
     by_workload = defaultdict(list)
-    for record in tuning_log.database.get_all_tuning_records():
-        if target_key(record.target) == key and record.run_secs:
+    for record in tuning_log.all_records(target):
+        if record.run_secs:
             by_workload[record.workload].append(record)
     samples, skipped = {}, 0
     for workload, records in by_workload.items():
@@ -50,13 +51,13 @@ def logged_samples(tuning_log: TuningLog, target):
     return samples, skipped
 
 
-def job_cost_model(tuning_log: TuningLog, target, num_threads: int, make_context):
-    """(model, records it was pre-trained on, kernels they came from). ``make_context(mod)``
-    gives the TuneContext of a workload (its feature extractor needs the target)."""
-    model = new_model(num_threads)
+def job_cost_model(tuning_log: TuningLog, target):
+    """(model, records it was pre-trained on, kernels they came from)."""
+    model = new_model()
     samples, skipped = logged_samples(tuning_log, target)
     for workload, (candidates, results) in samples.items():
-        model.update(make_context(workload.mod), candidates, results)
+        # the feature extractor needs the workload's context (its target)
+        model.update(tune_context(workload.mod, target), candidates, results)
     if skipped:
         warnings.warn(f"tuning log {tuning_log.path}: {skipped} records no longer replay in this "
                       "template; the cost model skips them")

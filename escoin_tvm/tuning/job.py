@@ -12,9 +12,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
-import types
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import List, Optional, TextIO
 
@@ -25,6 +23,7 @@ from tvm.ir.utils import derived_object
 from ..errors import EscoinError, first_line
 from ..kernel import untuned_config
 from ..target import TargetLike, has_gpu, is_gpu, resolve_target
+from .context import tune_context
 from .cost_model import job_cost_model
 from .evaluator import GraphEvaluator
 from .log import TuningLog, mean_seconds
@@ -180,10 +179,7 @@ def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: i
     builder = ms.builder.LocalBuilder(f_build=build_kernel, f_export=export_kernel, timeout_sec=120)
     cost_model = None
     if work_left:
-        with _without_tensor_intrinsics():
-            cost_model, used, kernels = job_cost_model(
-                tuning_log, target, ms.utils.cpu_count(logical=False),
-                lambda mod: ms.TuneContext(mod=mod, target=target, num_threads="physical"))
+        cost_model, used, kernels = job_cost_model(tuning_log, target)
         if used:
             progress.out.write(f"cost model: pre-trained on the log's {used} records of "
                                f"{kernels} kernels\n")
@@ -253,28 +249,9 @@ def _measure_untuned(task: Task, tuning_log: TuningLog, target, builder, runner)
     return tuning_log.trials(task.workload, target)
 
 
-@contextmanager
-def _without_tensor_intrinsics():
-    """MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin, which parses every tensor
-    intrinsic's TVMScript (about 55 s on this repository's CPU machine, the first task of every
-    job); the Escoin design spaces tensorize nothing. An empty module stands in while the
-    context is made, and is taken out again so that a later real import still happens."""
-    name = "tvm.s_tir.tensor_intrin"
-    stub = name not in sys.modules
-    if stub:
-        sys.modules[name] = types.ModuleType(name)
-    try:
-        yield
-    finally:
-        if stub:
-            del sys.modules[name]
-
-
 def _tune_task(task: Task, tuning_log: TuningLog, target, trials: int, per_iter: int, seed: int,
                callback, builder, runner, cost_model) -> None:
-    with _without_tensor_intrinsics():
-        context = _context(task, target, seed)
-    ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(tuning_log.path),
+    ms.tune_tasks(tasks=[_context(task, target, seed)], task_weights=[1.0], work_dir=str(tuning_log.path),
                   max_trials_global=trials, num_trials_per_iter=min(per_iter, trials),
                   builder=builder, runner=runner,
                   database=tuning_log.database, cost_model=cost_model,
@@ -283,12 +260,11 @@ def _tune_task(task: Task, tuning_log: TuningLog, target, trials: int, per_iter:
 
 
 def _context(task: Task, target, seed: int) -> ms.TuneContext:
-    return ms.TuneContext(
-        mod=task.workload, target=target, space_generator=space_generator(task.spec, target, seed),
+    return tune_context(
+        task.workload, target, space_generator=space_generator(task.spec, target, seed),
         search_strategy=ms.search_strategy.EvolutionarySearch(
             population_size=128, init_min_unmeasured=32, genetic_num_iters=3),
-        task_name=task.name,
-        rand_state=seed, num_threads="physical")
+        task_name=task.name, rand_state=seed)
 
 
 def _result(tuning_log: TuningLog, task: Task, target, before: int, seconds: float) -> TaskResult:

@@ -133,14 +133,17 @@ class TuningLog:
         records = self.records(mod, target)
         return mean_seconds(records[0]) if records else None
 
+    def all_records(self, target) -> list:
+        """Every record for the target, failed ones included (``get_top_k`` leaves them out)."""
+        key = target_key(target)
+        return [r for r in self.database.get_all_tuning_records() if target_key(r.target) == key]
+
     def trials(self, mod: tvm.IRModule, target) -> int:
         """Trials already recorded for this workload and target (failed ones included)."""
         entry = self._entry(mod)
         if entry is None:
             return 0
-        key = target_key(target)  # get_top_k leaves out failed trials: count them all
-        return sum(r.workload.same_as(entry) and target_key(r.target) == key
-                   for r in self.database.get_all_tuning_records())
+        return sum(r.workload.same_as(entry) for r in self.all_records(target))
 
     def lookup(self, spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target):
         """(config, seconds) of the best record for this kernel, or None; build the config with
