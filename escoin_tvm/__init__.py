@@ -17,5 +17,5 @@ def tune(model, example_inputs, *, log, target="cuda", trials: int = 64, **optio
     return tune_model(model, example_inputs, log=log, target=target, trials=trials, **options)
 
 
-__all__ = ["compile", "load", "tune", "CompiledModule", "build_sparse_conv2d", "SparseConv2dKernel", "Conv2dSpec", "EscoinWeight",
-           "EscoinError", "ShapeError", "DTypeError", "TargetError"]
+__all__ = ["compile", "load", "tune", "CompiledModule", "build_sparse_conv2d", "SparseConv2dKernel",
+           "Conv2dSpec", "EscoinWeight", "EscoinError", "ShapeError", "DTypeError", "TargetError"]

@@ -78,8 +78,8 @@ def _dtype(expr) -> str:
 class SparseConv2dDispatch:
     """``SparseConv2dDispatch(target, threshold)``: a Relax module pass (usable inside
     ``tvm.transform.Sequential``). ``layer_names`` ((name, weight shape) pairs) labels the
-    conv2d calls, in program order, in the report; ``choose`` may veto a layer (returns a reason string to keep it dense, e.g. the
-    measured dispatch of later issues); ``config_for`` picks schedule knobs per layer;
+    conv2d calls, in program order, in the report; ``choose`` may veto a layer (returns a reason
+    string to keep it dense, e.g. the measured dispatch of later issues); ``config_for`` picks schedule knobs per layer;
     ``tuning_log`` (a ``tuning.TuningLog``) supplies tuned knobs for the kernels it has records of.
     The pre-tuned table, then the heuristic default, cover the rest. With ``measure`` (a
     ``measure.LayerTimer``), a layer that passes the threshold is timed both ways on the device
@@ -304,7 +304,8 @@ class SparseConv2dDispatch:
         mod, offsets, values, config = scheduled_module(spec, escoin_weight, epilogue, self.target,
                                                         config, tuned)
         decision.config = dict(vars(config))
-        func = mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+        func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+                .with_attr("op_pattern", OPAQUE))
         gvar = builder.add_func(func, "escoin_conv2d")
         if reads_in_place(spec):
             data = bind("input", relax.op.reshape(data, kernel_input_shape(spec)),

@@ -35,4 +35,5 @@ def assert_conv_close(out, x, weight, **conv_args):
     assert out.shape == ref.shape
     assert np.isfinite(out).all()
     err = np.abs(out - ref) - (1e-5 * scale + 1e-6)
-    assert err.max() <= 0, f"max error over tolerance by {err.max()} at {np.unravel_index(err.argmax(), err.shape)}"
+    worst = np.unravel_index(err.argmax(), err.shape)
+    assert err.max() <= 0, f"max error over tolerance by {err.max()} at {worst}"

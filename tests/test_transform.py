@@ -51,7 +51,8 @@ def apply(mod, threshold=0.5):
 
 
 def test_conv_bias_relu_becomes_one_kernel():
-    mod = module(lambda bb, x, w: bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(conv(bb, x, w), relax.const(B))))))
+    mod = module(lambda bb, x, w: bb.emit(relax.op.nn.relu(
+        bb.emit(relax.op.add(conv(bb, x, w), relax.const(B))))))
     new, report = apply(mod)
     assert ops_in(new) == {"R.nn.conv2d": 0, "R.call_tir": 1, "R.add": 0, "R.nn.relu": 0}
     assert report[0].kernel == "escoin" and report[0].epilogue == "bias+relu"

@@ -2,7 +2,6 @@
 The GPU template's design space is checked by replaying mutated traces into CUDA code."""
 import json
 import shutil
-import warnings
 
 import numpy as np
 import pytest
