@@ -15,6 +15,11 @@ def geomean(xs) -> float:
     return float(np.exp(np.mean(np.log(xs))))
 
 
+def resumed_from(row) -> int:
+    """The trials the log held for this task before the run (a resumed job)."""
+    return row["trials"] - row.get("new_trials", row["trials"])
+
+
 def table(rows) -> str:
     lines = ["| layer | batch | default (us) | pre-tuned (us) | tuned (us) | tuned vs default | "
              "tuned vs pre-tuned | trials | within 5% after | tuning (s) |", "|" + "---|" * 10]
@@ -25,6 +30,9 @@ def table(rows) -> str:
                      f"{pre / r['tuned_us']:.2f}x | {r['trials']} | {r.get('trials_to_5pct')} | "
                      f"{r['tuning_s']:.0f} |")
     lines.append("")
+    if any(resumed_from(r) for r in rows):
+        lines += ["Resumed jobs (trials > the run's new trials): 'within 5% after' counts the new "
+                  "trials only, against the best of them.", ""]
     for label, group in [(f"batch {b}", [r for r in rows if r["batch"] == b])
                          for b in sorted({r["batch"] for r in rows})] + [("all", rows)]:
         if len({r["batch"] for r in rows}) == 1 and label != "all":
@@ -49,8 +57,9 @@ def plot(rows, path: Path) -> None:
     for ax, batch in zip(axes[0], batches):
         for r in (r for r in rows if r["batch"] == batch):
             curve = np.minimum.accumulate([t if t < 1e9 else np.inf for t in r["curve_s"]])
-            ax.plot(np.arange(1, len(curve) + 1), curve * 1e6, label=r["layer"])
-        ax.set_xlabel("trials")
+            first = resumed_from(r) + 1
+            ax.plot(np.arange(first, first + len(curve)), curve * 1e6, label=r["layer"])
+        ax.set_xlabel("trials (of the log: a resumed job's curve starts after the earlier ones)")
         ax.set_ylabel("best kernel time so far (us)")
         ax.set_yscale("log")
         ax.legend(fontsize=6, ncol=2)

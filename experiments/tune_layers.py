@@ -13,7 +13,8 @@ the best-so-far curve over the trials (to find the trials needed to get within 5
 
 With ``--merge schedules/pretuned-sm_90.json`` it also writes ``<out>/pretuned-<arch>.json``: that
 table with the tuned knobs of every layer whose tuned kernel beat the table's config timed in
-the same run (the format of schedules/, for shipping tuning results as the untuned defaults).
+the same run by more than 2% (the format of schedules/, for shipping tuning results as the
+untuned defaults; merge_tuned.py does the same from the JSON lines of earlier runs).
 
 Usage: python experiments/tune_layers.py --trials 64 --log tuning_logs/layers-H100 \
            --out experiments/results [--deadline 480] [--batches 1,16] [--layers a,b] [--merge T]
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_layers import environment, pruned_weight  # noqa: E402
 from layers import LAYERS  # noqa: E402
+from merge_tuned import winning_records  # noqa: E402
 
 
 def kernel_seconds(kernel, x) -> float:
@@ -75,7 +77,7 @@ def main(argv=None):
 
     import escoin_tvm
     from escoin_tvm.operator import Epilogue
-    from escoin_tvm.schedule import GpuConfig, default_gpu_config, pretuned
+    from escoin_tvm.schedule import default_gpu_config, pretuned
     from escoin_tvm.spec import Conv2dSpec
     from escoin_tvm.target import resolve_target
     from escoin_tvm.tuning import Task, TuningLog, tune_tasks
@@ -139,9 +141,7 @@ def main(argv=None):
                 row["trials_to_5pct"] = int(np.argmax(running <= best * 1.05)) + 1
             sink.write(json.dumps(row) + "\n")
             sink.flush()
-            if "tuned" in row["configs"] and row["tuned_us"] < row.get("pretuned_us", np.inf):
-                tuned_records.append(pretuned.record(f"{name}_b{batch}", spec, GpuConfig(
-                    **row["configs"]["tuned"]), row["tuned_us"], source="tune_layers"))
+            tuned_records += winning_records([row], f"tune_layers, {out.name}")
             print(f"{name} b{batch}: default {row.get('default_us', 0):.1f} us, pretuned "
                   f"{row.get('pretuned_us', float('nan')):.1f} us, tuned "
                   f"{row.get('tuned_us', float('nan')):.1f} us ({result.trials} trials, "

@@ -1,0 +1,81 @@
+"""Ship tuning results as the untuned defaults: merge tune_layers.py rows into a schedules/ table.
+
+A row's tuned knobs replace the table's config for that shape when the tuned kernel beat the
+table's config, both timed in the same run, by more than ``--min-gain`` (timing noise on one GPU
+is about 1%; a knob set that only ties the shipped one is not worth the churn). Shapes the table
+lacks get the tuned knobs. When several runs hold the same layer and batch, the last one counts
+(runs are read in the order given).
+
+Usage: python experiments/merge_tuned.py RUN1.jsonl RUN2.jsonl ... \
+           --table schedules/pretuned-sm_90.json [--out NEW.json] [--min-gain 1.02]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from layers import LAYERS  # noqa: E402
+
+
+def winning_records(rows, source: str, min_gain: float = 1.02) -> list:
+    """pretuned.record entries for the rows whose tuned kernel beat the shipped config."""
+    from escoin_tvm.schedule import GpuConfig, pretuned
+    from escoin_tvm.spec import Conv2dSpec
+
+    shapes = {name: rest for name, *rest in LAYERS}
+    records = []
+    for row in rows:
+        tuned = row.get("configs", {}).get("tuned")
+        if tuned is None or row["tuned_us"] * min_gain >= row.get("pretuned_us", float("inf")):
+            continue
+        chw, wshape, stride, pad, groups = shapes[row["layer"]]
+        spec = Conv2dSpec.create((row["batch"], *chw), wshape, stride=stride, padding=pad,
+                                 groups=groups)
+        records.append(pretuned.record(
+            f"{row['layer']}_b{row['batch']}", spec, GpuConfig(**tuned), row["tuned_us"],
+            pretuned_us=row.get("pretuned_us"), source=f"{source} ({row['trials']} trials)"))
+    return records
+
+
+def last_rows(runs) -> list:
+    """The task rows of tune_layers.py runs, the last row of each (layer, batch)."""
+    rows = {}
+    for run in runs:
+        for line in Path(run).read_text().splitlines()[1:]:  # the first line: environment
+            row = json.loads(line)
+            row["run"] = Path(run).name
+            rows[row["layer"], row["batch"]] = row
+    return list(rows.values())
+
+
+def main(argv=None):
+    from escoin_tvm.schedule import pretuned
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--table", required=True, help="the schedules/ table to merge into")
+    parser.add_argument("--out", default="", help="where to write the merged table "
+                        "(default: over --table)")
+    parser.add_argument("--min-gain", type=float, default=1.02)
+    args = parser.parse_args(argv)
+    rows = last_rows(args.runs)
+    records = []
+    for run in dict.fromkeys(r["run"] for r in rows):
+        records += winning_records([r for r in rows if r["run"] == run], f"tune_layers, {run}",
+                                   args.min_gain)
+    old = json.loads(Path(args.table).read_text())
+    header = {k: old[k] for k in ("arch", "gpu", "sparsity", "source", "date")}
+    pretuned.write_table(Path(args.out or args.table),
+                         pretuned.merge(records, args.table, replace=True), **header)
+    for r in records:
+        print(f"{r['layer']}: {r['pretuned_us']:.1f} -> {r['time_us']:.1f} us")
+    print(f"{len(records)} of {len(rows)} tasks merged into {args.out or args.table}")
+
+
+if __name__ == "__main__":
+    main()
