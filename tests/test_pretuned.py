@@ -1,12 +1,16 @@
 """The shipped pre-tuned schedule tables (schedules/): lookup, and the merge that sweeps and
 tuning runs use to update them."""
+import importlib
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from escoin_tvm.schedule import GpuConfig, pretuned
 from escoin_tvm.spec import Conv2dSpec
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 VGG_CONV3_2 = Conv2dSpec.create((16, 256, 56, 56), (256, 256, 3, 3), padding=1)
 
 
@@ -52,3 +56,36 @@ def test_corrupt_table_is_ignored_with_a_warning_naming_it(tables):
     path.write_text(json.dumps({"records": [{"input_shape": [1, 2, 3, 4]}]}))
     with pytest.warns(UserWarning, match=str(path)):
         assert pretuned.lookup(VGG_CONV3_2, "sm_90") is None
+
+
+def test_tuning_runs_merge_only_knobs_that_beat_the_shipped_ones(tables, capsys):
+    """experiments/merge_tuned.py: a run's tuned knobs replace the table's config for a layer
+    only when more than --min-gain faster in that run; the last run of a layer counts."""
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        merge_tuned = importlib.import_module("merge_tuned")
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    spec = VGG_CONV3_2
+    shipped, tuned = GpuConfig(threads_x=16), GpuConfig(threads_x=32, channel_threads=8)
+    table = tables / "pretuned-sm_90.json"
+    pretuned.write_table(table, [pretuned.record("vgg16_conv3_2", spec, shipped, 940.0)],
+                         arch="sm_90", gpu="test", sparsity=0.9, source="test", date="now")
+
+    def run(name, tuned_us, pretuned_us=940.0):
+        row = {"layer": "vgg16_conv3_2", "batch": 16, "trials": 36, "tuned_us": tuned_us,
+               "pretuned_us": pretuned_us, "configs": {"tuned": dict(vars(tuned))}}
+        path = tables / name
+        path.write_text(json.dumps({"environment": {}}) + "\n" + json.dumps(row) + "\n")
+        return str(path)
+
+    tie, win = run("tie.jsonl", 930.0), run("win.jsonl", 800.0)  # 1.1% faster: a tie
+    merge_tuned.main([win, tie, "--table", str(table)])  # the last run (the tie) counts
+    assert pretuned.lookup(spec, "sm_90") == shipped
+    assert "0 of 1 tasks merged" in capsys.readouterr().out
+    pretuned._table.cache_clear()
+    merge_tuned.main([tie, win, "--table", str(table)])
+    assert pretuned.lookup(spec, "sm_90") == tuned
+    [merged] = json.loads(table.read_text())["records"]
+    assert merged["time_us"] == 800.0 and merged["pretuned_us"] == 940.0
+    assert "win.jsonl" in merged["source"]
