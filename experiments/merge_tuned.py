@@ -20,10 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from layers import LAYERS  # noqa: E402
+from report_tuning import task_rows  # noqa: E402
 
 
-def winning_records(rows, source: str, min_gain: float = 1.02) -> list:
-    """pretuned.record entries for the rows whose tuned kernel beat the shipped config."""
+def winning_records(rows, min_gain: float = 1.02) -> list:
+    """pretuned.record entries for the rows (``task_rows``) whose tuned kernel beat the shipped
+    config."""
     from escoin_tvm.schedule import GpuConfig, pretuned
     from escoin_tvm.spec import Conv2dSpec
 
@@ -38,19 +40,15 @@ def winning_records(rows, source: str, min_gain: float = 1.02) -> list:
                                  groups=groups)
         records.append(pretuned.record(
             f"{row['layer']}_b{row['batch']}", spec, GpuConfig(**tuned), row["tuned_us"],
-            pretuned_us=row.get("pretuned_us"), source=f"{source} ({row['trials']} trials)"))
+            pretuned_us=row.get("pretuned_us"),
+            source=f"tune_layers, {row['run']} ({row['trials']} trials)"))
     return records
 
 
 def last_rows(runs) -> list:
     """The task rows of tune_layers.py runs, the last row of each (layer, batch)."""
-    rows = {}
-    for run in runs:
-        for line in Path(run).read_text().splitlines()[1:]:  # the first line: environment
-            row = json.loads(line)
-            row["run"] = Path(run).name
-            rows[row["layer"], row["batch"]] = row
-    return list(rows.values())
+    return list({(row["layer"], row["batch"]): row
+                 for run in runs for row in task_rows(run)}.values())
 
 
 def main(argv=None):
@@ -64,16 +62,14 @@ def main(argv=None):
     parser.add_argument("--min-gain", type=float, default=1.02)
     args = parser.parse_args(argv)
     rows = last_rows(args.runs)
-    records = []
-    for run in dict.fromkeys(r["run"] for r in rows):
-        records += winning_records([r for r in rows if r["run"] == run], f"tune_layers, {run}",
-                                   args.min_gain)
+    records = winning_records(rows, args.min_gain)
     old = json.loads(Path(args.table).read_text())
     header = {k: old[k] for k in ("arch", "gpu", "sparsity", "source", "date")}
     pretuned.write_table(Path(args.out or args.table),
                          pretuned.merge(records, args.table, replace=True), **header)
     for r in records:
-        print(f"{r['layer']}: {r['pretuned_us']:.1f} -> {r['time_us']:.1f} us")
+        shipped = f"{r['pretuned_us']:.1f}" if r["pretuned_us"] else "not in the table"
+        print(f"{r['layer']}: {shipped} -> {r['time_us']:.1f} us")
     print(f"{len(records)} of {len(rows)} tasks merged into {args.out or args.table}")
 
 

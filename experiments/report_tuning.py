@@ -15,6 +15,12 @@ def geomean(xs) -> float:
     return float(np.exp(np.mean(np.log(xs))))
 
 
+def task_rows(run) -> list:
+    """The task rows of a tune_layers.py run, each with its run's file name (``run``)."""
+    lines = Path(run).read_text().splitlines()[1:]  # the first line: environment
+    return [{**json.loads(line), "run": Path(run).name} for line in lines]
+
+
 def resumed_from(row) -> int:
     """The trials the log held for this task before the run (a resumed job)."""
     return row["trials"] - row.get("new_trials", row["trials"])
@@ -76,8 +82,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(args.runs) > 1 and not args.out:
         parser.error("several runs need --out PREFIX")
-    rows = [json.loads(line) for run in args.runs
-            for line in Path(run).read_text().splitlines()[1:]]  # the first line: environment
+    rows = [row for run in args.runs for row in task_rows(run)]
     prefix = Path(args.out) if args.out else Path(args.runs[0]).with_suffix("")
     text = table(rows)
     if len(args.runs) > 1:

@@ -141,7 +141,7 @@ def main(argv=None):
                 row["trials_to_5pct"] = int(np.argmax(running <= best * 1.05)) + 1
             sink.write(json.dumps(row) + "\n")
             sink.flush()
-            tuned_records += winning_records([row], f"tune_layers, {out.name}")
+            tuned_records += winning_records([dict(row, run=out.name)])
             print(f"{name} b{batch}: default {row.get('default_us', 0):.1f} us, pretuned "
                   f"{row.get('pretuned_us', float('nan')):.1f} us, tuned "
                   f"{row.get('tuned_us', float('nan')):.1f} us ({result.trials} trials, "
