@@ -80,10 +80,11 @@ class SparseConv2dDispatch:
     ``tvm.transform.Sequential``). ``layer_names`` ((name, weight shape) pairs) labels the
     conv2d calls, in program order, in the report; ``choose`` may veto a layer (returns a reason
     string to keep it dense, e.g. the measured dispatch of later issues); ``config_for`` picks
-    schedule knobs per layer; ``tuning_log`` (a ``tuning.TuningLog``) supplies tuned knobs for the kernels it has records of.
-    The pre-tuned table, then the heuristic default, cover the rest. With ``measure`` (a
-    ``measure.LayerTimer``), a layer that passes the threshold is timed both ways on the device
-    and takes the faster path. ``report_only`` keeps every layer dense (a baseline)."""
+    schedule knobs per layer; ``tuning_log`` (a ``tuning.TuningLog``) supplies tuned knobs for
+    the kernels it has records of. The pre-tuned table, then the heuristic default, cover the
+    rest. With ``measure`` (a ``measure.LayerTimer``), a layer that passes the threshold is timed
+    both ways on the device and takes the faster path. ``report_only`` keeps every layer dense
+    (a baseline)."""
 
     def __init__(self, target, threshold: float, layer_names: Sequence[str] = (),
                  config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None,
