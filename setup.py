@@ -19,6 +19,7 @@ setup(
         "numpy",
         "torch>=2.4,<3",  # keep the user's own build (CUDA or CPU)
         "xgboost-cpu",  # MetaSchedule's cost model
+        "tqdm",  # progress of tuning jobs and compiles
     ],
     # tornado: TVM's RPC tracker (tuning spread over machines, tested on localhost)
     extras_require={"test": ["pytest", "hypothesis", "tornado"], "rpc": ["tornado"]},

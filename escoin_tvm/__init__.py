@@ -1,7 +1,8 @@
 """escoin-tvm: Escoin's sparse direct convolution for pruned CNNs, compiled with Apache TVM."""
-from . import prune
+from . import prune  # noqa: F401  (escoin_tvm.prune.magnitude is public API)
 from .errors import DTypeError, EscoinError, ShapeError, TargetError
-from .compiler import CompiledModule, compile, load
+from .compiler import compile
+from .runtime import CompiledModule, load
 from .kernel import SparseConv2dKernel, build_sparse_conv2d
 from .spec import Conv2dSpec
 from .weight_format import EscoinWeight

@@ -53,7 +53,7 @@ def cmd_tune(args):
 
 
 def cmd_run(args):
-    from .compiler import load
+    from .runtime import load
 
     module = load(args.module)
     if not os.path.isfile(args.input):
@@ -73,7 +73,7 @@ def cmd_run(args):
 
 
 def cmd_info(args):
-    from .compiler import load
+    from .runtime import load
 
     module = load(args.module)
     meta = module.metadata

@@ -40,8 +40,8 @@ def tuned_extents(spec: Conv2dSpec, target) -> Tuple[Tuple[int, int], int]:
     """The ``extents`` a tuned kernel runs on: the untuned kernel's. Tuning then searches the
     configs that fit that work (``tuning.space``: tiles and chunks that divide it), the untuned
     knobs are one of them, measured first, and a tuned kernel never does more work than the
-    untuned one (on a fixed rounding to 4 rows and 32 non-zeros, tuned AlexNet kernels ran
-    4-13% slower than the untuned ones whose knobs they had found)."""
+    untuned one (a fixed, larger rounding made tuned kernels slower than the untuned ones whose
+    knobs they had found: docs/findings.md, "Tuned work")."""
     return extents(spec, untuned_config(spec, target))
 
 
@@ -50,6 +50,21 @@ def schedule_source(spec: Conv2dSpec, target) -> str:
     if is_gpu(target) and pretuned.lookup(spec, str(target.attrs.get("arch", ""))):
         return "pre-tuned"
     return "default"
+
+
+def schedule_choice(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target,
+                    config: Optional[ScheduleConfig] = None, tuning_log=None):
+    """The knobs of a kernel: ``config`` if given, else the best record of ``tuning_log``
+    (a ``tuning.TuningLog``) for this kernel, else the untuned ones (``scheduled_module``
+    picks those when the config is None). Returns (config or None, tuned, where from)."""
+    if config is not None:
+        return config, False, "given"
+    if tuning_log is not None:
+        found = tuning_log.lookup(spec, weight, epilogue, target)
+        if found is not None:
+            config, seconds = found
+            return config, True, f"tuned ({seconds * 1e6:.1f} us)"
+    return None, False, schedule_source(spec, target)
 
 
 def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target,

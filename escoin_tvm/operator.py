@@ -76,8 +76,8 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
     ``domain`` = (images, rows) computes the sum over more images and output rows than the output
     has (the extra ones from zeros or in-bounds leftovers of the padded input, never stored): a GPU
     register tile that does not divide the output otherwise needs a bounds check around each
-    accumulator, and those checks keep nvcc from batching the tile's loads (4.4x slower on a 13x13
-    layer, experiments/debug/odd_output_rows.md)."""
+    accumulator, and those checks keep nvcc from batching the tile's loads (docs/findings.md,
+    "Odd output sizes")."""
     n_, c_, h_, w_ = spec.input_shape
     top, left = spec.padding[0], spec.padding[1]
     hp, wp = spec.padded_h, spec.padded_w

@@ -95,8 +95,7 @@ class Conv2dSpec:
         """A strided 1x1 convolution without padding reads one input pixel per output pixel: it is
         the stride-1 convolution of the input subsampled by the stride (``x[:, :, ::sh, ::sw]``
         cropped to the output size). Returns that convolution's spec, else None. Its kernel reads
-        whole rows (a strided gather wastes half of every cache line; ResNet-50's downsample
-        layers ran 1.8-2.2x slower per multiply-add than its stride-1 1x1 layers on an H100)."""
+        whole rows: a strided gather wastes half of every cache line (docs/findings.md)."""
         if (self.kernel_h, self.kernel_w) != (1, 1) or self.stride == (1, 1) or any(self.padding):
             return None
         return Conv2dSpec.create((self.batch, self.in_channels, self.out_h, self.out_w),

@@ -1,13 +1,18 @@
 """Work-arounds for TVM 0.27 bugs that would otherwise crash or return wrong results.
 
-A reduction of extent one fused with an elementwise epilogue (a Linear with one input feature
-plus its bias, a one-tap convolution plus bias/ReLU) gets CUDA code from TVM's default GPU
-schedule that applies the epilogue twice: ``out = b + (b + x * w)``
-(experiments/debug/trivial_reduction_gpu_bug.py; found by the pipeline property tests on an
-H100). Such products are rewritten here without a reduction, which is exact: matmuls with one
-contraction element become broadcast multiplies, and so do the one-tap convolutions that are
-still dense after the Escoin pass (those whose weight is not a constant; the pass sends constant
-ones to Escoin kernels).
+Each names the reproduction of its bug under ``experiments/tvm_bugs/``.
+
+**Adaptive average pools that resize** (e.g. 1x1 -> 6x6 or 13x13 -> 6x6): TVM's default CUDA code
+for them segfaults at run time (``adaptive_pool_gpu_crash.py``); ``refuse_known_tvm_crashes``
+refuses such a model for CUDA at compile time instead of letting the process die.
+
+**Reductions of extent one** (``trivial_reduction_gpu_bug.py``): a reduction of extent one
+fused with an elementwise epilogue (a Linear with one input feature plus its bias, a one-tap
+convolution plus bias/ReLU) gets CUDA code from TVM's default GPU schedule that applies the
+epilogue twice: ``out = b + (b + x * w)``. ``trivial_reductions_to_multiply`` rewrites such
+products without a reduction, which is exact: matmuls with one contraction element become
+broadcast multiplies, and so do the one-tap convolutions that are still dense after the Escoin
+pass (those whose weight is not a constant; the pass sends constant ones to Escoin kernels).
 """
 from __future__ import annotations
 
@@ -15,15 +20,40 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .errors import EscoinError
+from .target import is_gpu
+from .transform.tensor_types import static_shape
+
 MATMUL = tvm.ir.Op.get("relax.matmul")
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+ADAPTIVE_POOL = tvm.ir.Op.get("relax.nn.adaptive_avg_pool2d")
+
+
+def refuse_known_tvm_crashes(mod: tvm.IRModule, target) -> None:
+    """Raises an EscoinError, naming the layer's sizes, for a model that TVM's CUDA code
+    would crash on: an adaptive average pool that resizes."""
+    if not is_gpu(target):
+        return
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                call = binding.value
+                if isinstance(call, relax.Call) and call.op.same_as(ADAPTIVE_POOL):
+                    src = [int(d) for d in call.args[0].ty.shape][2:]
+                    dst = [int(d) for d in binding.var.ty.shape][2:]
+                    if src != dst:
+                        raise EscoinError(
+                            f"the model has an adaptive average pool from {src[0]}x{src[1]} to "
+                            f"{dst[0]}x{dst[1]}, and TVM 0.27's CUDA code for it crashes; use an "
+                            "input size at which the pool keeps the size (224x224 for "
+                            "torchvision's AlexNet and VGG) or target='llvm'")
 
 
 def _static(expr):
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return None
-    return [int(d) for d in shape]
+    shape = static_shape(expr)
+    return None if shape is None else list(shape)
 
 
 def _cast(product, dtype, like):

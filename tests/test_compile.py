@@ -176,7 +176,7 @@ def test_models_match_pytorch_on_gpu(name, tmp_path):
     torch.backends.cuda.matmul.allow_tf32 = False
     model = pruned(name).cuda()
     # AlexNet and VGG at 224: at 64x64 their adaptive pools upsample (1x1 -> 6x6, 2x2 -> 7x7),
-    # and TVM's default CUDA code for that crashes (experiments/debug/adaptive_pool_gpu_crash.py)
+    # and TVM's default CUDA code for that crashes (experiments/tvm_bugs/adaptive_pool_gpu_crash.py)
     size = 224 if name in ("alexnet", "vgg11") else 64
     x = torch.randn(2, 3, size, size, device="cuda")
     compiled = escoin_tvm.compile(model, (x,), target="cuda")

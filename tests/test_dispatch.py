@@ -6,7 +6,6 @@ import torch
 import escoin_tvm
 from escoin_tvm import EscoinError, models, prune
 from escoin_tvm.prune import DEEP_COMPRESSION_DENSITY, deep_compression
-from escoin_tvm.target import resolve_target
 from escoin_tvm.transform import SparseConv2dDispatch
 
 

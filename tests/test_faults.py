@@ -230,7 +230,7 @@ def one_tap_inputs(shape, out_channels):
 def test_one_tap_conv_with_an_input_weight_becomes_a_multiply(shape, out_channels, stride, padding):
     """The same TVM bug for a one-tap convolution the pass cannot take (its weight is not a
     constant): rewritten to pad/slice/repeat and a broadcast multiply, checked on the CPU."""
-    from escoin_tvm.compiler import prepare
+    from escoin_tvm.frontend import prepare
     from escoin_tvm.target import resolve_target
     from escoin_tvm.workarounds import trivial_reductions_to_multiply
 

@@ -1,16 +1,12 @@
 """The shipped pre-tuned schedule tables (schedules/): lookup, and the merge that sweeps and
 tuning runs use to update them."""
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from escoin_tvm.schedule import GpuConfig, pretuned
 from escoin_tvm.spec import Conv2dSpec
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 VGG_CONV3_2 = Conv2dSpec.create((16, 256, 56, 56), (256, 256, 3, 3), padding=1)
 
 
@@ -59,13 +55,10 @@ def test_corrupt_table_is_ignored_with_a_warning_naming_it(tables):
 
 
 def test_tuning_runs_merge_only_knobs_that_beat_the_shipped_ones(tables, capsys):
-    """experiments/merge_tuned.py: a run's tuned knobs replace the table's config for a layer
-    only when more than --min-gain faster in that run; the last run of a layer counts."""
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        merge_tuned = importlib.import_module("merge_tuned")
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    """experiments/tuning/merge_tuned.py: a run's tuned knobs replace the table's config for a
+    layer only when more than --min-gain faster in that run; the last run of a layer counts."""
+    from experiments.tuning import merge_tuned
+
     spec = VGG_CONV3_2
     shipped, tuned = GpuConfig(threads_x=16), GpuConfig(threads_x=32, channel_threads=8)
     table = tables / "pretuned-sm_90.json"

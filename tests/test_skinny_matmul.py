@@ -1,5 +1,4 @@
 """The skinny-matmul schedule rule (fully-connected layers at small batch on CUDA)."""
-import numpy as np
 import pytest
 import torch
 import tvm

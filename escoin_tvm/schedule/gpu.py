@@ -85,9 +85,8 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
 
     ``split_k`` > 1 splits each row's non-zeros over that many thread blocks (``rfactor``): more
     blocks and shorter serial walks when the output alone gives too few threads (batch 1); a
-    second small kernel sums the partial sums and applies the epilogue. Not used by default
-    (experiments/debug/split_k.py, results/split-k-mended-H100-b1.txt): over 5% faster on only 3
-    of the 15 benchmark layers at batch 1, slower on most of the rest."""
+    second small kernel sums the partial sums and applies the epilogue. Not a default or a knob:
+    it pays on few layers (docs/findings.md, "Split-K at batch 1")."""
     pad, conv, epilogue = blocks(sch)
     final = j_split = None
     if split_k > 1:

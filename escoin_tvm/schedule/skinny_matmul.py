@@ -12,7 +12,7 @@ second small kernel sums the partial products and applies the fused epilogue (bi
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func

@@ -2,9 +2,8 @@
 
 MetaSchedule's own evaluator (``time_evaluator``) launches the kernel back to back from the host,
 which adds a launch latency that varies from run to run to what it measures: at batch 1 an Escoin
-kernel runs 5-20 us, and one kernel timed that way, built twice in one tune_layers.py run, took
-8.7 and 7.2 us (``experiments/results/tuning-H100-20261124-181614.jsonl``), a spread larger than
-most of the differences tuning has to rank.
+kernel runs 5-20 us, and that variation is larger than most of the differences tuning has to rank
+(docs/findings.md, "Timing trials").
 """
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def gpu_candidates(spec: Conv2dSpec, target) -> Dict[str, Tuple[int, ...]]:
         "threads_x": tuple(v for v in (8, 16, 32) if v <= max(8, _pow2_up_to(spec.out_w, 32)[-1])),
         "threads_y": _pow2_up_to(spec.out_h, 16),
         # up to 32 thread groups of output channels: a block's channels share each input line
-        # it pulls into L1 (experiments/debug/channel_tiles.py: 1.1-1.3x at batch 16)
+        # it pulls into L1 (docs/findings.md, "More output channels per block")
         "channel_threads": _pow2_up_to(spec.out_per_group, 32),
         "channel_steps": (1, 2, 4),
         "rows_per_thread": _dividing(_pow2_up_to(spec.out_h, TUNED_TILE), rows),

@@ -75,7 +75,8 @@ def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
                   sparsity_threshold: Optional[float] = None) -> List[Task]:
     """The Escoin kernels ``escoin_tvm.compile`` would generate for this model, one task per
     distinct kernel, in program order."""
-    from ..compiler import DEFAULT_SPARSITY_THRESHOLD, dispatch, prepare
+    from ..compiler import DEFAULT_SPARSITY_THRESHOLD, dispatch
+    from ..frontend import prepare
 
     target = resolve_target(target)
     threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else sparsity_threshold

@@ -1,0 +1,114 @@
+"""PyTorch -> Relax: ``torch.export``, TVM's PyTorch frontend, the layers' names.
+
+The model is exported on the host (a CPU copy when it lives on a GPU) with its parameters bound
+as Relax constants, which is what lets the Escoin pass read the weights. Every failure of the
+two steps becomes an EscoinError naming the model and the inputs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import List
+
+import numpy as np
+
+from .errors import EscoinError, first_line
+from .tensors import is_torch
+from .workarounds import refuse_known_tvm_crashes
+
+
+def example_tensors(example_inputs) -> tuple:
+    """``example_inputs`` (a tensor, an array, or a non-empty tuple/list of them) as a tuple
+    of float32 CPU torch tensors."""
+    if is_torch(example_inputs) or isinstance(example_inputs, np.ndarray):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise EscoinError("example_inputs must be a tensor or a non-empty tuple of tensors")
+    import torch
+
+    tensors = []
+    for i, x in enumerate(example_inputs):
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not is_torch(x):
+            raise EscoinError(f"example input {i} must be a torch tensor or numpy array, "
+                              f"got {type(x).__name__}")
+        if x.dtype != torch.float32:
+            raise EscoinError(f"example input {i} must be float32, got {x.dtype}")
+        tensors.append(x.detach().cpu())
+    return tuple(tensors)
+
+
+def _on_cpu(model):
+    """The model itself if it lives on the CPU, else a CPU copy: tracing and weight extraction
+    happen on the host, whatever device the module will run on."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
+def export(model, example_inputs):
+    """``torch.export.export``, its failures named."""
+    import torch
+
+    try:
+        return torch.export.export(model, example_inputs)
+    except Exception as err:  # torch raises many types; name the failure and the part
+        lines = [l for l in str(err).splitlines() if l.strip()]
+        detail = "\n  ".join(lines[:6])
+        raise EscoinError(f"torch.export could not trace {type(model).__name__} with inputs of "
+                          f"shape {[tuple(x.shape) for x in example_inputs]}: "
+                          f"{type(err).__name__}:\n  {detail}") from err
+
+
+def conv_layer_names(exported) -> List[tuple]:
+    """(module path, weight shape) of the program's convolutions, in program order."""
+    names = []
+    for node in exported.graph.nodes:
+        target = str(node.target)
+        if node.op == "call_function" and ("aten.conv2d" in target or "aten.convolution" in target):
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else node.name
+            weight = node.args[1].meta.get("val") if len(node.args) > 1 else None
+            names.append((path or node.name, tuple(weight.shape) if weight is not None else None))
+    return names
+
+
+def to_relax(exported):
+    """TVM's PyTorch frontend, parameters as constants."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        return from_exported_program(exported, keep_params_as_input=False)
+    except Exception as err:
+        raise EscoinError("TVM's PyTorch frontend could not convert the exported program: "
+                          f"{first_line(err)}") from err
+
+
+def prepare(model, example_inputs, target):
+    """torch.export and conversion to Relax, checked against the example inputs.
+    Returns (exported program, example tensors, Relax module)."""
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        exported = model
+        example = example_tensors(example_inputs) if example_inputs is not None else tuple(
+            torch.zeros(tuple(n.meta["val"].shape)) for n in exported.graph.nodes
+            if n.op == "placeholder" and n.name in exported.graph_signature.user_inputs)
+    else:
+        if not isinstance(model, torch.nn.Module):
+            raise EscoinError(f"model must be a torch.nn.Module or an ExportedProgram, got "
+                              f"{type(model).__name__}")
+        example = example_tensors(example_inputs)
+        exported = export(_on_cpu(model).eval(), example)
+    mod = to_relax(exported)
+    refuse_known_tvm_crashes(mod, target)
+    params = [p for p in mod["main"].params]
+    if len(params) != len(example):
+        raise EscoinError(f"the exported program takes {len(params)} tensor inputs, "
+                          f"example_inputs has {len(example)}")
+    for i, (param, x) in enumerate(zip(params, example)):
+        if tuple(int(d) for d in param.ty.shape) != tuple(x.shape):
+            raise EscoinError(f"example input {i} has shape {tuple(x.shape)} but the program "
+                              f"expects {tuple(int(d) for d in param.ty.shape)}")
+    return exported, example, mod

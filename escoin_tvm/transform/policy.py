@@ -1,0 +1,122 @@
+"""Which convolutions go sparse: the dispatch policy of the Escoin pass.
+
+A conv2d goes to an Escoin kernel when the kernels implement it (NCHW/OIHW, float32, static
+shapes, a constant weight) and its weight's sparsity reaches the threshold. With a ``measure``
+timer, such a layer is also timed both ways on the device and takes the faster path. Every
+convolution gets a ``LayerDecision``, taken or not: the pass's report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from tvm import relax
+from tvm.ir import Constant
+
+from ..target import is_gpu
+from .tensor_types import dtype, static_shape
+
+
+@dataclass
+class LayerDecision:
+    """One conv2d of the model and what the pass did with it."""
+
+    name: str
+    input_shape: tuple
+    weight_shape: tuple
+    stride: tuple = ()
+    padding: tuple = ()
+    groups: int = 1
+    sparsity: float = 0.0
+    nnz: int = 0
+    kernel: str = "dense"
+    reason: str = ""
+    epilogue: str = ""
+    schedule: str = ""  # where the kernel's knobs came from: tuned, pre-tuned, default, given
+    escoin_us: Optional[float] = None  # measured dispatch: the layer timed both ways
+    dense_us: Optional[float] = None
+    config: dict = field(default_factory=dict)
+
+
+def dense_is_wrong(target, weight_shape) -> bool:
+    """A one-tap convolution on CUDA: TVM 0.27's fused code for a reduction of one element
+    applies the epilogue twice (see workarounds.py), so it must not stay dense."""
+    return is_gpu(target) and int(np.prod(weight_shape[1:])) == 1
+
+
+class DispatchPolicy:
+    """``policy.decide(conv_call, index)`` -> the LayerDecision of the ``index``-th conv2d.
+
+    ``layer_names`` ((module path, weight shape) pairs, in program order) names the layers;
+    ``report_only`` keeps every layer dense (the plain-TVM baseline); ``measure`` (a
+    ``measure.LayerTimer``) times a layer that passes the threshold both ways, the Escoin side
+    built by the pass ``make_escoin_pass()`` returns."""
+
+    def __init__(self, target, threshold: float, layer_names: Sequence = (),
+                 report_only: bool = False, measure=None,
+                 make_escoin_pass: Optional[Callable] = None):
+        self.target = target
+        self.threshold = threshold
+        self.layer_names = list(layer_names)
+        self.report_only = report_only
+        self.measure = measure
+        self.make_escoin_pass = make_escoin_pass
+
+    def decide(self, call: relax.Call, index: int) -> LayerDecision:
+        decision = self._static_decision(call, index)
+        if decision.kernel == "escoin" and self.measure is not None \
+                and not dense_is_wrong(self.target, decision.weight_shape):
+            self._measure(call, decision)
+        return decision
+
+    def _name(self, index: int, weight_shape) -> str:
+        if index < len(self.layer_names) and self.layer_names[index][1] == weight_shape:
+            return self.layer_names[index][0]
+        return f"conv2d_{index}"
+
+    def _static_decision(self, call: relax.Call, index: int) -> LayerDecision:
+        data, weight = call.args
+        attrs = call.attrs
+        decision = LayerDecision(self._name(index, static_shape(weight)),
+                                 static_shape(data) or (), static_shape(weight) or (),
+                                 tuple(int(s) for s in attrs.strides),
+                                 tuple(int(p) for p in attrs.padding), int(attrs.groups))
+        if not isinstance(weight, Constant):
+            decision.reason = "weight is not a constant"
+            return decision
+        dense = weight.value.numpy()
+        decision.nnz = int(np.count_nonzero(dense))
+        decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
+        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
+        out_dtype = "" if attrs.out_dtype is None else str(attrs.out_dtype)
+        if layouts != ("NCHW", "OIHW", "NCHW"):
+            decision.reason = f"layout {'/'.join(layouts)} (Escoin kernels are NCHW/OIHW)"
+        elif (dtype(data), dtype(weight)) != ("float32", "float32") or \
+                out_dtype not in ("float32", "", "void", "None"):
+            decision.reason = (f"dtype {dtype(data)} x {dtype(weight)} -> {out_dtype or 'same'} "
+                               "(Escoin kernels are float32)")
+        elif not decision.input_shape:
+            decision.reason = "input shape is not static"
+        elif self.report_only:
+            decision.reason = "Escoin pass off (dispatch_by='none')"
+        elif dense_is_wrong(self.target, decision.weight_shape):
+            decision.kernel = "escoin"
+            decision.reason = "one-tap convolution: TVM 0.27's dense CUDA code for it is wrong"
+        elif decision.sparsity < self.threshold:
+            decision.reason = f"sparsity {decision.sparsity:.2f} < threshold {self.threshold:.2f}"
+        else:
+            decision.kernel = "escoin"
+            decision.reason = f"sparsity {decision.sparsity:.2f} >= threshold {self.threshold:.2f}"
+        return decision
+
+    def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
+        escoin_s, dense_s = self.measure(conv, self.make_escoin_pass)
+        decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
+        if dense_s < escoin_s:
+            decision.kernel = "dense"
+            decision.reason = (f"measured: dense {dense_s * 1e6:.1f} us < escoin "
+                               f"{escoin_s * 1e6:.1f} us")
+        else:
+            decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, dense "
+                               f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")

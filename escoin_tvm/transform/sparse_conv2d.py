@@ -1,0 +1,176 @@
+"""The Relax pass that dispatches sparse convolutions to generated Escoin kernels.
+
+Three steps, as in TVM's own pattern passes: the policy decides for every ``relax.nn.conv2d``
+whether it goes sparse (``policy.py``; each decision is recorded in ``pass.report``); the
+patterns find the epilogue each accepted convolution absorbs (``patterns.py``: bias, residual
+add, relu); the rewriter below replaces each such chain by ``call_tir`` of a scheduled Escoin
+PrimFunc, with the ELL arrays as constants. Everything else stays on TVM's normal path. The pass
+rewrites dataflow blocks, which is where the PyTorch frontend puts the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..errors import EscoinError
+from ..kernel import schedule_choice, scheduled_module
+from ..operator import Epilogue, kernel_input_shape, reads_in_place
+from ..spec import Conv2dSpec
+from ..weight_format import EscoinWeight
+from .patterns import Chain, match_chains
+from .policy import DispatchPolicy, LayerDecision
+
+CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps must leave the scheduled kernel alone
+
+
+@dataclass
+class EscoinKernel:
+    """A kernel the pass generated (what tuning extracts as a task)."""
+
+    layer: str
+    spec: Conv2dSpec
+    weight: EscoinWeight
+    epilogue: Epilogue
+
+
+@tvm.transform.module_pass(opt_level=0, name="EscoinSparseConv2d")
+class SparseConv2dDispatch:
+    """``SparseConv2dDispatch(target, threshold)``: a Relax module pass (usable inside
+    ``tvm.transform.Sequential``). ``layer_names`` ((name, weight shape) pairs) labels the
+    conv2d calls, in program order, in the report; ``config_for`` picks schedule knobs per
+    layer; ``tuning_log`` (a ``tuning.TuningLog``) supplies tuned knobs for the kernels it has
+    records of; the pre-tuned table, then the heuristic default, cover the rest. With
+    ``measure`` (a ``measure.LayerTimer``), a layer that passes the threshold is timed both ways
+    on the device and takes the faster path. ``report_only`` keeps every layer dense (a
+    baseline)."""
+
+    def __init__(self, target, threshold: float, layer_names: Sequence = (),
+                 config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None,
+                 measure=None, report_only: bool = False):
+        if not 0.0 <= threshold <= 1.0:
+            raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
+        self.target = target
+        self.config_for = config_for
+        self.tuning_log = tuning_log
+        self.policy = DispatchPolicy(
+            target, threshold, layer_names, report_only, measure,
+            lambda: SparseConv2dDispatch(target, 0.0, config_for=config_for,
+                                         tuning_log=tuning_log))
+        self.report: List[LayerDecision] = []
+        self.kernels: List[EscoinKernel] = []
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        self.report, self.kernels = [], []
+        layer_of, position = self._decide(mod)
+        if not layer_of:
+            return mod
+        rewriter = _ChainsToEscoin(mod, self)
+        for gvar, func in mod.functions.items():
+            if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+                chains = match_chains(func, layer_of.get, position)
+                if chains:
+                    rewriter.builder_.update_func(gvar, rewriter.rewrite(func, chains))
+        self.kernels = [kernel for _, kernel in sorted(rewriter.kernels, key=lambda p: p[0])]
+        return rewriter.builder_.get()
+
+    def _decide(self, mod: tvm.IRModule):
+        """The policy's decision for every conv2d, in program order (``self.report``). Returns
+        the report index of each conv2d call that goes to an Escoin kernel, and the position of
+        every binding of the module."""
+        layer_of: Dict[relax.Call, int] = {}
+        position: Dict[relax.Var, int] = {}
+        for func in mod.functions.values():
+            if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+                continue
+            for block in func.body.blocks:
+                for binding in block.bindings:
+                    position[binding.var] = len(position)
+                    value = binding.value
+                    if not (isinstance(value, relax.Call) and value.op.same_as(CONV2D)):
+                        continue
+                    decision = self.policy.decide(value, len(self.report))
+                    if decision.kernel == "escoin":
+                        if isinstance(block, relax.DataflowBlock):
+                            layer_of[value] = len(self.report)
+                        else:
+                            decision.kernel, decision.reason = "dense", "outside a dataflow block"
+                    self.report.append(decision)
+        return layer_of, position
+
+    def kernel_call(self, builder, data, conv: relax.Call, bias, residual, epilogue: Epilogue,
+                    decision: LayerDecision):
+        """Emits what computes ``conv`` + epilogue with an Escoin kernel: a strided slice of
+        the input first when the layer is a strided 1x1 convolution (``Conv2dSpec.subsampled``),
+        a copy-free flattening reshape when the kernel reads its input in place, then the
+        kernel's call_tir (returned, not emitted). Returns (call, the EscoinKernel)."""
+        attrs = conv.attrs
+        weight = conv.args[1].value.numpy()
+        spec = Conv2dSpec.create(decision.input_shape, weight.shape,
+                                 stride=tuple(int(s) for s in attrs.strides),
+                                 padding=tuple(int(p) for p in attrs.padding),
+                                 dilation=tuple(int(d) for d in attrs.dilation),
+                                 groups=int(attrs.groups))
+        stride_one = spec.subsampled()
+        if stride_one is not None:
+            data = builder.emit(relax.op.strided_slice(
+                data, axes=[2, 3], begin=[0, 0], end=[spec.height, spec.width],
+                strides=list(spec.stride)), "subsampled")
+            spec = stride_one
+        escoin_weight = EscoinWeight.from_dense(weight, spec)
+        config, tuned, decision.schedule = schedule_choice(
+            spec, escoin_weight, epilogue, self.target,
+            self.config_for(spec) if self.config_for else None, self.tuning_log)
+        mod, offsets, values, config = scheduled_module(spec, escoin_weight, epilogue, self.target,
+                                                        config, tuned)
+        decision.epilogue, decision.config = epilogue.name, dict(vars(config))
+        func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+                .with_attr("op_pattern", OPAQUE))
+        gvar = builder.add_func(func, "escoin_conv2d")
+        if reads_in_place(spec):
+            data = builder.emit(relax.op.reshape(data, kernel_input_shape(spec)), "input")
+        args = [data, relax.const(offsets), relax.const(values)]
+        if bias is not None:
+            args.append(relax.const(bias.value.numpy().reshape(spec.out_channels)))
+        if residual is not None:
+            args.append(residual)
+        call = relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, "float32"))
+        return call, EscoinKernel(decision.name, spec, escoin_weight, epilogue)
+
+
+@mutator
+class _ChainsToEscoin(PyExprMutator):
+    """The rewriter: the root binding of each chain becomes the call_tir of its Escoin kernel
+    (``SparseConv2dDispatch.kernel_call``), and the bindings the chain absorbs disappear."""
+
+    def __init__(self, mod: tvm.IRModule, dispatch: SparseConv2dDispatch):
+        super().__init__(mod)
+        self.dispatch = dispatch
+        self.chains: Dict[relax.Var, Chain] = {}
+        self.absorbed = set()
+        self.kernels = []  # (report index, EscoinKernel)
+
+    def rewrite(self, func: relax.Function, chains: Dict[relax.Var, Chain]) -> relax.Function:
+        self.chains = chains
+        self.absorbed = {var for chain in chains.values() for var in chain.intermediates}
+        return self.visit_expr(func)
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.absorbed:
+            return
+        chain = self.chains.get(binding.var)
+        if chain is None:
+            super().visit_var_binding_(binding)
+            return
+        residual = None if chain.residual is None else self.visit_expr(chain.residual)
+        call, kernel = self.dispatch.kernel_call(
+            self.builder_, self.visit_expr(chain.conv.args[0]), chain.conv, chain.bias, residual,
+            chain.epilogue, self.dispatch.report[chain.layer])
+        self.kernels.append((chain.layer, kernel))
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) \
+            else self.builder_.emit_output
+        self.set_var_remap(binding.var, emit(call, binding.var.name))
