@@ -15,7 +15,7 @@ the driver's, is counted for anyone. tvm_dense (a Relax VM) is timed by time_eva
 is escoin-tvm a second time (escoin_time_evaluator_s: back-to-back launches, the method of
 earlier runs). Every escoin result (both runs) is checked against cuDNN fp32 in the same run.
 
-Usage: python experiments/bench_layers.py [--quick] [--layers a,b] [--sparsities ..] [--batches ..]
+Usage: python -m experiments.benchmarks.bench_layers [--quick] [--layers a,b] [--sparsities ..] [--batches ..]
 Writes JSON lines to experiments/results/ (or --out) and prints a markdown table.
 """
 from __future__ import annotations
@@ -23,31 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from layers import LAYERS  # noqa: E402
-from escoin_tvm.operator import kernel_input_shape  # noqa: E402
-from escoin_tvm.spec import Conv2dSpec  # noqa: E402
-from escoin_tvm.timing import graph_time, median_time  # noqa: E402
+from experiments.benchmarks.layers import LAYERS, pruned_weight
+from experiments.common import RESULTS, environment, geomean, gpu_short_name, result_path
+from escoin_tvm.operator import kernel_input_shape
+from escoin_tvm.spec import Conv2dSpec
+from escoin_tvm.timing import graph_time, median_time
 
 FP32_PEAK = {"H100": 66.9e12, "H200": 66.9e12}  # non-tensor fp32 FMA peak, SXM datasheets
-
-
-def pruned_weight(shape, sparsity, seed):
-    from escoin_tvm.prune import prune_array
-
-    rng = np.random.default_rng(seed)
-    return prune_array(rng.standard_normal(shape).astype(np.float32) * 0.05, sparsity)
 
 
 def build_escoin(job):
@@ -156,23 +145,6 @@ def memory_bandwidth():
     return 2 * a.numel() * 4 / t
 
 
-def environment():
-    import torch
-    import tvm
-
-    props = torch.cuda.get_device_properties(0)
-    try:
-        import subprocess
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        driver = "unknown"
-    return {"gpu": props.name, "driver": driver, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "tvm": tvm.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="", help="comma-separated names (default: all)")
@@ -181,7 +153,7 @@ def main(argv=None):
     parser.add_argument("--baselines", default="cudnn_fp32,cudnn_tf32,cudnn_fp16,cublas_im2col,"
                         "cusparse_im2col,tvm_dense")
     parser.add_argument("--config", default="", help="JSON GpuConfig knobs for every layer")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--tag", default="layers")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     args = parser.parse_args(argv)
@@ -216,8 +188,7 @@ def main(argv=None):
     bandwidth = memory_bandwidth()
     peak = next((v for k, v in FP32_PEAK.items() if k in env["gpu"]), FP32_PEAK["H100"])
     os.makedirs(args.out, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_path = Path(args.out) / f"{args.tag}-{env['gpu'].replace(' ', '_')}-{stamp}.jsonl"
+    out_path = result_path(args.tag, gpu=gpu_short_name(env["gpu"]), out=args.out)
     dev = tvm.cuda(0)
     rows = []
     dense_cache = {}
@@ -267,11 +238,6 @@ def main(argv=None):
     print(f"\nresults: {out_path}")
     print(markdown_table(rows, baselines))
     return rows
-
-
-def geomean(values):
-    values = [v for v in values if v and v > 0]
-    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
 
 
 def markdown_table(rows, baselines):

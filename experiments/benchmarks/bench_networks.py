@@ -16,7 +16,7 @@ TVM modules are timed with time_evaluator (20 x 5 runs, median). Every escoin-tv
 checked against PyTorch fp32 (TF32 off) in the same run. TVM compiles run in parallel worker
 processes while torch.compile warms up; all timing happens afterwards with the GPU otherwise idle.
 
-Usage: python experiments/bench_networks.py [--networks alexnet,googlenet,resnet50,vgg16]
+Usage: python -m experiments.benchmarks.bench_networks [--networks alexnet,googlenet,resnet50,vgg16]
     [--batches 1,16] [--sparsities 0.9] [--sweep resnet50:1:0.7,0.8,0.95] [--dc alexnet,vgg16]
     [--measured resnet50:1] [--out experiments/results] [--workers 12] [--deadline 540]
 """
@@ -25,17 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from experiments.common import RESULTS
+
 
 SIZE = 224
 
@@ -127,7 +125,7 @@ def main(argv=None):
     parser.add_argument("--graph", action="store_true", help="also escoin_graph (CUDA graphs) "
                         "for each network and batch at the first sparsity")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 4) - 4))
-    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--deadline", type=float, default=0)
     args = parser.parse_args(argv)
     started = time.time()
@@ -135,7 +133,7 @@ def main(argv=None):
     import torch
 
     import escoin_tvm
-    from bench_layers import environment
+    from experiments.common import environment, gpu_short_name, result_path
     from escoin_tvm.timing import median_time
 
     networks = args.networks.split(",")
@@ -149,8 +147,7 @@ def main(argv=None):
     measured = [(n, int(b)) for n, b in (m.split(":") for m in filter(None, args.measured.split(";")))]
 
     env = environment()
-    out = Path(args.out) / f"networks-{env['gpu'].split()[1]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = result_path("networks", gpu=gpu_short_name(env["gpu"]), out=args.out)
     sink = out.open("w")
 
     def emit(row):

@@ -1,7 +1,9 @@
 """The benchmark layers: (name, input CHW, weight OIHW, stride, padding, groups).
 
 AlexNet uses the original grouped Caffe shapes; GoogLeNet the inception 3x3 and 5x5 branches;
-ResNet-50 the 3x3 convolution of each stage; VGG-16 conv3_2, conv4_2 and conv5_2."""
+ResNet-50 the 3x3 convolution of each stage; VGG-16 conv3_2, conv4_2 and conv5_2.
+``pruned_weight`` gives every script the same random pruned weights for a layer."""
+import numpy as np
 
 LAYERS = [
     ("alexnet_conv2", (96, 27, 27), (256, 48, 5, 5), 1, 2, 2),
@@ -57,3 +59,11 @@ def network_layers(network: str, size: int = 224):
             layers.append((f"{network}:{name}", chw, tuple(conv.weight.shape), stride, padding,
                            conv.groups))
     return layers
+
+
+def pruned_weight(shape, sparsity, seed):
+    """The benchmark's random weight for a layer (seed: its index in LAYERS), magnitude-pruned."""
+    from escoin_tvm.prune import prune_array
+
+    rng = np.random.default_rng(seed)
+    return prune_array(rng.standard_normal(shape).astype(np.float32) * 0.05, sparsity)

@@ -7,28 +7,23 @@ input's footprint (one shifted copy per filter column) makes the large layers up
 the time follows the lines fetched into L1, not the L1 wavefronts. The shipped configs give a
 block 4-16 channels; this tries up to 128.
 
-Usage (GPU): python experiments/debug/channel_tiles.py [--layers a,b] [--batch 16]
+Usage (GPU): python -m experiments.investigations.channel_tiles [--layers a,b] [--batch 16]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
 
-from bench_layers import pruned_weight  # noqa: E402
-from layers import LAYERS  # noqa: E402
-from sweep_configs import build  # noqa: E402
+from experiments.benchmarks.layers import pruned_weight
+from experiments.benchmarks.layers import LAYERS
+from experiments.tuning.sweep_configs import build
 
 
 def configs(spec):

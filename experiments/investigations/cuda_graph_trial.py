@@ -1,32 +1,26 @@
 """Does TVM's CUDA-graph rewrite (PassContext relax.backend.use_cuda_graph) cut escoin-tvm's
 whole-network latency? Times the same compiled networks with and without it, checks the outputs.
-Usage: python experiments/debug/cuda_graph_trial.py [--out DIR]"""
+Usage: python -m experiments.investigations.cuda_graph_trial [--out DIR]"""
 import argparse
 import json
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_networks import example, pruned_model, reference_output, relative_error  # noqa: E402
+from experiments.benchmarks.bench_networks import (example, pruned_model, reference_output,
+                                                   relative_error)
+from experiments.common import RESULTS, result_path
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--cases", default="resnet50:1,resnet50:16,googlenet:1,alexnet:16")
     args = parser.parse_args()
-    import torch
     import tvm
 
     import escoin_tvm
 
-    path = Path(args.out) / f"cuda-graph-{torch.cuda.get_device_name(0).split()[1]}-" \
-                            f"{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    path = result_path("cuda-graph", out=args.out)
     for case in args.cases.split(","):
         network, batch = case.split(":")
         batch = int(batch)

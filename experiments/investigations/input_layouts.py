@@ -8,22 +8,17 @@ Each non-zero makes a warp read 32 consecutive floats of the padded input at
   shifted  one copy of the padded input per filter column s, shifted left by s*dilation (and
            subsampled by the column stride), row pitch rounded up: every warp read is aligned
 
-Usage (GPU): python experiments/debug/input_layouts.py [--layers a,b] [--batches 1,16]
+Usage (GPU): python -m experiments.investigations.input_layouts [--layers a,b] [--batches 1,16]
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
 
-from bench_layers import pruned_weight  # noqa: E402
-from layers import LAYERS  # noqa: E402
+from experiments.benchmarks.layers import pruned_weight
+from experiments.benchmarks.layers import LAYERS
 
 
 def aligned(width):
@@ -115,7 +110,7 @@ def main():
     import tvm
 
     from escoin_tvm.kernel import untuned_config
-    from sweep_configs import candidate_configs
+    from experiments.tuning.sweep_configs import candidate_configs
     from escoin_tvm.spec import Conv2dSpec
 
     torch.backends.cudnn.allow_tf32 = False

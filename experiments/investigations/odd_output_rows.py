@@ -8,20 +8,16 @@ sums over a domain rounded up to the tile and crops at the store (operator.py ``
 
 This times, for each layer and config, the kernel on the exact domain and on the rounded domain
 (what every kernel uses now), and checks both against cuDNN fp32.
-Usage: python experiments/debug/odd_output_rows.py [--out DIR]
+Usage: python -m experiments.investigations.odd_output_rows [--out DIR]
 """
 import argparse
 import json
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_layers import pruned_weight  # noqa: E402
+from experiments.benchmarks.layers import pruned_weight
+from experiments.common import RESULTS, result_path
 
 
 def build(spec, weight, config, domain):
@@ -52,7 +48,7 @@ LAYERS = [("tv_alexnet_conv2", (64, 27, 27), (192, 64, 5, 5), 2, 16),
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     import torch
     import torch.nn.functional as F
@@ -64,8 +60,7 @@ def main():
     from escoin_tvm.spec import Conv2dSpec
 
     torch.backends.cudnn.allow_tf32 = False
-    path = Path(args.out) / f"odd-rows-{torch.cuda.get_device_name(0).split()[1]}-" \
-                            f"{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    path = result_path("odd-rows", out=args.out)
     for seed, (name, chw, wshape, pad, batch) in enumerate(LAYERS):
         weight = pruned_weight(wshape, 0.9, seed)
         spec = Conv2dSpec.create((batch, *chw), wshape, padding=pad)

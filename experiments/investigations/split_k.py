@@ -5,22 +5,17 @@ blocks (``schedule_gpu(split_k=...)``: rfactor, plus a second kernel that sums t
 At batch 1 a 14x14 layer with 256 output channels has about 50K outputs, so about 12 warps per
 SM of an H100, each walking ~270 non-zeros in chunks whose loads wait on L2 one chunk at a time.
 
-Usage (GPU): python experiments/debug/split_k.py [--batch 1] [--layers a,b]
+Usage (GPU): python -m experiments.investigations.split_k [--batch 1] [--layers a,b]
 Timing as bench_layers.py (CUDA graph of 20 calls, median of 50 replays / 20).
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
 
-from bench_layers import pruned_weight  # noqa: E402
-from escoin_tvm.timing import graph_time  # noqa: E402
-from layers import LAYERS  # noqa: E402
+from experiments.benchmarks.layers import pruned_weight
+from escoin_tvm.timing import graph_time
+from experiments.benchmarks.layers import LAYERS
 
 
 def build(spec, weight, config, split):

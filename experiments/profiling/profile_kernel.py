@@ -2,19 +2,16 @@
 
     ncu --kernel-name regex:main_kernel_1 --launch-skip 2 --launch-count 1 \\
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \\
-        --section LaunchStats python3 experiments/profile_kernel.py vgg16_conv3_2 16 0.9
+        --section LaunchStats python -m experiments.profiling.profile_kernel vgg16_conv3_2 16 0.9
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import escoin_tvm  # noqa: E402
-from bench_layers import pruned_weight  # noqa: E402
-from layers import LAYERS  # noqa: E402
+import escoin_tvm
+from experiments.benchmarks.layers import pruned_weight
+from experiments.benchmarks.layers import LAYERS
 
 name, batch, sparsity = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 seed, (_, chw, wshape, stride, pad, groups) = next((i, l) for i, l in enumerate(LAYERS) if l[0] == name)

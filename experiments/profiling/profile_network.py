@@ -6,23 +6,19 @@ is reported, grouped by kernel family (Escoin convolutions, dense convolutions, 
 other). Variants: escoin (the shipped pipeline), escoin_stock_fc (the same but TVM's stock dlight
 rules for the fully-connected layers, i.e. without schedule/skinny_matmul.py), tvm_dense.
 
-Usage: python experiments/profile_network.py alexnet,vgg16 16 0.9 [--runs 10] [--out DIR]
+Usage: python -m experiments.profiling.profile_network alexnet,vgg16 16 0.9 [--runs 10] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_networks import example, pruned_model  # noqa: E402
+from experiments.benchmarks.bench_networks import example, pruned_model
+from experiments.common import RESULTS, gpu_short_name, result_path
 
 VARIANTS = ("escoin", "escoin_stock_fc", "tvm_dense")
 
@@ -95,12 +91,12 @@ def main(argv=None):
     parser.add_argument("sparsity")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     import torch
 
     gpu = torch.cuda.get_device_name(0)
-    path = Path(args.out) / f"profile-{gpu.split()[1]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    path = result_path("profile", gpu=gpu_short_name(gpu), out=args.out)
     for network in args.networks.split(","):
         for variant in args.variants.split(","):
             compiled = compile_variant(network, args.batch, args.sparsity, variant)

@@ -1,23 +1,20 @@
 """Markdown table and plot from a bench_layers.py result file.
 
-Usage: python experiments/report_layers.py [experiments/results/layers-*.jsonl]
+Usage: python -m experiments.reports.report_layers [experiments/results/layers-*.jsonl]
 Writes <result>.md and <result>.png next to the result (the plot needs matplotlib)."""
 import glob
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
+
+from experiments.common import RESULTS, geomean
 
 BASELINES = ["cudnn_fp32", "cudnn_tf32", "cudnn_fp16", "cublas_im2col", "cusparse_im2col", "tvm_dense"]
 
 
-def geomean(values):
-    return float(np.exp(np.mean(np.log(values))))
-
-
 def main(path=None):
-    path = Path(path or sorted(glob.glob(str(Path(__file__).parent / "results" / "layers-*.jsonl")))[-1])
+    path = Path(path or sorted(glob.glob(str(RESULTS / "layers-*.jsonl")))[-1])
     lines = [json.loads(l) for l in open(path)]
     env, rows = lines[0]["environment"], lines[1:]
     out = [f"Layer benchmark, {env['gpu']} (driver {env['driver']}, torch {env['torch']}, "

@@ -2,12 +2,12 @@
 
 Merges the given result files (a later file wins for the same network/batch/sparsity/variant)
 and writes, next to the first file or under --out:
-  networks-<gpu>-report.md      latency per variant, escoin-tvm's speedups, the targets of #6
+  networks-<gpu>-report.md      latency per variant and escoin-tvm's speedups
   networks-<gpu>-sparsity.png   escoin-tvm's speedup over eager fp32 and TVM dense vs sparsity (b1)
   networks-<gpu>-resnet50-layers.png  per-layer dense vs Escoin time of the measured-dispatch
                                       ResNet-50 compile (from its report)
 
-Usage: python experiments/report_networks.py experiments/results/networks-H100-*.jsonl
+Usage: python -m experiments.reports.report_networks experiments/results/networks-H100-*.jsonl
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from experiments.common import gpu_short_name
 
 DENSE_VARIANTS = ("eager_fp32", "eager_tf32", "eager_fp16", "torch_compile", "tvm_dense")
 VARIANTS = DENSE_VARIANTS + ("escoin", "escoin_graph", "escoin_tuned", "escoin_measured")
@@ -115,7 +117,7 @@ def main(argv=None):
     rows, env = load(args.files)
     out = Path(args.out or Path(args.files[0]).parent)
     gpu = (env or {}).get("gpu", "GPU")
-    stem = "networks-" + ("H100" if "H100" in gpu else gpu.replace(" ", "_"))
+    stem = "networks-" + gpu_short_name(gpu)
     header = (f"Whole networks on {gpu} (driver {env.get('driver')}, torch {env.get('torch')}, "
               f"TVM {env.get('tvm')}), 224x224, latency in ms (median), from "
               f"{', '.join(Path(f).name for f in args.files)}. Dense variants are timed once per "

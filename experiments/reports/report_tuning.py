@@ -1,7 +1,7 @@
 """Table and plot of tune_layers.py runs: tuned vs default times, best time against trials.
 
-Usage: python experiments/report_tuning.py experiments/results/tuning-H100-X.jsonl
-       python experiments/report_tuning.py RUN1.jsonl RUN2.jsonl ... --out PREFIX
+Usage: python -m experiments.reports.report_tuning experiments/results/tuning-H100-X.jsonl
+       python -m experiments.reports.report_tuning RUN1.jsonl RUN2.jsonl ... --out PREFIX
 One run: writes <run>.md and <run>.png next to it. Several (e.g. the batches and layers of one
 GPU, tuned in several jobs): one table and plot of all their tasks, PREFIX.md and PREFIX.png."""
 import argparse
@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def geomean(xs) -> float:
-    return float(np.exp(np.mean(np.log(xs))))
+from experiments.common import geomean
 
 
 def task_rows(run) -> list:

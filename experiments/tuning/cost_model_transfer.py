@@ -8,7 +8,7 @@ correlation of predicted score and measured speed, and how far from the kernel's
 time the model's top-ranked candidate is (random: the median candidate). No GPU needed: the
 measurements are the logs'.
 
-Usage: python experiments/cost_model_transfer.py tuning_logs/layers-H100 [more logs] \
+Usage: python -m experiments.tuning.cost_model_transfer tuning_logs/layers-H100 [more logs] \
            [--target '{"kind": "cuda", "arch": "sm_90"}'] [--out experiments/results/X.txt]
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def kernel_key(mod) -> tuple:

@@ -6,21 +6,18 @@ is about 1%; a knob set that only ties the shipped one is not worth the churn). 
 lacks get the tuned knobs. When several runs hold the same layer and batch, the last one counts
 (runs are read in the order given).
 
-Usage: python experiments/merge_tuned.py RUN1.jsonl RUN2.jsonl ... \
+Usage: python -m experiments.tuning.merge_tuned RUN1.jsonl RUN2.jsonl ... \
            --table schedules/pretuned-sm_90.json [--out NEW.json] [--min-gain 1.02]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from layers import LAYERS  # noqa: E402
-from report_tuning import task_rows  # noqa: E402
+from experiments.benchmarks.layers import LAYERS
+from experiments.reports.report_tuning import task_rows
 
 
 def winning_records(rows, min_gain: float = 1.02) -> list:

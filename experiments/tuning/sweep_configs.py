@@ -8,7 +8,7 @@ measured 8.7 and 7.2 us that way), checks the best against cuDNN fp32, and write
   - raw times: <out>/sweep-<gpu>-<stamp>.jsonl
   - the best config per layer shape: <out>/pretuned-<arch>.json (the format of schedules/)
 
-Usage: python experiments/sweep_configs.py [--samples 40] [--layers a,b | --networks vgg16,...]
+Usage: python -m experiments.tuning.sweep_configs [--samples 40] [--layers a,b | --networks vgg16,...]
     [--batches 1,16] [--merge schedules/pretuned-sm_90.json]
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import random
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -26,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_layers import environment, pruned_weight  # noqa: E402
-from escoin_tvm.timing import graph_time  # noqa: E402
-from escoin_tvm.operator import kernel_input_shape  # noqa: E402
-from layers import LAYERS, network_layers  # noqa: E402
+from experiments.benchmarks.layers import pruned_weight
+from experiments.common import RESULTS, environment, gpu_short_name, result_path
+from escoin_tvm.timing import graph_time
+from escoin_tvm.operator import kernel_input_shape
+from experiments.benchmarks.layers import LAYERS, network_layers
 
 
 def candidate_configs(spec, samples, seed):
@@ -84,7 +82,7 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--samples", type=int, default=40)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--merge", default="", help="an existing pretuned table: keep its records "
                         "of the layers this sweep did not measure (for those it did, its best "
                         "config wins: the table's own config is one of its candidates)")
@@ -119,9 +117,7 @@ def main(argv=None):
 
     env = environment()
     dev = tvm.cuda(0)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    os.makedirs(args.out, exist_ok=True)
-    raw = open(Path(args.out) / f"sweep-{env['gpu'].replace(' ', '_')}-{stamp}.jsonl", "w")
+    raw = open(result_path("sweep", gpu=gpu_short_name(env["gpu"]), out=args.out), "w")
     raw.write(json.dumps({"environment": env, "sparsity": args.sparsity}) + "\n")
     best, defaults, inputs = {}, {}, {}
     for job, spec, (path, error) in zip(jobs, keys, built):
@@ -171,7 +167,7 @@ def main(argv=None):
     arch = "sm_%d%d" % torch.cuda.get_device_capability()
     pretuned.write_table(Path(args.out) / f"pretuned-{arch}.json",
                          pretuned.merge(records, args.merge or None, replace=True), arch=arch,
-                         gpu=env["gpu"], sparsity=args.sparsity, source="experiments/sweep_configs.py",
+                         gpu=env["gpu"], sparsity=args.sparsity, source="experiments/tuning/sweep_configs.py",
                          date=env["date"])
 
 

@@ -16,25 +16,23 @@ table with the tuned knobs of every layer whose tuned kernel beat the table's co
 the same run by more than 2% (the format of schedules/, for shipping tuning results as the
 untuned defaults; merge_tuned.py does the same from the JSON lines of earlier runs).
 
-Usage: python experiments/tune_layers.py --trials 64 --log tuning_logs/layers-H100 \
+Usage: python -m experiments.tuning.tune_layers --trials 64 --log tuning_logs/layers-H100 \
            --out experiments/results [--deadline 480] [--batches 1,16] [--layers a,b] [--merge T]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_layers import environment, pruned_weight  # noqa: E402
-from layers import LAYERS  # noqa: E402
-from merge_tuned import winning_records  # noqa: E402
+from experiments.benchmarks.layers import pruned_weight
+from experiments.common import RESULTS, environment, gpu_short_name, result_path
+from experiments.benchmarks.layers import LAYERS
+from experiments.tuning.merge_tuned import winning_records
 
 
 def kernel_seconds(kernel, x) -> float:
@@ -65,7 +63,7 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--layers", default="")
     parser.add_argument("--log", default="tuning_logs/layers")
-    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--deadline", type=float, default=0, help="stop starting tasks after "
                         "this many seconds (0: no limit)")
     parser.add_argument("--merge", default="", help="a pre-tuned table to merge the tuned knobs "
@@ -88,7 +86,7 @@ def main(argv=None):
     target = resolve_target("cuda")
     env = environment()
     log = TuningLog(args.log, create=True)
-    out = Path(args.out) / f"tuning-{env['gpu'].split()[1]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out = result_path("tuning", gpu=gpu_short_name(env["gpu"]), out=args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     wanted = set(filter(None, args.layers.split(",")))
     started = time.time()
@@ -153,7 +151,7 @@ def main(argv=None):
         pretuned.write_table(out.parent / f"pretuned-{arch}.json",
                              pretuned.merge(tuned_records, args.merge, replace=True), arch=arch,
                              gpu=env["gpu"],
-                             sparsity=args.sparsity, source="experiments/tune_layers.py (merged)",
+                             sparsity=args.sparsity, source="experiments/tuning/tune_layers.py (merged)",
                              date=env["date"])
 
 

@@ -8,22 +8,18 @@ tuning time, knobs, and the kernel timed the same way (time_evaluator, median of
 with the schedule an untuned compile gives it (pre-tuned or default) and with the tuned one.
 Then: ``bench_networks.py --tuning-log LOG`` times the tuned variant of the whole network.
 
-Usage: python experiments/tune_networks.py --networks alexnet --batches 1 --trials 32 \
+Usage: python -m experiments.tuning.tune_networks --networks alexnet --batches 1 --trials 32 \
            --log tuning_logs/networks-H100 [--deadline 420]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_layers import environment  # noqa: E402
-from bench_networks import example, pruned_model  # noqa: E402
+from experiments.common import RESULTS, environment, gpu_short_name, result_path
+from experiments.benchmarks.bench_networks import example, pruned_model
 
 
 def work(task) -> int:
@@ -64,7 +60,7 @@ def main(argv=None):
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--trials-per-iter", type=int, default=16)
     parser.add_argument("--log", default="tuning_logs/networks")
-    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--deadline", type=float, default=0, help="stop starting tasks after "
                         "this many seconds (0: no limit)")
     args = parser.parse_args(argv)
@@ -77,7 +73,7 @@ def main(argv=None):
     target = resolve_target("cuda")
     log = TuningLog(args.log, create=True)
     env = environment()
-    out = Path(args.out) / f"tuning-networks-{env['gpu'].split()[1]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out = result_path("tuning-networks", gpu=gpu_short_name(env["gpu"]), out=args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with out.open("w") as sink:

@@ -11,7 +11,7 @@ has initialised CUDA, and every trial then fails with cudaErrorInitializationErr
 (results/rpc-tuning-fork-failure-H100.log); --no-fork spawns a fresh interpreter per session
 instead, about 7 s per trial on the H100 machine.
 
-Usage: python experiments/tune_rpc.py [--model alexnet] [--sparsity 0.9] [--size 224]
+Usage: python -m experiments.tuning.tune_rpc [--model alexnet] [--sparsity 0.9] [--size 224]
            [--trials 4] [--servers 0 (one per GPU)] [--out experiments/results]
        (--target llvm: the same on CPU RPC servers, to try the script on a machine without a GPU)
 """
@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments.common import RESULTS, result_path
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: RPC servers import escoin_tvm from it
 KEY = "escoin-gpu"
 
 
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--server-flags", default=None, help="flags for tvm.exec.rpc_server "
                         "(default: --no-fork for cuda: TVM 0.27's forked sessions cannot "
                         "initialise CUDA)")
-    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.server_flags is None:
         args.server_flags = "--no-fork" if args.target == "cuda" else ""
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
           f"({args.target}, {gpus} GPU(s)); {row['records']} records; compiled with the log: "
           f"{tuned_layers} of {len(escoin_layers)} Escoin layers tuned, max relative error vs "
           f"PyTorch {err:.1e} -> {'OK' if row['correct'] else 'MISMATCH'}")
-    out_path = Path(args.out) / f"rpc-tuning-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out_path = result_path("rpc-tuning", ext="json", out=args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(row, indent=1, default=str) + "\n")
     print(f"wrote {out_path}")
