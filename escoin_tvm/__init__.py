@@ -1,6 +1,6 @@
 """escoin-tvm: Escoin's sparse direct convolution for pruned CNNs, compiled with Apache TVM."""
 from . import prune  # noqa: F401  (escoin_tvm.prune.magnitude is public API)
-from .errors import DTypeError, EscoinError, ShapeError, TargetError
+from .errors import ArgumentError, DTypeError, EscoinError, ShapeError, TargetError
 from .compiler import compile
 from .runtime import CompiledModule, load
 from .kernel import SparseConv2dKernel, build_sparse_conv2d
@@ -19,4 +19,4 @@ def tune(model, example_inputs, *, log, target="cuda", trials: int = 64, **optio
 
 
 __all__ = ["compile", "load", "tune", "CompiledModule", "build_sparse_conv2d", "SparseConv2dKernel",
-           "Conv2dSpec", "EscoinWeight", "EscoinError", "ShapeError", "DTypeError", "TargetError"]
+           "Conv2dSpec", "EscoinWeight", "EscoinError", "ArgumentError", "ShapeError", "DTypeError", "TargetError"]

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .errors import EscoinError, first_line
+from .errors import ArgumentError, EscoinError, first_line
 
 
 def _load_pt2(path):
@@ -25,7 +25,9 @@ def _load_pt2(path):
 
 def cmd_compile(args):
     from .compiler import compile as compile_model
+    from .runtime import check_output_path
 
+    check_output_path(args.output, ".so", "-o/--output is the shared library to write")
     exported = _load_pt2(args.model)
     compiled = compile_model(exported, None, target=args.target, sparsity_threshold=args.threshold,
                              tuning_log=args.tuning_log, cuda_graph=args.cuda_graph)
@@ -53,15 +55,21 @@ def cmd_tune(args):
 
 
 def cmd_run(args):
-    from .runtime import load
+    from .runtime import check_output_path, load
 
-    module = load(args.module)
+    if args.output:
+        check_output_path(args.output, ".npy", "-o/--output is the .npy file to write")
+    module = load(args.module, device=args.device)
     if not os.path.isfile(args.input):
         raise EscoinError(f"no such input file: {args.input!r}")
     try:
         x = np.load(args.input, allow_pickle=False)
     except Exception as err:
-        raise EscoinError(f"{args.input!r} is not a .npy array ({err})") from None
+        raise EscoinError(f"{args.input!r} is not a .npy array ({first_line(err)})") from None
+    if not isinstance(x, np.ndarray):  # np.load opens any zip (.npz, .pt2) as an archive
+        x.close()
+        raise EscoinError(f"{args.input!r} is not a .npy array (it is an archive of several "
+                          "files; save the input with numpy.save)")
     out = module(x)
     outputs = out if isinstance(out, (tuple, list)) else [out]
     for i, o in enumerate(outputs):
@@ -91,12 +99,20 @@ def cmd_demo(args):
     from .target import has_gpu
     from .timing import median_time
 
+    prune.check_sparsity(args.sparsity)
+    if args.batch < 1:
+        raise ArgumentError(f"--batch must be >= 1, got {args.batch}")
+    if args.size < 0:
+        raise ArgumentError(f"--size must be >= 1 (or 0 for the default), got {args.size}")
+    if args.target not in ("auto", "cuda", "llvm"):
+        raise ArgumentError(f"--target must be auto, cuda or llvm, got {args.target!r}")
+    model = models.build(args.model)  # an unknown name fails here, before anything runs
     device = "cuda" if has_gpu() and args.target != "llvm" else "cpu"
     target = "cuda" if device == "cuda" else "llvm"
     size = args.size or (224 if device == "cuda" else 112)
     print(f"escoin demo: {args.model}, convolutions magnitude-pruned to {args.sparsity:.0%}, "
           f"batch {args.batch}, {size}x{size} input, on the {device.upper()} (target {target})")
-    model = prune.magnitude(models.build(args.model), args.sparsity)
+    model = prune.magnitude(model, args.sparsity)
     x = torch.randn(args.batch, 3, size, size)
     start = time.time()
     compiled = compile_model(model, (x,), target=target)
@@ -147,6 +163,8 @@ def build_parser():
     p.add_argument("module")
     p.add_argument("--input", required=True, help="x.npy")
     p.add_argument("-o", "--output", help="write the (first) output to this .npy")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the module's "
+                   "first device)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("info", help="print an exported module's per-layer report")
     p.add_argument("module")

@@ -17,11 +17,12 @@ import tvm
 from tvm import relax
 
 from .errors import EscoinError
-from .frontend import conv_layer_names, prepare
+from .frontend import conv_layer_names, prepare, quiet_torch
 from .pipeline import relax_pipeline
 from .runtime import METADATA_FUNC, METADATA_VERSION, CompiledModule, metadata_function
 from .target import TargetLike, device_for, is_gpu, resolve_target
 from .transform import SparseConv2dDispatch
+from .tvm_logs import without_tvm_noise
 
 # Where the Escoin kernel starts to beat the dense path a layer would otherwise take
 # (docs/results.md, "Layer benchmark"); layers below it stay dense.
@@ -37,8 +38,24 @@ def dispatch(mod, exported, target, threshold: float, **options):
     passes = [relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant(), escoin]
     if is_gpu(target):
         passes.append(trivial_reductions_to_multiply)
-    mod = tvm.transform.Sequential(passes)(mod)
+    try:
+        with without_tvm_noise():
+            mod = tvm.transform.Sequential(passes)(mod)
+    except Exception:
+        if escoin.error is not None:  # ours, as TVM's pass machinery re-raised it
+            raise escoin.error from None
+        raise
     return mod, escoin
+
+
+def _out_spec(exported) -> Optional[str]:
+    """The model's output structure, serialised (``runtime`` rebuilds it from this)."""
+    import torch
+
+    if exported.call_spec.out_spec is None:
+        return None
+    with quiet_torch():
+        return torch.utils._pytree.treespec_dumps(exported.call_spec.out_spec)
 
 
 def open_tuning_log(tuning_log, target):
@@ -56,7 +73,7 @@ def open_tuning_log(tuning_log, target):
 def compile(model, example_inputs, *, target: TargetLike = "cuda",
             sparsity_threshold: Optional[float] = None, tuning_log=None,
             dispatch_by: str = "threshold", config_for=None,
-            cuda_graph: bool = False) -> CompiledModule:  # noqa: A001
+            cuda_graph: bool = False, device=None) -> CompiledModule:  # noqa: A001
     """Compiles ``model`` (a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``) for
     inputs shaped like ``example_inputs``. Convolutions with constant weights at or above
     ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels, with the
@@ -65,10 +82,11 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     layer both ways on the target's device (which must be present) and keeps the faster;
     ``dispatch_by="none"`` leaves every layer dense (plain TVM, the baseline). ``cuda_graph``
     (CUDA only) has TVM capture the kernel sequence into CUDA graphs on the first call and
-    replay them: less launch overhead, most useful at batch 1."""
-    import torch
+    replay them: less launch overhead, most useful at batch 1. ``device`` is where the module
+    runs ("cuda:1", a torch.device, ...; the target's first device by default)."""
 
     target = resolve_target(target)
+    run_on = device_for(target, device)
     cuda_graph = bool(cuda_graph) and is_gpu(target)
     threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else float(sparsity_threshold)
     if dispatch_by not in ("threshold", "measure", "none"):
@@ -96,8 +114,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         "cuda_graph": cuda_graph,
         "tuning_log": str(log.path) if log is not None else None,
         "inputs": [[list(x.shape), "float32"] for x in example],
-        "out_spec": torch.utils._pytree.treespec_dumps(exported.call_spec.out_spec)
-        if exported.call_spec.out_spec is not None else None,
+        "out_spec": _out_spec(exported),
         "layers": [asdict(d) for d in escoin.report],
     }
     metadata = json.loads(json.dumps(metadata))  # the same plain form that load() reads back
@@ -105,6 +122,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     pipeline = relax_pipeline(target, stock=dispatch_by == "none")
     outer = tvm.transform.PassContext.current()  # keep a caller's context, add the graph flag
     config = {**dict(outer.config), "relax.backend.use_cuda_graph": cuda_graph}
-    with target, tvm.transform.PassContext(opt_level=outer.opt_level, config=config):
+    with target, tvm.transform.PassContext(opt_level=outer.opt_level, config=config), \
+            without_tvm_noise():
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
-    return CompiledModule(executable, device_for(target), metadata)
+    return CompiledModule(executable, run_on, metadata)

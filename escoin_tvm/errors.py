@@ -20,5 +20,11 @@ class DTypeError(EscoinError, TypeError):
     """A tensor has a dtype escoin-tvm does not support (only float32 is)."""
 
 
+class ArgumentError(EscoinError, ValueError, TypeError):
+    """An argument escoin-tvm cannot use: a bad device, path, option, model name, or an object
+    of the wrong kind. The message names the argument. (Both a ValueError and a TypeError, as
+    Python's own functions raise either for a bad argument.)"""
+
+
 class TargetError(EscoinError, ValueError):
     """The compilation target is unknown or not supported."""

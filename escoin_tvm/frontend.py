@@ -7,12 +7,15 @@ two steps becomes an EscoinError naming the model and the inputs.
 from __future__ import annotations
 
 import copy
+import warnings
+from contextlib import contextmanager
 from typing import List
 
 import numpy as np
 
 from .errors import EscoinError, first_line
 from .tensors import is_torch
+from .tvm_logs import without_tvm_noise
 from .workarounds import refuse_known_tvm_crashes
 
 
@@ -34,6 +37,9 @@ def example_tensors(example_inputs) -> tuple:
                               f"got {type(x).__name__}")
         if x.dtype != torch.float32:
             raise EscoinError(f"example input {i} must be float32, got {x.dtype}")
+        if x.numel() == 0:
+            raise EscoinError(f"example input {i} is empty (shape {tuple(x.shape)}): give "
+                              "inputs of the shape the model will run on")
         tensors.append(x.detach().cpu())
     return tuple(tensors)
 
@@ -47,12 +53,35 @@ def _on_cpu(model):
     return copy.deepcopy(model).cpu()
 
 
+@contextmanager
+def quiet_torch():
+    """Leaves out a deprecation warning that torch's own pytree code gives on every export and
+    every copy of an exported program (``LeafSpec``): it concerns torch, not the user's model."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        yield
+
+
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode while it is traced, and as it was afterwards: compiling does not
+    change the caller's model."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def export(model, example_inputs):
-    """``torch.export.export``, its failures named."""
+    """``torch.export.export`` of the model in eval mode, its failures named."""
     import torch
 
     try:
-        return torch.export.export(model, example_inputs)
+        with quiet_torch(), eval_mode(model):
+            return torch.export.export(model, example_inputs)
     except Exception as err:  # torch raises many types; name the failure and the part
         lines = [l for l in str(err).splitlines() if l.strip()]
         detail = "\n  ".join(lines[:6])
@@ -79,7 +108,8 @@ def to_relax(exported):
     from tvm.relax.frontend.torch import from_exported_program
 
     try:
-        return from_exported_program(exported, keep_params_as_input=False)
+        with quiet_torch(), without_tvm_noise():
+            return from_exported_program(exported, keep_params_as_input=False)
     except Exception as err:
         raise EscoinError("TVM's PyTorch frontend could not convert the exported program: "
                           f"{first_line(err)}") from err
@@ -100,7 +130,12 @@ def prepare(model, example_inputs, target):
             raise EscoinError(f"model must be a torch.nn.Module or an ExportedProgram, got "
                               f"{type(model).__name__}")
         example = example_tensors(example_inputs)
-        exported = export(_on_cpu(model).eval(), example)
+        if any(module.training for module in model.modules()):
+            warnings.warn(f"{type(model).__name__} is in training mode; it is compiled for "
+                          "inference, as in eval mode (dropout off, batch norm with its running "
+                          "statistics). The model itself is left in training mode.",
+                          stacklevel=3)
+        exported = export(_on_cpu(model), example)
     mod = to_relax(exported)
     refuse_known_tvm_crashes(mod, target)
     params = [p for p in mod["main"].params]

@@ -7,7 +7,7 @@ import numpy as np
 import tvm
 from tvm import s_tir
 
-from .errors import ShapeError
+from .errors import ArgumentError, ShapeError
 from .operator import Epilogue, ell_arrays, kernel_input_shape, sparse_conv2d_primfunc
 from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, pretuned,
                        schedule_cpu, schedule_gpu)
@@ -79,17 +79,17 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
     config = config or untuned_config(spec, target)
     wanted = GpuConfig if is_gpu(target) else CpuConfig
     if not isinstance(config, wanted):
-        raise TypeError(f"a {target.kind.name} target needs a {wanted.__name__}, got "
+        raise ArgumentError(f"a {target.kind.name} target needs a {wanted.__name__}, got "
                         f"{type(config).__name__}")
     config = config.validate() if wanted is GpuConfig else config
     domain, multiple = tuned_extents(spec, target) if tuned else extents(spec, config)
     if isinstance(config, GpuConfig) and (multiple % config.chunk or
                                           domain[0] % config.images_per_thread or
                                           domain[1] % config.rows_per_thread):
-        raise ValueError(f"{config} does not fit the tuned work (images, rows) {domain}, rows "
+        raise ArgumentError(f"{config} does not fit the tuned work (images, rows) {domain}, rows "
                          f"padded to a multiple of {multiple}")
     if split_k > 1 and not isinstance(config, GpuConfig):
-        raise ValueError(f"split_k={split_k} needs a GPU target, got {target.kind.name}")
+        raise ArgumentError(f"split_k={split_k} needs a GPU target, got {target.kind.name}")
     offsets, values = ell_arrays(spec, weight, multiple * split_k)
     func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain)
     sch = s_tir.Schedule(func)
@@ -111,12 +111,13 @@ class SparseConv2dKernel:
     the exceptions of ``EscoinWeight.to_ell(in_place=True)`` for convolutions without padding."""
 
     def __init__(self, spec: Conv2dSpec, weight: EscoinWeight, bias: Optional[np.ndarray],
-                 epilogue: Epilogue, target, config: ScheduleConfig, tuned: bool = False):
+                 epilogue: Epilogue, target, config: ScheduleConfig, tuned: bool = False,
+                 device=None):
         self.spec, self.weight, self.epilogue, self.target = spec, weight, epilogue, target
         mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config,
                                                              tuned)
+        self.device = device_for(target, device)
         self.executable = tvm.compile(mod, target=target)
-        self.device = device_for(target)
         # the kernel's constant arguments (ELL offsets, values[, bias]), kept on the host
         self.host_constants = [a for a in (offsets, values, bias) if a is not None]
         self._constants = None  # uploaded on first use: a CUDA kernel also builds without a GPU
@@ -157,20 +158,21 @@ def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride
                         padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1,
                         relu: bool = False, target: TargetLike = "llvm",
                         config: Optional[ScheduleConfig] = None,
-                        tuned: bool = False) -> SparseConv2dKernel:
+                        tuned: bool = False, device=None) -> SparseConv2dKernel:
     """Compiles a sparse direct convolution of ``weight`` (dense OIHW float32, numpy or torch)
     for inputs of ``input_shape`` (NCHW). ``padding`` may be asymmetric:
     (top, left, bottom, right). ``config`` overrides the default schedule knobs; ``tuned``
     says it comes from a tuning log (``TuningLog.lookup``): the kernel then does the work it was
-    tuned on (``tuned_extents``)."""
+    tuned on (``tuned_extents``). ``device`` is where it runs ("cuda:1", a torch.device, ...;
+    the target's first device by default)."""
     target = resolve_target(target)
     weight = as_numpy_weight(weight)
     spec = Conv2dSpec.create(input_shape, weight.shape, stride=stride, padding=padding,
                              dilation=dilation, groups=groups)
     if bias is not None:
-        bias = as_numpy_weight(bias)
+        bias = as_numpy_weight(bias, "bias")
         if bias.shape != (spec.out_channels,):
             raise ShapeError(f"bias must have shape ({spec.out_channels},), got {bias.shape}")
     epilogue = Epilogue(bias=bias is not None, relu=bool(relu))
     return SparseConv2dKernel(spec, EscoinWeight.from_dense(weight, spec), bias, epilogue, target,
-                              config, tuned)
+                              config, tuned, device)

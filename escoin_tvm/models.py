@@ -9,6 +9,8 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
+from .errors import ArgumentError
+
 
 # ---- AlexNet (torchvision's single-tower variant) ----
 class AlexNet(nn.Module):
@@ -202,7 +204,7 @@ def build(name: str, *, seed: int = 0, num_classes: int = 1000, **kwargs) -> nn.
     that folding them into the convolutions is really exercised), in eval mode. AlexNet and VGG
     take ``hidden``, the classifier width (4096; tests use less to stay small)."""
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise ArgumentError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     torch.manual_seed(seed)
     model = MODELS[name](num_classes=num_classes, **kwargs)
     with torch.no_grad():

@@ -2,26 +2,35 @@
 
 An exported module is a shared library that carries everything needed to run: the kernels, the
 constants, and a small metadata function (input shapes, output structure, the per-layer
-report), so ``load`` needs the TVM runtime and nothing else from the original model.
+report), so ``load`` needs the TVM runtime and nothing else from the original model. After the
+library comes an integrity record (a SHA-256 of the library's bytes and their length): ``load``
+verifies it on a private copy before the dynamic loader maps anything, because a damaged
+library can crash the process or run and return wrong results.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import struct
+import tempfile
 import threading
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import EscoinError, first_line
-from .target import recover_from_out_of_memory, require_device
+from .errors import ArgumentError, EscoinError, first_line
+from .target import recover_from_out_of_memory, require_device, resolve_device
 from .tensors import from_tvm, to_tvm
+from .tvm_logs import without_tvm_noise
 
 METADATA_FUNC = "escoin_metadata"
-METADATA_VERSION = 1
+METADATA_VERSION = 2  # 2: libraries end with an integrity record
+RECORD_MAGIC = b"ESCOIN-TVM-SUM01"  # then the SHA-256 (32 bytes), then the length (8, LE)
+RECORD_SIZE = len(RECORD_MAGIC) + 32 + 8
 
 
 class CompiledModule:
@@ -82,20 +91,55 @@ class CompiledModule:
 
     def report(self) -> str:
         """Per-layer table: layer, shapes, sparsity, nnz, chosen kernel and why."""
-        return format_report(self.layers)
+        return format_report(self.layers, self.metadata.get("threshold"))
 
     # ---- export ----
-    def export_library(self, path: str) -> str:
-        """Writes a shared library that ``escoin_tvm.load`` runs with the TVM runtime alone."""
-        path = os.fspath(path)
-        self.executable.export_library(path)
+    def export_library(self, path) -> str:
+        """Writes a shared library (a ``.so`` path) that ``escoin_tvm.load`` runs with the TVM
+        runtime alone."""
+        path = check_output_path(path, ".so", "export_library writes a shared library")
+        with without_tvm_noise():
+            self.executable.export_library(path)
+        append_integrity_record(path)
         return path
 
 
-def format_report(layers: Sequence[dict]) -> str:
+def check_output_path(path, suffix: str = "", what: str = "the output") -> str:
+    """``path`` as a string when a file can be written there (its folder exists; it ends in
+    ``suffix``), else an ArgumentError naming it: checked before work whose result would be
+    lost."""
+    path = os.fspath(path)
+    if suffix and not path.endswith(suffix):
+        raise ArgumentError(f"{what}: give a path ending in {suffix!r}, not {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ArgumentError(f"cannot write {path!r}: the folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ArgumentError(f"cannot write {path!r}: it is a folder")
+    return path
+
+
+def append_integrity_record(path: str) -> None:
+    """Appends the record ``load`` verifies: RECORD_MAGIC, SHA-256 and length of the file."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    with open(path, "ab") as f:
+        f.write(RECORD_MAGIC + digest.digest() + struct.pack("<Q", size))
+
+
+def format_report(layers: Sequence[dict], threshold: Optional[float] = None) -> str:
+    """The report as a table; sparsities get the digits that tell them from ``threshold``."""
+    from .transform.policy import distinct
+
+    def sparsity(value: float) -> str:
+        return distinct(value, threshold, 3)[0] if threshold is not None else f"{value:.3f}"
+
     header = ["layer", "input", "weight", "sparsity", "nnz", "kernel", "epilogue", "schedule", "why"]
     rows = [[l["name"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["weight_shape"])),
-             f"{l['sparsity']:.3f}", str(l["nnz"]), l["kernel"], l["epilogue"] or "-",
+             sparsity(l["sparsity"]), str(l["nnz"]), l["kernel"], l["epilogue"] or "-",
              l.get("schedule") or "-", l["reason"]]
             for l in layers]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
@@ -136,15 +180,16 @@ def _module_kinds(module) -> set:
     return kinds
 
 
-def check_library(path: str) -> None:
-    """Refuses a file that is not a complete ELF shared library before the dynamic loader maps
-    it: a truncated library kills the process with SIGBUS when its missing pages are touched."""
-    size = os.path.getsize(path)
+def _invalid(path: str, why: str) -> EscoinError:
+    return EscoinError(f"{path!r} is not a valid escoin-tvm module ({why})")
+
+
+def _elf_problem(path: str, size: int) -> str:
+    """Why ``path`` (``size`` bytes of it) is not a complete ELF shared library, else ""."""
     with open(path, "rb") as f:
         header = f.read(64)
         if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:
-            raise EscoinError(f"{path!r} is not a valid escoin-tvm module (not a 64-bit ELF "
-                              "shared library)")
+            return "not a 64-bit ELF shared library"
         endian = "<" if header[5] == 1 else ">"
         phoff, shoff = struct.unpack_from(endian + "QQ", header, 32)
         phentsize, phnum, shentsize, shnum = struct.unpack_from(endian + "HHHH", header, 54)
@@ -153,41 +198,72 @@ def check_library(path: str) -> None:
             f.seek(phoff)
             for _ in range(phnum):
                 entry = f.read(phentsize)
+                if len(entry) < 40:
+                    return f"the library is truncated: {size} bytes"
                 offset, filesz = struct.unpack_from(endian + "Q", entry, 8)[0], \
                     struct.unpack_from(endian + "Q", entry, 32)[0]
                 truncated |= offset + filesz > size
-    if truncated:
-        raise EscoinError(f"{path!r} is not a valid escoin-tvm module (the library is truncated: "
-                          f"{size} bytes)")
+    return f"the library is truncated: {size} bytes" if truncated else ""
+
+
+def verified_copy(path: str, folder: str) -> str:
+    """A copy of the library in ``path`` under ``folder``, written only if its integrity record
+    matches: the file to hand to the dynamic loader. Refuses anything else, saying why."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - RECORD_SIZE))
+        record = f.read()
+    if len(record) < RECORD_SIZE or not record.startswith(RECORD_MAGIC):
+        why = _elf_problem(path, size) or (
+            "a shared library, but not one written by escoin-tvm's export_library: it has no "
+            "integrity record (a module exported by an earlier version needs exporting again)")
+        raise _invalid(path, why)
+    expected, length = record[len(RECORD_MAGIC):-8], struct.unpack("<Q", record[-8:])[0]
+    if length != size - RECORD_SIZE:
+        raise _invalid(path, f"damaged: {size - RECORD_SIZE} bytes where its integrity record "
+                             f"says {length}")
+    copy, digest, left = os.path.join(folder, "module.so"), hashlib.sha256(), length
+    with open(path, "rb") as src, open(copy, "wb") as dst:
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            digest.update(chunk)
+            dst.write(chunk)
+            left -= len(chunk)
+    if digest.digest() != expected:
+        raise _invalid(path, "damaged: its bytes do not match the checksum written when it "
+                             "was exported; export it again")
+    return copy
 
 
 def load(path, device=None) -> CompiledModule:
-    """Loads a library written by ``CompiledModule.export_library``. ``device`` defaults to
-    the first GPU for a CUDA module and the CPU otherwise."""
+    """Loads a library written by ``CompiledModule.export_library`` to run on ``device``
+    ("cpu", "cuda", "cuda:N", a torch.device or a TVM device; by default the first GPU for a
+    CUDA module and the CPU otherwise)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise EscoinError(f"no compiled module at {path!r}")
-    check_library(path)
+    folder = tempfile.mkdtemp(prefix="escoin-load-")
     try:
-        lib = tvm.runtime.load_module(path)
+        lib = tvm.runtime.load_module(verified_copy(path, folder))
+    except EscoinError:
+        raise
     except Exception as err:
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         if "created using {cuda}" in message:
             raise EscoinError(f"{path!r} was compiled for CUDA and this machine's TVM runtime "
                               "cannot load CUDA modules (no GPU runtime)") from None
-        raise EscoinError(f"{path!r} is not a valid escoin-tvm module ({message})") from None
+        raise _invalid(path, message) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     is_cuda = "cuda" in _module_kinds(lib)
-    if device is None:
-        device = tvm.cuda(0) if is_cuda else tvm.cpu(0)
-    if is_cuda:
-        require_device(device)
+    device = resolve_device(device, "cuda" if is_cuda else "cpu")
+    require_device(device)
     try:
         executable = relax.VMExecutable(lib)
         vm = relax.VirtualMachine(executable, device)
         metadata = json.loads(vm[METADATA_FUNC]().numpy().tobytes().decode())
     except Exception as err:
-        raise EscoinError(f"{path!r} is not a valid escoin-tvm module ({type(err).__name__}: "
-                          f"{first_line(err)})") from None
+        raise _invalid(path, f"{type(err).__name__}: {first_line(err)}") from None
     if metadata.get("version") != METADATA_VERSION:
         raise EscoinError(f"{path!r} was written by an incompatible escoin-tvm version")
     return CompiledModule(executable, device, metadata, vm)

@@ -5,6 +5,7 @@ here, so there is a single place that decides what a legal convolution is.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -13,27 +14,46 @@ from .errors import ShapeError
 IntOrPair = Union[int, Sequence[int]]
 
 
+def as_int(value, name: str) -> int:
+    """An integral Python, numpy or torch scalar as an int; anything else (a float, a bool, a
+    string) is refused naming the argument."""
+    if isinstance(value, bool):
+        raise ShapeError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ShapeError(f"{name} must be an int (or an integral numpy/torch scalar), got "
+                         f"{value!r} of type {type(value).__name__}") from None
+
+
+def _ints(value: IntOrPair, name: str) -> Tuple[int, ...]:
+    """A scalar as a 1-tuple, a sequence as a tuple, each element an int."""
+    if isinstance(value, (list, tuple)):
+        return tuple(as_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+    if hasattr(value, "ndim") and getattr(value, "ndim", 0) > 0:  # a numpy array or tensor
+        return tuple(as_int(v, f"{name}[{i}]") for i, v in enumerate(value.tolist()))
+    return (as_int(value, name),)
+
+
 def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
-    if isinstance(value, int):
-        out = (value, value)
-    else:
-        out = tuple(int(v) for v in value)
-        if len(out) != 2:
-            raise ShapeError(f"{name} must be an int or a pair, got {value!r}")
+    out = _ints(value, name)
+    if len(out) == 1:
+        return out * 2
+    if len(out) != 2:
+        raise ShapeError(f"{name} must be an int or a pair, got {value!r}")
     return out
 
 
 def normalize_padding(padding: IntOrPair) -> Tuple[int, int, int, int]:
     """int, (pad_h, pad_w) or (top, left, bottom, right) -> (top, left, bottom, right)."""
-    if isinstance(padding, int):
-        pads = (padding,) * 4
-    else:
-        pads = tuple(int(p) for p in padding)
-        if len(pads) == 2:
-            pads = (pads[0], pads[1], pads[0], pads[1])
-        elif len(pads) != 4:
-            raise ShapeError(
-                f"padding must be an int, (pad_h, pad_w) or (top, left, bottom, right), got {padding!r}")
+    pads = _ints(padding, "padding")
+    if len(pads) == 1:
+        pads = pads * 4
+    elif len(pads) == 2:
+        pads = (pads[0], pads[1], pads[0], pads[1])
+    elif len(pads) != 4:
+        raise ShapeError(
+            f"padding must be an int, (pad_h, pad_w) or (top, left, bottom, right), got {padding!r}")
     if min(pads) < 0:
         raise ShapeError(f"padding must be non-negative, got {padding!r}")
     return pads
@@ -68,7 +88,7 @@ class Conv2dSpec:
             raise ShapeError(f"weight must be 4-D OIHW, got shape {weight_shape}")
         spec = Conv2dSpec(*input_shape, weight_shape[0], weight_shape[2], weight_shape[3],
                           stride=_pair(stride, "stride"), padding=normalize_padding(padding),
-                          dilation=_pair(dilation, "dilation"), groups=int(groups))
+                          dilation=_pair(dilation, "dilation"), groups=as_int(groups, "groups"))
         spec._validate(weight_shape)
         return spec
 
@@ -87,9 +107,12 @@ class Conv2dSpec:
                 f"{self.in_channels} channels in {self.groups} group(s) "
                 f"(expected {self.in_channels // self.groups}); is the input NCHW?")
         if self.out_h < 1 or self.out_w < 1:
+            span_h = (self.kernel_h - 1) * self.dilation[0] + 1
+            span_w = (self.kernel_w - 1) * self.dilation[1] + 1
             raise ShapeError(
-                f"the {self.kernel_h}x{self.kernel_w} kernel (dilation {self.dilation}) is larger "
-                f"than the padded {self.padded_h}x{self.padded_w} input")
+                f"the {self.kernel_h}x{self.kernel_w} kernel with dilation {self.dilation} spans "
+                f"{span_h}x{span_w} input pixels, more than the padded input's "
+                f"{self.padded_h}x{self.padded_w}")
 
     def subsampled(self) -> Optional["Conv2dSpec"]:
         """A strided 1x1 convolution without padding reads one input pixel per output pixel: it is

@@ -7,7 +7,7 @@ from typing import Union
 
 import tvm
 
-from .errors import TargetError, first_line
+from .errors import ArgumentError, TargetError, first_line
 
 SUPPORTED_KINDS = ("llvm", "cuda")
 DEFAULT_CUDA_ARCH = "sm_90"  # Hopper, the GPU we tune for; used when no GPU is visible
@@ -16,6 +16,7 @@ CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 491
                "thread_warp_size": 32, "registers_per_block": 65536}
 
 TargetLike = Union[str, dict, tvm.target.Target, None]
+DLPACK_CPU, DLPACK_CUDA = 1, 2
 
 
 def local_cuda_arch() -> Union[str, None]:
@@ -64,15 +65,48 @@ def is_gpu(target: tvm.target.Target) -> bool:
     return target.kind.name == "cuda"
 
 
-def device_for(target: tvm.target.Target):
-    return tvm.cuda(0) if is_gpu(target) else tvm.cpu(0)
+def device_for(target: tvm.target.Target, device=None):
+    """The TVM device code for ``target`` runs on: ``device`` (see ``resolve_device``), by
+    default the first GPU for CUDA and the CPU otherwise."""
+    return resolve_device(device, "cuda" if is_gpu(target) else "cpu")
+
+
+def resolve_device(device, kind: str):
+    """``device`` as a TVM device for code of ``kind`` ("cuda" or "cpu"): None (cuda:0 or the
+    CPU), "cpu", "cuda", "cuda:N", a ``torch.device`` or a TVM device. A device of the other
+    kind, or anything else, is refused naming the argument."""
+    if device is None:
+        return tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
+    if isinstance(device, tvm.runtime.Device):
+        dev_kind = {DLPACK_CPU: "cpu", DLPACK_CUDA: "cuda"}.get(device.dlpack_device_type())
+        index = device.index
+    else:
+        text = str(device) if type(device).__name__ == "device" else device  # torch.device
+        if not isinstance(text, str):
+            raise ArgumentError(f"device must be 'cpu', 'cuda', 'cuda:N', a torch.device or a "
+                                f"TVM device, got {device!r}")
+        dev_kind, _, number = text.strip().lower().partition(":")
+        if dev_kind not in ("cpu", "cuda") or (number and not number.isdigit()):
+            raise ArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        index = int(number) if number else 0
+    if dev_kind != kind:
+        raise ArgumentError(f"device {device!r} cannot run code compiled for "
+                            f"{'CUDA' if kind == 'cuda' else 'the CPU'}"
+                            + ("; compile with target='llvm' for the CPU" if kind == "cuda" else
+                               "; compile with target='cuda' for a GPU"))
+    return tvm.cuda(index) if kind == "cuda" else tvm.cpu(index)
 
 
 def require_device(device) -> None:
-    """Fails clearly when code built for a GPU is run on a machine without one."""
-    if device.dlpack_device_type() == tvm.cuda(0).dlpack_device_type() and not has_gpu():
+    """Fails clearly when code built for a GPU is run on a machine without one, or on a GPU
+    that is not there."""
+    if device.dlpack_device_type() != DLPACK_CUDA:
+        return
+    if not has_gpu():
         raise TargetError("this module was compiled for CUDA but no CUDA GPU is visible here; "
                           "compile with target='llvm' to run on the CPU")
+    if not device.exist:
+        raise TargetError(f"there is no CUDA device {device.index} on this machine")
 
 
 def recover_from_out_of_memory() -> None:

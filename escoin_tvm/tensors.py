@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import tvm
 
-from .errors import DTypeError, ShapeError
+from .errors import ArgumentError, DTypeError, ShapeError
 
 
 ALIGNMENT = 64  # bytes; TVM's buffers (and its DLPack import) require it
@@ -30,7 +30,7 @@ def to_tvm(value, device, shape: Sequence[int], name: str = "input", dtype: str 
     elif isinstance(value, (np.ndarray, np.generic)):
         got_dtype, got_shape = str(value.dtype), tuple(value.shape)
     else:
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
+        raise ArgumentError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
     if got_dtype != dtype:
         raise DTypeError(f"{name} must be {dtype}, got {got_dtype}")
     if got_shape != shape:
@@ -38,7 +38,7 @@ def to_tvm(value, device, shape: Sequence[int], name: str = "input", dtype: str 
     if is_torch(value):
         wanted = "cuda" if device.dlpack_device_type() == tvm.cuda(0).dlpack_device_type() else "cpu"
         if value.device.type != wanted or (wanted == "cuda" and value.device.index != device.index):
-            raise ValueError(f"{name} is on {value.device} but the module runs on {device}; "
+            raise ArgumentError(f"{name} is on {value.device} but the module runs on {device}; "
                              f"move it with .to('{wanted}')")
         if value.requires_grad:
             value = value.detach()

@@ -16,13 +16,17 @@ from .errors import DTypeError, ShapeError
 from .spec import Conv2dSpec
 
 
-def as_numpy_weight(weight) -> np.ndarray:
-    """A torch tensor or array-like -> float32 numpy array, refusing other dtypes loudly."""
+def as_numpy_weight(weight, name: str = "weight") -> np.ndarray:
+    """A torch tensor or array-like -> float32 numpy array, refusing other dtypes loudly
+    (``name`` is the argument the message names)."""
     if hasattr(weight, "detach"):  # torch.Tensor, without importing torch here
+        dtype = str(weight.dtype).replace("torch.", "")
+        if dtype != "float32":
+            raise DTypeError(f"{name} must be float32, got {dtype}")
         weight = weight.detach().cpu().numpy()
     weight = np.asarray(weight)
     if weight.dtype != np.float32:
-        raise DTypeError(f"weight must be float32, got {weight.dtype}")
+        raise DTypeError(f"{name} must be float32, got {weight.dtype}")
     return weight
 
 

@@ -20,7 +20,7 @@ W = np.ones((4, 2, 3, 3), np.float32)
     (np.ones((4, 2, 3, 3), np.float32), (1, 6, 5, 5), {"groups": 4}, ShapeError, "groups=4"),
     (np.ones((6, 2, 3, 3), np.float32), (1, 4, 5, 5), {"groups": 4}, ShapeError, "divide"),
     (W, (1, 2, 5), {}, ShapeError, "NCHW"),
-    (W, (1, 2, 2, 2), {}, ShapeError, "larger than the padded"),
+    (W, (1, 2, 2, 2), {}, ShapeError, "spans 3x3 input pixels, more than the padded"),
     (W, (1, 2, 5, 5), {"stride": 0}, ShapeError, "stride"),
     (W, (1, 2, 5, 5), {"padding": (1, 2, 3)}, ShapeError, "padding"),
     (W, (1, 2, 5, 5), {"padding": -1}, ShapeError, "non-negative"),

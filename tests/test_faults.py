@@ -262,3 +262,70 @@ def test_trivial_reductions_on_gpu():
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x.cuda()).cpu().numpy(), one_tap_model()(x).numpy(),
                                    rtol=1e-4, atol=1e-5)
+
+
+LOAD_EACH = textwrap.dedent("""
+    import sys, numpy as np, escoin_tvm
+    x, expected = np.load(sys.argv[1]), np.load(sys.argv[2])
+    for path in sys.stdin.read().split():
+        print("start", path, flush=True)
+        try:
+            out = escoin_tvm.load(path)(x)
+        except escoin_tvm.EscoinError as err:
+            print("refused", path, flush=True)
+            continue
+        except Exception as err:
+            print("other", path, type(err).__name__, flush=True)
+            continue
+        print("right" if np.array_equal(out, expected) else "wrong", path, flush=True)
+""")
+
+
+def outcomes(paths, x, expected, tmp_path):
+    """{path: outcome} of loading and running each library in a child process: refused, right,
+    wrong, other (an exception that is not an EscoinError) or crash (the child died)."""
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", expected)
+    results, todo = {}, [str(p) for p in paths]
+    while todo:
+        child = subprocess.run([sys.executable, "-c", LOAD_EACH, str(tmp_path / "x.npy"),
+                                str(tmp_path / "expected.npy")], input="\n".join(todo),
+                               capture_output=True, text=True, timeout=600)
+        started = None
+        for line in child.stdout.splitlines():
+            word, path = line.split()[:2]
+            if word == "start":
+                started = path
+            else:
+                results[path], started = word, None
+        if started is not None:
+            results[started] = f"crash (exit {child.returncode})"
+        elif child.returncode:
+            raise AssertionError(child.stderr)
+        todo = [p for p in todo if p not in results]
+    return results
+
+
+def test_corrupted_libraries_are_refused_or_right_never_a_crash(exported_files, tmp_path):
+    """Random 16-byte overwrites (same size), truncations and a foreign ELF: each one is refused
+    by load (its integrity record) or runs correctly; none crashes or gives a wrong result."""
+    so = (exported_files / "model.so").read_bytes()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(24):
+        damaged = bytearray(so)
+        start = int(rng.integers(0, len(so) - 16))
+        damaged[start:start + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+        paths.append(tmp_path / f"bytes{i}.so")
+        paths[-1].write_bytes(bytes(damaged))
+    for i, cut in enumerate((1, 17, 64, len(so) // 3, len(so) - 1)):
+        paths.append(tmp_path / f"cut{i}.so")
+        paths[-1].write_bytes(so[:cut])
+    foreign = tmp_path / "foreign.so"
+    foreign.write_bytes(open(np.core._multiarray_umath.__file__, "rb").read())
+    paths += [foreign, exported_files / "model.so"]
+    x = torch.randn(1, 3, 12, 12).numpy()
+    expected = escoin_tvm.load(exported_files / "model.so")(x)
+    results = outcomes(paths, x, expected, tmp_path)
+    assert results.pop(str(exported_files / "model.so")) == "right"
+    assert set(results.values()) <= {"refused", "right"}, results

@@ -184,6 +184,113 @@ def test_truncated_log_drops_the_partial_line_with_a_warning(tuned_log, tmp_path
     assert all(l["schedule"].startswith("tuned") for l in compiled.layers)
 
 
+@pytest.mark.parametrize("damage", ["\n", "\n\n", "   \n", "\t\n"])
+def test_blank_lines_in_a_log_are_left_out_not_a_crash(tuned_log, tmp_path, damage):
+    """MetaSchedule's reader kills the process on a blank or whitespace-only line (a trailing
+    newline too many, cat a b > c): a compile reads a cleaned copy and leaves the file alone, a
+    job rewrites its log without them."""
+    log = copy_log(tuned_log[0], tmp_path)
+    lines = (log / RECORDS).read_text().splitlines(True)
+    damaged = "".join(lines[:1]) + damage + "".join(lines[1:]) + damage
+    (log / RECORDS).write_text(damaged)
+    (log / WORKLOADS).write_text((log / WORKLOADS).read_text() + damage)
+    model, x = small_model()
+    with pytest.warns(UserWarning, match="blank line.*read from a cleaned copy"):
+        compiled = escoin_tvm.compile(model, (x,), target="llvm", tuning_log=log)
+    assert all(l["schedule"].startswith("tuned") for l in compiled.layers)
+    assert (log / RECORDS).read_text() == damaged
+    with pytest.warns(UserWarning, match="blank line.*rewritten without"):
+        TuningLog(log, create=True)
+    assert (log / RECORDS).read_text() == "".join(lines)
+
+
+def test_a_records_file_that_is_a_folder_is_named(tuned_log, tmp_path):
+    log = copy_log(tuned_log[0], tmp_path)
+    (log / WORKLOADS).unlink()
+    (log / WORKLOADS).mkdir()
+    with pytest.raises(EscoinError, match=f"{WORKLOADS} is not a file"):
+        TuningLog(log)
+
+
+OPEN_EACH = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import torch, escoin_tvm
+from escoin_tvm import prune
+from escoin_tvm.target import resolve_target
+from escoin_tvm.tuning import TuningLog, extract_tasks
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(16, 12, 3, padding=1, stride=2))
+model = prune.magnitude(model, 0.9).eval()
+target = resolve_target("llvm")
+tasks = extract_tasks(model, (torch.randn(2, 8, 11, 11),), target)
+for path in sys.stdin.read().split():
+    print("start", path, flush=True)
+    try:
+        log = TuningLog(path)
+        for task in tasks:
+            log.lookup(task.spec, task.weight, task.epilogue, target)
+        print("read", path, flush=True)
+    except escoin_tvm.EscoinError:
+        print("refused", path, flush=True)
+    except Exception as err:
+        print("other", path, flush=True)
+"""
+
+
+def test_damaged_logs_are_refused_or_read_never_a_crash(tuned_log, tmp_path):
+    """Blank lines, truncation, random byte and character edits, duplicated and deleted lines,
+    in either file of the log: each damaged log is read (what it still holds) or refused with an
+    EscoinError, in a child process that must not die."""
+    import random
+    import subprocess
+    import sys
+
+    rng, paths = random.Random(0), []
+    for i in range(40):
+        log = tmp_path / f"log{i}"
+        shutil.copytree(tuned_log[0], log)
+        target = log / rng.choice([WORKLOADS, RECORDS])
+        data = bytearray(target.read_bytes())
+        lines = data.split(b"\n")
+        kind = i % 7
+        if kind == 0:
+            lines.insert(rng.randrange(len(lines) + 1), rng.choice([b"", b"  ", b"\t "]))
+        elif kind == 1:
+            lines.insert(rng.randrange(len(lines)), lines[rng.randrange(len(lines))])
+        elif kind == 2 and len(lines) > 1:
+            del lines[rng.randrange(len(lines))]
+        if kind <= 2:
+            data = bytearray(b"\n".join(lines))
+        elif kind == 3:
+            data = data[:rng.randrange(len(data))]
+        elif kind == 4:
+            for _ in range(rng.randint(1, 16)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        else:
+            data[rng.randrange(len(data))] = ord(rng.choice('0123456789[]{},":abc '))
+        target.write_bytes(bytes(data))
+        paths.append(str(log))
+    results, todo = {}, paths
+    while todo:
+        child = subprocess.run([sys.executable, "-c", OPEN_EACH], input="\n".join(todo),
+                               capture_output=True, text=True, timeout=600)
+        started = None
+        for line in child.stdout.splitlines():
+            word, path = line.split()[:2]
+            if word == "start":
+                started = path
+            else:
+                results[path], started = word, None
+        if started is not None:
+            results[started] = f"crash (exit {child.returncode})"
+        elif child.returncode:
+            raise AssertionError(child.stderr)
+        todo = [p for p in todo if p not in results]
+    assert set(results.values()) <= {"read", "refused"}, results
+
+
 def test_log_of_another_target_is_reported(tuned_log, tmp_path):
     log = copy_log(tuned_log[0], tmp_path)
     rows = [json.loads(line) for line in (log / RECORDS).read_text().splitlines()]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tvm import s_tir
 
+from ..errors import ArgumentError
 from ..spec import Conv2dSpec
 from .common import blocks, write_back
 
@@ -25,7 +26,7 @@ class CpuConfig:
         for name in ("vector", "rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"CpuConfig.{name} must be an int >= 1, got {value!r}")
+                raise ArgumentError(f"CpuConfig.{name} must be an int >= 1, got {value!r}")
         return self
 
 

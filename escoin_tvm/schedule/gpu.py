@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 from tvm import s_tir
 
+from ..errors import ArgumentError
 from ..spec import Conv2dSpec
 from .common import blocks, loops_below, read_index, write_back
 
@@ -43,13 +44,13 @@ class GpuConfig:
         for field in fields(self):
             value = getattr(self, field.name)
             if field.type in (int, "int") and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"GpuConfig.{field.name} must be an int, got {value!r}")
+                raise ArgumentError(f"GpuConfig.{field.name} must be an int, got {value!r}")
         if min(self.threads_x, self.threads_y, self.channel_threads, self.channel_steps,
                self.rows_per_thread,
                self.channels_per_thread, self.images_per_thread, self.chunk) < 1:
-            raise ValueError(f"GpuConfig knobs must be >= 1: {self}")
+            raise ArgumentError(f"GpuConfig knobs must be >= 1: {self}")
         if self.threads > MAX_THREADS:
-            raise ValueError(f"GpuConfig asks for {self.threads} threads per block (max {MAX_THREADS})")
+            raise ArgumentError(f"GpuConfig asks for {self.threads} threads per block (max {MAX_THREADS})")
         return self
 
 

@@ -8,7 +8,7 @@ convolution gets a ``LayerDecision``, taken or not: the pass's report.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 from tvm import relax
@@ -37,6 +37,14 @@ class LayerDecision:
     escoin_us: Optional[float] = None  # measured dispatch: the layer timed both ways
     dense_us: Optional[float] = None
     config: dict = field(default_factory=dict)
+
+
+def distinct(a: float, b: float, digits: int = 2) -> Tuple[str, str]:
+    """``a`` and ``b`` printed with the fewest decimals (at least ``digits``) that tell them
+    apart, so that "0.699 < 0.7" never prints as "0.70 < 0.70"."""
+    while digits < 12 and a != b and f"{a:.{digits}f}" == f"{b:.{digits}f}":
+        digits += 1
+    return f"{a:.{digits}f}", f"{b:.{digits}f}"
 
 
 def dense_is_wrong(target, weight_shape) -> bool:
@@ -104,10 +112,12 @@ class DispatchPolicy:
             decision.kernel = "escoin"
             decision.reason = "one-tap convolution: TVM 0.27's dense CUDA code for it is wrong"
         elif decision.sparsity < self.threshold:
-            decision.reason = f"sparsity {decision.sparsity:.2f} < threshold {self.threshold:.2f}"
+            decision.reason = "sparsity {} < threshold {}".format(
+                *distinct(decision.sparsity, self.threshold))
         else:
             decision.kernel = "escoin"
-            decision.reason = f"sparsity {decision.sparsity:.2f} >= threshold {self.threshold:.2f}"
+            decision.reason = "sparsity {} >= threshold {}".format(
+                *distinct(decision.sparsity, self.threshold))
         return decision
 
     def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:

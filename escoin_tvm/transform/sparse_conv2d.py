@@ -63,8 +63,19 @@ class SparseConv2dDispatch:
                                          tuning_log=tuning_log))
         self.report: List[LayerDecision] = []
         self.kernels: List[EscoinKernel] = []
+        self.error: Optional[EscoinError] = None
 
-    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        """The pass. An EscoinError it raises is also kept as ``self.error``: TVM turns it into
+        a RuntimeError on its way out of a pass, and the caller can raise the original."""
+        self.error = None
+        try:
+            return self._transform(mod)
+        except EscoinError as err:
+            self.error = self.error or err
+            raise
+
+    def _transform(self, mod: tvm.IRModule) -> tvm.IRModule:
         self.report, self.kernels = [], []
         layer_of, position = self._decide(mod)
         if not layer_of:
@@ -167,9 +178,13 @@ class _ChainsToEscoin(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         residual = None if chain.residual is None else self.visit_expr(chain.residual)
-        call, kernel = self.dispatch.kernel_call(
-            self.builder_, self.visit_expr(chain.conv.args[0]), chain.conv, chain.bias, residual,
-            chain.epilogue, self.dispatch.report[chain.layer])
+        try:
+            call, kernel = self.dispatch.kernel_call(
+                self.builder_, self.visit_expr(chain.conv.args[0]), chain.conv, chain.bias,
+                residual, chain.epilogue, self.dispatch.report[chain.layer])
+        except EscoinError as err:  # it leaves as a RuntimeError through TVM's mutator
+            self.dispatch.error = err
+            raise
         self.kernels.append((chain.layer, kernel))
         emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) \
             else self.builder_.emit_output

@@ -2,15 +2,19 @@
 ``database_tuning_record.json``, one JSON value per line, appended as trials finish).
 
 The files are checked before MetaSchedule reads them, because its loader stops the process on a
-bad line. A job killed while writing leaves at most a truncated last line: it is dropped with a
-warning, and the rest of the log stays usable. Any other damage is an error naming the file and
-line. Records are looked up per kernel and per target; a log with no record for the compile
+bad line (a blank one included, as editors and ``cat a b > c`` leave them). Blank lines and a
+truncated last line (a job killed while writing) are left out with a warning: a job rewrites its
+log without them, a compile reads a cleaned copy and leaves the file as it is. Any other damage
+is an error naming the file and line. Records are looked up per kernel and per target; a log with no record for the compile
 target is reported, never silently ignored.
 """
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import warnings
+import weakref
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -42,32 +46,41 @@ def describe(key: Tuple[str, str]) -> str:
     return key[0] + (f" {key[1]}" if key[1] else "")
 
 
-def _check_lines(path: Path, check) -> int:
-    """Validates a JSON-lines table; drops a truncated last line. Returns the number of rows."""
+def _checked_lines(path: Path, check) -> Tuple[List[str], List[str]]:
+    """The rows of a JSON-lines table, each checked, and what had to be left out to read it:
+    blank lines (MetaSchedule's reader crashes the process on them) and a truncated last line
+    (a job killed while writing). Any other damage is an EscoinError naming file and line."""
     if not path.exists():
-        return 0
-    raw = path.read_bytes()
+        return [], []
+    if not path.is_file():
+        raise EscoinError(f"tuning log {path.parent}: {path.name} is not a file")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise EscoinError(f"tuning log {path} cannot be read ({err.strerror})") from None
     try:
         text = raw.decode()
     except UnicodeDecodeError:
         raise EscoinError(f"tuning log {path} is not a text file (corrupt log)") from None
     lines = text.split("\n")
-    rows = 0
+    rows, blank, dropped = [], 0, []
     for number, line in enumerate(lines, 1):
         if not line.strip():
+            blank += number < len(lines)  # the newline that ends the file makes no blank line
             continue
         try:
             check(json.loads(line))
         except (ValueError, TypeError, IndexError, KeyError) as err:
             if number == len(lines) and not text.endswith("\n"):
-                warnings.warn(f"tuning log {path}: dropping the truncated last line {number} "
-                              "(a tuning job was stopped while writing it)")
-                path.write_text("\n".join(lines[:-1]) + "\n")
+                dropped.append(f"dropping the truncated last line {number} (a tuning job was "
+                               "stopped while writing it)")
                 break
             raise EscoinError(f"tuning log {path}, line {number} is corrupt ({err}); delete the "
                               "line or the log") from None
-        rows += 1
-    return rows
+        rows.append(line)
+    if blank:
+        dropped.append(f"skipping {blank} blank line(s)")
+    return rows, dropped
 
 
 class TuningLog:
@@ -85,23 +98,49 @@ class TuningLog:
             self.path.mkdir(parents=True)
         elif not create and not (self.path / RECORDS).exists():
             raise EscoinError(f"{self.path} is not a tuning log (no {RECORDS} in it)")
-        workloads = _check_lines(self.path / WORKLOADS, self._check_workload)
+        workloads, dropped = _checked_lines(self.path / WORKLOADS, self._check_workload)
 
         def check_record(row):
             index, (trace, run_secs, target, _args) = row
-            if not isinstance(index, int) or not 0 <= index < workloads:
+            if not isinstance(index, int) or not 0 <= index < len(workloads):
                 raise ValueError(f"workload index {index} is not in {WORKLOADS}")
             if not isinstance(trace, list) or not isinstance(target, dict):
                 raise ValueError("not a MetaSchedule tuning record")
             if run_secs is not None and not all(isinstance(t, (int, float)) for t in run_secs):
                 raise ValueError("run times are not numbers")
 
-        self.size = _check_lines(self.path / RECORDS, check_record)
+        records, dropped_records = _checked_lines(self.path / RECORDS, check_record)
+        self.size = len(records)
+        repairs = {WORKLOADS: (workloads, dropped), RECORDS: (records, dropped_records)}
+        readable = self._readable(create, {name: rows for name, (rows, notes) in repairs.items()
+                                           if notes})
+        for name, (_rows, notes) in repairs.items():
+            for note in notes:
+                warnings.warn(f"tuning log {self.path / name}: {note}; "
+                              + ("the file was rewritten without it" if create else
+                                 "read from a cleaned copy, the file is unchanged"))
         try:
-            self.database = ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
+            self.database = ms.database.JSONDatabase(work_dir=str(readable), allow_missing=True)
         except Exception as err:  # TVM's own reading of the files
             raise EscoinError(f"tuning log {self.path} could not be read by MetaSchedule: "
                               f"{first_line(err)}") from None
+
+    def _readable(self, in_place: bool, cleaned: dict) -> Path:
+        """The directory MetaSchedule reads: the log itself, with ``cleaned`` (file name -> its
+        valid rows) written back when ``in_place`` (a job appends to the log), else a private
+        copy of the log with those files cleaned (reading never changes the user's files)."""
+        if not cleaned:
+            return self.path
+        folder = self.path
+        if not in_place:
+            folder = Path(tempfile.mkdtemp(prefix="escoin-log-"))
+            weakref.finalize(self, shutil.rmtree, str(folder), ignore_errors=True)
+            for name in (WORKLOADS, RECORDS):
+                if (self.path / name).is_file():
+                    shutil.copyfile(self.path / name, folder / name)
+        for name, rows in cleaned.items():
+            (folder / name).write_text("".join(row + "\n" for row in rows))
+        return folder
 
     @staticmethod
     def _check_workload(row):
