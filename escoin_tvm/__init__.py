@@ -3,9 +3,10 @@ from . import prune  # noqa: F401  (escoin_tvm.prune.magnitude is public API)
 from .errors import ArgumentError, DTypeError, EscoinError, ShapeError, TargetError
 from .compiler import compile
 from .runtime import CompiledModule, load
-from .kernel import SparseConv2dKernel, build_sparse_conv2d
+from .conv2d import SparseConv2dKernel, build_sparse_conv2d
 from .spec import Conv2dSpec
 from .weight_format import EscoinWeight
+from . import torch_compile  # noqa: F401,E402  (registers the "escoin" torch.compile backend)
 
 __version__ = "0.1.0"
 

@@ -19,6 +19,7 @@ from tvm import relax
 from .errors import EscoinError
 from .frontend import conv_layer_names, prepare, quiet_torch
 from .pipeline import relax_pipeline
+from .progress import CompileProgress
 from .runtime import METADATA_FUNC, METADATA_VERSION, CompiledModule, metadata_function
 from .target import TargetLike, device_for, is_gpu, resolve_target
 from .transform import SparseConv2dDispatch
@@ -73,7 +74,8 @@ def open_tuning_log(tuning_log, target):
 def compile(model, example_inputs, *, target: TargetLike = "cuda",
             sparsity_threshold: Optional[float] = None, tuning_log=None,
             dispatch_by: str = "threshold", config_for=None,
-            cuda_graph: bool = False, device=None) -> CompiledModule:  # noqa: A001
+            cuda_graph: bool = False, device=None,
+            progress: Optional[bool] = None) -> CompiledModule:  # noqa: A001
     """Compiles ``model`` (a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``) for
     inputs shaped like ``example_inputs``. Convolutions with constant weights at or above
     ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels, with the
@@ -83,8 +85,8 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     ``dispatch_by="none"`` leaves every layer dense (plain TVM, the baseline). ``cuda_graph``
     (CUDA only) has TVM capture the kernel sequence into CUDA graphs on the first call and
     replay them: less launch overhead, most useful at batch 1. ``device`` is where the module
-    runs ("cuda:1", a torch.device, ...; the target's first device by default)."""
-
+    runs ("cuda:1", a torch.device, ...; the target's first device by default). ``progress``
+    shows a progress bar on stderr (default: when stderr is a terminal)."""
     target = resolve_target(target)
     run_on = device_for(target, device)
     cuda_graph = bool(cuda_graph) and is_gpu(target)
@@ -93,18 +95,35 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         raise EscoinError(f"dispatch_by must be 'threshold', 'measure' or 'none', got "
                           f"{dispatch_by!r}")
     log, foreign = open_tuning_log(tuning_log, target)
-    exported, example, mod = prepare(model, example_inputs, target)
-    measure = None
-    if dispatch_by == "measure":
-        from .measure import LayerTimer
+    shown = CompileProgress(progress)
+    try:
+        shown.stage("export and convert to Relax")
+        exported, example, mod = prepare(model, example_inputs, target)
+        measure = None
+        if dispatch_by == "measure":
+            from .measure import LayerTimer
 
-        measure = LayerTimer(target)
-    mod, escoin = dispatch(mod, exported, target, threshold, config_for=config_for,
-                           tuning_log=log, measure=measure, report_only=dispatch_by == "none")
-    if log is not None and not foreign and escoin.kernels and not any(
-            d.schedule.startswith("tuned") for d in escoin.report):
-        warnings.warn(f"tuning log {log.path} has no records for this model's kernels on "
-                      f"{target.kind.name}: they use the pre-tuned or default schedules")
+            measure = LayerTimer(target)
+        shown.stage("Escoin pass", layers=len(conv_layer_names(exported)))
+        mod, escoin = dispatch(mod, exported, target, threshold, config_for=config_for,
+                               tuning_log=log, measure=measure,
+                               report_only=dispatch_by == "none", on_layer=shown.layer)
+        if log is not None and not foreign and escoin.kernels and not any(
+                d.schedule.startswith("tuned") for d in escoin.report):
+            warnings.warn(f"tuning log {log.path} has no records for this model's kernels on "
+                          f"{target.kind.name}: they use the pre-tuned or default schedules")
+        metadata = _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported,
+                             escoin)
+        mod[METADATA_FUNC] = metadata_function(metadata)
+        shown.stage("build with TVM")
+        executable = _build(mod, target, cuda_graph, stock=dispatch_by == "none")
+    finally:
+        shown.close()
+    return CompiledModule(executable, run_on, metadata)
+
+
+def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported, escoin) -> dict:
+    """What an exported module carries about itself (``runtime.load`` reads it back)."""
     metadata = {
         "version": METADATA_VERSION,
         "target": str(target.kind.name),
@@ -117,12 +136,15 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         "out_spec": _out_spec(exported),
         "layers": [asdict(d) for d in escoin.report],
     }
-    metadata = json.loads(json.dumps(metadata))  # the same plain form that load() reads back
-    mod[METADATA_FUNC] = metadata_function(metadata)
-    pipeline = relax_pipeline(target, stock=dispatch_by == "none")
-    outer = tvm.transform.PassContext.current()  # keep a caller's context, add the graph flag
+    return json.loads(json.dumps(metadata))  # the same plain form that load() reads back
+
+
+def _build(mod, target, cuda_graph: bool, stock: bool):
+    """TVM's build of the rewritten module, in the caller's pass context plus the CUDA-graph
+    flag."""
+    pipeline = relax_pipeline(target, stock=stock)
+    outer = tvm.transform.PassContext.current()
     config = {**dict(outer.config), "relax.backend.use_cuda_graph": cuda_graph}
     with target, tvm.transform.PassContext(opt_level=outer.opt_level, config=config), \
             without_tvm_noise():
-        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
-    return CompiledModule(executable, run_on, metadata)
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline)

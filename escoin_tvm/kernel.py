@@ -1,20 +1,18 @@
-"""``build_sparse_conv2d``: one pruned convolution compiled into a callable Escoin kernel."""
+"""The scheduled Escoin kernel of one convolution: which knobs it gets (given, tuned, shipped or
+the heuristic), the work it does with them, and the scheduled IRModule with its ELL arrays."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
-import numpy as np
-import tvm
 from tvm import s_tir
 
-from .errors import ArgumentError, ShapeError
-from .operator import Epilogue, ell_arrays, kernel_input_shape, sparse_conv2d_primfunc
+from .errors import ArgumentError
+from .operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
 from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, pretuned,
                        schedule_cpu, schedule_gpu)
-from .spec import Conv2dSpec, IntOrPair
-from .target import TargetLike, device_for, is_gpu, require_device, resolve_target
-from .tensors import from_tvm, to_tvm
-from .weight_format import EscoinWeight, as_numpy_weight
+from .spec import Conv2dSpec
+from .target import is_gpu
+from .weight_format import EscoinWeight
 
 ScheduleConfig = Union[CpuConfig, GpuConfig]
 
@@ -100,79 +98,3 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
-
-
-class SparseConv2dKernel:
-    """A compiled sparse convolution: ``kernel(x)`` for a numpy array or torch tensor of
-    ``kernel.spec.input_shape`` returns the output as the same kind.
-
-    Semantics differ from dense convolution in one way: zero weights are skipped, so an Inf or
-    NaN input that meets only zero weights does not produce NaN (dense gives 0 * Inf = NaN), with
-    the exceptions of ``EscoinWeight.to_ell(in_place=True)`` for convolutions without padding."""
-
-    def __init__(self, spec: Conv2dSpec, weight: EscoinWeight, bias: Optional[np.ndarray],
-                 epilogue: Epilogue, target, config: ScheduleConfig, tuned: bool = False,
-                 device=None):
-        self.spec, self.weight, self.epilogue, self.target = spec, weight, epilogue, target
-        mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config,
-                                                             tuned)
-        self.device = device_for(target, device)
-        self.executable = tvm.compile(mod, target=target)
-        # the kernel's constant arguments (ELL offsets, values[, bias]), kept on the host
-        self.host_constants = [a for a in (offsets, values, bias) if a is not None]
-        self._constants = None  # uploaded on first use: a CUDA kernel also builds without a GPU
-
-    def _device_constants(self):
-        if self._constants is None:
-            require_device(self.device)
-            self._constants = [tvm.runtime.tensor(a, self.device) for a in self.host_constants]
-        return self._constants
-
-    def __call__(self, x):
-        constants = self._device_constants()
-        data = to_tvm(x, self.device, self.spec.input_shape, name="input")
-        # a kernel that reads in place takes the input as (N, C*H*W): a view, no copy
-        data = data._create_view(kernel_input_shape(self.spec))
-        out = tvm.runtime.empty(self.spec.output_shape, "float32", self.device)
-        self.executable.mod["main"](data, *constants, out)
-        return from_tvm(out, x)
-
-    @property
-    def source(self) -> str:
-        """Generated device code (CUDA C for a GPU target, LLVM IR otherwise)."""
-        mod = self.executable.mod
-        return (mod.imports[0] if is_gpu(self.target) else mod).inspect_source()
-
-    def time(self, number: int = 100, repeat: int = 5) -> float:
-        """Median kernel time in seconds on random input (TVM's time_evaluator, device timers)."""
-        constants = self._device_constants()
-        rng = np.random.default_rng(0)
-        data = tvm.runtime.tensor(rng.standard_normal(kernel_input_shape(self.spec), np.float32),
-                                  self.device)
-        out = tvm.runtime.empty(self.spec.output_shape, "float32", self.device)
-        timer = self.executable.mod.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return float(np.median(timer(data, *constants, out).results))
-
-
-def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride: IntOrPair = 1,
-                        padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1,
-                        relu: bool = False, target: TargetLike = "llvm",
-                        config: Optional[ScheduleConfig] = None,
-                        tuned: bool = False, device=None) -> SparseConv2dKernel:
-    """Compiles a sparse direct convolution of ``weight`` (dense OIHW float32, numpy or torch)
-    for inputs of ``input_shape`` (NCHW). ``padding`` may be asymmetric:
-    (top, left, bottom, right). ``config`` overrides the default schedule knobs; ``tuned``
-    says it comes from a tuning log (``TuningLog.lookup``): the kernel then does the work it was
-    tuned on (``tuned_extents``). ``device`` is where it runs ("cuda:1", a torch.device, ...;
-    the target's first device by default)."""
-    target = resolve_target(target)
-    weight = as_numpy_weight(weight)
-    spec = Conv2dSpec.create(input_shape, weight.shape, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups)
-    if bias is not None:
-        bias = as_numpy_weight(bias, "bias")
-        if bias.shape != (spec.out_channels,):
-            raise ShapeError(f"bias must have shape ({spec.out_channels},), got {bias.shape}")
-    epilogue = Epilogue(bias=bias is not None, relu=bool(relu))
-    return SparseConv2dKernel(spec, EscoinWeight.from_dense(weight, spec), bias, epilogue, target,
-                              config, tuned, device)

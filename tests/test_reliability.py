@@ -212,3 +212,13 @@ def test_a_compile_and_export_print_only_what_concerns_the_user(tmp_path, capfd)
     with torch.no_grad():
         np.testing.assert_allclose(escoin_tvm.load(tmp_path / "c.so")(x).numpy(),
                                    model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_compile_shows_its_progress_when_asked_and_only_then(capfd):
+    model, x = small()
+    escoin_tvm.compile(model.eval(), (x,), target="llvm", progress=True)
+    assert "escoin compile" in capfd.readouterr().err
+    escoin_tvm.compile(model.eval(), (x,), target="llvm", progress=False)
+    assert "escoin compile" not in capfd.readouterr().err
+    escoin_tvm.compile(model.eval(), (x,), target="llvm")  # stderr is not a terminal here
+    assert "escoin compile" not in capfd.readouterr().err

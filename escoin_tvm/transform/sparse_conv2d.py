@@ -47,14 +47,16 @@ class SparseConv2dDispatch:
     records of; the pre-tuned table, then the heuristic default, cover the rest. With
     ``measure`` (a ``measure.LayerTimer``), a layer that passes the threshold is timed both ways
     on the device and takes the faster path. ``report_only`` keeps every layer dense (a
-    baseline)."""
+    baseline). ``on_layer()`` is called after each conv2d's decision (a progress display)."""
 
     def __init__(self, target, threshold: float, layer_names: Sequence = (),
                  config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None,
-                 measure=None, report_only: bool = False):
+                 measure=None, report_only: bool = False,
+                 on_layer: Optional[Callable[[], None]] = None):
         if not 0.0 <= threshold <= 1.0:
             raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
         self.target = target
+        self.on_layer = on_layer  # called after each conv2d's decision (progress)
         self.config_for = config_for
         self.tuning_log = tuning_log
         self.policy = DispatchPolicy(
@@ -111,6 +113,8 @@ class SparseConv2dDispatch:
                         else:
                             decision.kernel, decision.reason = "dense", "outside a dataflow block"
                     self.report.append(decision)
+                    if self.on_layer is not None:
+                        self.on_layer()
         return layer_of, position
 
     def kernel_call(self, builder, data, conv: relax.Call, bias, residual, epilogue: Epilogue,

@@ -1,0 +1,187 @@
+"""The ``escoin`` backend of ``torch.compile``: sparse convolutions on Escoin kernels, the rest
+with PyTorch.
+
+    compiled = torch.compile(model, backend="escoin", mode="reduce-overhead",
+                             options={"threshold": 0.7, "tuning_log": "tuning_logs/x"})
+
+For each conv2d of the graph Dynamo captures whose weight is a parameter or buffer of the model
+(``graph.py``), the layer goes to an Escoin kernel when the kernels implement it (float32, a
+batched NCHW input, inference) and its weight, batch norm folded in, is sparse enough; on a GPU
+it is then also timed both ways (the Escoin kernel against PyTorch's own convolution, same
+dtype, same input) and keeps the faster, so a sparse layer never makes the model slower.
+Everything else, and the graph around the Escoin calls, goes to inductor (or runs eagerly), in
+the user's precision and settings. ``last_report()`` says what was decided for each layer.
+
+Options (``torch.compile(..., options={...})``):
+  threshold   sparsity from which a layer is a candidate (default 0.7)
+  tuning_log  a log written by ``escoin_tvm.tune``: its best knobs for the kernels it knows
+  dispatch    "measure" (default on a GPU), "threshold" (default on the CPU), or "none"
+  dense       "inductor" (default) or "eager": what runs the rest of the graph
+Any other option goes to inductor, as it would without this backend.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ArgumentError
+from ..operator import Epilogue
+from ..runtime import format_report
+from ..target import resolve_target
+from ..transform.policy import LayerDecision, distinct
+from . import graph, ops
+
+DEFAULT_THRESHOLD = 0.7
+OUR_OPTIONS = ("threshold", "tuning_log", "dispatch", "dense")
+REPORTS: List[List[LayerDecision]] = []  # one per graph compiled, in order
+
+
+def last_report() -> str:
+    """The per-layer report of the graph the backend compiled last."""
+    if not REPORTS:
+        return "the escoin backend has compiled no graph yet"
+    return format_report([vars(d) for d in REPORTS[-1]])
+
+
+def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str] = None,
+                   options: Optional[dict] = None):
+    """The backend function: Dynamo calls it with each graph it captures."""
+    options = dict(options or {})
+    ours = {key: options.pop(key) for key in OUR_OPTIONS if key in options}
+    threshold = float(ours.get("threshold", DEFAULT_THRESHOLD))
+    if not 0.0 <= threshold <= 1.0:
+        raise ArgumentError(f"options['threshold'] must be in [0, 1], got {threshold}")
+    dense = ours.get("dense", "inductor")
+    if dense not in ("inductor", "eager"):
+        raise ArgumentError(f"options['dense'] must be 'inductor' or 'eager', got {dense!r}")
+    dispatch = ours.get("dispatch")
+    if dispatch not in (None, "measure", "threshold", "none"):
+        raise ArgumentError(f"options['dispatch'] must be 'measure', 'threshold' or 'none', got "
+                            f"{dispatch!r}")
+    logs = {}
+
+    def tuning_log(target):
+        if ours.get("tuning_log") is None:
+            return None
+        if target.kind.name not in logs:
+            from ..compiler import open_tuning_log
+
+            logs[target.kind.name] = open_tuning_log(ours["tuning_log"], target)[0]
+        return logs[target.kind.name]
+
+    decisions = []
+    for candidate in graph.candidates(gm, example_inputs):
+        decision, layer = _decide(candidate, threshold, dispatch, tuning_log)
+        if layer is not None:
+            graph.replace(gm, candidate, ops.register(layer))
+        decisions.append(decision)
+    gm.graph.lint()
+    gm.recompile()
+    REPORTS.append(decisions)
+    return _dense_backend(gm, example_inputs, dense, mode, options)
+
+
+def _dense_backend(gm, example_inputs, dense: str, mode: Optional[str], options: dict):
+    if dense == "eager":
+        if options:
+            raise ArgumentError(f"options {sorted(options)} are inductor's; with dense='eager' "
+                                "there is no inductor to take them")
+        if mode == "reduce-overhead":
+            from torch._dynamo.backends.registry import lookup_backend
+
+            return lookup_backend("cudagraphs")(gm, example_inputs)
+        return gm.forward
+    from torch._inductor.compile_fx import compile_fx
+
+    patches = {**(torch._inductor.list_mode_options(mode) if mode else {}), **options}
+    return compile_fx(gm, example_inputs, config_patches=patches or None)
+
+
+def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str], tuning_log):
+    """The candidate's LayerDecision and, when it goes to Escoin, its SparseLayer."""
+    weight = candidate.weight
+    decision = LayerDecision(candidate.name, tuple(_hint(d) for d in candidate.input_shape),
+                             tuple(weight.shape) if weight is not None else (),
+                             candidate.stride, candidate.padding, candidate.groups)
+    if weight is None:
+        decision.reason = "weight is not a parameter or buffer of the model"
+        return decision, None
+    dense = weight.detach().float().cpu().numpy()
+    decision.nnz = int(np.count_nonzero(dense))
+    decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
+    device = candidate.device
+    reason = None
+    if dispatch == "none":
+        reason = "Escoin off (dispatch='none')"
+    elif len(candidate.input_shape) != 4:
+        reason = "input is not a batched NCHW tensor"
+    elif candidate.input_dtype != torch.float32 or weight.dtype != torch.float32:
+        reason = (f"dtype {str(candidate.input_dtype).replace('torch.', '')} (Escoin kernels "
+                  "are float32)")
+    elif device is None or device.type not in ("cpu", "cuda"):
+        reason = f"device {device} (Escoin kernels run on the CPU and CUDA GPUs)"
+    elif torch.is_grad_enabled() and candidate.trainable:
+        reason = ("gradients are on and the weight requires them: the backend runs inference "
+                  "(call the model under torch.no_grad() or torch.inference_mode())")
+    elif decision.sparsity < threshold:
+        reason = "sparsity {} < threshold {}".format(*distinct(decision.sparsity, threshold))
+    if reason is not None:
+        decision.reason = reason
+        return decision, None
+    target = resolve_target("cuda" if device.type == "cuda" else "llvm")
+    bias = candidate.bias.detach().float().cpu().numpy() if candidate.bias is not None else None
+    layer = ops.SparseLayer(candidate.name, dense.astype(np.float32), bias, candidate.stride,
+                            candidate.padding, candidate.dilation, candidate.groups,
+                            candidate.relu, target, tuning_log(target))
+    decision.epilogue = Epilogue(bias=bias is not None, relu=candidate.relu).name + \
+        ("; batch norm folded" if candidate.batch_norm else "")
+    decision.kernel = "escoin"
+    decision.reason = "sparsity {} >= threshold {}".format(*distinct(decision.sparsity, threshold))
+    measure = dispatch == "measure" or (dispatch is None and device.type == "cuda")
+    shape = tuple(_hint(d) for d in candidate.input_shape)
+    if measure and device.type == "cuda" and all(isinstance(d, int) for d in shape):
+        escoin_s, dense_s = _time_both(layer, candidate, shape, device)
+        decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
+        if dense_s < escoin_s:
+            decision.kernel = "dense"
+            decision.reason = (f"measured: PyTorch {dense_s * 1e6:.1f} us < escoin "
+                               f"{escoin_s * 1e6:.1f} us")
+            return decision, None
+        decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, PyTorch "
+                           f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
+    return decision, layer
+
+
+def _hint(size):
+    """A size as an int (the value Dynamo saw, for a symbolic one), else itself."""
+    if isinstance(size, torch.SymInt):
+        hint = size.node.hint
+        return int(hint) if hint is not None else size
+    return int(size)
+
+
+def _time_both(layer: ops.SparseLayer, candidate: graph.Candidate, shape, device):
+    """(Escoin seconds, PyTorch seconds) of the layer at ``shape``, each captured in a CUDA
+    graph and replayed (``timing.graph_time``), PyTorch in its current settings (TF32 and
+    cuDNN as the user has them)."""
+    from ..timing import graph_time
+
+    kernel = layer.kernel(shape, device)
+    x = torch.randn(shape, device=device)
+    out = torch.empty(layer.output_shape(shape), device=device)
+    weight = torch.from_numpy(layer.weight).to(device)
+    bias = None if layer.bias is None else torch.from_numpy(layer.bias).to(device)
+    top, left, bottom, right = layer.padding
+
+    def dense():
+        padded = F.pad(x, (left, right, top, bottom)) if (top, left) != (bottom, right) else x
+        y = F.conv2d(padded, weight, bias, layer.stride,
+                     0 if (top, left) != (bottom, right) else (top, left), layer.dilation,
+                     layer.groups)
+        return torch.relu(y) if layer.relu else y
+
+    with torch.no_grad():
+        return graph_time(lambda: kernel.run_torch(x, out)), graph_time(dense)

@@ -1,0 +1,155 @@
+"""The convolutions of a TorchDynamo graph, and the rewrite that sends one to an Escoin kernel.
+
+Dynamo hands a backend an FX graph of torch-level calls whose parameters and buffers are graph
+inputs, with the real tensors among the example inputs. A candidate is a ``conv2d`` whose weight
+(and bias) is such an input, followed where possible by an eval-mode ``batch_norm`` of inputs
+(folded into the weight and bias with ``torch.nn.utils.fusion.fuse_conv_bn_weights``) and a
+``relu`` (fused into the kernel), each the only user of what it consumes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+CONV2D = (torch.conv2d, F.conv2d, torch.ops.aten.conv2d.default)
+BATCH_NORM = (F.batch_norm, torch.batch_norm)
+RELU = (torch.relu, torch.relu_, F.relu, torch.ops.aten.relu.default)
+
+
+@dataclass
+class Candidate:
+    """A conv2d of the graph, with what follows it, its real weights and its input's shape."""
+
+    name: str
+    nodes: List[fx.Node]  # conv[, batch norm][, relu]: the last one's value is replaced
+    input_shape: tuple  # ints, or symbolic sizes
+    input_dtype: torch.dtype
+    device: torch.device
+    weight: Optional[torch.Tensor]  # None when the weight is not a graph input
+    bias: Optional[torch.Tensor]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: Tuple[int, int]
+    groups: int
+    relu: bool = False
+    batch_norm: bool = False
+    trainable: bool = False  # the weight (or bias) requires gradients
+
+
+def _pair(value) -> Tuple[int, int]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (int(value), int(value))
+
+
+def _padding(padding, weight_shape, dilation) -> Optional[Tuple[int, int, int, int]]:
+    """PyTorch's conv2d padding as (top, left, bottom, right); "same" puts the odd pixel at the
+    bottom/right as PyTorch does."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, weight_shape[2:])]
+        return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+    ph, pw = _pair(padding)
+    return (ph, pw, ph, pw)
+
+
+def _conv_arguments(node: fx.Node):
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    defaults = dict(bias=None, stride=1, padding=0, dilation=1, groups=1)
+    args = {**defaults, **dict(zip(names, node.args)), **node.kwargs}
+    return args
+
+
+def _only_user(node: fx.Node) -> Optional[fx.Node]:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path = list(stack.values())[-1][0]
+        return path.replace("L['self'].", "").replace("L['fn'].", "") or node.name
+    return node.name
+
+
+def candidates(gm: fx.GraphModule, example_inputs: Sequence) -> List[Candidate]:
+    """The conv2d calls of ``gm``, in graph order."""
+    inputs: Dict[fx.Node, object] = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, value in zip(placeholders, example_inputs):
+        inputs[node] = value
+    found = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in CONV2D:
+            continue
+        args = _conv_arguments(node)
+        example = args["input"].meta.get("example_value") if isinstance(args["input"], fx.Node) \
+            else None
+        weight = inputs.get(args["weight"]) if isinstance(args["weight"], fx.Node) else None
+        bias = inputs.get(args["bias"]) if isinstance(args["bias"], fx.Node) else None
+        if example is None or not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+            weight = None
+        if args["bias"] is not None and not isinstance(bias, torch.Tensor):
+            weight = None  # a computed bias: not a constant either
+        dilation = _pair(args["dilation"])
+        candidate = Candidate(
+            _module_path(node), [node],
+            tuple(example.shape) if example is not None else (),
+            example.dtype if example is not None else None,
+            example.device if example is not None else None, weight, bias,
+            _pair(args["stride"]),
+            _padding(args["padding"], weight.shape if weight is not None else (0, 0, 1, 1),
+                     dilation),
+            dilation, int(args["groups"]))
+        if weight is not None:
+            candidate.trainable = weight.requires_grad or bool(
+                bias is not None and bias.requires_grad)
+            _absorb_followers(candidate, inputs)
+        found.append(candidate)
+    return found
+
+
+def _absorb_followers(candidate: Candidate, inputs) -> None:
+    """Adds an eval-mode batch norm of graph inputs, then a relu, that follow the conv2d."""
+    user = _only_user(candidate.nodes[-1])
+    if user is not None and user.op == "call_function" and user.target in BATCH_NORM:
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training",
+                 "momentum", "eps")
+        args = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5,
+                **dict(zip(names, user.args)), **user.kwargs}
+        values = {k: inputs.get(args[k]) if isinstance(args[k], fx.Node) else args[k]
+                  for k in ("running_mean", "running_var", "weight", "bias")}
+        if not args["training"] and all(isinstance(values[k], torch.Tensor)
+                                        for k in ("running_mean", "running_var")) \
+                and all(values[k] is None or isinstance(values[k], torch.Tensor)
+                        for k in ("weight", "bias")):
+            folded = torch.nn.utils.fusion.fuse_conv_bn_weights(
+                candidate.weight, candidate.bias, values["running_mean"], values["running_var"],
+                float(args["eps"]), values["weight"], values["bias"])
+            candidate.weight, candidate.bias = (t.detach() for t in folded)
+            candidate.nodes.append(user)
+            candidate.batch_norm = True
+            user = _only_user(user)
+    if user is not None and user.op == "call_function" and user.target in RELU:
+        candidate.nodes.append(user)
+        candidate.relu = True
+
+
+def replace(gm: fx.GraphModule, candidate: Candidate, layer: int) -> None:
+    """Replaces the candidate's nodes by ``torch.ops.escoin.sparse_conv2d(input, layer)``."""
+    from . import ops  # noqa: F401  (registers the operator)
+
+    last = candidate.nodes[-1]
+    data = _conv_arguments(candidate.nodes[0])["input"]  # as it is now: an earlier replace
+    with gm.graph.inserting_after(last):                # may have rewired it
+        call = gm.graph.call_function(torch.ops.escoin.sparse_conv2d.default, (data, layer))
+    call.meta.update({k: v for k, v in last.meta.items() if k != "example_value"})
+    if "example_value" in last.meta:
+        call.meta["example_value"] = last.meta["example_value"]
+    last.replace_all_uses_with(call)
+    for node in reversed(candidate.nodes):
+        gm.graph.erase_node(node)

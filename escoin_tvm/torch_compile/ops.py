@@ -1,0 +1,103 @@
+"""``torch.ops.escoin.sparse_conv2d``: an Escoin convolution as a PyTorch custom operator.
+
+Each sparse layer the backend takes is registered once (``register``: its frozen weight, bias,
+geometry and fused ReLU) and called by its index, so the graph stays traceable: the fake
+implementation gives the output's shape (symbolic batch sizes included), and inductor treats
+the call as an opaque kernel around which it compiles the rest. A kernel is built for each
+input shape the layer meets (a new batch size builds a new one, once) and runs on the current
+stream with outputs from PyTorch's allocator, so the call works inside CUDA graphs
+(``mode="reduce-overhead"``). The weights are the ones the layer had when it was compiled.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..conv2d import SparseConv2dKernel, build_sparse_conv2d
+
+
+@dataclass
+class SparseLayer:
+    """A convolution the backend sends to Escoin kernels, with its weights frozen."""
+
+    name: str
+    weight: np.ndarray  # OIHW float32, batch norm folded in
+    bias: Optional[np.ndarray]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: Tuple[int, int]
+    groups: int
+    relu: bool
+    target: object  # a TVM target
+    tuning_log: object = None
+    kernels: Dict[tuple, SparseConv2dKernel] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def output_shape(self, shape) -> tuple:
+        """The output shape for an input of ``shape`` (ints or symbolic sizes)."""
+        n, _, h, w = shape
+        kh, kw = self.weight.shape[2:]
+        top, left, bottom, right = self.padding
+        out_h = (h + top + bottom - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        out_w = (w + left + right - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        return (n, self.weight.shape[0], out_h, out_w)
+
+    def kernel(self, shape: tuple, device: torch.device) -> SparseConv2dKernel:
+        """The layer's kernel for inputs of ``shape`` on ``device``, built on first use."""
+        key = (shape, str(device))
+        kernel = self.kernels.get(key)
+        if kernel is None:
+            with self.lock:
+                kernel = self.kernels.get(key)
+                if kernel is None:
+                    kernel = self.kernels[key] = build(self, shape, device)
+        return kernel
+
+
+def build(layer: SparseLayer, shape: tuple, device: torch.device) -> SparseConv2dKernel:
+    """An Escoin kernel for ``layer`` at input ``shape``, with the knobs of the layer's tuning
+    log where it has them (else the shipped or heuristic ones)."""
+    config, tuned = None, False
+    if layer.tuning_log is not None:
+        from ..kernel import schedule_choice
+        from ..operator import Epilogue
+        from ..spec import Conv2dSpec
+        from ..weight_format import EscoinWeight
+
+        spec = Conv2dSpec.create(shape, layer.weight.shape, stride=layer.stride,
+                                 padding=layer.padding, dilation=layer.dilation,
+                                 groups=layer.groups)
+        epilogue = Epilogue(bias=layer.bias is not None, relu=layer.relu)
+        config, tuned, _ = schedule_choice(spec, EscoinWeight.from_dense(layer.weight, spec),
+                                           epilogue, layer.target, None, layer.tuning_log)
+    return build_sparse_conv2d(layer.weight, shape, bias=layer.bias, stride=layer.stride,
+                               padding=layer.padding, dilation=layer.dilation,
+                               groups=layer.groups, relu=layer.relu, target=layer.target,
+                               config=config, tuned=tuned, device=device)
+
+
+LAYERS: List[SparseLayer] = []
+_REGISTERING = threading.Lock()
+
+
+def register(layer: SparseLayer) -> int:
+    """The index ``torch.ops.escoin.sparse_conv2d`` calls the layer by."""
+    with _REGISTERING:
+        LAYERS.append(layer)
+        return len(LAYERS) - 1
+
+
+@torch.library.custom_op("escoin::sparse_conv2d", mutates_args=())
+def sparse_conv2d(x: torch.Tensor, layer: int) -> torch.Tensor:
+    """The registered layer ``layer`` applied to ``x`` (NCHW float32)."""
+    entry = LAYERS[layer]
+    return entry.kernel(tuple(x.shape), x.device).run_torch(x)
+
+
+@sparse_conv2d.register_fake
+def _(x: torch.Tensor, layer: int) -> torch.Tensor:
+    return x.new_empty(LAYERS[layer].output_shape(x.shape))

@@ -1,0 +1,138 @@
+"""torch.compile(model, backend="escoin") on the CPU: the graph rewrite, the custom operator,
+recompiles, what stays with PyTorch, the options; on the GPU, CUDA graphs and measured
+dispatch."""
+import numpy as np
+import pytest
+import torch
+
+import escoin_tvm
+from escoin_tvm import ArgumentError, prune
+from escoin_tvm.torch_compile import backend, last_report
+
+
+def net(sparsity=0.9, seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding="same", bias=False), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 8, 1, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 4))
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.uniform_(-0.1, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+        bn.weight.uniform_(0.5, 1.5)
+    return prune.magnitude(model, sparsity).eval()
+
+
+def close(a, b):
+    np.testing.assert_allclose(a.detach().cpu().numpy(), b.detach().cpu().numpy(), rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_sparse_layers_run_on_escoin_kernels_and_match_eager():
+    model = net()
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager"})
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    layers = backend.REPORTS[-1]
+    assert [l.kernel for l in layers] == ["escoin"] * 3
+    assert layers[0].epilogue == "bias+relu; batch norm folded" and layers[1].epilogue == "relu"
+    assert "3 of 3 convolutions on Escoin kernels" in last_report()
+
+
+def test_a_new_batch_size_recompiles_and_still_matches():
+    model = net()
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager"})
+    with torch.no_grad():
+        for batch in (1, 3, 4):
+            x = torch.randn(batch, 3, 12, 12)
+            close(compiled(x), model(x))
+    assert len(backend.REPORTS[-1]) == 3
+
+
+def test_inductor_compiles_the_rest():
+    model = net()
+    compiled = torch.compile(model, backend="escoin", mode="reduce-overhead")
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        close(compiled(x), model(x))
+        close(compiled(x), model(x))
+
+
+def test_a_dense_model_is_left_to_pytorch_unchanged():
+    model = net(sparsity=0.0)
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager"})
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))
+    assert all(l.kernel == "dense" and "< threshold" in l.reason for l in backend.REPORTS[-1])
+
+
+def test_what_stays_with_pytorch_says_why():
+    model = net()
+    x = torch.randn(2, 3, 12, 12)
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager"})
+    out = compiled(x)  # gradients on: the weights require them
+    assert all("backend runs inference" in l.reason for l in backend.REPORTS[-1])
+    close(out, model(x))
+    torch._dynamo.reset()
+    half = net().to(torch.bfloat16)
+    with torch.no_grad():
+        torch.compile(half, backend="escoin", options={"dense": "eager"})(x.bfloat16())
+    assert all("dtype bfloat16" in l.reason for l in backend.REPORTS[-1])
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend="escoin", options={"dense": "eager", "threshold": 0.95})(x)
+    assert [l.kernel for l in backend.REPORTS[-1]] == ["dense"] * 3
+
+
+@pytest.mark.parametrize("options, words", [({"threshold": 2}, "threshold"),
+                                            ({"dense": "tvm"}, "dense"),
+                                            ({"dispatch": "fastest"}, "dispatch"),
+                                            ({"dense": "eager", "max_autotune": True},
+                                             "inductor's")])
+def test_bad_options_are_named(options, words):
+    compiled = torch.compile(net(), backend="escoin", options=options)
+    with torch.no_grad(), pytest.raises(Exception, match=words) as caught:
+        compiled(torch.randn(1, 3, 8, 8))
+    inner = getattr(caught.value, "inner_exception", caught.value)  # Dynamo wraps it
+    assert isinstance(inner, ArgumentError)
+
+
+def test_the_one_kernel_call_takes_torch_tensors_and_an_output():
+    weight = prune.prune_array(np.random.default_rng(0).standard_normal((8, 4, 3, 3),
+                                                                        np.float32), 0.9)
+    kernel = escoin_tvm.build_sparse_conv2d(weight, (2, 4, 9, 9), padding=1)
+    x = torch.randn(2, 4, 9, 9)
+    out = torch.empty(2, 8, 9, 9)
+    assert kernel.run_torch(x, out) is out
+    ref = torch.nn.functional.conv2d(x.double(), torch.from_numpy(weight).double(), padding=1)
+    close(out, ref.float())
+    close(kernel(x[:, :, :, :]), ref.float())
+    strided = torch.zeros(2, 4, 9, 18)[..., ::2]
+    strided.copy_(x)
+    close(kernel(strided), ref.float())
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_and_measured_dispatch_on_the_gpu():
+    torch.backends.cudnn.allow_tf32 = False
+    model = net().cuda()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    compiled = torch.compile(model, backend="escoin", mode="reduce-overhead")
+    with torch.no_grad():
+        for _ in range(3):
+            close(compiled(x), model(x))
+    for layer in backend.REPORTS[-1]:
+        assert layer.reason.startswith("measured:") and layer.escoin_us and layer.dense_us
+        faster = "escoin" if layer.escoin_us <= layer.dense_us else "dense"
+        assert layer.kernel == faster
