@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
-from .errors import ArgumentError, EscoinError, first_line
+from .errors import EscoinError, first_line
 
 
 def _load_pt2(path):
@@ -93,48 +92,9 @@ def cmd_info(args):
 
 
 def cmd_demo(args):
-    import torch
+    from .demo import run
 
-    from . import models, prune
-    from .compiler import compile as compile_model
-    from .target import has_gpu
-    from .timing import median_time
-
-    prune.check_sparsity(args.sparsity)
-    if args.batch < 1:
-        raise ArgumentError(f"--batch must be >= 1, got {args.batch}")
-    if args.size < 0:
-        raise ArgumentError(f"--size must be >= 1 (or 0 for the default), got {args.size}")
-    if args.target not in ("auto", "cuda", "llvm"):
-        raise ArgumentError(f"--target must be auto, cuda or llvm, got {args.target!r}")
-    model = models.build(args.model)  # an unknown name fails here, before anything runs
-    device = "cuda" if has_gpu() and args.target != "llvm" else "cpu"
-    target = "cuda" if device == "cuda" else "llvm"
-    size = args.size or (224 if device == "cuda" else 112)
-    print(f"escoin demo: {args.model}, convolutions magnitude-pruned to {args.sparsity:.0%}, "
-          f"batch {args.batch}, {size}x{size} input, on the {device.upper()} (target {target})")
-    model = prune.magnitude(model, args.sparsity)
-    x = torch.randn(args.batch, 3, size, size)
-    start = time.time()
-    compiled = compile_model(model, (x,), target=target)
-    print(f"compiled in {time.time() - start:.1f} s\n")
-    print(compiled.report())
-
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    model = model.to(device)
-    xd = x.to(device)
-    with torch.no_grad():
-        reference = model(xd)
-        out = compiled(xd)
-        dense_s = median_time(lambda: model(xd), device)
-    err = float((out - reference).abs().max() / reference.abs().max())
-    ok = err < 1e-4
-    print(f"\ncheck against PyTorch fp32: max relative error {err:.2e} -> {'OK' if ok else 'MISMATCH'}")
-    escoin_s = compiled.time()
-    print(f"dense PyTorch fp32 (TF32 off): {dense_s * 1e3:8.2f} ms")
-    print(f"escoin-tvm:                    {escoin_s * 1e3:8.2f} ms  ({dense_s / escoin_s:.2f}x)")
-    return 0 if ok else 1
+    return run(args.model, args.sparsity, args.batch, args.size, args.target, args.dtype)
 
 
 def build_parser():
@@ -179,6 +139,7 @@ def build_parser():
     p.add_argument("--size", type=int, default=0, help="input size (default 224 on a GPU, "
                    "112 on the CPU)")
     p.add_argument("--target", default="auto", help="auto (GPU if there is one), cuda or llvm")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
     p.set_defaults(func=cmd_demo)
     return parser
 

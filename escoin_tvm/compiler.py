@@ -16,6 +16,7 @@ from typing import Optional
 import tvm
 from tvm import relax
 
+from . import dtypes
 from .errors import EscoinError
 from .frontend import conv_layer_names, prepare, quiet_torch
 from .pipeline import relax_pipeline
@@ -33,10 +34,11 @@ DEFAULT_SPARSITY_THRESHOLD = 0.7
 def dispatch(mod, exported, target, threshold: float, **options):
     """Folds batch norms into the convolutions and runs the Escoin pass.
     Returns (Relax module, the pass with its report and kernels)."""
-    from .workarounds import trivial_reductions_to_multiply
+    from .workarounds import fold_half_batch_norms, trivial_reductions_to_multiply
 
     escoin = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), **options)
-    passes = [relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant(), escoin]
+    passes = [fold_half_batch_norms, relax.transform.FoldBatchnormToConv2D(),
+              relax.transform.FoldConstant(), escoin]
     if is_gpu(target):
         passes.append(trivial_reductions_to_multiply)
     try:
@@ -132,7 +134,7 @@ def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported
         "dispatch_by": dispatch_by,
         "cuda_graph": cuda_graph,
         "tuning_log": str(log.path) if log is not None else None,
-        "inputs": [[list(x.shape), "float32"] for x in example],
+        "inputs": [[list(x.shape), dtypes.name_of(x.dtype)] for x in example],
         "out_spec": _out_spec(exported),
         "layers": [asdict(d) for d in escoin.report],
     }

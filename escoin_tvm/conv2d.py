@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tvm
 
+from . import dtypes
 from .errors import ArgumentError, DTypeError, ShapeError
 from .kernel import ScheduleConfig, scheduled_module
 from .operator import Epilogue, kernel_input_shape
@@ -33,6 +34,7 @@ class SparseConv2dKernel:
                  epilogue: Epilogue, target, config: ScheduleConfig, tuned: bool = False,
                  device=None):
         self.spec, self.weight, self.epilogue, self.target = spec, weight, epilogue, target
+        self.dtype = weight.dtype  # of the input, the weights and the output
         mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config,
                                                              tuned)
         self.device = device_for(target, device)
@@ -53,10 +55,10 @@ class SparseConv2dKernel:
         if is_torch(x):
             return self.run_torch(x)
         constants = self._device_constants()
-        data = to_tvm(x, self.device, self.spec.input_shape, name="input")
+        data = to_tvm(x, self.device, self.spec.input_shape, name="input", dtype=self.dtype)
         # a kernel that reads in place takes the input as (N, C*H*W): a view, no copy
         data = data._create_view(kernel_input_shape(self.spec))
-        out = tvm.runtime.empty(self.spec.output_shape, "float32", self.device)
+        out = tvm.runtime.empty(self.spec.output_shape, self.dtype, self.device)
         self.function(data, *constants, out)
         return from_tvm(out, x)
 
@@ -65,8 +67,8 @@ class SparseConv2dKernel:
         output (``out``, or a new tensor from PyTorch's allocator) is returned."""
         import torch
 
-        if x.dtype != torch.float32:
-            raise DTypeError(f"input must be float32, got {str(x.dtype).replace('torch.', '')}")
+        if dtypes.name_of(x.dtype) != self.dtype:
+            raise DTypeError(f"input must be {self.dtype}, got {dtypes.name_of(x.dtype)}")
         if tuple(x.shape) != self.spec.input_shape:
             raise ShapeError(f"input must have shape {self.spec.input_shape}, got "
                              f"{tuple(x.shape)}")
@@ -76,7 +78,7 @@ class SparseConv2dKernel:
         if x.requires_grad:
             x = x.detach()
         if out is None:
-            out = torch.empty(self.spec.output_shape, dtype=torch.float32, device=x.device)
+            out = torch.empty(self.spec.output_shape, dtype=x.dtype, device=x.device)
         data = x.view(kernel_input_shape(self.spec))
         if x.device.type == "cuda":
             import tvm_ffi
@@ -89,7 +91,6 @@ class SparseConv2dKernel:
 
     def _torch_constants_on(self, device):
         """The constants as torch tensors on ``device``, which must be the kernel's."""
-        import torch
 
         wanted = "cuda" if is_gpu(self.target) else "cpu"
         if device.type != wanted or (wanted == "cuda" and (device.index or 0) != self.device.index):
@@ -97,7 +98,7 @@ class SparseConv2dKernel:
                                 f"move it with .to('{wanted}')")
         if self._torch_constants is None:
             require_device(self.device)
-            self._torch_constants = [torch.from_numpy(a).to(device) for a in self.host_constants]
+            self._torch_constants = [dtypes.to_torch(a).to(device) for a in self.host_constants]
         return self._torch_constants
 
     @property
@@ -110,9 +111,9 @@ class SparseConv2dKernel:
         """Median kernel time in seconds on random input (TVM's time_evaluator, device timers)."""
         constants = self._device_constants()
         rng = np.random.default_rng(0)
-        data = tvm.runtime.tensor(rng.standard_normal(kernel_input_shape(self.spec), np.float32),
-                                  self.device)
-        out = tvm.runtime.empty(self.spec.output_shape, "float32", self.device)
+        data = tvm.runtime.tensor(rng.standard_normal(kernel_input_shape(self.spec)).astype(
+            dtypes.numpy_dtype(self.dtype)), self.device)
+        out = tvm.runtime.empty(self.spec.output_shape, self.dtype, self.device)
         timer = self.executable.mod.time_evaluator("main", self.device, number=number, repeat=repeat)
         return float(np.median(timer(data, *constants, out).results))
 
@@ -122,8 +123,9 @@ def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride
                         relu: bool = False, target: TargetLike = "llvm",
                         config: Optional[ScheduleConfig] = None,
                         tuned: bool = False, device=None) -> SparseConv2dKernel:
-    """Compiles a sparse direct convolution of ``weight`` (dense OIHW float32, numpy or torch)
-    for inputs of ``input_shape`` (NCHW). ``padding`` may be asymmetric:
+    """Compiles a sparse direct convolution of ``weight`` (dense OIHW, numpy or torch; float32,
+    float16 or bfloat16: the kernel's inputs and outputs have its dtype, and it accumulates in
+    float32) for inputs of ``input_shape`` (NCHW). ``padding`` may be asymmetric:
     (top, left, bottom, right). ``config`` overrides the default schedule knobs; ``tuned``
     says it comes from a tuning log (``TuningLog.lookup``): the kernel then does the work it was
     tuned on (``tuned_extents``). ``device`` is where it runs ("cuda:1", a torch.device, ...;
@@ -133,7 +135,7 @@ def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride
     spec = Conv2dSpec.create(input_shape, weight.shape, stride=stride, padding=padding,
                              dilation=dilation, groups=groups)
     if bias is not None:
-        bias = as_numpy_weight(bias, "bias")
+        bias = as_numpy_weight(bias, "bias").astype(np.float32)  # the epilogue is float32
         if bias.shape != (spec.out_channels,):
             raise ShapeError(f"bias must have shape ({spec.out_channels},), got {bias.shape}")
     epilogue = Epilogue(bias=bias is not None, relu=bool(relu))

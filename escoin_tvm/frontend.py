@@ -13,15 +13,16 @@ from typing import List
 
 import numpy as np
 
+from . import dtypes
 from .errors import EscoinError, first_line
 from .tensors import is_torch
 from .tvm_logs import without_tvm_noise
-from .workarounds import refuse_known_tvm_crashes
+from .workarounds import frontend_convert_map, refuse_known_tvm_crashes
 
 
 def example_tensors(example_inputs) -> tuple:
     """``example_inputs`` (a tensor, an array, or a non-empty tuple/list of them) as a tuple
-    of float32 CPU torch tensors."""
+    of CPU torch tensors of a dtype escoin-tvm takes (float32, float16, bfloat16)."""
     if is_torch(example_inputs) or isinstance(example_inputs, np.ndarray):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
@@ -35,8 +36,7 @@ def example_tensors(example_inputs) -> tuple:
         if not is_torch(x):
             raise EscoinError(f"example input {i} must be a torch tensor or numpy array, "
                               f"got {type(x).__name__}")
-        if x.dtype != torch.float32:
-            raise EscoinError(f"example input {i} must be float32, got {x.dtype}")
+        dtypes.check(x.dtype, f"example input {i}")
         if x.numel() == 0:
             raise EscoinError(f"example input {i} is empty (shape {tuple(x.shape)}): give "
                               "inputs of the shape the model will run on")
@@ -109,7 +109,8 @@ def to_relax(exported):
 
     try:
         with quiet_torch(), without_tvm_noise():
-            return from_exported_program(exported, keep_params_as_input=False)
+            return from_exported_program(exported, keep_params_as_input=False,
+                                         custom_convert_map=frontend_convert_map())
     except Exception as err:
         raise EscoinError("TVM's PyTorch frontend could not convert the exported program: "
                           f"{first_line(err)}") from err
@@ -123,7 +124,8 @@ def prepare(model, example_inputs, target):
     if isinstance(model, torch.export.ExportedProgram):
         exported = model
         example = example_tensors(example_inputs) if example_inputs is not None else tuple(
-            torch.zeros(tuple(n.meta["val"].shape)) for n in exported.graph.nodes
+            torch.zeros(tuple(n.meta["val"].shape), dtype=n.meta["val"].dtype)
+            for n in exported.graph.nodes
             if n.op == "placeholder" and n.name in exported.graph_signature.user_inputs)
     else:
         if not isinstance(model, torch.nn.Module):

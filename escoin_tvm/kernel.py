@@ -17,10 +17,12 @@ from .weight_format import EscoinWeight
 ScheduleConfig = Union[CpuConfig, GpuConfig]
 
 
-def untuned_config(spec: Conv2dSpec, target) -> ScheduleConfig:
-    """The knobs a kernel gets without a tuning log: the shipped table's, else the heuristic."""
+def untuned_config(spec: Conv2dSpec, target, dtype: str = "float32") -> ScheduleConfig:
+    """The knobs a kernel gets without a tuning log: the shipped table's for this layer shape
+    and dtype, else the heuristic."""
     if is_gpu(target):
-        return pretuned.lookup(spec, str(target.attrs.get("arch", ""))) or default_gpu_config(spec)
+        arch = str(target.attrs.get("arch", ""))
+        return pretuned.lookup(spec, arch, dtype) or default_gpu_config(spec)
     return default_cpu_config(spec)
 
 
@@ -34,18 +36,18 @@ def extents(spec: Conv2dSpec, config: ScheduleConfig) -> Tuple[Tuple[int, int], 
     return (spec.batch, spec.out_h), 1
 
 
-def tuned_extents(spec: Conv2dSpec, target) -> Tuple[Tuple[int, int], int]:
+def tuned_extents(spec: Conv2dSpec, target, dtype: str = "float32") -> Tuple[Tuple[int, int], int]:
     """The ``extents`` a tuned kernel runs on: the untuned kernel's. Tuning then searches the
     configs that fit that work (``tuning.space``: tiles and chunks that divide it), the untuned
     knobs are one of them, measured first, and a tuned kernel never does more work than the
     untuned one (a fixed, larger rounding made tuned kernels slower than the untuned ones whose
     knobs they had found: docs/findings.md, "Tuned work")."""
-    return extents(spec, untuned_config(spec, target))
+    return extents(spec, untuned_config(spec, target, dtype))
 
 
-def schedule_source(spec: Conv2dSpec, target) -> str:
+def schedule_source(spec: Conv2dSpec, target, dtype: str = "float32") -> str:
     """Where an untuned kernel's knobs come from: the shipped table or the heuristic."""
-    if is_gpu(target) and pretuned.lookup(spec, str(target.attrs.get("arch", ""))):
+    if is_gpu(target) and pretuned.lookup(spec, str(target.attrs.get("arch", "")), dtype):
         return "pre-tuned"
     return "default"
 
@@ -62,7 +64,7 @@ def schedule_choice(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, 
         if found is not None:
             config, seconds = found
             return config, True, f"tuned ({seconds * 1e6:.1f} us)"
-    return None, False, schedule_source(spec, target)
+    return None, False, schedule_source(spec, target, weight.dtype)
 
 
 def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target,
@@ -74,13 +76,14 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
     ``split_k`` times the multiple and splits each over that many blocks.
 
     Returns (mod, offsets, values, config)."""
-    config = config or untuned_config(spec, target)
+    config = config or untuned_config(spec, target, weight.dtype)
     wanted = GpuConfig if is_gpu(target) else CpuConfig
     if not isinstance(config, wanted):
         raise ArgumentError(f"a {target.kind.name} target needs a {wanted.__name__}, got "
                         f"{type(config).__name__}")
     config = config.validate() if wanted is GpuConfig else config
-    domain, multiple = tuned_extents(spec, target) if tuned else extents(spec, config)
+    domain, multiple = tuned_extents(spec, target, weight.dtype) if tuned else \
+        extents(spec, config)
     if isinstance(config, GpuConfig) and (multiple % config.chunk or
                                           domain[0] % config.images_per_thread or
                                           domain[1] % config.rows_per_thread):
@@ -89,7 +92,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
     if split_k > 1 and not isinstance(config, GpuConfig):
         raise ArgumentError(f"split_k={split_k} needs a GPU target, got {target.kind.name}")
     offsets, values = ell_arrays(spec, weight, multiple * split_k)
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain, weight.dtype)
     sch = s_tir.Schedule(func)
     sch = schedule_gpu(sch, config, split_k) if isinstance(config, GpuConfig) else \
         schedule_cpu(sch, config)

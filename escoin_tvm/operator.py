@@ -69,9 +69,13 @@ def ell_arrays(spec: Conv2dSpec, weight: EscoinWeight, multiple: int = 1):
 
 
 def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
-                     domain: Optional[Tuple[int, int]] = None):
+                     domain: Optional[Tuple[int, int]] = None, dtype: str = "float32"):
     """Builds the TE graph. Returns (inputs, output): inputs are ``[data, offsets, values]``,
-    then ``bias`` and ``residual`` (output-shaped) when the epilogue has them.
+    then ``bias`` (float32) and ``residual`` (output-shaped) when the epilogue has them.
+
+    ``dtype`` is the element type of the input, the weights, the residual and the output; the
+    sum and the epilogue are computed in float32 whatever it is (a half-precision kernel
+    converts each value it loads, and rounds once, when it stores).
 
     ``domain`` = (images, rows) computes the sum over more images and output rows than the output
     has (the extra ones from zeros or in-bounds leftovers of the padded input, never stored): a GPU
@@ -91,9 +95,13 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         raise ShapeError(f"convolution {spec.input_shape} -> {spec.output_shape} is too large for "
                          "32-bit indexing; split the batch")
 
-    data = te.placeholder(kernel_input_shape(spec), "float32", name="data")
+    data = te.placeholder(kernel_input_shape(spec), dtype, name="data")
     offsets = te.placeholder((spec.out_channels, row_length), "int32", name="offsets")
-    values = te.placeholder((spec.out_channels, row_length), "float32", name="values")
+    values = te.placeholder((spec.out_channels, row_length), dtype, name="values")
+    half = dtype != "float32"
+
+    def wide(value):
+        return value.astype("float32") if half else value
     j = te.reduce_axis((0, row_length), name="j")
 
     def pad(n, f):
@@ -103,7 +111,7 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         inside = tirx.all(c < c_, yy >= 0, yy < h_, xx >= 0, xx < w_)
         if images > n_:  # the extra images are zeros (the clamp keeps the read in bounds)
             inside, n = tirx.all(n < n_, inside), tirx.min(n, n_ - 1)
-        return tirx.if_then_else(inside, data[n, c, yy, xx], tirx.const(0.0, "float32"))
+        return tirx.if_then_else(inside, data[n, c, yy, xx], tirx.const(0.0, dtype))
 
     in_place = reads_in_place(spec)
     source = data if in_place else te.compute((images, flat), pad, name=PAD_BLOCK)
@@ -116,15 +124,16 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         return source[n, offsets[k, j] + y * (sh * wp) + x * sw]
 
     conv = te.compute((images, spec.out_channels, rows, spec.out_w),
-                      lambda n, k, y, x: te.sum(values[k, j] * gather(n, k, y, x), axis=j),
+                      lambda n, k, y, x: te.sum(wide(values[k, j]) * wide(gather(n, k, y, x)),
+                                                axis=j),
                       name=CONV_BLOCK)
     inputs = [data, offsets, values]
     cropped = (images, rows) != (n_, spec.out_h)
-    if not epilogue.any and not cropped:
+    if not epilogue.any and not cropped and not half:
         return inputs, conv
 
     bias = te.placeholder((spec.out_channels,), "float32", name="bias") if epilogue.bias else None
-    residual = te.placeholder(spec.output_shape, "float32", name="residual") \
+    residual = te.placeholder(spec.output_shape, dtype, name="residual") \
         if epilogue.residual else None
 
     def finish(n, k, y, x):
@@ -132,10 +141,10 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         if bias is not None:
             value = value + bias[k]
         if residual is not None:
-            value = value + residual[n, k, y, x]
+            value = value + wide(residual[n, k, y, x])
         if epilogue.relu:
             value = tirx.max(value, tirx.const(0.0, "float32"))
-        return value
+        return value.astype(dtype) if half else value
 
     out = te.compute(spec.output_shape, finish, name=EPILOGUE_BLOCK)
     inputs += [t for t in (bias, residual) if t is not None]
@@ -143,7 +152,7 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
 
 
 def sparse_conv2d_primfunc(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
-                           domain: Optional[Tuple[int, int]] = None):
+                           domain: Optional[Tuple[int, int]] = None, dtype: str = "float32"):
     """The unscheduled PrimFunc; parameters (data, offsets, values[, bias][, residual], out)."""
-    inputs, out = sparse_conv2d_te(spec, row_length, epilogue, domain)
+    inputs, out = sparse_conv2d_te(spec, row_length, epilogue, domain, dtype)
     return te.create_prim_func([*inputs, out])

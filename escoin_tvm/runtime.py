@@ -22,6 +22,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from . import dtypes
 from .errors import ArgumentError, EscoinError, first_line
 from .target import recover_from_out_of_memory, require_device, resolve_device
 from .tensors import from_tvm, is_torch, to_tvm
@@ -89,8 +90,8 @@ class CompiledModule:
     def time(self, number: int = 20, repeat: int = 5) -> float:
         """Median end-to-end latency (s) on random inputs, timed by TVM's time_evaluator."""
         rng = np.random.default_rng(0)
-        args = [tvm.runtime.tensor(rng.standard_normal(shape).astype(dtype), self.device)
-                for shape, dtype in self.metadata["inputs"]]
+        args = [tvm.runtime.tensor(rng.standard_normal(shape).astype(dtypes.numpy_dtype(dtype)),
+                                   self.device) for shape, dtype in self.metadata["inputs"]]
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
         return float(np.median(timer(*args).results))
 
@@ -147,9 +148,10 @@ def format_report(layers: Sequence[dict], threshold: Optional[float] = None) -> 
     def sparsity(value: float) -> str:
         return distinct(value, threshold, 3)[0] if threshold is not None else f"{value:.3f}"
 
-    header = ["layer", "input", "weight", "sparsity", "nnz", "kernel", "epilogue", "schedule", "why"]
+    header = ["layer", "input", "weight", "dtype", "sparsity", "nnz", "kernel", "epilogue",
+              "schedule", "why"]
     rows = [[l["name"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["weight_shape"])),
-             sparsity(l["sparsity"]), str(l["nnz"]), l["kernel"], l["epilogue"] or "-",
+             l.get("dtype", "float32"), sparsity(l["sparsity"]), str(l["nnz"]), l["kernel"], l["epilogue"] or "-",
              l.get("schedule") or "-", l["reason"]]
             for l in layers]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]

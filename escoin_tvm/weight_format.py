@@ -12,21 +12,20 @@ from typing import Tuple
 
 import numpy as np
 
-from .errors import DTypeError, ShapeError
+from . import dtypes
+from .errors import ShapeError
 from .spec import Conv2dSpec
 
 
 def as_numpy_weight(weight, name: str = "weight") -> np.ndarray:
-    """A torch tensor or array-like -> float32 numpy array, refusing other dtypes loudly
-    (``name`` is the argument the message names)."""
+    """A torch tensor or array-like -> numpy array of one of the dtypes Escoin kernels take
+    (float32, float16, bfloat16), refusing others loudly (``name`` is the argument the message
+    names)."""
     if hasattr(weight, "detach"):  # torch.Tensor, without importing torch here
-        dtype = str(weight.dtype).replace("torch.", "")
-        if dtype != "float32":
-            raise DTypeError(f"{name} must be float32, got {dtype}")
-        weight = weight.detach().cpu().numpy()
+        dtypes.check(weight.dtype, name)
+        return dtypes.to_numpy(weight)
     weight = np.asarray(weight)
-    if weight.dtype != np.float32:
-        raise DTypeError(f"{name} must be float32, got {weight.dtype}")
+    dtypes.check(weight.dtype, name)
     return weight
 
 
@@ -36,7 +35,7 @@ class EscoinWeight:
 
     indptr: np.ndarray  # int32, (out_channels + 1,)
     offsets: np.ndarray  # int32, (nnz,): tap offset in the padded input of the channel's group
-    values: np.ndarray  # float32, (nnz,)
+    values: np.ndarray  # (nnz,), in the weight's dtype
     weight_shape: Tuple[int, int, int, int]  # OIHW of the dense weight
     padded_hw: Tuple[int, int]
     dilation: Tuple[int, int]
@@ -44,7 +43,8 @@ class EscoinWeight:
 
     @staticmethod
     def from_dense(weight, spec: Conv2dSpec) -> "EscoinWeight":
-        """Encodes a dense OIHW float32 weight for the padded input size of ``spec``."""
+        """Encodes a dense OIHW weight (float32, float16 or bfloat16, kept as it is) for the
+        padded input size of ``spec``."""
         weight = as_numpy_weight(weight)
         if weight.ndim != 4:
             raise ShapeError(f"weight must be 4-D OIHW, got shape {weight.shape}")
@@ -63,8 +63,13 @@ class EscoinWeight:
         indptr = np.zeros(out_channels + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=out_channels), out=indptr[1:])
         return EscoinWeight(indptr.astype(np.int32), offsets.astype(np.int32),
-                            flat[rows, cols].astype(np.float32), tuple(weight.shape), (hp, wp),
+                            flat[rows, cols], tuple(weight.shape), (hp, wp),
                             spec.dilation, spec.groups)
+
+    @property
+    def dtype(self) -> str:
+        """The weights' element type: float32, float16 or bfloat16."""
+        return dtypes.name_of(self.values.dtype)
 
     @property
     def nnz(self) -> int:
@@ -89,7 +94,7 @@ class EscoinWeight:
 
     def to_dense(self) -> np.ndarray:
         """The dense OIHW weight back: the exact inverse of from_dense."""
-        dense = np.zeros(self.weight_shape, dtype=np.float32)
+        dense = np.zeros(self.weight_shape, dtype=self.values.dtype)
         rows, c, r, s = self.decode()
         dense[rows, c, r, s] = self.values
         return dense
@@ -125,7 +130,7 @@ class EscoinWeight:
         else:
             padding = in_channels * plane
         offsets = np.full((out_channels, width), padding, dtype=np.int64)
-        values = np.zeros((out_channels, width), dtype=np.float32)
+        values = np.zeros((out_channels, width), dtype=self.values.dtype)
         rows = np.repeat(np.arange(out_channels), lengths)
         cols = np.arange(self.nnz) - np.repeat(self.indptr[:-1], lengths)
         offsets[rows, cols] = self.offsets + group_base[rows]

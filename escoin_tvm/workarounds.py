@@ -6,6 +6,13 @@ Each names the reproduction of its bug under ``experiments/tvm_bugs/``.
 for them segfaults at run time (``adaptive_pool_gpu_crash.py``); ``refuse_known_tvm_crashes``
 refuses such a model for CUDA at compile time instead of letting the process die.
 
+**Half precision in TVM's PyTorch frontend**: it gives every conv2d, linear and matmul
+``out_dtype="float32"``, so a float16 or bfloat16 model's first such layer turns the rest of the
+graph into a type error (a half bias added to a float32 result). ``frontend_convert_map``
+converts them in the model's own dtype; float32 models convert exactly as before. Relax's
+``FoldBatchnormToConv2D`` then adds a float32 epsilon to a half variance and fails:
+``fold_half_batch_norms`` folds those batch norms first (in float32, rounded once).
+
 **Reductions of extent one** (``trivial_reduction_gpu_bug.py``): a reduction of extent one
 fused with an elementwise epilogue (a Linear with one input feature plus its bias, a one-tap
 convolution plus bias/ReLU) gets CUDA code from TVM's default GPU schedule that applies the
@@ -16,6 +23,7 @@ pass (those whose weight is not a constant; the pass sends constant ones to Esco
 """
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -49,6 +57,108 @@ def refuse_known_tvm_crashes(mod: tvm.IRModule, target) -> None:
                             f"{dst[0]}x{dst[1]}, and TVM 0.27's CUDA code for it crashes; use an "
                             "input size at which the pool keeps the size (224x224 for "
                             "torchvision's AlexNet and VGG) or target='llvm'")
+
+
+def frontend_convert_map() -> dict:
+    """``custom_convert_map`` entries for ``from_exported_program``: convolutions (2-D, not
+    transposed) of half-precision tensors keep their dtype, linear layers and matrix products
+    accumulate in float32 and round to it; everything else converts as TVM converts it."""
+    from functools import partial
+    import operator
+
+    matmul32 = partial(relax.op.linear_algebra.matmul, out_dtype="float32")
+
+    def half(expr) -> bool:
+        return str(getattr(expr.ty, "dtype", "float32")) in ("float16", "bfloat16")
+
+    def convolution(node, importer, transposed_at):
+        args = importer.retrieve_args(node)
+        x = args[0]
+        transposed = transposed_at is not None and len(args) > transposed_at and \
+            args[transposed_at]
+        if not half(x) or len(x.ty.shape) != 4 or transposed:
+            return (importer._convolution if transposed_at is not None else
+                    importer._conv2d)(node)
+        groups_at = 8 if transposed_at is not None else 6
+        weight, bias = args[1], args[2] if len(args) > 2 else None
+        stride, padding, dilation = (args[i] if len(args) > i else d
+                                     for i, d in ((3, 1), (4, 0), (5, 1)))
+        groups = args[groups_at] if len(args) > groups_at else 1
+        conv = importer.block_builder.emit(relax.op.nn.conv2d(
+            x, weight, strides=stride, padding=padding, dilation=dilation, groups=groups,
+            data_layout="NCHW", kernel_layout="OIHW", out_dtype=str(x.ty.dtype)))
+        if importer._is_no_bias(bias):
+            return conv
+        return importer.block_builder.emit(
+            relax.op.add(conv, relax.op.reshape(bias, (1, -1, 1, 1))))
+
+    def product(importer, lhs, rhs, dtype):
+        """``lhs @ rhs`` accumulated in float32 (as cuBLAS does), rounded to ``dtype`` once."""
+        wide = importer.block_builder.emit(
+            relax.op.linear_algebra.matmul(lhs, rhs, out_dtype="float32"))
+        return importer.block_builder.emit(relax.op.astype(wide, dtype))
+
+    def linear(node, importer):
+        args = importer.retrieve_args(node)
+        if not half(args[0]):
+            return importer._linear(node)
+        out = product(importer, args[0], relax.op.permute_dims(args[1]), str(args[0].ty.dtype))
+        bias = args[2] if len(args) > 2 else None
+        return out if bias is None else importer.block_builder.emit(relax.op.add(out, bias))
+
+    def matmul(node, importer):
+        lhs, rhs = importer.retrieve_args(node)[:2]
+        if not (isinstance(lhs, relax.Expr) and half(lhs)):
+            return importer._binary_op(matmul32, operator.matmul)(node)
+        return product(importer, lhs, rhs, str(lhs.ty.dtype))
+
+    def addmm(node, importer):
+        bias, lhs, rhs = (importer.env[a] for a in node.args[:3])
+        alpha, beta = node.kwargs.get("alpha", 1), node.kwargs.get("beta", 1)
+        if not half(lhs) or alpha != 1 or beta != 1:
+            return importer._addmm(node)
+        out = product(importer, lhs, rhs, str(lhs.ty.dtype))
+        return importer.block_builder.emit(relax.op.add(bias, out))
+
+    return {"convolution.default": lambda node, importer: convolution(node, importer, 6),
+            "conv2d.default": lambda node, importer: convolution(node, importer, None),
+            "linear.default": linear, "addmm.default": addmm, "matmul.default": matmul,
+            "mm.default": matmul, "bmm.default": matmul}
+
+
+@tvm.transform.module_pass(opt_level=0, name="EscoinFoldHalfBatchNorms")
+def fold_half_batch_norms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """``batch_norm(conv2d(x, W), gamma, beta, mean, var)[0]`` of half-precision constants ->
+    ``conv2d(x, W * s) + (beta - mean * s)``, ``s = gamma / sqrt(var + eps)``, computed in
+    float32 and stored in the convolution's dtype. Float32 graphs are left to
+    ``FoldBatchnormToConv2D``."""
+    from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
+
+    data, weight = wildcard(), is_const()
+    conv = is_op("relax.nn.conv2d")(data, weight)
+    stats = [is_const() for _ in range(4)]
+    norm = is_op("relax.nn.batch_norm")(conv, *stats)
+    pattern = TupleGetItemPattern(norm, 0)
+
+    def rewrite(expr, matches):
+        conv_call, norm_call = matches[conv], matches[norm]
+        dtype = str(conv_call.ty.dtype)
+        if dtype not in ("float16", "bfloat16") or conv_call.attrs.kernel_layout != "OIHW" or \
+                int(norm_call.attrs.axis) != 1:
+            return expr
+        gamma, beta, mean, var = (matches[p].value.numpy().astype("float32") for p in stats)
+        scale = gamma / np.sqrt(var + float(norm_call.attrs.epsilon))
+        folded = matches[weight].value.numpy().astype("float32") * scale.reshape(-1, 1, 1, 1)
+        bias = (beta - mean * scale).reshape(1, -1, 1, 1)
+        like = matches[weight].value.numpy().dtype
+        new_conv = relax.Call(conv_call.op, [matches[data], relax.const(folded.astype(like))],
+                              conv_call.attrs)
+        return relax.op.add(new_conv, relax.const(bias.astype(like)))
+
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gvar] = rewrite_call(pattern, rewrite, func)
+    return mod
 
 
 def _static(expr):

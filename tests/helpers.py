@@ -27,13 +27,22 @@ def reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, r
     return (torch.relu(out) if relu and not absolute else out).numpy()
 
 
-def assert_conv_close(out, x, weight, **conv_args):
-    """fp32 result within 1e-5 of the float64 reference, relative to sum |w| |x| per output."""
+# Unit roundoff of a result stored in each dtype (round to nearest: half a unit in the last place)
+ROUNDOFF = {"float32": 0.0, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+
+
+def assert_conv_close(out, x, weight, dtype="float32", **conv_args):
+    """Result within 1e-5 of the float64 reference, relative to sum |w| |x| per output (the
+    float32 sum), plus the rounding of a ``dtype`` output to it; ``x`` and ``weight`` are the
+    values the kernel saw (of ``dtype``)."""
+    x, weight = (np.asarray(a).astype(np.float64) for a in (x, weight))
+    if conv_args.get("bias") is not None:
+        conv_args["bias"] = np.asarray(conv_args["bias"]).astype(np.float64)
     ref = reference(x, weight, **conv_args)
     scale = reference(x, weight, absolute=True, **{k: v for k, v in conv_args.items() if k != "relu"})
-    out = np.asarray(out, dtype=np.float64)
+    out = np.asarray(out).astype(np.float64)
     assert out.shape == ref.shape
     assert np.isfinite(out).all()
-    err = np.abs(out - ref) - (1e-5 * scale + 1e-6)
+    err = np.abs(out - ref) - (1e-5 * scale + ROUNDOFF[dtype] * np.abs(ref) + 1e-6)
     worst = np.unravel_index(err.argmax(), err.shape)
     assert err.max() <= 0, f"max error over tolerance by {err.max()} at {worst}"

@@ -46,6 +46,40 @@ def test_models_match_pytorch_on_cpu(name):
     assert sum(k == "escoin" for k in kernels.values()) == len(kernels) - 1
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+def test_half_precision_models_compile_run_and_export_in_their_dtype(dtype, tolerance, tmp_path):
+    """model.half() / model.to(torch.bfloat16): Escoin kernels in that dtype (float32 sums),
+    checked against the same weights in float64."""
+    model = pruned("resnet18").to(dtype)
+    x = torch.randn(2, 3, 32, 32).to(dtype)
+    compiled = escoin_tvm.compile(model, (x,), target="llvm")
+    with torch.no_grad():
+        ref = pruned("resnet18").double()(x.double())
+    out = compiled(x)
+    assert out.dtype == dtype
+    assert float((out.double() - ref).abs().max() / ref.abs().max()) < tolerance
+    name = str(dtype).replace("torch.", "")
+    assert all(l["dtype"] == name for l in compiled.layers)
+    assert sum(l["kernel"] == "escoin" for l in compiled.layers) == 19
+    assert f" {name} " in compiled.report()
+    loaded = escoin_tvm.load(compiled.export_library(tmp_path / "half.so"))
+    assert torch.equal(loaded(x), out) and loaded.metadata["inputs"][0][1] == name
+
+
+def test_the_demo_runs_on_the_cpu_and_states_the_comparison(capsys):
+    assert cli(["demo", "--model", "resnet18", "--size", "32", "--sparsity", "0.9"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "-> OK" in next(l for l in lines if l.startswith("check against"))
+    assert "than the fastest dense PyTorch (eager fp32)" in lines[-1]
+    assert cli(["demo", "--dtype", "float64"]) == 2
+
+
+def test_float64_models_are_refused_naming_the_input():
+    with pytest.raises(escoin_tvm.DTypeError, match="example input 0 is float64"):
+        escoin_tvm.compile(pruned("alexnet").double(), (torch.randn(1, 3, 64, 64).double(),),
+                           target="llvm")
+
+
 def test_resnet18_report_and_outputs(resnet18_llvm):
     model, x, compiled = resnet18_llvm
     with torch.no_grad():

@@ -7,6 +7,8 @@ import escoin_tvm
 from cases import CASES
 from helpers import assert_conv_close, random_weight
 
+CUDA = {"kind": "cuda", "arch": "sm_90"}
+
 
 def build(case, rng, target):
     weight = random_weight(rng, case.weight_shape, case.sparsity)
@@ -121,6 +123,61 @@ def test_sum_over_a_larger_domain_stores_the_output_only(case):
     assert_conv_close(out.numpy(), x, weight, bias=bias, relu=case.relu, **case.conv_args())
     with pytest.raises(ValueError, match="smaller than the output"):
         sparse_conv2d_primfunc(spec, offsets.shape[1], domain=(spec.batch, spec.out_h - 1))
+
+
+HALF_CASES = [c for c in CASES if c.name in ("3x3_pad1", "5x5_pad2_bias_relu", "1x7", "dilation2",
+                                            "groups2_alexnet", "depthwise", "batch5",
+                                            "1x1_stride2_odd_bias_relu", "sparsity100_bias_only")]
+
+
+def half_case(case, dtype, rng):
+    """The case's weight, bias and input in ``dtype`` (torch tensors) and as float64 values."""
+    weight = torch.from_numpy(random_weight(rng, case.weight_shape, case.sparsity)).to(dtype)
+    bias = rng.standard_normal(case.weight_shape[0]).astype(np.float32) if case.bias else None
+    x = torch.randn(case.input_shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    return weight, bias, x
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", HALF_CASES, ids=lambda c: c.name)
+def test_half_precision_on_the_cpu_matches_float64(case, dtype):
+    """Half-precision inputs and weights, float32 sums, a half output rounded once."""
+    weight, bias, x = half_case(case, dtype, np.random.default_rng(5))
+    kernel = escoin_tvm.build_sparse_conv2d(weight, case.input_shape, bias=bias, relu=case.relu,
+                                            **case.conv_args())
+    out = kernel(x)
+    assert out.dtype == dtype and kernel.dtype == str(dtype).replace("torch.", "")
+    assert_conv_close(out.float().numpy(), x.float().numpy(), weight.float().numpy(),
+                      dtype=kernel.dtype, bias=bias, relu=case.relu, **case.conv_args())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_cuda_code_generates(dtype):
+    case = HALF_CASES[1]
+    weight, bias, _ = half_case(case, getattr(torch, dtype), np.random.default_rng(5))
+    kernel = escoin_tvm.build_sparse_conv2d(weight, (16, *case.input_shape[1:]), bias=bias,
+                                            relu=True, target=CUDA, **case.conv_args())
+    assert "__global__" in kernel.source and ("half" in kernel.source or "bfloat16" in kernel.source)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", HALF_CASES, ids=lambda c: c.name)
+def test_half_precision_on_the_gpu_matches_float64(case, dtype):
+    weight, bias, x = half_case(case, dtype, np.random.default_rng(5))
+    kernel = escoin_tvm.build_sparse_conv2d(weight, case.input_shape, bias=bias, relu=case.relu,
+                                            target="cuda", **case.conv_args())
+    out = kernel(x.cuda())
+    assert out.dtype == dtype and out.is_cuda
+    assert_conv_close(out.float().cpu().numpy(), x.float().numpy(), weight.float().numpy(),
+                      dtype=kernel.dtype, bias=bias, relu=case.relu, **case.conv_args())
+
+
+@pytest.mark.parametrize("bad", [np.float64, np.int32])
+def test_unsupported_dtypes_are_dtype_errors(bad):
+    with pytest.raises(escoin_tvm.DTypeError, match="Escoin kernels take float32, float16, "
+                                                    "bfloat16"):
+        escoin_tvm.build_sparse_conv2d(np.ones((2, 2, 3, 3), bad), (1, 2, 5, 5))
 
 
 @pytest.mark.parametrize("padding, in_place", [(0, True), (1, False), ((0, 0, 1, 0), False)])

@@ -27,6 +27,19 @@ def test_shipped_table_has_the_benchmark_layers():
     assert pretuned.lookup(VGG_CONV3_2, "sm_80") is None  # no table for that architecture
 
 
+def test_the_table_is_keyed_by_dtype(tables):
+    """A record without a dtype is float32 (the shipped table's); a float16 one is looked up
+    for float16 kernels only."""
+    f32, f16 = GpuConfig(threads_x=16), GpuConfig(threads_x=32)
+    pretuned.write_table(tables / "pretuned-sm_90.json",
+                         [pretuned.record("a", VGG_CONV3_2, f32, 900.0),
+                          pretuned.record("a", VGG_CONV3_2, f16, 500.0, dtype="float16")],
+                         arch="sm_90", gpu="test", sparsity=0.9, source="test", date="now")
+    assert pretuned.lookup(VGG_CONV3_2, "sm_90") == f32
+    assert pretuned.lookup(VGG_CONV3_2, "sm_90", "float16") == f16
+    assert pretuned.lookup(VGG_CONV3_2, "sm_90", "bfloat16") is None
+
+
 def test_merge_keeps_the_faster_record_per_shape(tables):
     slow, fast = GpuConfig(threads_x=16), GpuConfig(threads_x=32, channel_threads=8)
     other = Conv2dSpec.create((1, 8, 9, 9), (8, 8, 3, 3), padding=1)

@@ -85,14 +85,28 @@ def test_what_stays_with_pytorch_says_why():
     assert all("backend runs inference" in l.reason for l in backend.REPORTS[-1])
     close(out, model(x))
     torch._dynamo.reset()
-    half = net().to(torch.bfloat16)
+    double = net().double()
     with torch.no_grad():
-        torch.compile(half, backend="escoin", options={"dense": "eager"})(x.bfloat16())
-    assert all("dtype bfloat16" in l.reason for l in backend.REPORTS[-1])
+        torch.compile(double, backend="escoin", options={"dense": "eager"})(x.double())
+    assert all("dtype float64" in l.reason for l in backend.REPORTS[-1])
     torch._dynamo.reset()
     with torch.no_grad():
         torch.compile(model, backend="escoin", options={"dense": "eager", "threshold": 0.95})(x)
     assert [l.kernel for l in backend.REPORTS[-1]] == ["dense"] * 3
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_half_precision_models_run_in_their_dtype(dtype, tolerance):
+    model = net().to(dtype)
+    x = torch.randn(2, 3, 12, 12).to(dtype)
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager"})
+    with torch.no_grad():
+        out = compiled(x)
+        ref = net().double()(x.double())  # the same weights, before the cast
+    assert out.dtype == dtype
+    assert [l.kernel for l in backend.REPORTS[-1]] == ["escoin"] * 3
+    assert all(l.dtype == str(dtype).replace("torch.", "") for l in backend.REPORTS[-1])
+    assert float((out.double() - ref).abs().max() / ref.abs().max()) < tolerance
 
 
 @pytest.mark.parametrize("options, words", [({"threshold": 2}, "threshold"),

@@ -84,6 +84,28 @@ def test_fixed_design_space_is_the_given_config(target):
 
 
 @pytest.mark.parametrize("target", ["llvm", "cuda"])
+def test_tuning_tasks_and_records_are_keyed_by_dtype(target):
+    """The same layer in float32, float16 and bfloat16 are three workloads (records of one
+    never apply to another), and the half-precision design spaces replay into code."""
+    import tvm
+    import tvm_ffi
+    from tvm import s_tir
+
+    target = resolve_target(target)
+    spec = Conv2dSpec.create((16, 64, 13, 13), (64, 64, 3, 3), padding=1)
+    mods = {d: workload(spec, 32, Epilogue(bias=True), target, d)
+            for d in ("float32", "float16", "bfloat16")}
+    hashes = {d: tvm_ffi.structural_hash(m) for d, m in mods.items()}
+    assert len(set(hashes.values())) == 3
+    for dtype in ("float16", "bfloat16"):
+        config = untuned_config(spec, target, dtype)
+        [space] = design_spaces(spec, target, fixed=config, dtype=dtype)(
+            s_tir.Schedule(mods[dtype]))
+        assert decode_config(space.trace, target) == config
+        assert tvm.compile(space.mod, target=target) is not None
+
+
+@pytest.mark.parametrize("target", ["llvm", "cuda"])
 @pytest.mark.parametrize("shape", [(16, 64, 13, 13), (1, 96, 14, 14), (3, 8, 27, 9)])
 def test_tuned_kernel_with_the_untuned_knobs_is_the_untuned_kernel(target, shape):
     """A task's workload is the untuned kernel's work (rows and images rounded to its tile, ELL

@@ -26,8 +26,13 @@ def _key(values) -> tuple:
     return tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values)
 
 
-def spec_key(spec: Conv2dSpec) -> tuple:
-    return _key(getattr(spec, f) for f in KEY_FIELDS)
+def spec_key(spec: Conv2dSpec, dtype: str = "float32") -> tuple:
+    return (*_key(getattr(spec, f) for f in KEY_FIELDS), dtype)
+
+
+def _record_key(record: dict) -> tuple:
+    """A record's key: its layer shape and dtype (records without one are float32)."""
+    return (*_key(record[f] for f in KEY_FIELDS), record.get("dtype", "float32"))
 
 
 @lru_cache(maxsize=None)
@@ -38,16 +43,16 @@ def _table(arch: str) -> dict:
         return {}
     try:
         records = json.loads(path.read_text())["records"]
-        return {_key(r[f] for f in KEY_FIELDS): GpuConfig(**r["config"]).validate()
-                for r in records}
+        return {_record_key(r): GpuConfig(**r["config"]).validate() for r in records}
     except (ValueError, KeyError, TypeError) as err:
         warnings.warn(f"ignoring the corrupt pre-tuned schedule table {path}: {err}")
         return {}
 
 
-def lookup(spec: Conv2dSpec, arch: str) -> Optional[GpuConfig]:
-    """The shipped config for this exact layer on ``arch`` (sm_90a reads sm_90's table)."""
-    return _table(arch.rstrip("a")).get(spec_key(spec))
+def lookup(spec: Conv2dSpec, arch: str, dtype: str = "float32") -> Optional[GpuConfig]:
+    """The shipped config for this exact layer and dtype on ``arch`` (sm_90a reads sm_90's
+    table)."""
+    return _table(arch.rstrip("a")).get(spec_key(spec, dtype))
 
 
 def record(name: str, spec: Conv2dSpec, config: GpuConfig, time_us: float, **extra) -> dict:
@@ -67,10 +72,9 @@ def merge(records, old_table: Optional[Path], replace: bool = False) -> list:
     timing method, are not comparable)."""
     if old_table is None or not Path(old_table).is_file():
         return list(records)
-    merged = {_key(r[f] for f in KEY_FIELDS): r
-              for r in json.loads(Path(old_table).read_text())["records"]}
+    merged = {_record_key(r): r for r in json.loads(Path(old_table).read_text())["records"]}
     for r in records:
-        key = _key(r[f] for f in KEY_FIELDS)
+        key = _record_key(r)
         if replace or key not in merged or r["time_us"] < merged[key]["time_us"]:
             merged[key] = r
     return list(merged.values())

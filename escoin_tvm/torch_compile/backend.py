@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import dtypes
 from ..errors import ArgumentError
 from ..operator import Epilogue
 from ..runtime import format_report
@@ -105,7 +106,8 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     weight = candidate.weight
     decision = LayerDecision(candidate.name, tuple(_hint(d) for d in candidate.input_shape),
                              tuple(weight.shape) if weight is not None else (),
-                             candidate.stride, candidate.padding, candidate.groups)
+                             candidate.stride, candidate.padding, candidate.groups,
+                             dtypes.name_of(candidate.input_dtype))
     if weight is None:
         decision.reason = "weight is not a parameter or buffer of the model"
         return decision, None
@@ -118,9 +120,11 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
         reason = "Escoin off (dispatch='none')"
     elif len(candidate.input_shape) != 4:
         reason = "input is not a batched NCHW tensor"
-    elif candidate.input_dtype != torch.float32 or weight.dtype != torch.float32:
-        reason = (f"dtype {str(candidate.input_dtype).replace('torch.', '')} (Escoin kernels "
-                  "are float32)")
+    elif dtypes.name_of(candidate.input_dtype) not in dtypes.SUPPORTED or \
+            weight.dtype != candidate.input_dtype:
+        reason = (f"dtype {dtypes.name_of(candidate.input_dtype)} x "
+                  f"{dtypes.name_of(weight.dtype)} (Escoin kernels take "
+                  f"{', '.join(dtypes.SUPPORTED)}, one for all)")
     elif device is None or device.type not in ("cpu", "cuda"):
         reason = f"device {device} (Escoin kernels run on the CPU and CUDA GPUs)"
     elif torch.is_grad_enabled() and candidate.trainable:
@@ -133,7 +137,7 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
         return decision, None
     target = resolve_target("cuda" if device.type == "cuda" else "llvm")
     bias = candidate.bias.detach().float().cpu().numpy() if candidate.bias is not None else None
-    layer = ops.SparseLayer(candidate.name, dense.astype(np.float32), bias, candidate.stride,
+    layer = ops.SparseLayer(candidate.name, dtypes.to_numpy(weight), bias, candidate.stride,
                             candidate.padding, candidate.dilation, candidate.groups,
                             candidate.relu, target, tuning_log(target))
     decision.epilogue = Epilogue(bias=bias is not None, relu=candidate.relu).name + \
@@ -170,10 +174,11 @@ def _time_both(layer: ops.SparseLayer, candidate: graph.Candidate, shape, device
     from ..timing import graph_time
 
     kernel = layer.kernel(shape, device)
-    x = torch.randn(shape, device=device)
-    out = torch.empty(layer.output_shape(shape), device=device)
-    weight = torch.from_numpy(layer.weight).to(device)
-    bias = None if layer.bias is None else torch.from_numpy(layer.bias).to(device)
+    dtype = dtypes.torch_dtype(dtypes.name_of(layer.weight.dtype))
+    x = torch.randn(shape, device=device, dtype=dtype)
+    out = torch.empty(layer.output_shape(shape), device=device, dtype=dtype)
+    weight = dtypes.to_torch(layer.weight).to(device)
+    bias = None if layer.bias is None else torch.from_numpy(layer.bias).to(device, dtype)
     top, left, bottom, right = layer.padding
 
     def dense():

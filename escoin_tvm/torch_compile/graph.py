@@ -127,10 +127,15 @@ def _absorb_followers(candidate: Candidate, inputs) -> None:
                                         for k in ("running_mean", "running_var")) \
                 and all(values[k] is None or isinstance(values[k], torch.Tensor)
                         for k in ("weight", "bias")):
+            def wide(t):  # folded in float32, rounded once to the weight's dtype
+                return None if t is None else t.detach().float()
+
             folded = torch.nn.utils.fusion.fuse_conv_bn_weights(
-                candidate.weight, candidate.bias, values["running_mean"], values["running_var"],
-                float(args["eps"]), values["weight"], values["bias"])
-            candidate.weight, candidate.bias = (t.detach() for t in folded)
+                wide(candidate.weight), wide(candidate.bias), wide(values["running_mean"]),
+                wide(values["running_var"]), float(args["eps"]), wide(values["weight"]),
+                wide(values["bias"]))
+            dtype = candidate.weight.dtype
+            candidate.weight, candidate.bias = (t.detach().to(dtype) for t in folded)
             candidate.nodes.append(user)
             candidate.batch_norm = True
             user = _only_user(user)

@@ -2,8 +2,8 @@
 
     conv2d(data, const) [+ bias] [+ residual] [relu]
 
-The bias is a float32 constant of shape (1, O, 1, 1) or (O, 1, 1) (what FoldBatchnormToConv2D
-leaves behind), added on either side; the residual is a tensor of the sum's own shape and dtype
+The bias is a constant of the convolution's dtype and of shape (1, O, 1, 1) or (O, 1, 1) (what
+FoldBatchnormToConv2D leaves behind), added on either side; the residual is a tensor of the sum's own shape and dtype
 (a ResNet shortcut: no broadcasting) computed before the convolution, so that of two
 convolutions added together only the later one takes the add; a relu may end the chain.
 
@@ -76,8 +76,9 @@ def chain_patterns() -> List[ChainPattern]:
             for residual_first in ((False, True) if epilogue.residual else (False,))]
 
 
-def _is_bias(const, out_channels: int) -> bool:
-    return isinstance(const, Constant) and dtype(const) == "float32" and \
+def _is_bias(const, conv) -> bool:
+    out_channels = static_shape(conv.args[1])[0]
+    return isinstance(const, Constant) and dtype(const) == dtype(conv) and \
         static_shape(const) in ((1, out_channels, 1, 1), (out_channels, 1, 1))
 
 
@@ -128,12 +129,12 @@ def _checked(chain_pattern: ChainPattern, matched, root: relax.Var, layer_of, po
     chain = Chain(root, conv, layer, chain_pattern.epilogue, intermediates=intermediates)
     if chain_pattern.bias is not None:
         chain.bias = matched[chain_pattern.bias]
-        if not _is_bias(chain.bias, static_shape(conv.args[1])[0]):
+        if not _is_bias(chain.bias, conv):
             return None
     if chain_pattern.residual is not None:
         other = matched[chain_pattern.residual]
         other_var = value_var.get(other, other)  # a bound value matches as itself
-        if other_var.same_as(conv_var) or dtype(other) != "float32" or \
+        if other_var.same_as(conv_var) or dtype(other) != dtype(conv) or \
                 static_shape(other) is None or static_shape(other) != static_shape(conv) or \
                 position.get(other_var, -1) > position[conv_var]:
             return None

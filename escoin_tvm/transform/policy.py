@@ -1,7 +1,7 @@
 """Which convolutions go sparse: the dispatch policy of the Escoin pass.
 
-A conv2d goes to an Escoin kernel when the kernels implement it (NCHW/OIHW, float32, static
-shapes, a constant weight) and its weight's sparsity reaches the threshold. With a ``measure``
+A conv2d goes to an Escoin kernel when the kernels implement it (NCHW/OIHW; float32, float16 or
+bfloat16; static shapes; a constant weight) and its weight's sparsity reaches the threshold. With a ``measure``
 timer, such a layer is also timed both ways on the device and takes the faster path. Every
 convolution gets a ``LayerDecision``, taken or not: the pass's report.
 """
@@ -14,6 +14,7 @@ import numpy as np
 from tvm import relax
 from tvm.ir import Constant
 
+from ..dtypes import SUPPORTED
 from ..target import is_gpu
 from .tensor_types import dtype, static_shape
 
@@ -28,6 +29,7 @@ class LayerDecision:
     stride: tuple = ()
     padding: tuple = ()
     groups: int = 1
+    dtype: str = "float32"
     sparsity: float = 0.0
     nnz: int = 0
     kernel: str = "dense"
@@ -89,7 +91,8 @@ class DispatchPolicy:
         decision = LayerDecision(self._name(index, static_shape(weight)),
                                  static_shape(data) or (), static_shape(weight) or (),
                                  tuple(int(s) for s in attrs.strides),
-                                 tuple(int(p) for p in attrs.padding), int(attrs.groups))
+                                 tuple(int(p) for p in attrs.padding), int(attrs.groups),
+                                 dtype(data))
         if not isinstance(weight, Constant):
             decision.reason = "weight is not a constant"
             return decision
@@ -100,10 +103,10 @@ class DispatchPolicy:
         out_dtype = "" if attrs.out_dtype is None else str(attrs.out_dtype)
         if layouts != ("NCHW", "OIHW", "NCHW"):
             decision.reason = f"layout {'/'.join(layouts)} (Escoin kernels are NCHW/OIHW)"
-        elif (dtype(data), dtype(weight)) != ("float32", "float32") or \
-                out_dtype not in ("float32", "", "void", "None"):
+        elif dtype(data) not in SUPPORTED or dtype(weight) != dtype(data) or \
+                out_dtype not in (dtype(data), "", "void", "None"):
             decision.reason = (f"dtype {dtype(data)} x {dtype(weight)} -> {out_dtype or 'same'} "
-                               "(Escoin kernels are float32)")
+                               f"(Escoin kernels take {', '.join(SUPPORTED)}, one for all)")
         elif not decision.input_shape:
             decision.reason = "input shape is not static"
         elif self.report_only:

@@ -149,11 +149,12 @@ class SparseConv2dDispatch:
         if reads_in_place(spec):
             data = builder.emit(relax.op.reshape(data, kernel_input_shape(spec)), "input")
         args = [data, relax.const(offsets), relax.const(values)]
-        if bias is not None:
-            args.append(relax.const(bias.value.numpy().reshape(spec.out_channels)))
+        if bias is not None:  # the epilogue adds it in float32
+            args.append(relax.const(bias.value.numpy().reshape(spec.out_channels)
+                                    .astype("float32")))
         if residual is not None:
             args.append(residual)
-        call = relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, "float32"))
+        call = relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, escoin_weight.dtype))
         return call, EscoinKernel(decision.name, spec, escoin_weight, epilogue)
 
 

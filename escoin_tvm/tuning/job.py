@@ -121,10 +121,11 @@ def _measure_untuned(task: Task, tuning_log: TuningLog, target, builder, runner)
     first trial: the search's starting point (evolutionary search mutates the best records it
     has), and the record to beat. 32 trials from random points alone lost to the heuristic on
     AlexNet's layers. Returns the records now in the log for the task (0 or 1)."""
-    config = untuned_config(task.spec, target)
-    if not representable(task.spec, target, config):
+    config = untuned_config(task.spec, target, task.dtype)
+    if not representable(task.spec, target, config, task.dtype):
         return 0
-    sch = design_spaces(task.spec, target, fixed=config)(s_tir.Schedule(task.workload))[0]
+    sch = design_spaces(task.spec, target, fixed=config, dtype=task.dtype)(
+        s_tir.Schedule(task.workload))[0]
     built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
     args_info = ms.arg_info.ArgInfo.from_prim_func(task.workload["main"])
     measured = built if built.error_msg is not None else runner.run([ms.runner.RunnerInput(
@@ -152,7 +153,8 @@ def _tune_task(task: Task, tuning_log: TuningLog, target, trials: int, per_iter:
 
 def _context(task: Task, target, seed: int) -> ms.TuneContext:
     return tune_context(
-        task.workload, target, space_generator=space_generator(task.spec, target, seed),
+        task.workload, target, space_generator=space_generator(task.spec, target, seed,
+                                                               task.dtype),
         search_strategy=ms.search_strategy.EvolutionarySearch(
             population_size=128, init_min_unmeasured=32, genetic_num_iters=3),
         task_name=task.name, rand_state=seed)

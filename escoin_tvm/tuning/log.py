@@ -188,7 +188,7 @@ class TuningLog:
         """(config, seconds) of the best record for this kernel, or None; build the config with
         ``tuned=True`` (``kernel.scheduled_module``)."""
         records = self.records(workload(spec, tuned_row_length(weight, spec, target), epilogue,
-                                        target), target)
+                                        target, weight.dtype), target)
         if not records:
             return None
         try:

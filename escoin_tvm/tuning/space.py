@@ -34,12 +34,14 @@ TUNED_TILE = 4  # the largest images / rows register tile the space tries
 
 def tuned_row_length(weight, spec: Conv2dSpec, target) -> int:
     """The ELL row length of a tuned kernel, without building the arrays."""
-    return weight.ell_width(tuned_extents(spec, target)[1])
+    return weight.ell_width(tuned_extents(spec, target, weight.dtype)[1])
 
 
-def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue, target) -> tvm.IRModule:
+def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue, target,
+             dtype: str = "float32") -> tvm.IRModule:
     """The unscheduled kernel a tuning record is keyed on (its structural hash)."""
-    func = sparse_conv2d_primfunc(spec, row_length, epilogue, tuned_extents(spec, target)[0])
+    func = sparse_conv2d_primfunc(spec, row_length, epilogue,
+                                  tuned_extents(spec, target, dtype)[0], dtype)
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
@@ -56,9 +58,9 @@ def _dividing(values: Sequence[int], extent: int) -> Tuple[int, ...]:
     return tuple(v for v in values if extent % v == 0)
 
 
-def gpu_candidates(spec: Conv2dSpec, target) -> Dict[str, Tuple[int, ...]]:
+def gpu_candidates(spec: Conv2dSpec, target, dtype: str = "float32") -> Dict[str, Tuple[int, ...]]:
     """Candidate values of each integer GpuConfig knob for this layer (in GpuConfig order)."""
-    (images, rows), multiple = tuned_extents(spec, target)
+    (images, rows), multiple = tuned_extents(spec, target, dtype)
     return {
         "threads_x": tuple(v for v in (8, 16, 32) if v <= max(8, _pow2_up_to(spec.out_w, 32)[-1])),
         "threads_y": _pow2_up_to(spec.out_h, 16),
@@ -73,8 +75,8 @@ def gpu_candidates(spec: Conv2dSpec, target) -> Dict[str, Tuple[int, ...]]:
     }
 
 
-def cpu_candidates(spec: Conv2dSpec, target) -> Dict[str, Tuple[int, ...]]:
-    (_, rows), _ = tuned_extents(spec, target)
+def cpu_candidates(spec: Conv2dSpec, target, dtype: str = "float32") -> Dict[str, Tuple[int, ...]]:
+    (_, rows), _ = tuned_extents(spec, target, dtype)
     return {"vector": tuple(v for v in (4, 8, 16) if v <= max(4, _pow2_up_to(spec.out_w, 16)[-1])),
             "rows": _dividing(_pow2_up_to(spec.out_h, TUNED_TILE), rows)}
 
@@ -89,22 +91,23 @@ def _sample(sch: s_tir.Schedule, values: Sequence[int], chosen: Optional[int] = 
                                   None if chosen is None else list(values).index(chosen))
 
 
-def _space(spec: Conv2dSpec, target):
+def _space(spec: Conv2dSpec, target, dtype: str = "float32"):
     """(candidate values per integer knob, structures) of the template on ``target``."""
     if is_gpu(target):
-        return gpu_candidates(spec, target), GPU_STRUCTURES
-    return cpu_candidates(spec, target), ({},)
+        return gpu_candidates(spec, target, dtype), GPU_STRUCTURES
+    return cpu_candidates(spec, target, dtype), ({},)
 
 
 def _has_structure(config, structure: dict) -> bool:
     return all(getattr(config, name) == value for name, value in structure.items())
 
 
-def design_spaces(spec: Conv2dSpec, target, fixed: Optional[Union[GpuConfig, CpuConfig]] = None):
+def design_spaces(spec: Conv2dSpec, target, fixed: Optional[Union[GpuConfig, CpuConfig]] = None,
+                  dtype: str = "float32"):
     """``fn(sch) -> [Schedule]`` for ms.space_generator.ScheduleFn. With ``fixed`` (a config
     whose knobs are all candidates: ``representable``), one schedule whose decisions are that
     config's (a tuning job's starting point)."""
-    candidates, structures = _space(spec, target)
+    candidates, structures = _space(spec, target, dtype)
     if fixed is not None:
         structures = [st for st in structures if _has_structure(fixed, st)]
 
@@ -129,9 +132,9 @@ def design_spaces(spec: Conv2dSpec, target, fixed: Optional[Union[GpuConfig, Cpu
     return spaces
 
 
-def representable(spec: Conv2dSpec, target, config) -> bool:
+def representable(spec: Conv2dSpec, target, config, dtype: str = "float32") -> bool:
     """Whether ``config`` is a point of the tuning space of ``spec`` on ``target``."""
-    candidates, structures = _space(spec, target)
+    candidates, structures = _space(spec, target, dtype)
     return all(getattr(config, name) in values for name, values in candidates.items()) and \
         any(_has_structure(config, st) for st in structures)
 
@@ -175,9 +178,10 @@ class MutateKnob(ms.mutator.PyMutator):
         return MutateKnob(self.rng.randrange(2**31))
 
 
-def space_generator(spec: Conv2dSpec, target, seed: int = 0) -> ms.space_generator.ScheduleFn:
+def space_generator(spec: Conv2dSpec, target, seed: int = 0,
+                    dtype: str = "float32") -> ms.space_generator.ScheduleFn:
     postprocs = ([ms.postproc.DisallowDynamicLoop(), ms.postproc.VerifyGPUCode()]
                  if is_gpu(target) else [])
-    return ms.space_generator.ScheduleFn(design_spaces(spec, target), sch_rules=[],
+    return ms.space_generator.ScheduleFn(design_spaces(spec, target, dtype=dtype), sch_rules=[],
                                          postprocs=postprocs,
                                          mutator_probs={MutateKnob(seed): 1.0})

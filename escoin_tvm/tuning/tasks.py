@@ -38,10 +38,14 @@ class Task:
 
     @cached_property
     def workload(self) -> tvm.IRModule:
-        return workload(self.spec, self.row_length, self.epilogue, self.target)
+        return workload(self.spec, self.row_length, self.epilogue, self.target, self.dtype)
+
+    @property
+    def dtype(self) -> str:
+        return self.weight.dtype
 
     def arguments(self, seed: int = 0) -> "KernelArguments":
-        multiple = tuned_extents(self.spec, self.target)[1]
+        multiple = tuned_extents(self.spec, self.target, self.dtype)[1]
         offsets, values = ell_arrays(self.spec, self.weight, multiple)
         return KernelArguments({1: offsets, 2: values}, seed)
 
@@ -84,7 +88,8 @@ def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
     _mod, escoin = dispatch(mod, exported, target, float(threshold))
     tasks = {}
     for kernel in escoin.kernels:
-        key = (kernel.spec, kernel.epilogue, tuned_row_length(kernel.weight, kernel.spec, target))
+        key = (kernel.spec, kernel.epilogue, kernel.weight.dtype,
+               tuned_row_length(kernel.weight, kernel.spec, target))
         if key not in tasks:
             tasks[key] = Task(kernel.spec, kernel.epilogue, kernel.weight, target)
         tasks[key].layers.append(kernel.layer)

@@ -5,6 +5,7 @@ For each layer, sparsity and batch, on the same random magnitude-pruned weights:
   cudnn_fp32   torch conv2d, cuDNN, TF32 off
   cudnn_tf32   torch conv2d, cuDNN, TF32 on (PyTorch's default for convolutions)
   cudnn_fp16   torch conv2d, cuDNN, fp16 weights and inputs, channels-last
+  escoin_fp16  escoin-tvm's kernel in fp16 (float32 sums), its column compared with cudnn_fp16
   cublas_im2col   unfold + dense GEMM (fp32, TF32 off)
   cusparse_im2col unfold + CSR SpMM (torch.sparse, cuSPARSE, fp32)
   tvm_dense    TVM's own conv2d for CUDA, default GPU schedules (Relax + dlight)
@@ -41,16 +42,17 @@ FP32_PEAK = {"H100": 66.9e12, "H200": 66.9e12}  # non-tensor fp32 FMA peak, SXM 
 
 def build_escoin(job):
     """Worker: compile one escoin kernel and export it (compiles run in parallel on the CPUs)."""
-    name, batch, sparsity, input_chw, wshape, stride, padding, groups, seed, workdir, config = job
+    (name, batch, sparsity, input_chw, wshape, stride, padding, groups, seed, workdir, config,
+     dtype) = job
     import escoin_tvm
     from escoin_tvm.schedule import GpuConfig
 
-    weight = pruned_weight(wshape, sparsity, seed)
+    weight = pruned_weight(wshape, sparsity, seed).astype(dtype)
     start = time.time()
     kernel = escoin_tvm.build_sparse_conv2d(
         weight, (batch, *input_chw), stride=stride, padding=padding, groups=groups,
         target="cuda", config=GpuConfig(**config) if config else None)
-    path = os.path.join(workdir, f"{name}_b{batch}_s{sparsity}.so")
+    path = os.path.join(workdir, f"{name}_b{batch}_s{sparsity}_{dtype}.so")
     kernel.executable.export_library(path)
     np.savez(path + ".npz", *kernel.host_constants)
     return path, kernel.config.__dict__, time.time() - start, kernel.weight.nnz
@@ -99,6 +101,25 @@ def torch_baselines(x, weight, stride, padding, groups, which):
             except RuntimeError:  # some torch builds can't capture cuSPARSE: time eagerly
                 out["cusparse_im2col"] = median_time(spmm, repeats=100)
     return out
+
+
+def half_kernel_time(path, x, ref, spec):
+    """(seconds, max error relative to the fp32 reference) of an exported fp16 kernel on the
+    input rounded to fp16, timed as the fp32 kernel is."""
+    import torch
+    import tvm
+
+    dev = tvm.cuda(0)
+    mod = tvm.runtime.load_module(path)
+    consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
+    xh = x.half().reshape(kernel_input_shape(spec)).contiguous()
+    xt = tvm.runtime.from_dlpack(xh)
+    yt = tvm.runtime.empty(tuple(ref.shape), "float16", dev)
+    seconds = graph_time(lambda: mod["main"](xt, *consts, yt), tvm_stream=True)
+    torch.cuda.synchronize()
+    err = float((torch.from_dlpack(yt).float() - ref).abs().max() /
+                ref.abs().max().clamp_min(1e-30))
+    return seconds, err
 
 
 def build_tvm_dense(job):
@@ -156,6 +177,8 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--tag", default="layers")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--no-fp16", action="store_true", help="leave out escoin_fp16 (the same "
+                        "kernels in fp16, float32 sums, against cudnn_fp16)")
     args = parser.parse_args(argv)
 
     layers = [l for l in LAYERS if not args.layers or l[0] in args.layers.split(",")]
@@ -166,9 +189,10 @@ def main(argv=None):
     workdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), "escoin_bench")
     os.makedirs(workdir, exist_ok=True)
 
-    jobs = [(name, b, s, chw, wshape, stride, pad, groups, seed, workdir, config)
+    jobs = [(name, b, s, chw, wshape, stride, pad, groups, seed, workdir, config, "float32")
             for seed, (name, chw, wshape, stride, pad, groups) in enumerate(layers)
             for b in batches for s in sparsities]
+    half_jobs = [] if args.no_fp16 else [(*job[:10], None, "float16") for job in jobs]
     t0 = time.time()
     dense_jobs = [(name, b, chw, wshape, stride, pad, groups, seed, workdir)
                   for seed, (name, chw, wshape, stride, pad, groups) in enumerate(layers)
@@ -176,6 +200,7 @@ def main(argv=None):
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         dense_built = pool.map(build_tvm_dense, dense_jobs)
         built = list(pool.map(build_escoin, jobs))
+        half_built = list(pool.map(build_escoin, half_jobs)) or [None] * len(jobs)
         dense_paths = {(j[0], j[1]): p for j, p in zip(dense_jobs, dense_built)}
     print(f"built {len(jobs)} escoin kernels in {time.time() - t0:.0f} s", flush=True)
 
@@ -195,7 +220,7 @@ def main(argv=None):
     with open(out_path, "w") as log:
         log.write(json.dumps({"environment": env, "measured_bandwidth": bandwidth,
                               "fp32_peak": peak}) + "\n")
-        for job, (path, cfg, build_s, nnz) in zip(jobs, built):
+        for job, (path, cfg, build_s, nnz), half in zip(jobs, built, half_built):
             name, batch, sparsity, chw, wshape, stride, pad, groups, seed = job[:9]
             weight = pruned_weight(wshape, sparsity, seed)
             x = torch.randn(batch, *chw, device="cuda")
@@ -215,6 +240,8 @@ def main(argv=None):
             timer = mod.time_evaluator("main", dev, number=50, repeat=7)
             escoin_te_s = float(np.median(timer(xt, *consts, yt).results))
             times = torch_baselines(x, weight, stride, pad, groups, baselines)
+            if half is not None:
+                times["escoin_fp16"], half_err = half_kernel_time(half[0], x, ref, spec)
             if "tvm_dense" in baselines:
                 key = (name, batch)
                 if key not in dense_cache:
@@ -228,6 +255,7 @@ def main(argv=None):
                    "escoin_s": escoin_s, "escoin_time_evaluator_s": escoin_te_s,
                    **{f"{k}_s": v for k, v in times.items()},
                    "max_rel_err": err, "correct": err < 1e-4, "roofline_s": bound,
+                   **({"fp16_max_rel_err": half_err, "fp16_config": half[1]} if half else {}),
                    "roofline_frac": bound / escoin_s, "config": cfg, "build_s": build_s}
             rows.append(row)
             log.write(json.dumps(row) + "\n")

@@ -3,17 +3,28 @@
 For each network (torchvision architecture, random weights, convolutions magnitude-pruned to
 each sparsity, or to Deep Compression's published per-layer sparsities: "dc") and batch, at
 224x224, one run measures the end-to-end latency (median after warm-up) of:
-  eager_fp32     PyTorch eager, fp32, TF32 off          (CUDA events, 20 runs)
+  graph_fp32     PyTorch, every launch captured in one CUDA graph (``timing.graph_time``), fp32
+                 with TF32 off
+  graph_tf32     the same in PyTorch's default (cuDNN may use TF32)
+  graph_fp16     the same in fp16 channels-last
+  compile_ro_tf32  torch.compile(mode="reduce-overhead"), PyTorch's default TF32 settings
+  compile_ro_fp16  the same in fp16 channels-last
+  backend_ro_tf32  torch.compile(backend="escoin", mode="reduce-overhead"): sparse layers on
+                 Escoin kernels where they measure faster, the rest inductor (TF32 default)
+  backend_ro_fp16  the same in fp16
+  eager_fp32     PyTorch eager, fp32, TF32 off (a secondary column: launch-bound at batch 1)
   eager_tf32     PyTorch eager, PyTorch's default (cuDNN may use TF32)
   eager_fp16     PyTorch eager, fp16 channels-last
   torch_compile  torch.compile, default mode, fp32 (TF32 off)
   tvm_dense      TVM 0.27 compiling the same model without the Escoin pass (dispatch_by="none")
   escoin         escoin-tvm, threshold dispatch, pre-tuned/default schedules (untuned)
+  escoin_fp16    the same model in fp16 (Escoin kernels in fp16, float32 sums)
   escoin_graph   the same compiled with cuda_graph=True (TVM's CUDA-graph rewrite; --graph)
   escoin_measured  escoin-tvm with per-layer dispatch by measurement (selected networks)
   escoin_tuned   escoin-tvm with --tuning-log (if given and it has records)
-TVM modules are timed with time_evaluator (20 x 5 runs, median). Every escoin-tvm output is
-checked against PyTorch fp32 (TF32 off) in the same run. TVM compiles run in parallel worker
+The torch.compile and eager variants are timed with CUDA events around each call (median of 30);
+TVM modules with time_evaluator (20 x 5 runs, median). Every escoin-tvm output is checked
+against PyTorch fp32 (TF32 off) in the same run (``rel_err``; fp16 variants round every layer). TVM compiles run in parallel worker
 processes while torch.compile warms up; all timing happens afterwards with the GPU otherwise idle.
 
 Usage: python -m experiments.benchmarks.bench_networks [--networks alexnet,googlenet,resnet50,vgg16]
@@ -23,6 +34,7 @@ Usage: python -m experiments.benchmarks.bench_networks [--networks alexnet,googl
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
@@ -61,9 +73,13 @@ def compile_job(job):
     network, batch, sparsity, variant, workdir, tuning_log = job
     import escoin_tvm
 
+
     start = time.time()
     dispatch = "none" if variant == "tvm_dense" else "threshold"
-    compiled = escoin_tvm.compile(pruned_model(network, sparsity), (example(batch),), target="cuda",
+    model, x = pruned_model(network, sparsity), example(batch)
+    if variant == "escoin_fp16":
+        model, x = model.half(), x.half()
+    compiled = escoin_tvm.compile(model, (x,), target="cuda",
                                   dispatch_by=dispatch, cuda_graph=variant == "escoin_graph",
                                   tuning_log=tuning_log if variant == "escoin_tuned" else None)
     path = os.path.join(workdir, f"{network}-b{batch}-{sparsity}-{variant}.so")
@@ -93,8 +109,36 @@ def torch_variants(network, batch, sparsity):
                 return fn()
         return call
 
+    ro_tf32 = torch.compile(copy.deepcopy(model), mode="reduce-overhead")
+    ro_fp16 = torch.compile(copy.deepcopy(half), mode="reduce-overhead")
+    backend_tf32 = torch.compile(copy.deepcopy(model), backend="escoin", mode="reduce-overhead")
+    backend_fp16 = torch.compile(copy.deepcopy(half), backend="escoin", mode="reduce-overhead")
     return {"eager_fp32": run(lambda: model(x)), "eager_tf32": run(lambda: model(x), True),
-            "eager_fp16": run(lambda: half(xh)), "torch_compile": run(lambda: compiled(x))}
+            "eager_fp16": run(lambda: half(xh)), "torch_compile": run(lambda: compiled(x)),
+            "compile_ro_tf32": run(lambda: ro_tf32(x), True),
+            "compile_ro_fp16": run(lambda: ro_fp16(xh), True),
+            "backend_ro_tf32": run(lambda: backend_tf32(x), True),
+            "backend_ro_fp16": run(lambda: backend_fp16(xh), True)}
+
+
+def graph_variants(network, batch, sparsity):
+    """{variant: seconds} of dense PyTorch with its launches captured in one CUDA graph."""
+    import torch
+
+    from escoin_tvm.timing import graph_time
+
+    model = pruned_model(network, sparsity).cuda()
+    x = example(batch).cuda()
+    half = copy.deepcopy(model).half().to(memory_format=torch.channels_last)
+    xh = x.half().to(memory_format=torch.channels_last)
+    times = {}
+    for variant, fn, tf32 in (("graph_fp32", lambda: model(x), False),
+                              ("graph_tf32", lambda: model(x), True),
+                              ("graph_fp16", lambda: half(xh), True)):
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        with torch.no_grad():
+            times[variant] = graph_time(fn)
+    return times
 
 
 def reference_output(network, batch, sparsity) -> np.ndarray:
@@ -159,6 +203,7 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="escoin-networks-")
     jobs = [(n, b, s, "escoin", workdir, None) for n, b, s in cases]
     jobs += [(n, b, sparsities[0], "tvm_dense", workdir, None) for n in networks for b in batches]
+    jobs += [(n, b, sparsities[0], "escoin_fp16", workdir, None) for n in networks for b in batches]
     if args.graph:
         jobs += [(n, b, sparsities[0], "escoin_graph", workdir, None) for n in networks for b in batches]
     if args.tuning_log:
@@ -190,6 +235,9 @@ def main(argv=None):
         for variant, fn in runs.items():
             emit({"network": n, "batch": b, "sparsity": sparsities[0], "variant": variant,
                   "latency_ms": median_time(fn, "cuda", warmup=5, repeats=30) * 1e3})
+        for variant, seconds in graph_variants(n, b, sparsities[0]).items():
+            emit({"network": n, "batch": b, "sparsity": sparsities[0], "variant": variant,
+                  "latency_ms": seconds * 1e3})
     for (n, b, s, variant, _, _), path, compile_s in built:
         module = escoin_tvm.load(path)
         row = {"network": n, "batch": b, "sparsity": s, "variant": variant,
@@ -197,7 +245,8 @@ def main(argv=None):
                "escoin_layers": sum(l["kernel"] == "escoin" for l in module.layers),
                "convs": len(module.layers)}
         if (n, b, s) in references:
-            row["rel_err"] = relative_error(module(example(b).numpy()), references[n, b, s])
+            x = example(b).half() if variant == "escoin_fp16" else example(b)
+            row["rel_err"] = relative_error(module(x).float().numpy(), references[n, b, s])
         emit(row)
         os.remove(path)
     for n, b in measured:

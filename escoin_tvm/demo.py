@@ -1,0 +1,102 @@
+"""The main job (``escoin demo``): a pruned network compiled, checked and timed against the dense
+model a user would run instead.
+
+On a GPU the dense baselines are PyTorch with all its launches captured in one CUDA graph
+(``timing.graph_time``), in fp32 with TF32 off, in TF32 (PyTorch's default for convolutions) and
+in fp16 channels-last (and bf16 when the demo runs in bf16); escoin-tvm is timed by TVM's
+``time_evaluator``, launches included. The last line compares with the fastest of them. On the
+CPU the baseline is PyTorch eager in fp32.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+from . import dtypes, models, prune
+from .errors import ArgumentError
+
+# Max error relative to the largest output, per dtype of the compiled model, against the same
+# weights in float64 (a half-precision network rounds every layer's output).
+TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
+
+
+def run(model_name: str = "resnet50", sparsity: float = 0.9, batch: int = 1, size: int = 0,
+        target: str = "auto", dtype: str = "float32", out=print) -> int:
+    """Runs the demo; returns 0 when the compiled model matches PyTorch, else 1."""
+    import torch
+
+    from .compiler import compile as compile_model
+    from .target import has_gpu
+
+    prune.check_sparsity(sparsity)
+    if batch < 1:
+        raise ArgumentError(f"--batch must be >= 1, got {batch}")
+    if size < 0:
+        raise ArgumentError(f"--size must be >= 1 (or 0 for the default), got {size}")
+    if target not in ("auto", "cuda", "llvm"):
+        raise ArgumentError(f"--target must be auto, cuda or llvm, got {target!r}")
+    dtypes.check(dtype, "--dtype")
+    model = models.build(model_name)  # an unknown name fails here, before anything runs
+    device = "cuda" if has_gpu() and target != "llvm" else "cpu"
+    target = "cuda" if device == "cuda" else "llvm"
+    size = size or (224 if device == "cuda" else 112)
+    out(f"escoin demo: {model_name}, convolutions magnitude-pruned to {sparsity:.0%}, "
+        f"batch {batch}, {size}x{size} input, {dtype}, on the {device.upper()} (target {target})")
+    model = prune.magnitude(model, sparsity).to(dtypes.torch_dtype(dtype))
+    x = torch.randn(batch, 3, size, size).to(dtypes.torch_dtype(dtype))
+    with torch.no_grad():  # the weights and input the compiled model gets, in float64
+        reference = copy.deepcopy(model).double()(x.double())
+    start = time.time()
+    compiled = compile_model(model, (x,), target=target)
+    out(f"compiled in {time.time() - start:.1f} s\n")
+    out(compiled.report())
+
+    result = compiled(x.to(device)).double().cpu()
+    err = float((result - reference).abs().max() / reference.abs().max())
+    ok = err < TOLERANCE[dtype]
+    out(f"\ncheck against the same weights in float64: max relative error {err:.2e} "
+        f"(tolerance for {dtype}: {TOLERANCE[dtype]:.0e}) -> {'OK' if ok else 'MISMATCH'}")
+    escoin_s = compiled.time()
+    dense = _dense_times(model, x, device, dtype)
+    for name, seconds in dense.items():
+        out(f"dense PyTorch, {name}: {seconds * 1e3:8.3f} ms")
+    out(f"escoin-tvm, {dtype} ({'time_evaluator' if device == 'cuda' else 'TVM VM'}): "
+        f"{escoin_s * 1e3:8.3f} ms")
+    name, best = min(dense.items(), key=lambda item: item[1])
+    verdict = f"{best / escoin_s:.2f}x faster" if escoin_s < best else \
+        f"{escoin_s / best:.2f}x slower"
+    out(f"escoin-tvm {dtype} is {verdict} than the fastest dense PyTorch ({name})")
+    return 0 if ok else 1
+
+
+def _dense_times(model, x, device: str, dtype: str) -> dict:
+    """{baseline: seconds} of the dense model a user would run instead (module docstring)."""
+    import torch
+
+    from .timing import graph_time, median_time
+
+    if device == "cpu":
+        base = copy.deepcopy(model).float()
+        xf = x.float()
+        with torch.no_grad():
+            return {"eager fp32": median_time(lambda: base(xf), "cpu")}
+    variants = {"fp32 in CUDA graphs (TF32 off)": (torch.float32, False, False),
+                "TF32 in CUDA graphs (PyTorch's default)": (torch.float32, True, False),
+                "fp16 channels-last in CUDA graphs": (torch.float16, True, True)}
+    if dtype == "bfloat16":
+        variants["bf16 channels-last in CUDA graphs"] = (torch.bfloat16, True, True)
+    times, saved = {}, (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                        torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cudnn.benchmark = True
+        for name, (dt, tf32, channels_last) in variants.items():
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            dense = copy.deepcopy(model).to("cuda", dt).to(memory_format=fmt)
+            xd = x.to("cuda", dt).contiguous(memory_format=fmt)
+            with torch.no_grad():
+                times[name] = graph_time(lambda: dense(xd))
+    finally:
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+    return times
