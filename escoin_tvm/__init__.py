@@ -4,6 +4,7 @@ from .errors import ArgumentError, DTypeError, EscoinError, ShapeError, TargetEr
 from .compiler import compile
 from .runtime import CompiledModule, load
 from .conv2d import SparseConv2dKernel, build_sparse_conv2d
+from .linear_kernel import SparseLinearKernel, build_sparse_linear
 from .spec import Conv2dSpec
 from .weight_format import EscoinWeight
 from . import torch_compile  # noqa: F401,E402  (registers the "escoin" torch.compile backend)
@@ -20,4 +21,6 @@ def tune(model, example_inputs, *, log, target="cuda", trials: int = 64, **optio
 
 
 __all__ = ["compile", "load", "tune", "CompiledModule", "build_sparse_conv2d", "SparseConv2dKernel",
-           "Conv2dSpec", "EscoinWeight", "EscoinError", "ArgumentError", "ShapeError", "DTypeError", "TargetError"]
+           "build_sparse_linear", "SparseLinearKernel",
+           "Conv2dSpec", "EscoinWeight", "EscoinError", "ArgumentError", "ShapeError", "DTypeError",
+           "TargetError"]

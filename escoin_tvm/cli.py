@@ -94,7 +94,8 @@ def cmd_info(args):
 def cmd_demo(args):
     from .demo import run
 
-    return run(args.model, args.sparsity, args.batch, args.size, args.target, args.dtype)
+    return run(args.model, args.sparsity, args.batch, args.size, args.target, args.dtype,
+               args.prune)
 
 
 def build_parser():
@@ -140,6 +141,8 @@ def build_parser():
                    "112 on the CPU)")
     p.add_argument("--target", default="auto", help="auto (GPU if there is one), cuda or llvm")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    p.add_argument("--prune", default="conv", help="what is pruned: conv (default), linear or "
+                   "all")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -18,12 +18,13 @@ from tvm import relax
 
 from . import dtypes
 from .errors import EscoinError
-from .frontend import conv_layer_names, prepare, quiet_torch
+from .frontend import conv_layer_names, linear_layer_names, prepare, quiet_torch
 from .pipeline import relax_pipeline
 from .progress import CompileProgress
 from .runtime import METADATA_FUNC, METADATA_VERSION, CompiledModule, metadata_function
 from .target import TargetLike, device_for, is_gpu, resolve_target
 from .transform import SparseConv2dDispatch
+from .transform.sparse_linear import SparseLinearDispatch
 from .tvm_logs import without_tvm_noise
 
 # Where the Escoin kernel starts to beat the dense path a layer would otherwise take
@@ -32,23 +33,28 @@ DEFAULT_SPARSITY_THRESHOLD = 0.7
 
 
 def dispatch(mod, exported, target, threshold: float, **options):
-    """Folds batch norms into the convolutions and runs the Escoin pass.
-    Returns (Relax module, the pass with its report and kernels)."""
+    """Folds batch norms into the convolutions and runs the Escoin passes (convolutions, then
+    linear layers). Returns (Relax module, the convolution pass, the linear pass), each pass
+    with its report (and the convolution pass with its kernels)."""
     from .workarounds import fold_half_batch_norms, trivial_reductions_to_multiply
 
     escoin = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), **options)
+    linear = SparseLinearDispatch(target, threshold, linear_layer_names(exported),
+                                  measure=options.get("measure"),
+                                  report_only=options.get("report_only", False))
     passes = [fold_half_batch_norms, relax.transform.FoldBatchnormToConv2D(),
-              relax.transform.FoldConstant(), escoin]
+              relax.transform.FoldConstant(), escoin, linear]
     if is_gpu(target):
         passes.append(trivial_reductions_to_multiply)
     try:
         with without_tvm_noise():
             mod = tvm.transform.Sequential(passes)(mod)
     except Exception:
-        if escoin.error is not None:  # ours, as TVM's pass machinery re-raised it
-            raise escoin.error from None
+        for done in (escoin, linear):
+            if done.error is not None:  # ours, as TVM's pass machinery re-raised it
+                raise done.error from None
         raise
-    return mod, escoin
+    return mod, escoin, linear
 
 
 def _out_spec(exported) -> Optional[str]:
@@ -107,7 +113,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
 
             measure = LayerTimer(target)
         shown.stage("Escoin pass", layers=len(conv_layer_names(exported)))
-        mod, escoin = dispatch(mod, exported, target, threshold, config_for=config_for,
+        mod, escoin, linear = dispatch(mod, exported, target, threshold, config_for=config_for,
                                tuning_log=log, measure=measure,
                                report_only=dispatch_by == "none", on_layer=shown.layer)
         if log is not None and not foreign and escoin.kernels and not any(
@@ -115,7 +121,7 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
             warnings.warn(f"tuning log {log.path} has no records for this model's kernels on "
                           f"{target.kind.name}: they use the pre-tuned or default schedules")
         metadata = _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported,
-                             escoin)
+                             escoin, linear)
         mod[METADATA_FUNC] = metadata_function(metadata)
         shown.stage("build with TVM")
         executable = _build(mod, target, cuda_graph, stock=dispatch_by == "none")
@@ -124,7 +130,8 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     return CompiledModule(executable, run_on, metadata)
 
 
-def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported, escoin) -> dict:
+def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported, escoin,
+              linear) -> dict:
     """What an exported module carries about itself (``runtime.load`` reads it back)."""
     metadata = {
         "version": METADATA_VERSION,
@@ -137,6 +144,7 @@ def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported
         "inputs": [[list(x.shape), dtypes.name_of(x.dtype)] for x in example],
         "out_spec": _out_spec(exported),
         "layers": [asdict(d) for d in escoin.report],
+        "linear_layers": [asdict(d) for d in linear.report],
     }
     return json.loads(json.dumps(metadata))  # the same plain form that load() reads back
 

@@ -21,7 +21,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
 
 
 def run(model_name: str = "resnet50", sparsity: float = 0.9, batch: int = 1, size: int = 0,
-        target: str = "auto", dtype: str = "float32", out=print) -> int:
+        target: str = "auto", dtype: str = "float32", layers: str = "conv", out=print) -> int:
     """Runs the demo; returns 0 when the compiled model matches PyTorch, else 1."""
     import torch
 
@@ -40,9 +40,12 @@ def run(model_name: str = "resnet50", sparsity: float = 0.9, batch: int = 1, siz
     device = "cuda" if has_gpu() and target != "llvm" else "cpu"
     target = "cuda" if device == "cuda" else "llvm"
     size = size or (224 if device == "cuda" else 112)
-    out(f"escoin demo: {model_name}, convolutions magnitude-pruned to {sparsity:.0%}, "
+    what = {"conv": "convolutions", "linear": "linear layers", "all": "all layers"}.get(layers)
+    if what is None:
+        raise ArgumentError(f"--prune must be conv, linear or all, got {layers!r}")
+    out(f"escoin demo: {model_name}, {what} magnitude-pruned to {sparsity:.0%}, "
         f"batch {batch}, {size}x{size} input, {dtype}, on the {device.upper()} (target {target})")
-    model = prune.magnitude(model, sparsity).to(dtypes.torch_dtype(dtype))
+    model = prune.magnitude(model, sparsity, layers=layers).to(dtypes.torch_dtype(dtype))
     x = torch.randn(batch, 3, size, size).to(dtypes.torch_dtype(dtype))
     with torch.no_grad():  # the weights and input the compiled model gets, in float64
         reference = copy.deepcopy(model).double()(x.double())

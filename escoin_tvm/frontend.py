@@ -90,17 +90,25 @@ def export(model, example_inputs):
                           f"{type(err).__name__}:\n  {detail}") from err
 
 
-def conv_layer_names(exported) -> List[tuple]:
-    """(module path, weight shape) of the program's convolutions, in program order."""
+def _layer_names(exported, targets) -> List[tuple]:
     names = []
     for node in exported.graph.nodes:
-        target = str(node.target)
-        if node.op == "call_function" and ("aten.conv2d" in target or "aten.convolution" in target):
+        if node.op == "call_function" and any(t in str(node.target) for t in targets):
             stack = node.meta.get("nn_module_stack") or {}
             path = list(stack.values())[-1][0] if stack else node.name
             weight = node.args[1].meta.get("val") if len(node.args) > 1 else None
             names.append((path or node.name, tuple(weight.shape) if weight is not None else None))
     return names
+
+
+def conv_layer_names(exported) -> List[tuple]:
+    """(module path, weight shape) of the program's convolutions, in program order."""
+    return _layer_names(exported, ("aten.conv2d", "aten.convolution"))
+
+
+def linear_layer_names(exported) -> List[tuple]:
+    """(module path, weight shape) of the program's linear layers, in program order."""
+    return _layer_names(exported, ("aten.linear",))
 
 
 def to_relax(exported):

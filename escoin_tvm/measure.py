@@ -1,8 +1,8 @@
-"""Per-layer dispatch by measurement: one convolution timed both ways on the target's device.
+"""Per-layer dispatch by measurement: one layer timed both ways on the target's device.
 
 Both sides are built as one-operator Relax modules and timed through the Relax VM with TVM's
 time_evaluator, so they carry the same call overhead: the Escoin kernel exactly as the pass
-generates it (same schedule choice), and TVM's dense conv2d with its default GPU schedule
+generates it (same schedule choice), and TVM's dense operator with its default GPU schedule
 (dlight) or CPU schedule, which is what the layer runs on if it stays dense.
 """
 from __future__ import annotations
@@ -14,12 +14,15 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from . import dtypes
 from .target import device_for, require_device
 
 
 class LayerTimer:
-    """``timer(conv_call, escoin_pass) -> (escoin seconds, dense seconds)`` for a Relax conv2d
-    call with a constant weight. Results are cached per layer geometry and weights."""
+    """``timer(call, make_escoin_pass) -> (escoin seconds, dense seconds)`` for a Relax conv2d
+    or matmul call with a constant weight, each side the call alone in a module (the Escoin side
+    rewritten by the pass ``make_escoin_pass()`` returns). Results are cached per operator,
+    attributes, input shape and weights."""
 
     def __init__(self, target, number: int = 20, repeat: int = 3):
         self.target = target
@@ -28,36 +31,35 @@ class LayerTimer:
         self.number, self.repeat = number, repeat
         self._cache: Dict[tuple, Tuple[float, float]] = {}
 
-    def __call__(self, conv: relax.Call, make_escoin_pass) -> Tuple[float, float]:
-        data, weight = conv.args
-        shape = tuple(int(d) for d in data.ty.shape)
-        attrs = conv.attrs
+    def __call__(self, call: relax.Call, make_escoin_pass) -> Tuple[float, float]:
+        data, weight = call.args
+        shape, dtype = tuple(int(d) for d in data.ty.shape), str(data.ty.dtype)
         value = weight.value.numpy()
-        key = (shape, value.shape, tuple(attrs.strides), tuple(attrs.padding),
-               tuple(attrs.dilation), int(attrs.groups), hashlib.sha1(value.tobytes()).hexdigest())
+        key = (str(call.op), str(call.attrs), shape, dtype,
+               hashlib.sha1(value.tobytes()).hexdigest())
         if key not in self._cache:
-            mod = self._single_conv(shape, value, attrs)
+            mod = self._single(call, shape, dtype)
             escoin = make_escoin_pass()(mod)
-            self._cache[key] = (self._time(escoin, shape), self._time(mod, shape))
+            self._cache[key] = (self._time(escoin, shape, dtype), self._time(mod, shape, dtype))
         return self._cache[key]
 
     @staticmethod
-    def _single_conv(shape, weight: np.ndarray, attrs) -> tvm.IRModule:
+    def _single(call: relax.Call, shape, dtype: str) -> tvm.IRModule:
         builder = relax.BlockBuilder()
-        x = relax.Var("x", relax.TensorType(shape, "float32"))
+        x = relax.Var("x", relax.TensorType(shape, dtype))
         with builder.function("main", [x]):
             with builder.dataflow():
-                out = builder.emit_output(relax.op.nn.conv2d(
-                    x, relax.const(weight), strides=attrs.strides, padding=attrs.padding,
-                    dilation=attrs.dilation, groups=attrs.groups))
+                out = builder.emit(relax.Call(call.op, [x, call.args[1]], call.attrs))
+                if str(out.ty.dtype) != dtype:  # a half product computed to float32, as the
+                    out = builder.emit(relax.op.astype(out, dtype))  # frontend gives it
+                out = builder.emit_output(out)
             builder.emit_func_output(out)
         return builder.get()
 
-    def _time(self, mod: tvm.IRModule, shape) -> float:
+    def _time(self, mod: tvm.IRModule, shape, dtype: str) -> float:
         with self.target:
             executable = tvm.compile(mod, target=self.target)
         vm = relax.VirtualMachine(executable, self.device)
-        x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"),
-                               self.device)
+        x = np.random.default_rng(0).standard_normal(shape).astype(dtypes.numpy_dtype(dtype))
         timer = vm.time_evaluator("main", self.device, number=self.number, repeat=self.repeat)
-        return float(np.median(timer(x).results))
+        return float(np.median(timer(tvm.runtime.tensor(x, self.device)).results))

@@ -37,19 +37,35 @@ def prune_array(weight: np.ndarray, sparsity: float) -> np.ndarray:
     return flat.reshape(weight.shape)
 
 
-def magnitude(model, sparsity: float, *, scope: str = "layer", min_params: int = 0):
-    """Prunes every ``torch.nn.Conv2d`` of ``model`` in place and returns the model.
+LAYER_KINDS = ("conv", "linear", "all")
 
-    ``scope="layer"`` prunes each convolution to ``sparsity``; ``scope="global"`` ranks the
-    weights of all convolutions together, so layers end at different sparsities. Convolutions
-    with fewer than ``min_params`` weights (e.g. a network's first layer) are left dense."""
+
+def _layers(model, kind: str):
+    """The model's modules of ``kind``: "conv" (Conv2d), "linear" (Linear) or "all" (both)."""
+    import torch
+
+    if kind not in LAYER_KINDS:
+        raise ArgumentError(f"layers must be one of {', '.join(LAYER_KINDS)}, got {kind!r}")
+    types = {"conv": (torch.nn.Conv2d,), "linear": (torch.nn.Linear,),
+             "all": (torch.nn.Conv2d, torch.nn.Linear)}[kind]
+    return [m for m in model.modules() if isinstance(m, types)]
+
+
+def magnitude(model, sparsity: float, *, scope: str = "layer", min_params: int = 0,
+              layers: str = "conv"):
+    """Prunes the layers of ``model`` in place and returns the model: its ``torch.nn.Conv2d``
+    (``layers="conv"``, the default), its ``torch.nn.Linear`` (``"linear"``) or both
+    (``"all"``).
+
+    ``scope="layer"`` prunes each layer to ``sparsity``; ``scope="global"`` ranks the weights of
+    all of them together, so layers end at different sparsities. Layers with fewer than
+    ``min_params`` weights (e.g. a network's first layer) are left dense."""
     import torch
 
     if scope not in ("layer", "global"):
         raise ArgumentError(f"scope must be 'layer' or 'global', got {scope!r}")
     check_sparsity(sparsity)
-    convs = [m for m in model.modules()
-             if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= min_params]
+    convs = [m for m in _layers(model, layers) if m.weight.numel() >= min_params]
     with torch.no_grad():
         if scope == "layer":
             for conv in convs:
@@ -78,29 +94,41 @@ def _keep(conv, mask) -> None:
         conv.weight.masked_fill_(~mask, 0.0)
 
 
+def _paired(modules, densities, network: str, what: str):
+    if len(modules) != len(densities):
+        raise ArgumentError(f"{network} has {len(modules)} {what}, Deep Compression lists "
+                            f"{len(densities)}")
+    return list(zip(modules, densities))
+
+
 # Fraction of weights kept per convolution in Deep Compression (Han, Mao, Dally, ICLR 2016,
 # Tables 4 and 5), in the networks' order of convolutions.
 DEEP_COMPRESSION_DENSITY = {
     "alexnet": (0.84, 0.38, 0.35, 0.37, 0.37),
     "vgg16": (0.58, 0.22, 0.34, 0.36, 0.53, 0.24, 0.42, 0.32, 0.27, 0.34, 0.35, 0.29, 0.36),
 }
+# ... and per fully-connected layer (fc6, fc7, fc8)
+DEEP_COMPRESSION_FC_DENSITY = {"alexnet": (0.09, 0.09, 0.25), "vgg16": (0.03, 0.04, 0.23)}
 
 
-def deep_compression(model, network: str):
-    """Prunes the convolutions of ``model`` (an ``alexnet`` or ``vgg16`` of ``models.build``)
-    by magnitude to the per-layer sparsities Deep Compression published."""
-    import torch
-
+def deep_compression(model, network: str, layers: str = "conv"):
+    """Prunes the convolutions of ``model`` (an ``alexnet`` or ``vgg16`` of ``models.build``),
+    and with ``layers="all"`` its fully-connected layers too, by magnitude to the per-layer
+    sparsities Deep Compression published."""
+    if layers not in ("conv", "all"):
+        raise ArgumentError(f"layers must be 'conv' or 'all', got {layers!r}")
     if network not in DEEP_COMPRESSION_DENSITY:
         raise ArgumentError(f"Deep Compression sparsities are known for "
                          f"{', '.join(DEEP_COMPRESSION_DENSITY)}, not {network!r}")
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    densities = DEEP_COMPRESSION_DENSITY[network]
-    if len(convs) != len(densities):
-        raise ArgumentError(f"{network} has {len(convs)} convolutions, Deep Compression lists "
-                         f"{len(densities)}")
+    pairs = _paired(_layers(model, "conv"), DEEP_COMPRESSION_DENSITY[network], network,
+                    "convolutions")
+    if layers == "all":
+        pairs += _paired(_layers(model, "linear"), DEEP_COMPRESSION_FC_DENSITY[network], network,
+                         "fully-connected layers")
+    import torch
+
     with torch.no_grad():
-        for conv, density in zip(convs, densities):
+        for conv, density in pairs:
             pruned = prune_array(conv.weight.detach().cpu().numpy(), 1.0 - density)
             _keep(conv, torch.from_numpy(pruned != 0).to(conv.weight.device))
     return model

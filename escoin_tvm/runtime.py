@@ -98,11 +98,22 @@ class CompiledModule:
     # ---- reporting ----
     @property
     def layers(self) -> List[dict]:
+        """The convolutions, each with what the pass decided (``transform.LayerDecision``)."""
         return self.metadata["layers"]
 
+    @property
+    def linear_layers(self) -> List[dict]:
+        """The fully-connected layers, likewise."""
+        return self.metadata.get("linear_layers", [])
+
     def report(self) -> str:
-        """Per-layer table: layer, shapes, sparsity, nnz, chosen kernel and why."""
-        return format_report(self.layers, self.metadata.get("threshold"))
+        """Per-layer tables (convolutions, then linear layers): shapes, sparsity, nnz, the
+        kernel chosen and why."""
+        threshold = self.metadata.get("threshold")
+        text = format_report(self.layers, threshold)
+        if self.linear_layers:
+            text += "\n\n" + format_report(self.linear_layers, threshold, "linear layers")
+        return text
 
     # ---- export ----
     def export_library(self, path) -> str:
@@ -141,7 +152,8 @@ def append_integrity_record(path: str) -> None:
         f.write(RECORD_MAGIC + digest.digest() + struct.pack("<Q", size))
 
 
-def format_report(layers: Sequence[dict], threshold: Optional[float] = None) -> str:
+def format_report(layers: Sequence[dict], threshold: Optional[float] = None,
+                  what: str = "convolutions") -> str:
     """The report as a table; sparsities get the digits that tell them from ``threshold``."""
     from .transform.policy import distinct
 
@@ -151,14 +163,15 @@ def format_report(layers: Sequence[dict], threshold: Optional[float] = None) -> 
     header = ["layer", "input", "weight", "dtype", "sparsity", "nnz", "kernel", "epilogue",
               "schedule", "why"]
     rows = [[l["name"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["weight_shape"])),
-             l.get("dtype", "float32"), sparsity(l["sparsity"]), str(l["nnz"]), l["kernel"], l["epilogue"] or "-",
+             l.get("dtype", "float32"), sparsity(l["sparsity"]), str(l["nnz"]), l["kernel"],
+             l["epilogue"] or "-",
              l.get("schedule") or "-", l["reason"]]
             for l in layers]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     n_escoin = sum(l["kernel"] == "escoin" for l in layers)
-    lines.append(f"{n_escoin} of {len(layers)} convolutions on Escoin kernels")
+    lines.append(f"{n_escoin} of {len(layers)} {what} on Escoin kernels")
     return "\n".join(lines)
 
 

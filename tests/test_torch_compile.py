@@ -43,7 +43,7 @@ def test_sparse_layers_run_on_escoin_kernels_and_match_eager():
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         close(compiled(x), model(x))
-    layers = backend.REPORTS[-1]
+    layers = [l for l in backend.REPORTS[-1] if l.op == "conv2d"]
     assert [l.kernel for l in layers] == ["escoin"] * 3
     assert layers[0].epilogue == "bias+relu; batch norm folded" and layers[1].epilogue == "relu"
     assert "3 of 3 convolutions on Escoin kernels" in last_report()
@@ -56,7 +56,7 @@ def test_a_new_batch_size_recompiles_and_still_matches():
         for batch in (1, 3, 4):
             x = torch.randn(batch, 3, 12, 12)
             close(compiled(x), model(x))
-    assert len(backend.REPORTS[-1]) == 3
+    assert len(backend.REPORTS[-1]) == 4  # 3 convolutions and the linear layer
 
 
 def test_inductor_compiles_the_rest():
@@ -75,6 +75,7 @@ def test_a_dense_model_is_left_to_pytorch_unchanged():
     with torch.no_grad():
         assert torch.equal(compiled(x), model(x))
     assert all(l.kernel == "dense" and "< threshold" in l.reason for l in backend.REPORTS[-1])
+    assert len(backend.REPORTS[-1]) == 4
 
 
 def test_what_stays_with_pytorch_says_why():
@@ -92,7 +93,7 @@ def test_what_stays_with_pytorch_says_why():
     torch._dynamo.reset()
     with torch.no_grad():
         torch.compile(model, backend="escoin", options={"dense": "eager", "threshold": 0.95})(x)
-    assert [l.kernel for l in backend.REPORTS[-1]] == ["dense"] * 3
+    assert [l.kernel for l in backend.REPORTS[-1]] == ["dense"] * 4
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
@@ -104,9 +105,20 @@ def test_half_precision_models_run_in_their_dtype(dtype, tolerance):
         out = compiled(x)
         ref = net().double()(x.double())  # the same weights, before the cast
     assert out.dtype == dtype
-    assert [l.kernel for l in backend.REPORTS[-1]] == ["escoin"] * 3
+    assert [l.kernel for l in backend.REPORTS[-1]] == ["escoin"] * 3 + ["dense"]  # dense Linear
     assert all(l.dtype == str(dtype).replace("torch.", "") for l in backend.REPORTS[-1])
     assert float((out.double() - ref).abs().max() / ref.abs().max()) < tolerance
+
+
+def test_sparse_linear_layers_too():
+    model = prune.magnitude(net(), 0.9, layers="linear")
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager"})
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    linear = [l for l in backend.REPORTS[-1] if l.op == "linear"]
+    assert len(linear) == 1 and linear[0].kernel == "escoin" and linear[0].epilogue == "bias"
+    assert "1 of 1 linear layers on Escoin kernels" in last_report()
 
 
 @pytest.mark.parametrize("options, words", [({"threshold": 2}, "threshold"),

@@ -121,3 +121,27 @@ def test_output_var_of_the_block_keeps_its_binding():
     spec = Conv2dSpec.create(SHAPE, W.shape, padding=1)
     expected = build(lambda bb, x: escoin_call(bb, x, W, spec))
     tvm.ir.assert_structural_equal(rewrite(before), expected)
+
+
+def test_a_sparse_linear_chain_becomes_one_call_tir():
+    """matmul(x, W.T) + b, relu (a Linear as the frontend gives it) -> the sparse linear
+    kernel's call_tir."""
+    from escoin_tvm.linear import SparseLinearWeight
+    from escoin_tvm.linear_kernel import scheduled_linear_module
+    from escoin_tvm.transform.sparse_linear import SparseLinearDispatch
+
+    w = prune_array(RNG.standard_normal((12, 20)).astype(np.float32), 0.9)
+    b = RNG.standard_normal(12).astype(np.float32)
+    before = build(lambda bb, x: bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(
+        bb.emit(relax.op.matmul(x, relax.const(w.T.copy()))), relax.const(b))))), shape=(3, 20))
+
+    def expected_body(bb, x):
+        mod, columns, values, _ = scheduled_linear_module(
+            3, SparseLinearWeight.from_dense(w), True, True, LLVM)
+        func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+                .with_attr("op_pattern", 8))
+        gvar = bb.add_func(func, "escoin_linear")
+        return bb.emit(relax.call_tir(gvar, [x, relax.const(columns), relax.const(values),
+                                             relax.const(b)], tensor((3, 12))))
+    after = SparseLinearDispatch(LLVM, 0.5)(before)
+    tvm.ir.assert_structural_equal(after, build(expected_body, shape=(3, 20)))

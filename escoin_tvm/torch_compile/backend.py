@@ -1,16 +1,17 @@
-"""The ``escoin`` backend of ``torch.compile``: sparse convolutions on Escoin kernels, the rest
-with PyTorch.
+"""The ``escoin`` backend of ``torch.compile``: sparse convolutions and linear layers on Escoin
+kernels, the rest with PyTorch.
 
     compiled = torch.compile(model, backend="escoin", mode="reduce-overhead",
                              options={"threshold": 0.7, "tuning_log": "tuning_logs/x"})
 
-For each conv2d of the graph Dynamo captures whose weight is a parameter or buffer of the model
-(``graph.py``), the layer goes to an Escoin kernel when the kernels implement it (float32, a
-batched NCHW input, inference) and its weight, batch norm folded in, is sparse enough; on a GPU
-it is then also timed both ways (the Escoin kernel against PyTorch's own convolution, same
-dtype, same input) and keeps the faster, so a sparse layer never makes the model slower.
-Everything else, and the graph around the Escoin calls, goes to inductor (or runs eagerly), in
-the user's precision and settings. ``last_report()`` says what was decided for each layer.
+For each conv2d and linear of the graph Dynamo captures whose weight is a parameter or buffer of
+the model (``graph.py``), the layer goes to an Escoin kernel when the kernels implement it
+(float32, float16 or bfloat16; a batched NCHW input, or a (batch, features) one of at most 64
+rows; inference) and its weight, batch norm folded in, is sparse enough; on a GPU it is then
+also timed both ways (the Escoin kernel against PyTorch's own operator, same dtype, same input)
+and keeps the faster, so a sparse layer never makes the model slower. Everything else, and the
+graph around the Escoin calls, goes to inductor (or runs eagerly), in the user's precision and
+settings. ``last_report()`` says what was decided for each layer.
 
 Options (``torch.compile(..., options={...})``):
   threshold   sparsity from which a layer is a candidate (default 0.7)
@@ -25,14 +26,13 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import dtypes
 from ..errors import ArgumentError
 from ..operator import Epilogue
 from ..runtime import format_report
 from ..target import resolve_target
-from ..transform.policy import LayerDecision, distinct
+from ..transform.policy import MAX_LINEAR_BATCH, LayerDecision, distinct
 from . import graph, ops
 
 DEFAULT_THRESHOLD = 0.7
@@ -44,7 +44,10 @@ def last_report() -> str:
     """The per-layer report of the graph the backend compiled last."""
     if not REPORTS:
         return "the escoin backend has compiled no graph yet"
-    return format_report([vars(d) for d in REPORTS[-1]])
+    tables = [format_report([vars(d) for d in REPORTS[-1] if d.op == op], None, what)
+              for op, what in (("conv2d", "convolutions"), ("linear", "linear layers"))
+              if any(d.op == op for d in REPORTS[-1])]
+    return "\n\n".join(tables) or "the graph had no convolution or linear layer"
 
 
 def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str] = None,
@@ -107,7 +110,8 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     decision = LayerDecision(candidate.name, tuple(_hint(d) for d in candidate.input_shape),
                              tuple(weight.shape) if weight is not None else (),
                              candidate.stride, candidate.padding, candidate.groups,
-                             dtypes.name_of(candidate.input_dtype))
+                             dtypes.name_of(candidate.input_dtype), op=candidate.op)
+    linear = candidate.op == "linear"
     if weight is None:
         decision.reason = "weight is not a parameter or buffer of the model"
         return decision, None
@@ -118,8 +122,13 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     reason = None
     if dispatch == "none":
         reason = "Escoin off (dispatch='none')"
-    elif len(candidate.input_shape) != 4:
-        reason = "input is not a batched NCHW tensor"
+    elif len(candidate.input_shape) != (2 if linear else 4):
+        reason = "input is not a (batch, features) matrix" if linear else \
+            "input is not a batched NCHW tensor"
+    elif linear and isinstance(_hint(candidate.input_shape[0]), int) and \
+            _hint(candidate.input_shape[0]) > MAX_LINEAR_BATCH:
+        reason = (f"batch {_hint(candidate.input_shape[0])} > {MAX_LINEAR_BATCH}: a dense GEMM "
+                  "reuses the weight more")
     elif dtypes.name_of(candidate.input_dtype) not in dtypes.SUPPORTED or \
             weight.dtype != candidate.input_dtype:
         reason = (f"dtype {dtypes.name_of(candidate.input_dtype)} x "
@@ -137,9 +146,13 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
         return decision, None
     target = resolve_target("cuda" if device.type == "cuda" else "llvm")
     bias = candidate.bias.detach().float().cpu().numpy() if candidate.bias is not None else None
-    layer = ops.SparseLayer(candidate.name, dtypes.to_numpy(weight), bias, candidate.stride,
-                            candidate.padding, candidate.dilation, candidate.groups,
-                            candidate.relu, target, tuning_log(target))
+    if linear:
+        layer = ops.SparseLinearLayer(candidate.name, dtypes.to_numpy(weight), bias,
+                                      candidate.relu, target)
+    else:
+        layer = ops.SparseLayer(candidate.name, dtypes.to_numpy(weight), bias, candidate.stride,
+                                candidate.padding, candidate.dilation, candidate.groups,
+                                candidate.relu, target, tuning_log(target))
     decision.epilogue = Epilogue(bias=bias is not None, relu=candidate.relu).name + \
         ("; batch norm folded" if candidate.batch_norm else "")
     decision.kernel = "escoin"
@@ -147,7 +160,7 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     measure = dispatch == "measure" or (dispatch is None and device.type == "cuda")
     shape = tuple(_hint(d) for d in candidate.input_shape)
     if measure and device.type == "cuda" and all(isinstance(d, int) for d in shape):
-        escoin_s, dense_s = _time_both(layer, candidate, shape, device)
+        escoin_s, dense_s = _time_both(layer, shape, device)
         decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
         if dense_s < escoin_s:
             decision.kernel = "dense"
@@ -167,7 +180,7 @@ def _hint(size):
     return int(size)
 
 
-def _time_both(layer: ops.SparseLayer, candidate: graph.Candidate, shape, device):
+def _time_both(layer, shape, device):
     """(Escoin seconds, PyTorch seconds) of the layer at ``shape``, each captured in a CUDA
     graph and replayed (``timing.graph_time``), PyTorch in its current settings (TF32 and
     cuDNN as the user has them)."""
@@ -179,14 +192,6 @@ def _time_both(layer: ops.SparseLayer, candidate: graph.Candidate, shape, device
     out = torch.empty(layer.output_shape(shape), device=device, dtype=dtype)
     weight = dtypes.to_torch(layer.weight).to(device)
     bias = None if layer.bias is None else torch.from_numpy(layer.bias).to(device, dtype)
-    top, left, bottom, right = layer.padding
-
-    def dense():
-        padded = F.pad(x, (left, right, top, bottom)) if (top, left) != (bottom, right) else x
-        y = F.conv2d(padded, weight, bias, layer.stride,
-                     0 if (top, left) != (bottom, right) else (top, left), layer.dilation,
-                     layer.groups)
-        return torch.relu(y) if layer.relu else y
-
     with torch.no_grad():
-        return graph_time(lambda: kernel.run_torch(x, out)), graph_time(dense)
+        return (graph_time(lambda: kernel.run_torch(x, out)),
+                graph_time(lambda: layer.torch_equivalent(x, weight, bias)))

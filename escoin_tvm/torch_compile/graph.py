@@ -1,10 +1,12 @@
-"""The convolutions of a TorchDynamo graph, and the rewrite that sends one to an Escoin kernel.
+"""The convolutions and linear layers of a TorchDynamo graph, and the rewrite that sends one to
+an Escoin kernel.
 
 Dynamo hands a backend an FX graph of torch-level calls whose parameters and buffers are graph
 inputs, with the real tensors among the example inputs. A candidate is a ``conv2d`` whose weight
 (and bias) is such an input, followed where possible by an eval-mode ``batch_norm`` of inputs
 (folded into the weight and bias with ``torch.nn.utils.fusion.fuse_conv_bn_weights``) and a
-``relu`` (fused into the kernel), each the only user of what it consumes.
+``relu`` (fused into the kernel), each the only user of what it consumes. A ``linear`` of such
+a weight is a candidate likewise, with a ``relu`` after it.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from torch import fx
 CONV2D = (torch.conv2d, F.conv2d, torch.ops.aten.conv2d.default)
 BATCH_NORM = (F.batch_norm, torch.batch_norm)
 RELU = (torch.relu, torch.relu_, F.relu, torch.ops.aten.relu.default)
+LINEAR = (torch._C._nn.linear, F.linear, torch.ops.aten.linear.default)
 
 
 @dataclass
 class Candidate:
-    """A conv2d of the graph, with what follows it, its real weights and its input's shape."""
+    """A conv2d or linear of the graph, with what follows it, its real weights and its input's
+    shape."""
 
     name: str
     nodes: List[fx.Node]  # conv[, batch norm][, relu]: the last one's value is replaced
@@ -31,10 +35,11 @@ class Candidate:
     device: torch.device
     weight: Optional[torch.Tensor]  # None when the weight is not a graph input
     bias: Optional[torch.Tensor]
-    stride: Tuple[int, int]
-    padding: Tuple[int, int, int, int]  # top, left, bottom, right
-    dilation: Tuple[int, int]
-    groups: int
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: Tuple[int, int] = (1, 1)
+    groups: int = 1
+    op: str = "conv2d"  # or "linear"
     relu: bool = False
     batch_norm: bool = False
     trainable: bool = False  # the weight (or bias) requires gradients
@@ -77,13 +82,15 @@ def _module_path(node: fx.Node) -> str:
 
 
 def candidates(gm: fx.GraphModule, example_inputs: Sequence) -> List[Candidate]:
-    """The conv2d calls of ``gm``, in graph order."""
+    """The conv2d and linear calls of ``gm``, in graph order."""
     inputs: Dict[fx.Node, object] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, value in zip(placeholders, example_inputs):
         inputs[node] = value
     found = []
     for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in LINEAR:
+            found.append(_linear_candidate(node, inputs))
         if node.op != "call_function" or node.target not in CONV2D:
             continue
         args = _conv_arguments(node)
@@ -111,6 +118,35 @@ def candidates(gm: fx.GraphModule, example_inputs: Sequence) -> List[Candidate]:
             _absorb_followers(candidate, inputs)
         found.append(candidate)
     return found
+
+
+def _linear_arguments(node: fx.Node):
+    return {"bias": None, **dict(zip(("input", "weight", "bias"), node.args)), **node.kwargs}
+
+
+def _linear_candidate(node: fx.Node, inputs) -> Candidate:
+    args = _linear_arguments(node)
+    example = args["input"].meta.get("example_value") if isinstance(args["input"], fx.Node) \
+        else None
+    weight = inputs.get(args["weight"]) if isinstance(args["weight"], fx.Node) else None
+    bias = inputs.get(args["bias"]) if isinstance(args["bias"], fx.Node) else None
+    if example is None or not isinstance(weight, torch.Tensor) or weight.ndim != 2 or \
+            (args["bias"] is not None and not isinstance(bias, torch.Tensor)):
+        weight = None
+    candidate = Candidate(_module_path(node), [node],
+                          tuple(example.shape) if example is not None else (),
+                          example.dtype if example is not None else None,
+                          example.device if example is not None else None,
+                          None if weight is None else weight.detach(),
+                          None if bias is None else bias.detach(), op="linear")
+    if weight is not None:
+        candidate.trainable = weight.requires_grad or bool(bias is not None and
+                                                           bias.requires_grad)
+        user = _only_user(node)
+        if user is not None and user.op == "call_function" and user.target in RELU:
+            candidate.nodes.append(user)
+            candidate.relu = True
+    return candidate
 
 
 def _absorb_followers(candidate: Candidate, inputs) -> None:
@@ -145,13 +181,17 @@ def _absorb_followers(candidate: Candidate, inputs) -> None:
 
 
 def replace(gm: fx.GraphModule, candidate: Candidate, layer: int) -> None:
-    """Replaces the candidate's nodes by ``torch.ops.escoin.sparse_conv2d(input, layer)``."""
-    from . import ops  # noqa: F401  (registers the operator)
+    """Replaces the candidate's nodes by ``torch.ops.escoin.sparse_conv2d(input, layer)`` (or
+    ``sparse_linear``)."""
+    from . import ops  # noqa: F401  (registers the operators)
 
-    last = candidate.nodes[-1]
-    data = _conv_arguments(candidate.nodes[0])["input"]  # as it is now: an earlier replace
-    with gm.graph.inserting_after(last):                # may have rewired it
-        call = gm.graph.call_function(torch.ops.escoin.sparse_conv2d.default, (data, layer))
+    last, first = candidate.nodes[-1], candidate.nodes[0]
+    # the input as it is now: an earlier replace may have rewired it
+    data = (_linear_arguments if candidate.op == "linear" else _conv_arguments)(first)["input"]
+    op = torch.ops.escoin.sparse_linear if candidate.op == "linear" else \
+        torch.ops.escoin.sparse_conv2d
+    with gm.graph.inserting_after(last):
+        call = gm.graph.call_function(op.default, (data, layer))
     call.meta.update({k: v for k, v in last.meta.items() if k != "example_value"})
     if "example_value" in last.meta:
         call.meta["example_value"] = last.meta["example_value"]

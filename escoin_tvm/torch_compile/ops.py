@@ -1,4 +1,5 @@
-"""``torch.ops.escoin.sparse_conv2d``: an Escoin convolution as a PyTorch custom operator.
+"""``torch.ops.escoin.sparse_conv2d`` and ``sparse_linear``: Escoin kernels as PyTorch custom
+operators.
 
 Each sparse layer the backend takes is registered once (``register``: its frozen weight, bias,
 geometry and fused ReLU) and called by its index, so the graph stays traceable: the fake
@@ -48,14 +49,58 @@ class SparseLayer:
 
     def kernel(self, shape: tuple, device: torch.device) -> SparseConv2dKernel:
         """The layer's kernel for inputs of ``shape`` on ``device``, built on first use."""
-        key = (shape, str(device))
-        kernel = self.kernels.get(key)
-        if kernel is None:
-            with self.lock:
-                kernel = self.kernels.get(key)
-                if kernel is None:
-                    kernel = self.kernels[key] = build(self, shape, device)
-        return kernel
+        return _cached(self, shape, device, build)
+
+    def torch_equivalent(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
+        """What PyTorch computes for the layer (the dense baseline it is timed against)."""
+        import torch.nn.functional as F
+
+        top, left, bottom, right = self.padding
+        symmetric = (top, left) == (bottom, right)
+        padded = x if symmetric else F.pad(x, (left, right, top, bottom))
+        y = F.conv2d(padded, weight, bias, self.stride, (top, left) if symmetric else 0,
+                     self.dilation, self.groups)
+        return torch.relu(y) if self.relu else y
+
+
+@dataclass
+class SparseLinearLayer:
+    """A fully-connected layer the backend sends to Escoin's sparse linear kernel."""
+
+    name: str
+    weight: np.ndarray  # (out_features, in_features)
+    bias: Optional[np.ndarray]
+    relu: bool
+    target: object
+    kernels: Dict[tuple, object] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def output_shape(self, shape) -> tuple:
+        return (shape[0], self.weight.shape[0])
+
+    def kernel(self, shape: tuple, device: torch.device):
+        from ..linear_kernel import build_sparse_linear
+
+        return _cached(self, shape, device, lambda layer, shape_, device_: build_sparse_linear(
+            layer.weight, shape_[0], bias=layer.bias, relu=layer.relu, target=layer.target,
+            device=device_))
+
+    def torch_equivalent(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
+        y = torch.nn.functional.linear(x, weight, bias)
+        return torch.relu(y) if self.relu else y
+
+
+def _cached(layer, shape: tuple, device: torch.device, make):
+    """``layer``'s kernel for ``shape`` on ``device``, made by ``make(layer, shape, device)``
+    on first use."""
+    key = (shape, str(device))
+    kernel = layer.kernels.get(key)
+    if kernel is None:
+        with layer.lock:
+            kernel = layer.kernels.get(key)
+            if kernel is None:
+                kernel = layer.kernels[key] = make(layer, shape, device)
+    return kernel
 
 
 def build(layer: SparseLayer, shape: tuple, device: torch.device) -> SparseConv2dKernel:
@@ -80,7 +125,7 @@ def build(layer: SparseLayer, shape: tuple, device: torch.device) -> SparseConv2
                                config=config, tuned=tuned, device=device)
 
 
-LAYERS: List[SparseLayer] = []
+LAYERS: List[object] = []  # SparseLayer and SparseLinearLayer
 _REGISTERING = threading.Lock()
 
 
@@ -99,5 +144,17 @@ def sparse_conv2d(x: torch.Tensor, layer: int) -> torch.Tensor:
 
 
 @sparse_conv2d.register_fake
+def _(x: torch.Tensor, layer: int) -> torch.Tensor:
+    return x.new_empty(LAYERS[layer].output_shape(x.shape))
+
+
+@torch.library.custom_op("escoin::sparse_linear", mutates_args=())
+def sparse_linear(x: torch.Tensor, layer: int) -> torch.Tensor:
+    """The registered linear layer ``layer`` applied to ``x`` (batch, in_features)."""
+    entry = LAYERS[layer]
+    return entry.kernel(tuple(x.shape), x.device).run_torch(x)
+
+
+@sparse_linear.register_fake
 def _(x: torch.Tensor, layer: int) -> torch.Tensor:
     return x.new_empty(LAYERS[layer].output_shape(x.shape))

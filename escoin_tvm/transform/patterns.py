@@ -3,9 +3,9 @@
     conv2d(data, const) [+ bias] [+ residual] [relu]
 
 The bias is a constant of the convolution's dtype and of shape (1, O, 1, 1) or (O, 1, 1) (what
-FoldBatchnormToConv2D leaves behind), added on either side; the residual is a tensor of the sum's own shape and dtype
-(a ResNet shortcut: no broadcasting) computed before the convolution, so that of two
-convolutions added together only the later one takes the add; a relu may end the chain.
+FoldBatchnormToConv2D leaves behind), added on either side; the residual is a tensor of the sum's
+own shape and dtype (a ResNet shortcut: no broadcasting) computed before the convolution, so that of
+two convolutions added together only the later one takes the add; a relu may end the chain.
 
 Each combination is a dataflow pattern (``tvm.relax.dpl``); ``match_chains`` tries them longest
 first over the whole function, as ``FuseOpsByPattern`` orders its patterns, so that every
@@ -21,9 +21,10 @@ from typing import Callable, Dict, List, Optional
 
 from tvm import relax
 from tvm.ir import Constant
-from tvm.relax.dpl import CallPattern, DFPattern, is_const, is_op, wildcard
+from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 
 from ..operator import Epilogue
+from .matching import FunctionIndex, claim
 from .tensor_types import dtype, static_shape
 
 
@@ -87,56 +88,29 @@ def match_chains(func: relax.Function, layer_of: Callable[[relax.Call], Optional
     """The chains of ``func``, by root var. ``layer_of(conv2d call)`` is the call's index in
     the report when the policy sends it to an Escoin kernel, else None; ``position`` numbers
     the function's bindings in order."""
-    var2val = relax.analysis.get_var2val(func)
-    value_var = {value: var for var, value in var2val.items()}
-    blocks = [block for block in func.body.blocks if isinstance(block, relax.DataflowBlock)]
-    users = {var: list(used_by) for block in blocks
-             for var, used_by in relax.analysis.udchain(block).items()}
-    bindings = [b for block in blocks for b in block.bindings if isinstance(b, relax.VarBinding)]
-    chains: Dict[relax.Var, Chain] = {}
-    claimed = set()
-    for chain_pattern in chain_patterns():
-        for binding in bindings:
-            if binding.var in claimed:
-                continue
-            matched = chain_pattern.pattern.extract_matched_expr(binding.value, var2val)
-            if matched is None:
-                continue
-            chain = _checked(chain_pattern, matched, binding.var, layer_of, position, users,
-                             value_var)
-            if chain is not None and not claimed.intersection([chain.root, *chain.intermediates]):
-                claimed.update([chain.root, *chain.intermediates])
-                chains[chain.root] = chain
-    return chains
+    index = FunctionIndex.of(func)
 
+    def check(chain_pattern: ChainPattern, matched, root: relax.Var) -> Optional[Chain]:
+        """The Chain of a match, or None when it breaks a rule of the module docstring or the
+        policy keeps its convolution dense."""
+        conv = matched[chain_pattern.conv]
+        layer = layer_of(conv)
+        intermediates = index.absorbed(matched, root) if layer is not None else None
+        if intermediates is None:
+            return None
+        chain = Chain(root, conv, layer, chain_pattern.epilogue, intermediates=intermediates)
+        if chain_pattern.bias is not None:
+            chain.bias = matched[chain_pattern.bias]
+            if not _is_bias(chain.bias, conv):
+                return None
+        if chain_pattern.residual is not None:
+            other = matched[chain_pattern.residual]
+            other_var, conv_var = index.var_of(other), index.var_of(conv)
+            if other_var.same_as(conv_var) or dtype(other) != dtype(conv) or \
+                    static_shape(other) is None or static_shape(other) != static_shape(conv) or \
+                    position.get(other_var, -1) > position[conv_var]:
+                return None
+            chain.residual = other_var
+        return chain
 
-def _checked(chain_pattern: ChainPattern, matched, root: relax.Var, layer_of, position, users,
-             value_var) -> Optional[Chain]:
-    """The Chain of a pattern match, or None when the match breaks a rule of the module
-    docstring or the policy keeps its convolution dense."""
-    conv = matched[chain_pattern.conv]
-    layer = layer_of(conv)
-    if layer is None:
-        return None
-    conv_var = value_var[conv]
-    inside = {value_var[m] for p, m in matched.items()  # the chain's own calls, not its inputs
-              if isinstance(p, CallPattern) and m in value_var}
-    intermediates = [var for var in inside if not var.same_as(root)]
-    for var in intermediates:  # what is folded into the kernel must not be needed elsewhere
-        if not isinstance(var, relax.DataflowVar) or \
-                any(user not in inside for user in users.get(var, [])):
-            return None
-    chain = Chain(root, conv, layer, chain_pattern.epilogue, intermediates=intermediates)
-    if chain_pattern.bias is not None:
-        chain.bias = matched[chain_pattern.bias]
-        if not _is_bias(chain.bias, conv):
-            return None
-    if chain_pattern.residual is not None:
-        other = matched[chain_pattern.residual]
-        other_var = value_var.get(other, other)  # a bound value matches as itself
-        if other_var.same_as(conv_var) or dtype(other) != dtype(conv) or \
-                static_shape(other) is None or static_shape(other) != static_shape(conv) or \
-                position.get(other_var, -1) > position[conv_var]:
-            return None
-        chain.residual = other_var
-    return chain
+    return claim(index, chain_patterns(), check)

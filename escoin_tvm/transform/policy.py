@@ -1,9 +1,9 @@
 """Which convolutions go sparse: the dispatch policy of the Escoin pass.
 
 A conv2d goes to an Escoin kernel when the kernels implement it (NCHW/OIHW; float32, float16 or
-bfloat16; static shapes; a constant weight) and its weight's sparsity reaches the threshold. With a ``measure``
-timer, such a layer is also timed both ways on the device and takes the faster path. Every
-convolution gets a ``LayerDecision``, taken or not: the pass's report.
+bfloat16; static shapes; a constant weight) and its weight's sparsity reaches the threshold. With a
+``measure`` timer, such a layer is also timed both ways on the device and takes the faster path.
+Every convolution gets a ``LayerDecision``, taken or not: the pass's report.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class LayerDecision:
 
     name: str
     input_shape: tuple
-    weight_shape: tuple
+    weight_shape: tuple  # OIHW for a convolution, (out_features, in_features) for a linear
     stride: tuple = ()
     padding: tuple = ()
     groups: int = 1
@@ -39,6 +39,7 @@ class LayerDecision:
     escoin_us: Optional[float] = None  # measured dispatch: the layer timed both ways
     dense_us: Optional[float] = None
     config: dict = field(default_factory=dict)
+    op: str = "conv2d"  # or "linear"
 
 
 def distinct(a: float, b: float, digits: int = 2) -> Tuple[str, str]:
@@ -76,14 +77,27 @@ class DispatchPolicy:
     def decide(self, call: relax.Call, index: int) -> LayerDecision:
         decision = self._static_decision(call, index)
         if decision.kernel == "escoin" and self.measure is not None \
-                and not dense_is_wrong(self.target, decision.weight_shape):
+                and not self._must_stay_sparse(decision):
             self._measure(call, decision)
         return decision
 
-    def _name(self, index: int, weight_shape) -> str:
+    def _must_stay_sparse(self, decision: LayerDecision) -> bool:
+        return dense_is_wrong(self.target, decision.weight_shape)
+
+    def _name(self, index: int, weight_shape, prefix: str = "conv2d") -> str:
         if index < len(self.layer_names) and self.layer_names[index][1] == weight_shape:
             return self.layer_names[index][0]
-        return f"conv2d_{index}"
+        return f"{prefix}_{index}"
+
+    def _threshold_decision(self, decision: LayerDecision) -> LayerDecision:
+        if decision.sparsity < self.threshold:
+            decision.reason = "sparsity {} < threshold {}".format(
+                *distinct(decision.sparsity, self.threshold))
+        else:
+            decision.kernel = "escoin"
+            decision.reason = "sparsity {} >= threshold {}".format(
+                *distinct(decision.sparsity, self.threshold))
+        return decision
 
     def _static_decision(self, call: relax.Call, index: int) -> LayerDecision:
         data, weight = call.args
@@ -114,13 +128,8 @@ class DispatchPolicy:
         elif dense_is_wrong(self.target, decision.weight_shape):
             decision.kernel = "escoin"
             decision.reason = "one-tap convolution: TVM 0.27's dense CUDA code for it is wrong"
-        elif decision.sparsity < self.threshold:
-            decision.reason = "sparsity {} < threshold {}".format(
-                *distinct(decision.sparsity, self.threshold))
         else:
-            decision.kernel = "escoin"
-            decision.reason = "sparsity {} >= threshold {}".format(
-                *distinct(decision.sparsity, self.threshold))
+            return self._threshold_decision(decision)
         return decision
 
     def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
@@ -133,3 +142,45 @@ class DispatchPolicy:
         else:
             decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, dense "
                                f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
+
+
+MAX_LINEAR_BATCH = 64  # above it a dense GEMM reuses each weight more than the sparse kernel
+
+
+class LinearPolicy(DispatchPolicy):
+    """The policy for ``relax.matmul(x, W.T)`` with a constant (K, N) right-hand side (what a
+    Linear becomes): x of static shape (M, K) with M at most MAX_LINEAR_BATCH, float32, float16
+    or bfloat16 (a half product computed to float32, as TVM's frontend and escoin-tvm's give it,
+    counts as half)."""
+
+    def _must_stay_sparse(self, decision: LayerDecision) -> bool:
+        return False
+
+    def _static_decision(self, call: relax.Call, index: int) -> LayerDecision:
+        data, weight_t = call.args
+        shape_t = static_shape(weight_t)
+        weight_shape = (shape_t[1], shape_t[0]) if shape_t and len(shape_t) == 2 else ()
+        decision = LayerDecision(self._name(index, weight_shape, "linear"),
+                                 static_shape(data) or (), weight_shape, dtype=dtype(data),
+                                 op="linear")
+        if not isinstance(weight_t, Constant):
+            decision.reason = "weight is not a constant"
+            return decision
+        dense = weight_t.value.numpy()
+        decision.nnz = int(np.count_nonzero(dense))
+        decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
+        out_dtype = "" if call.attrs.out_dtype is None else str(call.attrs.out_dtype)
+        if len(decision.input_shape) != 2 or len(weight_shape) != 2:
+            decision.reason = "not a (batch, features) x (features, out) product"
+        elif dtype(data) not in SUPPORTED or dtype(weight_t) != dtype(data) or \
+                out_dtype not in (dtype(data), "float32", "", "void", "None"):
+            decision.reason = (f"dtype {dtype(data)} x {dtype(weight_t)} -> {out_dtype or 'same'} "
+                               f"(Escoin kernels take {', '.join(SUPPORTED)}, one for all)")
+        elif self.report_only:
+            decision.reason = "Escoin pass off (dispatch_by='none')"
+        elif decision.input_shape[0] > MAX_LINEAR_BATCH:
+            decision.reason = (f"batch {decision.input_shape[0]} > {MAX_LINEAR_BATCH}: a dense "
+                               "GEMM reuses the weight more")
+        else:
+            return self._threshold_decision(decision)
+        return decision

@@ -1,12 +1,12 @@
 """Tuning logs: a MetaSchedule JSON database (a directory with ``database_workload.json`` and
 ``database_tuning_record.json``, one JSON value per line, appended as trials finish).
 
-The files are checked before MetaSchedule reads them, because its loader stops the process on a
-bad line (a blank one included, as editors and ``cat a b > c`` leave them). Blank lines and a
-truncated last line (a job killed while writing) are left out with a warning: a job rewrites its
-log without them, a compile reads a cleaned copy and leaves the file as it is. Any other damage
-is an error naming the file and line. Records are looked up per kernel and per target; a log with no record for the compile
-target is reported, never silently ignored.
+The files are checked before MetaSchedule reads them, because its loader stops the process on a bad
+line (a blank one included, as editors and ``cat a b > c`` leave them). Blank lines and a truncated
+last line (a job killed while writing) are left out with a warning: a job rewrites its log without
+them, a compile reads a cleaned copy and leaves the file as it is. Any other damage is an error
+naming the file and line. Records are looked up per kernel and per target; a log with no record for
+the compile target is reported, never silently ignored.
 """
 from __future__ import annotations
 

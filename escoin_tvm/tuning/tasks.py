@@ -85,7 +85,7 @@ def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
     target = resolve_target(target)
     threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else sparsity_threshold
     exported, _example, mod = prepare(model, example_inputs, target)
-    _mod, escoin = dispatch(mod, exported, target, float(threshold))
+    _mod, escoin, _linear = dispatch(mod, exported, target, float(threshold))
     tasks = {}
     for kernel in escoin.kernels:
         key = (kernel.spec, kernel.epilogue, kernel.weight.dtype,

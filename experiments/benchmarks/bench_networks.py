@@ -13,6 +13,8 @@ each sparsity, or to Deep Compression's published per-layer sparsities: "dc") an
                  Escoin kernels where they measure faster, the rest inductor (TF32 default)
   backend_ro_fp16  the same in fp16
   eager_fp32     PyTorch eager, fp32, TF32 off (a secondary column: launch-bound at batch 1)
+A sparsity with a "+fc" suffix (--whole) prunes the fully-connected layers too, which escoin-tvm
+then runs on its sparse linear kernel.
   eager_tf32     PyTorch eager, PyTorch's default (cuDNN may use TF32)
   eager_fp16     PyTorch eager, fp16 channels-last
   torch_compile  torch.compile, default mode, fp32 (TF32 off)
@@ -22,10 +24,11 @@ each sparsity, or to Deep Compression's published per-layer sparsities: "dc") an
   escoin_graph   the same compiled with cuda_graph=True (TVM's CUDA-graph rewrite; --graph)
   escoin_measured  escoin-tvm with per-layer dispatch by measurement (selected networks)
   escoin_tuned   escoin-tvm with --tuning-log (if given and it has records)
-The torch.compile and eager variants are timed with CUDA events around each call (median of 30);
-TVM modules with time_evaluator (20 x 5 runs, median). Every escoin-tvm output is checked
-against PyTorch fp32 (TF32 off) in the same run (``rel_err``; fp16 variants round every layer). TVM compiles run in parallel worker
-processes while torch.compile warms up; all timing happens afterwards with the GPU otherwise idle.
+The torch.compile and eager variants are timed with CUDA events around each call (median of 30); TVM
+modules with time_evaluator (20 x 5 runs, median). Every escoin-tvm output is checked against
+PyTorch fp32 (TF32 off) in the same run (``rel_err``; fp16 variants round every layer). TVM compiles
+run in parallel worker processes while torch.compile warms up; all timing happens afterwards with
+the GPU otherwise idle.
 
 Usage: python -m experiments.benchmarks.bench_networks [--networks alexnet,googlenet,resnet50,vgg16]
     [--batches 1,16] [--sparsities 0.9] [--sweep resnet50:1:0.7,0.8,0.95] [--dc alexnet,vgg16]
@@ -51,13 +54,18 @@ SIZE = 224
 
 
 def pruned_model(network: str, sparsity):
+    """The network with its convolutions pruned to ``sparsity`` (a number, or "dc" for Deep
+    Compression's per-layer rates); a "+fc" suffix prunes its fully-connected layers too."""
     from escoin_tvm import models, prune
 
     model = models.build(network, seed=0)
+    sparsity = str(sparsity)
+    layers = "all" if sparsity.endswith("+fc") else "conv"
+    sparsity = sparsity.removesuffix("+fc")
     if sparsity == "dc":
-        prune.deep_compression(model, network)
+        prune.deep_compression(model, network, layers=layers)
     else:
-        prune.magnitude(model, float(sparsity))
+        prune.magnitude(model, float(sparsity), layers=layers)
     return model.eval()
 
 
@@ -163,6 +171,9 @@ def main(argv=None):
     parser.add_argument("--sweep", default="", help="NET:BATCH:S1,S2 extra sparsities, ';'-separated")
     parser.add_argument("--dc", default="alexnet,vgg16", help="networks also run at Deep "
                         "Compression's per-layer sparsities (batch 1)")
+    parser.add_argument("--whole", default="alexnet,vgg16", help="networks also run with their "
+                        "fully-connected layers pruned too (first sparsity and Deep Compression's, "
+                        "batch 1 and the first batch above it)")
     parser.add_argument("--measured", default="resnet50:1", help="NET:BATCH compiled with "
                         "dispatch by measurement (at the first sparsity), ';'-separated")
     parser.add_argument("--tuning-log", default=None)
@@ -188,6 +199,8 @@ def main(argv=None):
         n, b, ss = item.split(":")
         cases += [(n, int(b), s) for s in ss.split(",") if (n, int(b), s) not in cases]
     cases += [(n, 1, "dc") for n in filter(None, args.dc.split(",")) if n in networks]
+    cases += [(n, b, s) for n in filter(None, args.whole.split(",")) if n in networks
+              for b in batches[:2] for s in (f"{sparsities[0]}+fc", "dc+fc")]
     measured = [(n, int(b)) for n, b in (m.split(":") for m in filter(None, args.measured.split(";")))]
 
     env = environment()

@@ -1,0 +1,73 @@
+"""The scheduled sparse linear kernel of one fully-connected layer, and ``build_sparse_linear``.
+
+Knobs come from ``config``, else the heuristic (``schedule.linear``); tuned and shipped tables
+for linear layers are not there yet.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+from tvm import s_tir
+
+from .compiled_kernel import CompiledKernel
+from .errors import ArgumentError, ShapeError
+from .linear import SparseLinearWeight, sparse_linear_primfunc
+from .schedule.linear import (LinearCpuConfig, LinearGpuConfig, default_linear_gpu_config,
+                              schedule_linear_cpu, schedule_linear_gpu)
+from .target import TargetLike, is_gpu, resolve_target
+from .weight_format import as_numpy_weight
+
+LinearConfig = Union[LinearGpuConfig, LinearCpuConfig]
+
+
+def untuned_linear_config(batch: int, weight: SparseLinearWeight, target) -> LinearConfig:
+    if is_gpu(target):
+        return default_linear_gpu_config(batch, weight.shape[0], weight.ell_width())
+    return LinearCpuConfig()
+
+
+def scheduled_linear_module(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
+                            target, config: Optional[LinearConfig] = None):
+    """(scheduled IRModule, columns, values, config) of the layer at ``batch`` rows."""
+    config = config or untuned_linear_config(batch, weight, target)
+    wanted = LinearGpuConfig if is_gpu(target) else LinearCpuConfig
+    if not isinstance(config, wanted):
+        raise ArgumentError(f"a {target.kind.name} target needs a {wanted.__name__}, got "
+                            f"{type(config).__name__}")
+    config = config.validate()
+    columns, values = weight.to_ell(config.row_multiple)
+    func = sparse_linear_primfunc(batch, weight, columns.shape[1], bias, relu)
+    sch = s_tir.Schedule(func)
+    sch = schedule_linear_gpu(sch, config) if is_gpu(target) else schedule_linear_cpu(sch, config)
+    return sch.mod, columns, values, config
+
+
+class SparseLinearKernel(CompiledKernel):
+    """A compiled sparse linear layer: ``kernel(x)`` for x of shape (batch, in_features)."""
+
+    def __init__(self, weight: SparseLinearWeight, batch: int, bias: Optional[np.ndarray],
+                 relu: bool, target, config: Optional[LinearConfig] = None, device=None):
+        self.weight = weight
+        mod, columns, values, self.config = scheduled_linear_module(
+            batch, weight, bias is not None, relu, target, config)
+        shape = (batch, weight.shape[1])
+        super().__init__(mod, target, device, shape, shape, (batch, weight.shape[0]),
+                         weight.dtype, [a for a in (columns, values, bias) if a is not None])
+
+
+def build_sparse_linear(weight, batch: int, *, bias=None, relu: bool = False,
+                        target: TargetLike = "llvm", config: Optional[LinearConfig] = None,
+                        device=None) -> SparseLinearKernel:
+    """Compiles ``y = relu?(x @ weight.T + bias)`` for x of shape (batch, in_features), with
+    ``weight`` a pruned (out_features, in_features) matrix (numpy or torch; float32, float16 or
+    bfloat16, which the kernel's input and output share; sums in float32)."""
+    target = resolve_target(target)
+    sparse = SparseLinearWeight.from_dense(weight)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ShapeError(f"batch must be an int >= 1, got {batch!r}")
+    if bias is not None:
+        bias = as_numpy_weight(bias, "bias").astype(np.float32)
+        if bias.shape != (sparse.shape[0],):
+            raise ShapeError(f"bias must have shape ({sparse.shape[0]},), got {bias.shape}")
+    return SparseLinearKernel(sparse, batch, bias, bool(relu), target, config, device)

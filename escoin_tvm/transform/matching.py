@@ -1,0 +1,73 @@
+"""Matching chains of calls in a Relax function without changing it: what the Escoin passes'
+patterns share.
+
+``claim`` tries dataflow patterns (``tvm.relax.dpl``) on every binding, the patterns in the order
+given (longest first, as ``FuseOpsByPattern`` orders its own), and claims a match when its
+check accepts it and none of its bindings is claimed already. ``FunctionIndex.absorbed`` says
+which bindings a match would fold away, and refuses a match whose intermediate values are used
+outside it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional
+
+from tvm import relax
+from tvm.relax.dpl import CallPattern
+
+
+@dataclass
+class FunctionIndex:
+    """Each var's value, each value's var, each var's users, and the dataflow bindings."""
+
+    var2val: dict
+    value_var: dict
+    users: dict
+    bindings: list
+
+    @staticmethod
+    def of(func: relax.Function) -> "FunctionIndex":
+        var2val = relax.analysis.get_var2val(func)
+        blocks = [b for b in func.body.blocks if isinstance(b, relax.DataflowBlock)]
+        users = {var: list(used_by) for block in blocks
+                 for var, used_by in relax.analysis.udchain(block).items()}
+        bindings = [b for block in blocks for b in block.bindings
+                    if isinstance(b, relax.VarBinding)]
+        return FunctionIndex(var2val, {v: k for k, v in var2val.items()}, users, bindings)
+
+    def var_of(self, expr) -> relax.Expr:
+        """The var a value is bound to (a matched call matches as its value), else itself."""
+        return self.value_var.get(expr, expr)
+
+    def absorbed(self, matched: dict, root: relax.Var) -> Optional[List[relax.Var]]:
+        """The vars of the match's own calls other than ``root``, or None when one of them is
+        not a dataflow var or is used outside the match (it must not be folded away)."""
+        inside = {self.value_var[m] for p, m in matched.items()
+                  if isinstance(p, CallPattern) and m in self.value_var}
+        intermediates = [var for var in inside if not var.same_as(root)]
+        for var in intermediates:
+            if not isinstance(var, relax.DataflowVar) or \
+                    any(user not in inside for user in self.users.get(var, [])):
+                return None
+        return intermediates
+
+
+def claim(index: FunctionIndex, patterns: Iterable, check: Callable) -> Dict[relax.Var, object]:
+    """{root var: check's result} of the accepted matches. Each item of ``patterns`` has a
+    ``pattern``; ``check(item, matched, root)`` returns None or a result with ``root`` and
+    ``intermediates``."""
+    results: Dict[relax.Var, object] = {}
+    claimed = set()
+    for item in patterns:
+        for binding in index.bindings:
+            if binding.var in claimed:
+                continue
+            matched = item.pattern.extract_matched_expr(binding.value, index.var2val)
+            if matched is None:
+                continue
+            result = check(item, matched, binding.var)
+            if result is not None and not claimed.intersection([result.root,
+                                                                *result.intermediates]):
+                claimed.update([result.root, *result.intermediates])
+                results[result.root] = result
+    return results

@@ -1,0 +1,196 @@
+"""The Relax pass that dispatches sparse fully-connected layers to Escoin's sparse linear kernel.
+
+A Linear reaches Relax as ``matmul(x, W.T)`` with the transposed weight a constant after
+``FoldConstant`` (a half-precision one as ``astype(matmul(x, W.T, out_dtype="float32"))``),
+then a bias ``add`` and perhaps a ``relu``. The policy (``policy.LinearPolicy``) decides per
+matmul; the patterns below take the longest chain ``matmul [astype] [+ bias] [relu]`` whose
+intermediate values are used nowhere else (``matching.claim``); the rewriter replaces it by
+``call_tir`` of the scheduled sparse linear kernel with its ELL arrays as constants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Dict, List, Optional, Sequence
+
+import tvm
+from tvm import relax
+from tvm.ir import Constant
+from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..errors import EscoinError
+from ..linear import SparseLinearWeight
+from ..linear_kernel import scheduled_linear_module, untuned_linear_config
+from .matching import FunctionIndex, claim
+from .policy import LayerDecision, LinearPolicy
+from .tensor_types import dtype, static_shape
+
+MATMUL = tvm.ir.Op.get("relax.matmul")
+OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps must leave the scheduled kernel alone
+
+
+@dataclass(frozen=True)
+class LinearPattern:
+    pattern: DFPattern
+    matmul: DFPattern
+    bias: Optional[DFPattern]
+    relu: bool
+    cast: bool
+
+
+@dataclass
+class LinearChain:
+    root: relax.Var
+    matmul: relax.Call
+    layer: int
+    relu: bool
+    bias: Optional[Constant] = None
+    intermediates: List[relax.Var] = field(default_factory=list)
+
+
+def linear_patterns() -> List[LinearPattern]:
+    """Every chain, longest first."""
+    found = []
+    for cast, bias, relu in sorted(product((True, False), repeat=3), key=lambda c: -sum(c)):
+        matmul = is_op("relax.matmul")(wildcard(), is_const())
+        out, bias_pattern = matmul, None
+        if cast:
+            out = is_op("relax.astype")(out)
+        if bias:
+            bias_pattern = is_const()
+            out = is_op("relax.add")(out, bias_pattern) | is_op("relax.add")(bias_pattern, out)
+        if relu:
+            out = is_op("relax.nn.relu")(out)
+        found.append(LinearPattern(out, matmul, bias_pattern, relu, cast))
+    return found
+
+
+def _chain_dtype(call: relax.Call) -> str:
+    return dtype(call.args[0])
+
+
+@tvm.transform.module_pass(opt_level=0, name="EscoinSparseLinear")
+class SparseLinearDispatch:
+    """``SparseLinearDispatch(target, threshold)``: a Relax module pass; ``layer_names`` labels
+    the linear layers, in program order, in ``pass.report``; ``measure`` times each candidate
+    both ways; ``report_only`` keeps every layer dense."""
+
+    def __init__(self, target, threshold: float, layer_names: Sequence = (), measure=None,
+                 report_only: bool = False):
+        if not 0.0 <= threshold <= 1.0:
+            raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
+        self.target = target
+        self.policy = LinearPolicy(target, threshold, layer_names, report_only, measure,
+                                   lambda: SparseLinearDispatch(target, 0.0))
+        self.report: List[LayerDecision] = []
+        self.error: Optional[EscoinError] = None
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        self.report, self.error = [], None
+        layer_of = {}
+        for func in mod.functions.values():
+            if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+                continue
+            for block in func.body.blocks:
+                for binding in block.bindings:
+                    value = binding.value
+                    if isinstance(value, relax.Call) and value.op.same_as(MATMUL):
+                        decision = self.policy.decide(value, len(self.report))
+                        if decision.kernel == "escoin":
+                            if isinstance(block, relax.DataflowBlock):
+                                layer_of[value] = len(self.report)
+                            else:
+                                decision.kernel = "dense"
+                                decision.reason = "outside a dataflow block"
+                        self.report.append(decision)
+        if not layer_of:
+            return mod
+        rewriter = _LinearChainsToEscoin(mod, self)
+        for gvar, func in mod.functions.items():
+            if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+                chains = _match(func, layer_of)
+                if chains:
+                    rewriter.builder_.update_func(gvar, rewriter.rewrite(func, chains))
+        return rewriter.builder_.get()
+
+    def kernel_call(self, builder, chain: LinearChain, data) -> relax.Expr:
+        """The call_tir that computes the chain with an Escoin kernel."""
+        decision = self.report[chain.layer]
+        weight = SparseLinearWeight.from_dense(chain.matmul.args[1].value.numpy().T)
+        batch = decision.input_shape[0]
+        config = untuned_linear_config(batch, weight, self.target)
+        mod, columns, values, config = scheduled_linear_module(
+            batch, weight, chain.bias is not None, chain.relu, self.target, config)
+        decision.schedule, decision.config = "default", dict(vars(config))
+        decision.epilogue = "+".join(p for p, on in (("bias", chain.bias is not None),
+                                                     ("relu", chain.relu)) if on)
+        func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+                .with_attr("op_pattern", OPAQUE))
+        gvar = builder.add_func(func, "escoin_linear")
+        args = [data, relax.const(columns), relax.const(values)]
+        if chain.bias is not None:  # the epilogue adds it in float32
+            args.append(relax.const(chain.bias.value.numpy().reshape(-1).astype("float32")))
+        call = relax.call_tir(gvar, args, relax.TensorType((batch, weight.shape[0]),
+                                                           weight.dtype))
+        return call
+
+
+def _match(func: relax.Function, layer_of: Dict[relax.Call, int]) -> Dict[relax.Var, LinearChain]:
+    index = FunctionIndex.of(func)
+
+    def check(item: LinearPattern, matched, root) -> Optional[LinearChain]:
+        matmul = matched[item.matmul]
+        layer = layer_of.get(matmul)
+        intermediates = index.absorbed(matched, root) if layer is not None else None
+        if intermediates is None:
+            return None
+        # a half product to float32 is taken with its cast back (the kernel's output is half)
+        widened = _chain_dtype(matmul) != "float32" and \
+            str(matmul.attrs.out_dtype or "") == "float32"
+        if item.cast != widened or (item.cast and dtype(root) != _chain_dtype(matmul)):
+            return None
+        chain = LinearChain(root, matmul, layer, item.relu, intermediates=intermediates)
+        if item.bias is not None:
+            chain.bias = matched[item.bias]
+            out_features = static_shape(matmul.args[1])[1]
+            if dtype(chain.bias) != _chain_dtype(matmul) or \
+                    static_shape(chain.bias) not in ((out_features,), (1, out_features)):
+                return None
+        return chain
+
+    return claim(index, linear_patterns(), check)
+
+
+@mutator
+class _LinearChainsToEscoin(PyExprMutator):
+    """The rewriter: each chain's root binding becomes its kernel's call_tir, the bindings the
+    chain absorbs disappear."""
+
+    def __init__(self, mod: tvm.IRModule, dispatch: SparseLinearDispatch):
+        super().__init__(mod)
+        self.dispatch = dispatch
+        self.chains: Dict[relax.Var, LinearChain] = {}
+        self.absorbed = set()
+
+    def rewrite(self, func: relax.Function, chains) -> relax.Function:
+        self.chains = chains
+        self.absorbed = {var for chain in chains.values() for var in chain.intermediates}
+        return self.visit_expr(func)
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.absorbed:
+            return
+        chain = self.chains.get(binding.var)
+        if chain is None:
+            super().visit_var_binding_(binding)
+            return
+        try:
+            call = self.dispatch.kernel_call(self.builder_, chain,
+                                             self.visit_expr(chain.matmul.args[0]))
+        except EscoinError as err:  # it leaves as a RuntimeError through TVM's mutator
+            self.dispatch.error = err
+            raise
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) \
+            else self.builder_.emit_output
+        self.set_var_remap(binding.var, emit(call, binding.var.name))

@@ -1,0 +1,115 @@
+"""Fully-connected layers: escoin-tvm's sparse linear kernel against dense cuBLAS, on one GPU.
+
+For AlexNet's and VGG-16's fc6, fc7, fc8 (224x224 inputs: 9216 / 25088 features in), at each
+sparsity (and Deep Compression's per-layer rates: "dc") and batch, on the same random pruned
+weights:
+  escoin        the sparse linear kernel, fp32 (and escoin_fp16 in fp16), bias and ReLU fused
+  cublas_fp32   torch.nn.functional.linear, TF32 off
+  cublas_tf32   the same with TF32 (what PyTorch does once matmul TF32 is allowed)
+  cublas_fp16   the same in fp16
+each timed from a CUDA graph (``timing.graph_time``: 20 calls captured, median of 50 replays);
+the roofline is the time to read the CSR bytes (values, column indices, row pointers) and the
+activations once at the measured device-to-device copy bandwidth. Every escoin output is
+checked against cuBLAS fp32.
+
+Usage: python -m experiments.benchmarks.bench_fc [--sparsities 0.9,dc] [--batches 1,16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from experiments.common import RESULTS, environment, geomean, gpu_short_name, result_path
+
+FC_LAYERS = [  # (name, in_features, out_features, relu)
+    ("alexnet_fc6", 256 * 36, 4096, True), ("alexnet_fc7", 4096, 4096, True),
+    ("alexnet_fc8", 4096, 1000, False),
+    ("vgg16_fc6", 512 * 49, 4096, True), ("vgg16_fc7", 4096, 4096, True),
+    ("vgg16_fc8", 4096, 1000, False),
+]
+
+
+def density(name: str, sparsity: str) -> float:
+    """The fraction of weights kept: 1 - sparsity, or Deep Compression's for ``"dc"``."""
+    from escoin_tvm.prune import DEEP_COMPRESSION_FC_DENSITY
+
+    if sparsity != "dc":
+        return 1.0 - float(sparsity)
+    network, layer = name.split("_")
+    return DEEP_COMPRESSION_FC_DENSITY[network][("fc6", "fc7", "fc8").index(layer)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sparsities", default="0.9,dc")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    from escoin_tvm.linear_kernel import build_sparse_linear
+    from escoin_tvm.prune import prune_array
+    from escoin_tvm.timing import graph_time
+
+    env = environment()
+    src = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() / graph_time(lambda: dst.copy_(src))
+    path = result_path("fc", gpu=gpu_short_name(env["gpu"]), out=args.out)
+    rows = []
+    with open(path, "w") as log:
+        log.write(json.dumps({"environment": env, "measured_bandwidth": bandwidth}) + "\n")
+        for seed, (name, k, n, relu) in enumerate(FC_LAYERS):
+            for sparsity in args.sparsities.split(","):
+                rng = np.random.default_rng(seed)
+                weight = prune_array(rng.standard_normal((n, k)).astype(np.float32) * 0.01,
+                                     1.0 - density(name, sparsity))
+                bias = rng.standard_normal(n).astype(np.float32)
+                w, b = torch.from_numpy(weight).cuda(), torch.from_numpy(bias).cuda()
+                for batch in (int(v) for v in args.batches.split(",")):
+                    x = torch.randn(batch, k, device="cuda")
+                    torch.backends.cuda.matmul.allow_tf32 = False
+                    ref = F.linear(x, w, b)
+                    ref = torch.relu(ref) if relu else ref
+                    row = {"layer": name, "sparsity": sparsity, "batch": batch,
+                           "nnz": int(np.count_nonzero(weight))}
+                    for dtype in ("float32", "float16"):
+                        kernel = build_sparse_linear(weight.astype(dtype), batch, bias=bias,
+                                                     relu=relu, target="cuda")
+                        xd = x.to(getattr(torch, dtype))
+                        out = torch.empty(batch, n, device="cuda", dtype=xd.dtype)
+                        key = "escoin" if dtype == "float32" else "escoin_fp16"
+                        row[f"{key}_s"] = graph_time(lambda: kernel.run_torch(xd, out))
+                        row[f"{key}_max_rel_err"] = float(
+                            (out.float() - ref).abs().max() / ref.abs().max())
+                        row[f"{key}_config"] = dict(vars(kernel.config))
+                        values = np.dtype(dtype).itemsize
+                        index = 2 if kernel.weight.index_dtype == "int16" else 4
+                        csr = row["nnz"] * (values + index) + 8 * (n + 1)
+                        row[f"{key}_roofline_s"] = (csr + values * batch * (k + n)) / bandwidth
+                    for label, dtype, tf32 in (("cublas_fp32", torch.float32, False),
+                                               ("cublas_tf32", torch.float32, True),
+                                               ("cublas_fp16", torch.float16, True)):
+                        torch.backends.cuda.matmul.allow_tf32 = tf32
+                        wd, bd, xd = w.to(dtype), b.to(dtype), x.to(dtype)
+                        row[f"{label}_s"] = graph_time(lambda: F.linear(xd, wd, bd))
+                    rows.append(row)
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    print(f"{name:12s} {sparsity:>4s} b{batch:<3d} " + "  ".join(
+                        f"{k_[:-2]} {v * 1e6:8.1f} us" for k_, v in row.items()
+                        if k_.endswith("_s") and not k_.endswith("roofline_s")), flush=True)
+    for batch in sorted({r["batch"] for r in rows}):
+        sel = [r for r in rows if r["batch"] == batch]
+        print(f"batch {batch}: escoin vs cublas fp32 "
+              f"{geomean(r['cublas_fp32_s'] / r['escoin_s'] for r in sel):.2f}x, fp16 vs fp16 "
+              f"{geomean(r['cublas_fp16_s'] / r['escoin_fp16_s'] for r in sel):.2f}x")
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
