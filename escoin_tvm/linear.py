@@ -37,15 +37,13 @@ class SparseLinearWeight:
 
     @staticmethod
     def from_dense(weight) -> "SparseLinearWeight":
-        from .weight_format import as_numpy_weight
+        from .weight_format import as_numpy_weight, csr_rows
 
         weight = as_numpy_weight(weight)
         if weight.ndim != 2 or min(weight.shape) < 1:
             raise ShapeError(f"a linear weight is (out_features, in_features), got shape "
                              f"{weight.shape}")
-        rows, cols = np.nonzero(weight)
-        indptr = np.zeros(weight.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=weight.shape[0]), out=indptr[1:])
+        indptr, rows, cols = csr_rows(weight)
         return SparseLinearWeight(indptr, cols, weight[rows, cols], tuple(weight.shape))
 
     @property

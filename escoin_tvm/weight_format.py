@@ -29,6 +29,14 @@ def as_numpy_weight(weight, name: str = "weight") -> np.ndarray:
     return weight
 
 
+def csr_rows(matrix: np.ndarray):
+    """(indptr, rows, columns) of the non-zeros of a 2-D ``matrix``, in row-major order."""
+    rows, cols = np.nonzero(matrix)
+    indptr = np.zeros(matrix.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=matrix.shape[0]), out=indptr[1:])
+    return indptr, rows, cols
+
+
 @dataclass(frozen=True, eq=False)
 class EscoinWeight:
     """A conv2d weight in Escoin's CSR format, tied to one padded input size."""
@@ -55,13 +63,11 @@ class EscoinWeight:
         hp, wp = spec.padded_h, spec.padded_w
         dh, dw = spec.dilation
         flat = weight.reshape(out_channels, -1)
-        rows, cols = np.nonzero(flat)  # row-major: sorted by channel, then by (c, r, s)
+        indptr, rows, cols = csr_rows(flat)  # sorted by channel, then by (c, r, s)
         _, kh, kw = weight.shape[1:]
         c, rem = np.divmod(cols, kh * kw)
         r, s = np.divmod(rem, kw)
         offsets = c * (hp * wp) + r * dh * wp + s * dw
-        indptr = np.zeros(out_channels + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=out_channels), out=indptr[1:])
         return EscoinWeight(indptr.astype(np.int32), offsets.astype(np.int32),
                             flat[rows, cols], tuple(weight.shape), (hp, wp),
                             spec.dilation, spec.groups)

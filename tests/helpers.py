@@ -46,3 +46,30 @@ def assert_conv_close(out, x, weight, dtype="float32", **conv_args):
     err = np.abs(out - ref) - (1e-5 * scale + ROUNDOFF[dtype] * np.abs(ref) + 1e-6)
     worst = np.unravel_index(err.argmax(), err.shape)
     assert err.max() <= 0, f"max error over tolerance by {err.max()} at {worst}"
+
+
+def outcomes_in_children(script: str, paths, *args) -> dict:
+    """{path: outcome} of ``script`` run over ``paths`` in child processes (python -c script
+    *args, the paths on stdin). The script prints "start PATH" before each one and "OUTCOME PATH"
+    after it; a child that dies on a path records "crash (exit N)" for it, and a new child goes
+    on with the rest."""
+    import subprocess
+    import sys
+
+    results, todo = {}, [str(p) for p in paths]
+    while todo:
+        child = subprocess.run([sys.executable, "-c", script, *map(str, args)],
+                               input="\n".join(todo), capture_output=True, text=True, timeout=600)
+        started = None
+        for line in child.stdout.splitlines():
+            word, path = line.split()[:2]
+            if word == "start":
+                started = path
+            else:
+                results[path], started = word, None
+        if started is not None:
+            results[started] = f"crash (exit {child.returncode})"
+        elif child.returncode:
+            raise AssertionError(child.stderr)
+        todo = [p for p in todo if p not in results]
+    return results

@@ -17,6 +17,7 @@ import tvm
 import escoin_tvm
 from escoin_tvm import EscoinError, prune
 from escoin_tvm.cli import main as cli
+from helpers import outcomes_in_children
 
 
 def net(seed, channels=8):
@@ -286,24 +287,7 @@ def outcomes(paths, x, expected, tmp_path):
     wrong, other (an exception that is not an EscoinError) or crash (the child died)."""
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "expected.npy", expected)
-    results, todo = {}, [str(p) for p in paths]
-    while todo:
-        child = subprocess.run([sys.executable, "-c", LOAD_EACH, str(tmp_path / "x.npy"),
-                                str(tmp_path / "expected.npy")], input="\n".join(todo),
-                               capture_output=True, text=True, timeout=600)
-        started = None
-        for line in child.stdout.splitlines():
-            word, path = line.split()[:2]
-            if word == "start":
-                started = path
-            else:
-                results[path], started = word, None
-        if started is not None:
-            results[started] = f"crash (exit {child.returncode})"
-        elif child.returncode:
-            raise AssertionError(child.stderr)
-        todo = [p for p in todo if p not in results]
-    return results
+    return outcomes_in_children(LOAD_EACH, paths, tmp_path / "x.npy", tmp_path / "expected.npy")
 
 
 def test_corrupted_libraries_are_refused_or_right_never_a_crash(exported_files, tmp_path):

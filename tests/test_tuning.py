@@ -266,8 +266,8 @@ def test_damaged_logs_are_refused_or_read_never_a_crash(tuned_log, tmp_path):
     in either file of the log: each damaged log is read (what it still holds) or refused with an
     EscoinError, in a child process that must not die."""
     import random
-    import subprocess
-    import sys
+
+    from helpers import outcomes_in_children
 
     rng, paths = random.Random(0), []
     for i in range(40):
@@ -294,22 +294,7 @@ def test_damaged_logs_are_refused_or_read_never_a_crash(tuned_log, tmp_path):
             data[rng.randrange(len(data))] = ord(rng.choice('0123456789[]{},":abc '))
         target.write_bytes(bytes(data))
         paths.append(str(log))
-    results, todo = {}, paths
-    while todo:
-        child = subprocess.run([sys.executable, "-c", OPEN_EACH], input="\n".join(todo),
-                               capture_output=True, text=True, timeout=600)
-        started = None
-        for line in child.stdout.splitlines():
-            word, path = line.split()[:2]
-            if word == "start":
-                started = path
-            else:
-                results[path], started = word, None
-        if started is not None:
-            results[started] = f"crash (exit {child.returncode})"
-        elif child.returncode:
-            raise AssertionError(child.stderr)
-        todo = [p for p in todo if p not in results]
+    results = outcomes_in_children(OPEN_EACH, paths)
     assert set(results.values()) <= {"read", "refused"}, results
 
 

@@ -5,15 +5,20 @@ patterns share.
 given (longest first, as ``FuseOpsByPattern`` orders its own), and claims a match when its
 check accepts it and none of its bindings is claimed already. ``FunctionIndex.absorbed`` says
 which bindings a match would fold away, and refuses a match whose intermediate values are used
-outside it.
+outside it. ``ChainRewriter`` then replaces each claimed chain's root binding by what the pass
+lowers it to, and drops the bindings it absorbs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 
+import tvm
 from tvm import relax
 from tvm.relax.dpl import CallPattern
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..errors import EscoinError
 
 
 @dataclass
@@ -71,3 +76,57 @@ def claim(index: FunctionIndex, patterns: Iterable, check: Callable) -> Dict[rel
                 claimed.update([result.root, *result.intermediates])
                 results[result.root] = result
     return results
+
+
+@mutator
+class ChainRewriter(PyExprMutator):
+    """Rewrites a module's functions: the root binding of each chain becomes ``lower(chain,
+    rewriter)`` (an expression; ``rewriter.builder_`` may emit bindings before it and
+    ``rewriter.visit_expr`` maps the chain's inputs), the chain's intermediate bindings
+    disappear. An EscoinError ``lower`` raises is kept as ``error``: it leaves TVM's mutator as
+    a RuntimeError."""
+
+    def __init__(self, mod: tvm.IRModule, lower):
+        super().__init__(mod)
+        self.lower = lower
+        self.chains: Dict[relax.Var, object] = {}
+        self.absorbed = set()
+        self.error: Optional[EscoinError] = None
+
+    def rewrite(self, func: relax.Function, chains: Dict[relax.Var, object]) -> relax.Function:
+        self.chains = chains
+        self.absorbed = {var for chain in chains.values() for var in chain.intermediates}
+        return self.visit_expr(func)
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.absorbed:
+            return
+        chain = self.chains.get(binding.var)
+        if chain is None:
+            super().visit_var_binding_(binding)
+            return
+        try:
+            value = self.lower(chain, self)
+        except EscoinError as err:
+            self.error = err
+            raise
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) \
+            else self.builder_.emit_output
+        self.set_var_remap(binding.var, emit(value, binding.var.name))
+
+
+def rewrite_chains(mod: tvm.IRModule, find, lower) -> tvm.IRModule:
+    """``mod`` with the chains ``find(func)`` returns in each Relax function rewritten by
+    ``lower`` (``ChainRewriter``); an EscoinError of ``lower``'s is raised as itself."""
+    rewriter = ChainRewriter(mod, lower)
+    try:
+        for gvar, func in mod.functions.items():
+            if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+                chains = find(func)
+                if chains:
+                    rewriter.builder_.update_func(gvar, rewriter.rewrite(func, chains))
+    except Exception:
+        if rewriter.error is not None:
+            raise rewriter.error from None
+        raise
+    return rewriter.builder_.get()

@@ -50,6 +50,22 @@ def distinct(a: float, b: float, digits: int = 2) -> Tuple[str, str]:
     return f"{a:.{digits}f}", f"{b:.{digits}f}"
 
 
+def _count_zeros(decision: LayerDecision, weight: Constant) -> None:
+    dense = weight.value.numpy()
+    decision.nnz = int(np.count_nonzero(dense))
+    decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
+
+
+def _dtype_problem(data, weight, out_dtype: str, wider=()) -> str:
+    """Why the Escoin kernels cannot take these dtypes (out_dtype may also be one of
+    ``wider``), else ""."""
+    if dtype(data) in SUPPORTED and dtype(weight) == dtype(data) and \
+            out_dtype in (dtype(data), *wider, "", "void", "None"):
+        return ""
+    return (f"dtype {dtype(data)} x {dtype(weight)} -> {out_dtype or 'same'} (Escoin kernels "
+            f"take {', '.join(SUPPORTED)}, one for all)")
+
+
 def dense_is_wrong(target, weight_shape) -> bool:
     """A one-tap convolution on CUDA: TVM 0.27's fused code for a reduction of one element
     applies the epilogue twice (see workarounds.py), so it must not stay dense."""
@@ -110,17 +126,13 @@ class DispatchPolicy:
         if not isinstance(weight, Constant):
             decision.reason = "weight is not a constant"
             return decision
-        dense = weight.value.numpy()
-        decision.nnz = int(np.count_nonzero(dense))
-        decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
+        _count_zeros(decision, weight)
         layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
         out_dtype = "" if attrs.out_dtype is None else str(attrs.out_dtype)
         if layouts != ("NCHW", "OIHW", "NCHW"):
             decision.reason = f"layout {'/'.join(layouts)} (Escoin kernels are NCHW/OIHW)"
-        elif dtype(data) not in SUPPORTED or dtype(weight) != dtype(data) or \
-                out_dtype not in (dtype(data), "", "void", "None"):
-            decision.reason = (f"dtype {dtype(data)} x {dtype(weight)} -> {out_dtype or 'same'} "
-                               f"(Escoin kernels take {', '.join(SUPPORTED)}, one for all)")
+        elif _dtype_problem(data, weight, out_dtype):
+            decision.reason = _dtype_problem(data, weight, out_dtype)
         elif not decision.input_shape:
             decision.reason = "input shape is not static"
         elif self.report_only:
@@ -166,16 +178,12 @@ class LinearPolicy(DispatchPolicy):
         if not isinstance(weight_t, Constant):
             decision.reason = "weight is not a constant"
             return decision
-        dense = weight_t.value.numpy()
-        decision.nnz = int(np.count_nonzero(dense))
-        decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
+        _count_zeros(decision, weight_t)
         out_dtype = "" if call.attrs.out_dtype is None else str(call.attrs.out_dtype)
         if len(decision.input_shape) != 2 or len(weight_shape) != 2:
             decision.reason = "not a (batch, features) x (features, out) product"
-        elif dtype(data) not in SUPPORTED or dtype(weight_t) != dtype(data) or \
-                out_dtype not in (dtype(data), "float32", "", "void", "None"):
-            decision.reason = (f"dtype {dtype(data)} x {dtype(weight_t)} -> {out_dtype or 'same'} "
-                               f"(Escoin kernels take {', '.join(SUPPORTED)}, one for all)")
+        elif _dtype_problem(data, weight_t, out_dtype, ("float32",)):
+            decision.reason = _dtype_problem(data, weight_t, out_dtype, ("float32",))
         elif self.report_only:
             decision.reason = "Escoin pass off (dispatch_by='none')"
         elif decision.input_shape[0] > MAX_LINEAR_BATCH:

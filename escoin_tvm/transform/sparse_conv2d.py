@@ -14,13 +14,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import EscoinError
 from ..kernel import schedule_choice, scheduled_module
 from ..operator import Epilogue, kernel_input_shape, reads_in_place
 from ..spec import Conv2dSpec
 from ..weight_format import EscoinWeight
+from .matching import rewrite_chains
 from .patterns import Chain, match_chains
 from .policy import DispatchPolicy, LayerDecision
 
@@ -82,14 +82,19 @@ class SparseConv2dDispatch:
         layer_of, position = self._decide(mod)
         if not layer_of:
             return mod
-        rewriter = _ChainsToEscoin(mod, self)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-                chains = match_chains(func, layer_of.get, position)
-                if chains:
-                    rewriter.builder_.update_func(gvar, rewriter.rewrite(func, chains))
-        self.kernels = [kernel for _, kernel in sorted(rewriter.kernels, key=lambda p: p[0])]
-        return rewriter.builder_.get()
+        kernels = []  # (report index, EscoinKernel)
+
+        def lower(chain: Chain, rewriter) -> relax.Expr:
+            residual = None if chain.residual is None else rewriter.visit_expr(chain.residual)
+            call, kernel = self.kernel_call(
+                rewriter.builder_, rewriter.visit_expr(chain.conv.args[0]), chain.conv,
+                chain.bias, residual, chain.epilogue, self.report[chain.layer])
+            kernels.append((chain.layer, kernel))
+            return call
+
+        mod = rewrite_chains(mod, lambda func: match_chains(func, layer_of.get, position), lower)
+        self.kernels = [kernel for _, kernel in sorted(kernels, key=lambda p: p[0])]
+        return mod
 
     def _decide(self, mod: tvm.IRModule):
         """The policy's decision for every conv2d, in program order (``self.report``). Returns
@@ -156,41 +161,3 @@ class SparseConv2dDispatch:
             args.append(residual)
         call = relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, escoin_weight.dtype))
         return call, EscoinKernel(decision.name, spec, escoin_weight, epilogue)
-
-
-@mutator
-class _ChainsToEscoin(PyExprMutator):
-    """The rewriter: the root binding of each chain becomes the call_tir of its Escoin kernel
-    (``SparseConv2dDispatch.kernel_call``), and the bindings the chain absorbs disappear."""
-
-    def __init__(self, mod: tvm.IRModule, dispatch: SparseConv2dDispatch):
-        super().__init__(mod)
-        self.dispatch = dispatch
-        self.chains: Dict[relax.Var, Chain] = {}
-        self.absorbed = set()
-        self.kernels = []  # (report index, EscoinKernel)
-
-    def rewrite(self, func: relax.Function, chains: Dict[relax.Var, Chain]) -> relax.Function:
-        self.chains = chains
-        self.absorbed = {var for chain in chains.values() for var in chain.intermediates}
-        return self.visit_expr(func)
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        if binding.var in self.absorbed:
-            return
-        chain = self.chains.get(binding.var)
-        if chain is None:
-            super().visit_var_binding_(binding)
-            return
-        residual = None if chain.residual is None else self.visit_expr(chain.residual)
-        try:
-            call, kernel = self.dispatch.kernel_call(
-                self.builder_, self.visit_expr(chain.conv.args[0]), chain.conv, chain.bias,
-                residual, chain.epilogue, self.dispatch.report[chain.layer])
-        except EscoinError as err:  # it leaves as a RuntimeError through TVM's mutator
-            self.dispatch.error = err
-            raise
-        self.kernels.append((chain.layer, kernel))
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) \
-            else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(call, binding.var.name))

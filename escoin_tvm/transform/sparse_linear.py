@@ -17,12 +17,11 @@ import tvm
 from tvm import relax
 from tvm.ir import Constant
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
-from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import EscoinError
 from ..linear import SparseLinearWeight
 from ..linear_kernel import scheduled_linear_module, untuned_linear_config
-from .matching import FunctionIndex, claim
+from .matching import FunctionIndex, claim, rewrite_chains
 from .policy import LayerDecision, LinearPolicy
 from .tensor_types import dtype, static_shape
 
@@ -87,7 +86,17 @@ class SparseLinearDispatch:
         self.error: Optional[EscoinError] = None
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        self.report, self.error = [], None
+        """The pass; an EscoinError it raises is kept as ``self.error`` (``SparseConv2dDispatch``
+        says why)."""
+        self.error = None
+        try:
+            return self._transform(mod)
+        except EscoinError as err:
+            self.error = err
+            raise
+
+    def _transform(self, mod: tvm.IRModule) -> tvm.IRModule:
+        self.report = []
         layer_of = {}
         for func in mod.functions.values():
             if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
@@ -106,13 +115,9 @@ class SparseLinearDispatch:
                         self.report.append(decision)
         if not layer_of:
             return mod
-        rewriter = _LinearChainsToEscoin(mod, self)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-                chains = _match(func, layer_of)
-                if chains:
-                    rewriter.builder_.update_func(gvar, rewriter.rewrite(func, chains))
-        return rewriter.builder_.get()
+        return rewrite_chains(mod, lambda func: _match(func, layer_of), lambda chain, rewriter:
+                              self.kernel_call(rewriter.builder_, chain,
+                                               rewriter.visit_expr(chain.matmul.args[0])))
 
     def kernel_call(self, builder, chain: LinearChain, data) -> relax.Expr:
         """The call_tir that computes the chain with an Escoin kernel."""
@@ -160,37 +165,3 @@ def _match(func: relax.Function, layer_of: Dict[relax.Call, int]) -> Dict[relax.
         return chain
 
     return claim(index, linear_patterns(), check)
-
-
-@mutator
-class _LinearChainsToEscoin(PyExprMutator):
-    """The rewriter: each chain's root binding becomes its kernel's call_tir, the bindings the
-    chain absorbs disappear."""
-
-    def __init__(self, mod: tvm.IRModule, dispatch: SparseLinearDispatch):
-        super().__init__(mod)
-        self.dispatch = dispatch
-        self.chains: Dict[relax.Var, LinearChain] = {}
-        self.absorbed = set()
-
-    def rewrite(self, func: relax.Function, chains) -> relax.Function:
-        self.chains = chains
-        self.absorbed = {var for chain in chains.values() for var in chain.intermediates}
-        return self.visit_expr(func)
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        if binding.var in self.absorbed:
-            return
-        chain = self.chains.get(binding.var)
-        if chain is None:
-            super().visit_var_binding_(binding)
-            return
-        try:
-            call = self.dispatch.kernel_call(self.builder_, chain,
-                                             self.visit_expr(chain.matmul.args[0]))
-        except EscoinError as err:  # it leaves as a RuntimeError through TVM's mutator
-            self.dispatch.error = err
-            raise
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) \
-            else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(call, binding.var.name))
