@@ -22,6 +22,6 @@ setup(
         "tqdm",  # progress of tuning jobs and compiles
     ],
     # tornado: TVM's RPC tracker (tuning spread over machines, tested on localhost)
-    extras_require={"test": ["pytest", "hypothesis", "tornado"], "rpc": ["tornado"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "hypothesis", "tornado"], "rpc": ["tornado"]},
     entry_points={"console_scripts": ["escoin=escoin_tvm.cli:main"]},
 )

@@ -86,9 +86,11 @@ class SparseLinearWeight:
 
 
 def sparse_linear_te(batch: int, weight: SparseLinearWeight, row_length: int, bias: bool = False,
-                     relu: bool = False):
+                     relu: bool = False, output_block: bool = False):
     """The TE graph. Returns (inputs, output): inputs are ``[x, columns, values]`` and ``bias``
-    (float32) when there is one."""
+    (float32) when there is one. The sum is written by its own epilogue block when there is
+    an epilogue or ``output_block`` asks for one (the GPU schedule does: TVM's cross-thread
+    reduction drops the bounds check of its final store, see ``workarounds``)."""
     out_features, in_features = weight.shape
     dtype = weight.dtype
     if batch < 1:
@@ -105,7 +107,7 @@ def sparse_linear_te(batch: int, weight: SparseLinearWeight, row_length: int, bi
     total = te.compute((batch, out_features), lambda m, n: te.sum(
         wide(values[n, j]) * wide(x[m, columns[n, j].astype("int32")]), axis=j), name=SUM_BLOCK)
     inputs = [x, columns, values]
-    if not (bias or relu or half):
+    if not (bias or relu or half or output_block):
         return inputs, total
     bias_t = te.placeholder((out_features,), "float32", name="bias") if bias else None
 
@@ -122,6 +124,6 @@ def sparse_linear_te(batch: int, weight: SparseLinearWeight, row_length: int, bi
 
 
 def sparse_linear_primfunc(batch: int, weight: SparseLinearWeight, row_length: int,
-                           bias: bool = False, relu: bool = False):
-    inputs, out = sparse_linear_te(batch, weight, row_length, bias, relu)
+                           bias: bool = False, relu: bool = False, output_block: bool = False):
+    inputs, out = sparse_linear_te(batch, weight, row_length, bias, relu, output_block)
     return te.create_prim_func([*inputs, out])

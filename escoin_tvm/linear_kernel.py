@@ -37,7 +37,8 @@ def scheduled_linear_module(batch: int, weight: SparseLinearWeight, bias: bool, 
                             f"{type(config).__name__}")
     config = config.validate()
     columns, values = weight.to_ell(config.row_multiple)
-    func = sparse_linear_primfunc(batch, weight, columns.shape[1], bias, relu)
+    func = sparse_linear_primfunc(batch, weight, columns.shape[1], bias, relu,
+                                  output_block=is_gpu(target))
     sch = s_tir.Schedule(func)
     sch = schedule_linear_gpu(sch, config) if is_gpu(target) else schedule_linear_cpu(sch, config)
     return sch.mod, columns, values, config

@@ -33,7 +33,14 @@ def prune_array(weight: np.ndarray, sparsity: float) -> np.ndarray:
     flat = np.array(weight, dtype=weight.dtype).reshape(-1)
     n_zero = zero_count(sparsity, flat.size)
     if n_zero:
-        flat[np.argsort(np.abs(flat), kind="stable")[:n_zero]] = 0
+        # What a stable argsort of the magnitudes would zero, in linear time: everything below
+        # the n_zero-th smallest magnitude, then the first of the entries equal to it.
+        magnitude = np.abs(flat)
+        cut = np.partition(magnitude, n_zero - 1)[n_zero - 1]
+        below = magnitude < cut
+        ties = np.flatnonzero(magnitude == cut)[:n_zero - int(below.sum())]
+        flat[below] = 0
+        flat[ties] = 0
     return flat.reshape(weight.shape)
 
 

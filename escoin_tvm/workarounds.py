@@ -10,8 +10,10 @@ refuses such a model for CUDA at compile time instead of letting the process die
 ``out_dtype="float32"``, so a float16 or bfloat16 model's first such layer turns the rest of the
 graph into a type error (a half bias added to a float32 result). ``frontend_convert_map``
 converts them in the model's own dtype; float32 models convert exactly as before. Relax's
-``FoldBatchnormToConv2D`` then adds a float32 epsilon to a half variance and fails:
-``fold_half_batch_norms`` folds those batch norms first (in float32, rounded once).
+``FoldBatchnormToConv2D`` then adds a float32 epsilon to a half variance and fails, and a
+half batch norm it does not fold (after a biased convolution, a ReLU or a flatten) legalizes to
+a float32 result: ``fold_half_batch_norms`` folds every such batch norm first (in float32,
+rounded once).
 
 **Reductions of extent one** (``trivial_reduction_gpu_bug.py``): a reduction of extent one
 fused with an elementwise epilogue (a Linear with one input feature plus its bias, a one-tap
@@ -20,6 +22,13 @@ epilogue twice: ``out = b + (b + x * w)``. ``trivial_reductions_to_multiply`` re
 products without a reduction, which is exact: matmuls with one contraction element become
 broadcast multiplies, and so do the one-tap convolutions that are still dense after the Escoin
 pass (those whose weight is not a constant; the pass sends constant ones to Escoin kernels).
+
+**Cross-thread reductions lose their bounds check** (``cross_thread_reduction_store_bug.py``):
+the final store of an rfactor + warp-shuffle reduction is guarded only by ``threadIdx.x == 0``,
+not by its block's predicate, so a thread block whose rows run past the output writes into the
+next row (a race: wrong on some runs only). The sparse linear GPU schedule reduces into a local
+buffer and stores through an epilogue block, which keeps its predicate (``linear.py``,
+``output_block``).
 """
 from __future__ import annotations
 
@@ -128,37 +137,71 @@ def frontend_convert_map() -> dict:
 
 @tvm.transform.module_pass(opt_level=0, name="EscoinFoldHalfBatchNorms")
 def fold_half_batch_norms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """``batch_norm(conv2d(x, W), gamma, beta, mean, var)[0]`` of half-precision constants ->
-    ``conv2d(x, W * s) + (beta - mean * s)``, ``s = gamma / sqrt(var + eps)``, computed in
-    float32 and stored in the convolution's dtype. Float32 graphs are left to
-    ``FoldBatchnormToConv2D``."""
+    """Inference batch norms of half-precision tensors with constant statistics, computed in
+    float32 and stored in the tensor's dtype (rounded once):
+    ``batch_norm(conv2d(x, W) [+ b])[0]`` -> ``conv2d(x, W * s) + (b - mean) * s + beta`` and
+    any other ``batch_norm(y)[0]`` -> ``y * s + (beta - mean * s)``, ``s = gamma / sqrt(var +
+    eps)``. Float32 graphs are left to ``FoldBatchnormToConv2D`` and TVM's own legalization."""
     from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
 
-    data, weight = wildcard(), is_const()
+    data, weight, conv_bias, other = wildcard(), is_const(), is_const(), wildcard()
     conv = is_op("relax.nn.conv2d")(data, weight)
+    # the frontend's bias: a constant, reshaped to (1, C, 1, 1)
+    biased = is_op("relax.add")(conv, conv_bias | is_op("relax.reshape")(conv_bias, wildcard()))
     stats = [is_const() for _ in range(4)]
-    norm = is_op("relax.nn.batch_norm")(conv, *stats)
-    pattern = TupleGetItemPattern(norm, 0)
+    conv_norm = is_op("relax.nn.batch_norm")(conv | biased, *stats)
+    other_norm = is_op("relax.nn.batch_norm")(other, *stats)
+    on_conv, on_other = TupleGetItemPattern(conv_norm, 0), TupleGetItemPattern(other_norm, 0)
 
-    def rewrite(expr, matches):
-        conv_call, norm_call = matches[conv], matches[norm]
-        dtype = str(conv_call.ty.dtype)
-        if dtype not in ("float16", "bfloat16") or conv_call.attrs.kernel_layout != "OIHW" or \
+    def scale_and_shift(norm_call, channels):
+        gamma, beta, mean, var = (_float32(norm_call.args[i]) for i in range(1, 5))
+        scale = gamma / np.sqrt(var + float(norm_call.attrs.epsilon))
+        return scale.reshape(channels), (beta - mean * scale).reshape(channels)
+
+    def folded_conv(expr, matches):
+        conv_call, norm_call = matches[conv], matches[conv_norm]
+        if _half(conv_call) is None or conv_call.attrs.kernel_layout != "OIHW" or \
                 int(norm_call.attrs.axis) != 1:
             return expr
-        gamma, beta, mean, var = (matches[p].value.numpy().astype("float32") for p in stats)
-        scale = gamma / np.sqrt(var + float(norm_call.attrs.epsilon))
-        folded = matches[weight].value.numpy().astype("float32") * scale.reshape(-1, 1, 1, 1)
-        bias = (beta - mean * scale).reshape(1, -1, 1, 1)
+        scale, shift = scale_and_shift(norm_call, (-1,))
+        if biased in matches:
+            bias = _float32(matches[conv_bias])
+            if bias.size != scale.size and bias.size != 1:
+                return expr
+            shift = shift + bias.reshape(-1) * scale
         like = matches[weight].value.numpy().dtype
+        folded = _float32(matches[weight]) * scale.reshape(-1, 1, 1, 1)
         new_conv = relax.Call(conv_call.op, [matches[data], relax.const(folded.astype(like))],
                               conv_call.attrs)
-        return relax.op.add(new_conv, relax.const(bias.astype(like)))
+        return relax.op.add(new_conv, relax.const(shift.reshape(1, -1, 1, 1).astype(like)))
+
+    def affine(expr, matches):
+        norm_call = matches[other_norm]
+        dtype = _half(norm_call.args[0])
+        rank = len(static_shape(norm_call.args[0]) or ())
+        axis = int(norm_call.attrs.axis) % max(rank, 1)
+        if dtype is None or rank == 0:
+            return expr
+        channels = tuple(-1 if i == axis else 1 for i in range(rank))
+        scale, shift = scale_and_shift(norm_call, channels)
+        return relax.op.add(relax.op.multiply(matches[other], relax.const(scale.astype(dtype))),
+                            relax.const(shift.astype(dtype)))
 
     for gvar, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
-            mod[gvar] = rewrite_call(pattern, rewrite, func)
+            func = rewrite_call(on_conv, folded_conv, func)
+            mod[gvar] = rewrite_call(on_other, affine, func)
     return mod
+
+
+def _half(expr):
+    """The expression's dtype if it is float16 or bfloat16, else None."""
+    dtype = str(getattr(expr.ty, "dtype", ""))
+    return dtype if dtype in ("float16", "bfloat16") else None
+
+
+def _float32(const) -> np.ndarray:
+    return const.value.numpy().astype("float32")
 
 
 def _static(expr):

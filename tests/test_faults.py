@@ -124,6 +124,7 @@ def test_killed_tuning_job_leaves_a_log_that_resumes(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_exclusive
 def test_out_of_gpu_memory_is_an_error_the_process_survives():
     """With the GPU's memory taken, a run fails with a clear error; once memory is free again
     the same module runs correctly."""

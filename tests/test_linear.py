@@ -90,6 +90,21 @@ def test_random_sparse_linear_layers_generate_cuda(layer, lanes, tile):
     assert "__global__" in kernel.source and (lanes == 1 or "shfl" in kernel.source)
 
 
+@pytest.mark.parametrize("out_features, rows", [(3, 2), (7, 4), (33, 32)])
+def test_the_cuda_store_of_every_row_is_bounds_checked(out_features, rows):
+    """Regression: TVM's cross-thread reduction dropped the bounds check of its final store,
+    so a block's rows past ``out_features`` wrote into the next batch row (a race, seen on an
+    H200). Each store to the output must sit under a check against ``out_features``."""
+    w = np.ones((out_features, 5), np.float32)
+    config = LinearGpuConfig(lanes=8, rows=rows, batch_tile=3, chunk=4)
+    source = build_sparse_linear(w, 2, target=CUDA, config=config).source
+    lines = source.splitlines()
+    stores = [i for i, line in enumerate(lines) if "linear_epilogue_ptr[" in line]
+    assert stores and "sparse_linear_ptr[" not in source.split("__global__")[-1]
+    for i in stores:
+        assert f") < {out_features})" in lines[i - 1], lines[i - 1]
+
+
 @pytest.mark.gpu
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])

@@ -442,6 +442,7 @@ def test_trials_on_the_cpu_use_metaschedules_evaluator():
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_exclusive
 def test_trials_on_the_gpu_are_timed_from_a_cuda_graph():
     from escoin_tvm.timing import graph_time
     from escoin_tvm.tuning.evaluator import GraphEvaluator
