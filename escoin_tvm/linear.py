@@ -23,6 +23,7 @@ from .errors import ShapeError
 
 SUM_BLOCK = "sparse_linear"
 EPILOGUE_BLOCK = "linear_epilogue"
+TRANSPOSE_BLOCK = "x_transposed"
 INT16_COLUMNS = 1 << 15
 
 
@@ -86,11 +87,14 @@ class SparseLinearWeight:
 
 
 def sparse_linear_te(batch: int, weight: SparseLinearWeight, row_length: int, bias: bool = False,
-                     relu: bool = False, output_block: bool = False):
+                     relu: bool = False, output_block: bool = False,
+                     transposed_input: bool = False):
     """The TE graph. Returns (inputs, output): inputs are ``[x, columns, values]`` and ``bias``
     (float32) when there is one. The sum is written by its own epilogue block when there is
     an epilogue or ``output_block`` asks for one (the GPU schedule does: TVM's cross-thread
-    reduction drops the bounds check of its final store, see ``workarounds``)."""
+    reduction drops the bounds check of its final store, see ``workarounds``).
+    ``transposed_input``: the sum reads a (in_features, batch) copy of x, so that the batch
+    rows a non-zero meets are adjacent in memory (one load for a register tile of them)."""
     out_features, in_features = weight.shape
     dtype = weight.dtype
     if batch < 1:
@@ -104,8 +108,18 @@ def sparse_linear_te(batch: int, weight: SparseLinearWeight, row_length: int, bi
     def wide(value):
         return value.astype("float32") if half else value
 
+    if transposed_input:
+        xt = te.compute((in_features, batch), lambda k, m: x[m, k], name=TRANSPOSE_BLOCK)
+
+        def read(m, column):
+            return xt[column, m]
+    else:
+        def read(m, column):
+            return x[m, column]
+
     total = te.compute((batch, out_features), lambda m, n: te.sum(
-        wide(values[n, j]) * wide(x[m, columns[n, j].astype("int32")]), axis=j), name=SUM_BLOCK)
+        wide(values[n, j]) * wide(read(m, columns[n, j].astype("int32"))), axis=j),
+        name=SUM_BLOCK)
     inputs = [x, columns, values]
     if not (bias or relu or half or output_block):
         return inputs, total
@@ -124,6 +138,8 @@ def sparse_linear_te(batch: int, weight: SparseLinearWeight, row_length: int, bi
 
 
 def sparse_linear_primfunc(batch: int, weight: SparseLinearWeight, row_length: int,
-                           bias: bool = False, relu: bool = False, output_block: bool = False):
-    inputs, out = sparse_linear_te(batch, weight, row_length, bias, relu, output_block)
+                           bias: bool = False, relu: bool = False, output_block: bool = False,
+                           transposed_input: bool = False):
+    inputs, out = sparse_linear_te(batch, weight, row_length, bias, relu, output_block,
+                                   transposed_input)
     return te.create_prim_func([*inputs, out])

@@ -37,8 +37,9 @@ def scheduled_linear_module(batch: int, weight: SparseLinearWeight, bias: bool, 
                             f"{type(config).__name__}")
     config = config.validate()
     columns, values = weight.to_ell(config.row_multiple)
-    func = sparse_linear_primfunc(batch, weight, columns.shape[1], bias, relu,
-                                  output_block=is_gpu(target))
+    gpu = is_gpu(target)
+    func = sparse_linear_primfunc(batch, weight, columns.shape[1], bias, relu, output_block=gpu,
+                                  transposed_input=gpu and config.transposed_input)
     sch = s_tir.Schedule(func)
     sch = schedule_linear_gpu(sch, config) if is_gpu(target) else schedule_linear_cpu(sch, config)
     return sch.mod, columns, values, config

@@ -81,10 +81,11 @@ def test_random_sparse_linear_layers_on_cpu(layer):
 
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(layers(), st.sampled_from([1, 4, 32]), st.sampled_from([1, 3, 8]))
-def test_random_sparse_linear_layers_generate_cuda(layer, lanes, tile):
+@given(layers(), st.sampled_from([1, 4, 32]), st.sampled_from([1, 3, 8]), st.booleans())
+def test_random_sparse_linear_layers_generate_cuda(layer, lanes, tile, transposed):
     w, bias, _ = make(layer)
-    config = LinearGpuConfig(lanes=lanes, rows=4, batch_tile=tile, chunk=4)
+    config = LinearGpuConfig(lanes=lanes, rows=4, batch_tile=tile, chunk=4,
+                             transposed_input=transposed)
     kernel = build_sparse_linear(w, layer["batch"], bias=bias, relu=layer["relu"], target=CUDA,
                                  config=config)
     assert "__global__" in kernel.source and (lanes == 1 or "shfl" in kernel.source)
@@ -108,7 +109,9 @@ def test_the_cuda_store_of_every_row_is_bounds_checked(out_features, rows):
 @pytest.mark.gpu
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(layers(), st.sampled_from([None, LinearGpuConfig(lanes=8, rows=2, batch_tile=3)]))
+@given(layers(), st.sampled_from([None, LinearGpuConfig(lanes=8, rows=2, batch_tile=3),
+                                   LinearGpuConfig(lanes=4, rows=3, batch_tile=5,
+                                                   transposed_input=True)]))
 def test_random_sparse_linear_layers_on_gpu(layer, config):
     w, bias, x = make(layer)
     kernel = build_sparse_linear(w, layer["batch"], bias=bias, relu=layer["relu"],
@@ -135,6 +138,8 @@ def test_bad_arguments_are_named():
         build_sparse_linear(w, 0)
     with pytest.raises(ArgumentError, match="lanes"):
         build_sparse_linear(w, 1, target=CUDA, config=LinearGpuConfig(lanes=3))
+    with pytest.raises(ArgumentError, match="transposed_input must be a bool"):
+        build_sparse_linear(w, 1, target=CUDA, config=LinearGpuConfig(transposed_input=1))
     with pytest.raises(escoin_tvm.DTypeError, match="float64"):
         build_sparse_linear(w.astype(np.float64), 1)
 

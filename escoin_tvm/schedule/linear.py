@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tvm import s_tir
 
 from ..errors import ArgumentError
-from ..linear import EPILOGUE_BLOCK, SUM_BLOCK
+from ..linear import EPILOGUE_BLOCK, SUM_BLOCK, TRANSPOSE_BLOCK
 
 MAX_THREADS = 1024
 
@@ -27,12 +27,18 @@ class LinearGpuConfig:
     rows: int = 4  # output features per thread block (threadIdx.y)
     batch_tile: int = 1  # input rows per thread (register tile)
     chunk: int = 4  # consecutive non-zeros per lane per step; rows padded to lanes * chunk
+    # read a transposed (in_features, batch) copy of x, written by a first kernel: a non-zero's
+    # batch_tile inputs become adjacent instead of one row of x apart
+    transposed_input: bool = False
 
     def validate(self) -> "LinearGpuConfig":
         for name in ("lanes", "rows", "batch_tile", "chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ArgumentError(f"LinearGpuConfig.{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.transposed_input, bool):
+            raise ArgumentError(f"LinearGpuConfig.transposed_input must be a bool, got "
+                                f"{self.transposed_input!r}")
         if self.lanes > 32 or self.lanes & (self.lanes - 1):
             raise ArgumentError(f"LinearGpuConfig.lanes must be a power of two up to 32, got "
                                 f"{self.lanes}")
@@ -76,6 +82,11 @@ def schedule_linear_gpu(sch: s_tir.Schedule, config: LinearGpuConfig) -> s_tir.S
     ``config.row_multiple``."""
     total = sch.get_sblock(SUM_BLOCK)
     epilogue = _block(sch, EPILOGUE_BLOCK)
+    transpose = _block(sch, TRANSPOSE_BLOCK)
+    if transpose is not None:  # its own kernel, a thread per element, writes coalesced
+        block, thread = sch.split(sch.fuse(*sch.get_loops(transpose)), [None, 256])
+        sch.bind(block, "blockIdx.x")
+        sch.bind(thread, "threadIdx.x")
     m, n, j = sch.get_loops(total)
     j_step, j_lane, j_chunk = sch.split(j, [None, config.lanes, config.chunk])
     n_block, n_row = sch.split(n, [None, config.rows])

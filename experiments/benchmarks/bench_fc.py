@@ -4,6 +4,7 @@ For AlexNet's and VGG-16's fc6, fc7, fc8 (224x224 inputs: 9216 / 25088 features 
 sparsity (and Deep Compression's per-layer rates: "dc") and batch, on the same random pruned
 weights:
   escoin        the sparse linear kernel, fp32 (and escoin_fp16 in fp16), bias and ReLU fused
+  escoin_t      the same reading a transposed copy of the input (``transposed_input``; batch > 1)
   cublas_fp32   torch.nn.functional.linear, TF32 off
   cublas_tf32   the same with TF32 (what PyTorch does once matmul TF32 is allowed)
   cublas_fp16   the same in fp16
@@ -13,10 +14,12 @@ activations once at the measured device-to-device copy bandwidth. Every escoin o
 checked against cuBLAS fp32.
 
 Usage: python -m experiments.benchmarks.bench_fc [--sparsities 0.9,dc] [--batches 1,16]
+    [--layers vgg16_fc6,vgg16_fc7]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -45,13 +48,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsities", default="0.9,dc")
     parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--layers", default="", help="comma-separated names (default: all)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     import torch
     import torch.nn.functional as F
 
-    from escoin_tvm.linear_kernel import build_sparse_linear
+    from escoin_tvm.linear import SparseLinearWeight
+    from escoin_tvm.linear_kernel import build_sparse_linear, untuned_linear_config
+    from escoin_tvm.target import resolve_target
     from escoin_tvm.prune import prune_array
     from escoin_tvm.timing import graph_time
 
@@ -64,6 +70,8 @@ def main(argv=None):
     with open(path, "w") as log:
         log.write(json.dumps({"environment": env, "measured_bandwidth": bandwidth}) + "\n")
         for seed, (name, k, n, relu) in enumerate(FC_LAYERS):
+            if args.layers and name not in args.layers.split(","):
+                continue
             for sparsity in args.sparsities.split(","):
                 rng = np.random.default_rng(seed)
                 weight = prune_array(rng.standard_normal((n, k)).astype(np.float32) * 0.01,
@@ -77,12 +85,20 @@ def main(argv=None):
                     ref = torch.relu(ref) if relu else ref
                     row = {"layer": name, "sparsity": sparsity, "batch": batch,
                            "nnz": int(np.count_nonzero(weight))}
-                    for dtype in ("float32", "float16"):
+                    variants = [("escoin", "float32", False), ("escoin_fp16", "float16", False)]
+                    if batch > 1:
+                        variants += [("escoin_t", "float32", True),
+                                     ("escoin_t_fp16", "float16", True)]
+                    for key, dtype, transposed in variants:
+                        config = None
+                        if transposed:
+                            default = untuned_linear_config(
+                                batch, SparseLinearWeight.from_dense(weight), resolve_target("cuda"))
+                            config = dataclasses.replace(default, transposed_input=True)
                         kernel = build_sparse_linear(weight.astype(dtype), batch, bias=bias,
-                                                     relu=relu, target="cuda")
+                                                     relu=relu, target="cuda", config=config)
                         xd = x.to(getattr(torch, dtype))
                         out = torch.empty(batch, n, device="cuda", dtype=xd.dtype)
-                        key = "escoin" if dtype == "float32" else "escoin_fp16"
                         row[f"{key}_s"] = graph_time(lambda: kernel.run_torch(xd, out))
                         row[f"{key}_max_rel_err"] = float(
                             (out.float() - ref).abs().max() / ref.abs().max())
