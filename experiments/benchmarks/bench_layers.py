@@ -31,7 +31,7 @@ from multiprocessing import get_context
 import numpy as np
 
 
-from experiments.benchmarks.layers import LAYERS, pruned_weight
+from experiments.benchmarks.layers import LAYER_SETS, pruned_weight
 from experiments.common import RESULTS, environment, geomean, gpu_short_name, result_path
 from escoin_tvm.operator import kernel_input_shape
 from escoin_tvm.spec import Conv2dSpec
@@ -169,6 +169,8 @@ def memory_bandwidth():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--layer-set", default="benchmark", choices=("benchmark", "unseen"),
+                        help="the benchmark's 15 layers, or shapes from other networks")
     parser.add_argument("--sparsities", default="0.7,0.8,0.9,0.95")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--baselines", default="cudnn_fp32,cudnn_tf32,cudnn_fp16,cublas_im2col,"
@@ -181,7 +183,8 @@ def main(argv=None):
                         "kernels in fp16, float32 sums, against cudnn_fp16)")
     args = parser.parse_args(argv)
 
-    layers = [l for l in LAYERS if not args.layers or l[0] in args.layers.split(",")]
+    layers = [l for l in LAYER_SETS[args.layer_set]
+              if not args.layers or l[0] in args.layers.split(",")]
     sparsities = [float(s) for s in args.sparsities.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     baselines = [b for b in args.baselines.split(",") if b]

@@ -11,10 +11,11 @@ import numpy as np
 
 import escoin_tvm
 from experiments.benchmarks.layers import pruned_weight
-from experiments.benchmarks.layers import LAYERS
+from experiments.benchmarks.layers import LAYERS, UNSEEN_LAYERS
 
 name, batch, sparsity = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-seed, (_, chw, wshape, stride, pad, groups) = next((i, l) for i, l in enumerate(LAYERS) if l[0] == name)
+seed, (_, chw, wshape, stride, pad, groups) = next((i, l) for layers in (LAYERS, UNSEEN_LAYERS)
+                                             for i, l in enumerate(layers) if l[0] == name)
 kernel = escoin_tvm.build_sparse_conv2d(pruned_weight(wshape, sparsity, seed), (batch, *chw),
                                         stride=stride, padding=pad, groups=groups, target="cuda")
 print(kernel.config)

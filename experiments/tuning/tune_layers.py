@@ -31,7 +31,7 @@ import numpy as np
 
 from experiments.benchmarks.layers import pruned_weight
 from experiments.common import RESULTS, environment, gpu_short_name, result_path
-from experiments.benchmarks.layers import LAYERS
+from experiments.benchmarks.layers import LAYER_SETS
 from experiments.tuning.merge_tuned import winning_records
 
 
@@ -62,6 +62,8 @@ def main(argv=None):
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--layers", default="")
+    parser.add_argument("--layer-set", default="benchmark", choices=("benchmark", "unseen"),
+                        help="the benchmark's 15 layers, or shapes from other networks")
     parser.add_argument("--log", default="tuning_logs/layers")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--deadline", type=float, default=0, help="stop starting tasks after "
@@ -95,7 +97,8 @@ def main(argv=None):
         sink.write(json.dumps({"environment": env, "trials": args.trials,
                                "sparsity": args.sparsity}) + "\n")
         cases = [(batch, seed, layer) for batch in map(int, args.batches.split(","))
-                 for seed, layer in enumerate(LAYERS) if not wanted or layer[0] in wanted]
+                 for seed, layer in enumerate(LAYER_SETS[args.layer_set])
+                 if not wanted or layer[0] in wanted]
         for batch, seed, (name, chw, wshape, stride, pad, groups) in cases:
             if args.deadline and time.time() - started > args.deadline:
                 print(f"deadline reached, skipping {name} b{batch}")
