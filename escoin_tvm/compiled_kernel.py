@@ -28,6 +28,7 @@ class CompiledKernel:
                  constants: Sequence[np.ndarray]):
         self.target = target
         self.device = device_for(target, device)
+        self._torch_device_type = "cuda" if is_gpu(target) else "cpu"  # what run_torch takes
         self.input_shape, self.data_shape = tuple(input_shape), tuple(data_shape)
         self.output_shape, self.dtype = tuple(output_shape), dtype
         self.executable = tvm.compile(mod, target=target)
@@ -80,7 +81,7 @@ class CompiledKernel:
 
     def _torch_constants_on(self, device):
         """The constants as torch tensors on ``device``, which must be the kernel's."""
-        wanted = "cuda" if is_gpu(self.target) else "cpu"
+        wanted = self._torch_device_type
         if device.type != wanted or (wanted == "cuda" and (device.index or 0) != self.device.index):
             raise ArgumentError(f"input is on {device} but the module runs on {self.device}; "
                                 f"move it with .to('{wanted}')")

@@ -18,8 +18,8 @@ from typing import Tuple
 import numpy as np
 from tvm import te, tirx
 
-from . import dtypes
 from .errors import ShapeError
+from .weight_format import CsrValues
 
 SUM_BLOCK = "sparse_linear"
 EPILOGUE_BLOCK = "linear_epilogue"
@@ -28,7 +28,7 @@ INT16_COLUMNS = 1 << 15
 
 
 @dataclass(frozen=True, eq=False)
-class SparseLinearWeight:
+class SparseLinearWeight(CsrValues):
     """A (N, K) Linear weight in CSR form, one row per output feature."""
 
     indptr: np.ndarray  # int64, (N + 1,)
@@ -48,16 +48,8 @@ class SparseLinearWeight:
         return SparseLinearWeight(indptr, cols, weight[rows, cols], tuple(weight.shape))
 
     @property
-    def dtype(self) -> str:
-        return dtypes.name_of(self.values.dtype)
-
-    @property
-    def nnz(self) -> int:
-        return int(self.values.size)
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.nnz / float(self.shape[0] * self.shape[1])
+    def dense_shape(self) -> Tuple[int, int]:
+        return self.shape
 
     @property
     def index_dtype(self) -> str:

@@ -37,8 +37,30 @@ def csr_rows(matrix: np.ndarray):
     return indptr, rows, cols
 
 
+class CsrValues:
+    """What the convolution's and the linear layer's CSR weights share: their non-zero
+    ``values`` and the shape of the dense weight they came from (``dense_shape``)."""
+
+    values: np.ndarray
+    dense_shape: Tuple[int, ...]
+
+    @property
+    def dtype(self) -> str:
+        """The weights' element type: float32, float16 or bfloat16."""
+        return dtypes.name_of(self.values.dtype)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero weights, in [0, 1]."""
+        return 1.0 - self.nnz / float(np.prod(self.dense_shape))
+
+
 @dataclass(frozen=True, eq=False)
-class EscoinWeight:
+class EscoinWeight(CsrValues):
     """A conv2d weight in Escoin's CSR format, tied to one padded input size."""
 
     indptr: np.ndarray  # int32, (out_channels + 1,)
@@ -73,18 +95,8 @@ class EscoinWeight:
                             spec.dilation, spec.groups)
 
     @property
-    def dtype(self) -> str:
-        """The weights' element type: float32, float16 or bfloat16."""
-        return dtypes.name_of(self.values.dtype)
-
-    @property
-    def nnz(self) -> int:
-        return int(self.values.size)
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of zero weights, in [0, 1]."""
-        return 1.0 - self.nnz / float(np.prod(self.weight_shape))
+    def dense_shape(self) -> Tuple[int, int, int, int]:
+        return self.weight_shape
 
     @property
     def row_lengths(self) -> np.ndarray:

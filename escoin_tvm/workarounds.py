@@ -39,6 +39,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .errors import EscoinError
 from .target import is_gpu
+from .transform.matching import bindings
 from .transform.tensor_types import static_shape
 
 MATMUL = tvm.ir.Op.get("relax.matmul")
@@ -51,21 +52,17 @@ def refuse_known_tvm_crashes(mod: tvm.IRModule, target) -> None:
     would crash on: an adaptive average pool that resizes."""
     if not is_gpu(target):
         return
-    for func in mod.functions.values():
-        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
-            continue
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                call = binding.value
-                if isinstance(call, relax.Call) and call.op.same_as(ADAPTIVE_POOL):
-                    src = [int(d) for d in call.args[0].ty.shape][2:]
-                    dst = [int(d) for d in binding.var.ty.shape][2:]
-                    if src != dst:
-                        raise EscoinError(
-                            f"the model has an adaptive average pool from {src[0]}x{src[1]} to "
-                            f"{dst[0]}x{dst[1]}, and TVM 0.27's CUDA code for it crashes; use an "
-                            "input size at which the pool keeps the size (224x224 for "
-                            "torchvision's AlexNet and VGG) or target='llvm'")
+    for _block, binding in bindings(mod):
+        call = binding.value
+        if isinstance(call, relax.Call) and call.op.same_as(ADAPTIVE_POOL):
+            src = [int(d) for d in call.args[0].ty.shape][2:]
+            dst = [int(d) for d in binding.var.ty.shape][2:]
+            if src != dst:
+                raise EscoinError(
+                    f"the model has an adaptive average pool from {src[0]}x{src[1]} to "
+                    f"{dst[0]}x{dst[1]}, and TVM 0.27's CUDA code for it crashes; use an input "
+                    "size at which the pool keeps the size (224x224 for torchvision's AlexNet "
+                    "and VGG) or target='llvm'")
 
 
 def frontend_convert_map() -> dict:

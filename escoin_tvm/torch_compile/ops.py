@@ -136,25 +136,27 @@ def register(layer: SparseLayer) -> int:
         return len(LAYERS) - 1
 
 
+def _run(x: torch.Tensor, layer: int) -> torch.Tensor:
+    """The registered layer ``layer`` applied to ``x``, on its kernel for ``x``'s shape."""
+    return LAYERS[layer].kernel(tuple(x.shape), x.device).run_torch(x)
+
+
+def _fake(x: torch.Tensor, layer: int) -> torch.Tensor:
+    """An output of the right shape, for tracing (symbolic sizes included)."""
+    return x.new_empty(LAYERS[layer].output_shape(x.shape))
+
+
 @torch.library.custom_op("escoin::sparse_conv2d", mutates_args=())
 def sparse_conv2d(x: torch.Tensor, layer: int) -> torch.Tensor:
-    """The registered layer ``layer`` applied to ``x`` (NCHW float32)."""
-    entry = LAYERS[layer]
-    return entry.kernel(tuple(x.shape), x.device).run_torch(x)
-
-
-@sparse_conv2d.register_fake
-def _(x: torch.Tensor, layer: int) -> torch.Tensor:
-    return x.new_empty(LAYERS[layer].output_shape(x.shape))
+    """The registered convolution ``layer`` applied to ``x`` (NCHW)."""
+    return _run(x, layer)
 
 
 @torch.library.custom_op("escoin::sparse_linear", mutates_args=())
 def sparse_linear(x: torch.Tensor, layer: int) -> torch.Tensor:
     """The registered linear layer ``layer`` applied to ``x`` (batch, in_features)."""
-    entry = LAYERS[layer]
-    return entry.kernel(tuple(x.shape), x.device).run_torch(x)
+    return _run(x, layer)
 
 
-@sparse_linear.register_fake
-def _(x: torch.Tensor, layer: int) -> torch.Tensor:
-    return x.new_empty(LAYERS[layer].output_shape(x.shape))
+sparse_conv2d.register_fake(_fake)
+sparse_linear.register_fake(_fake)

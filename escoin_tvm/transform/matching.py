@@ -21,6 +21,37 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..errors import EscoinError
 
 
+def bindings(mod: tvm.IRModule):
+    """(block, binding) for every binding of the module's Relax functions, in program order."""
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+            for block in func.body.blocks:
+                for binding in block.bindings:
+                    yield block, binding
+
+
+def decide_calls(mod: tvm.IRModule, op: tvm.ir.Op, decide: Callable, report: list,
+                 on_decision: Optional[Callable[[], None]] = None) -> Dict[relax.Call, int]:
+    """Appends ``decide(call, index)`` for every call of ``op``, in program order, to ``report``
+    and returns the report index of each call that goes to an Escoin kernel. A call outside a
+    dataflow block stays dense: the rewrite replaces dataflow bindings only."""
+    chosen: Dict[relax.Call, int] = {}
+    for block, binding in bindings(mod):
+        call = binding.value
+        if not (isinstance(call, relax.Call) and call.op.same_as(op)):
+            continue
+        decision = decide(call, len(report))
+        if decision.kernel == "escoin":
+            if isinstance(block, relax.DataflowBlock):
+                chosen[call] = len(report)
+            else:
+                decision.kernel, decision.reason = "dense", "outside a dataflow block"
+        report.append(decision)
+        if on_decision is not None:
+            on_decision()
+    return chosen
+
+
 @dataclass
 class FunctionIndex:
     """Each var's value, each value's var, each var's users, and the dataflow bindings."""

@@ -10,7 +10,7 @@ rewrites dataflow blocks, which is where the PyTorch frontend puts the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import tvm
 from tvm import relax
@@ -20,7 +20,7 @@ from ..kernel import schedule_choice, scheduled_module
 from ..operator import Epilogue, kernel_input_shape, reads_in_place
 from ..spec import Conv2dSpec
 from ..weight_format import EscoinWeight
-from .matching import rewrite_chains
+from .matching import bindings, decide_calls, rewrite_chains
 from .patterns import Chain, match_chains
 from .policy import DispatchPolicy, LayerDecision
 
@@ -100,26 +100,8 @@ class SparseConv2dDispatch:
         """The policy's decision for every conv2d, in program order (``self.report``). Returns
         the report index of each conv2d call that goes to an Escoin kernel, and the position of
         every binding of the module."""
-        layer_of: Dict[relax.Call, int] = {}
-        position: Dict[relax.Var, int] = {}
-        for func in mod.functions.values():
-            if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
-                continue
-            for block in func.body.blocks:
-                for binding in block.bindings:
-                    position[binding.var] = len(position)
-                    value = binding.value
-                    if not (isinstance(value, relax.Call) and value.op.same_as(CONV2D)):
-                        continue
-                    decision = self.policy.decide(value, len(self.report))
-                    if decision.kernel == "escoin":
-                        if isinstance(block, relax.DataflowBlock):
-                            layer_of[value] = len(self.report)
-                        else:
-                            decision.kernel, decision.reason = "dense", "outside a dataflow block"
-                    self.report.append(decision)
-                    if self.on_layer is not None:
-                        self.on_layer()
+        layer_of = decide_calls(mod, CONV2D, self.policy.decide, self.report, self.on_layer)
+        position = {binding.var: i for i, (_, binding) in enumerate(bindings(mod))}
         return layer_of, position
 
     def kernel_call(self, builder, data, conv: relax.Call, bias, residual, epilogue: Epilogue,

@@ -21,7 +21,7 @@ from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from ..errors import EscoinError
 from ..linear import SparseLinearWeight
 from ..linear_kernel import scheduled_linear_module, untuned_linear_config
-from .matching import FunctionIndex, claim, rewrite_chains
+from .matching import FunctionIndex, claim, decide_calls, rewrite_chains
 from .policy import LayerDecision, LinearPolicy
 from .tensor_types import dtype, static_shape
 
@@ -97,22 +97,7 @@ class SparseLinearDispatch:
 
     def _transform(self, mod: tvm.IRModule) -> tvm.IRModule:
         self.report = []
-        layer_of = {}
-        for func in mod.functions.values():
-            if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
-                continue
-            for block in func.body.blocks:
-                for binding in block.bindings:
-                    value = binding.value
-                    if isinstance(value, relax.Call) and value.op.same_as(MATMUL):
-                        decision = self.policy.decide(value, len(self.report))
-                        if decision.kernel == "escoin":
-                            if isinstance(block, relax.DataflowBlock):
-                                layer_of[value] = len(self.report)
-                            else:
-                                decision.kernel = "dense"
-                                decision.reason = "outside a dataflow block"
-                        self.report.append(decision)
+        layer_of = decide_calls(mod, MATMUL, self.policy.decide, self.report)
         if not layer_of:
             return mod
         return rewrite_chains(mod, lambda func: _match(func, layer_of), lambda chain, rewriter:
