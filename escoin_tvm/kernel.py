@@ -22,7 +22,7 @@ def untuned_config(spec: Conv2dSpec, target, dtype: str = "float32") -> Schedule
     and dtype, else the heuristic."""
     if is_gpu(target):
         arch = str(target.attrs.get("arch", ""))
-        return pretuned.lookup(spec, arch, dtype) or default_gpu_config(spec)
+        return pretuned.lookup(spec, arch, dtype) or default_gpu_config(spec, dtype)
     return default_cpu_config(spec)
 
 

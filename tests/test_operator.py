@@ -195,6 +195,54 @@ def test_unpadded_convolution_reads_its_input_in_place(padding, in_place):
     assert (PAD_BLOCK in kernel.source) != in_place
 
 
+BLOCKED_CASES = ["1x1", "5x5_pad2_bias_relu", "batch5", "depthwise", "groups2_alexnet",
+                 "1x1_stride2_odd_bias_relu", "3x3_valid_groups2_dilation2", "dilation_2x3"]
+
+
+def _blocked_kernel(case, dtype, images, target, batch=None):
+    """The case's kernel (at ``batch`` images) with its images blocked ``images`` at a time."""
+    from escoin_tvm.schedule import GpuConfig
+
+    weight, bias, x = half_case(case, dtype, np.random.default_rng(7))
+    shape = (batch or case.input_shape[0], *case.input_shape[1:])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    config = GpuConfig(threads_x=8, threads_y=2, rows_per_thread=2, channels_per_thread=2,
+                       images_per_thread=images, chunk=8, block_images=True)
+    kernel = escoin_tvm.build_sparse_conv2d(weight, shape, bias=bias, relu=case.relu,
+                                            target=target, config=config, **case.conv_args())
+    return kernel, weight, bias, x
+
+
+@pytest.mark.parametrize("dtype, images, vector", [
+    (torch.float32, 4, "float4"), (torch.float32, 2, "float2"), (torch.float16, 4, "half4"),
+    (torch.float16, 2, "half2"), (torch.bfloat16, 4, "nv_bfloat164")])
+@pytest.mark.parametrize("case, copy", [("5x5_pad2_bias_relu", "data_pad"), ("1x1", "data_global")])
+def test_blocked_images_load_a_vector_per_tap(case, copy, dtype, images, vector):
+    """block_images: the input copy is laid out (N/v, C*Hp*Wp, v), and the kernel loads a
+    thread's v images at a tap as one vector (a padded kernel's copy is its pad stage; an
+    in-place one gets a copy)."""
+    case = next(c for c in CASES if c.name == case)
+    kernel = _blocked_kernel(case, dtype, images, CUDA, batch=8)[0]
+    assert f"*({vector}*)({copy}_ptr + " in kernel.source
+    assert "sparse_conv_local_ptr[((" not in kernel.source
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, images", [
+    (torch.float32, 2), (torch.float32, 3), (torch.float32, 4), (torch.float16, 2),
+    (torch.float16, 4), (torch.bfloat16, 4)])
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in BLOCKED_CASES],
+                         ids=lambda c: c.name)
+def test_blocked_images_on_the_gpu_match_float64(case, images, dtype):
+    """Blocked images, on batches the block divides or not (a padded kernel rounds its copy up
+    with zero images; an in-place one keeps its plain reads)."""
+    kernel, weight, bias, x = _blocked_kernel(case, dtype, images, "cuda", batch=5)
+    out = kernel(x.cuda())
+    assert out.dtype == dtype
+    assert_conv_close(out.float().cpu().numpy(), x.float().numpy(), weight.float().numpy(),
+                      dtype=kernel.dtype, bias=bias, relu=case.relu, **case.conv_args())
+
+
 def _split_k_kernel(case, split, target):
     """The GPU schedule with each row's non-zeros split over ``split`` blocks (schedule_gpu's
     split_k), built for ``target``; returns (executable, weight, bias, spec, constants)."""
@@ -263,3 +311,27 @@ def test_split_k_needs_a_gpu_target():
     weight = EscoinWeight.from_dense(dense, spec)
     with pytest.raises(ValueError, match="split_k=2 needs a GPU target"):
         scheduled_module(spec, weight, Epilogue(), resolve_target("llvm"), split_k=2)
+
+
+def test_half_precision_defaults_block_four_images_from_batch_four():
+    """The untuned heuristic blocks 4 images in half precision from batch 4 (keeping the
+    accumulators' count), never in float32, and not where it could not take effect (an
+    in-place kernel whose batch 4 does not divide)."""
+    from escoin_tvm.schedule.gpu import blocks_images, default_gpu_config
+    from escoin_tvm.spec import Conv2dSpec
+
+    def config(batch, dtype, padding=1):
+        return default_gpu_config(Conv2dSpec.create((batch, 64, 28, 28), (64, 64, 3, 3),
+                                                    padding=padding), dtype)
+
+    for dtype in ("float16", "bfloat16"):
+        half, plain = config(16, dtype), config(16, "float32")
+        assert half.block_images and half.images_per_thread == 4
+        assert half.images_per_thread * half.channels_per_thread * half.rows_per_thread == \
+            plain.images_per_thread * plain.channels_per_thread * plain.rows_per_thread
+        assert not config(2, dtype).block_images
+        assert not config(6, dtype, padding=0).block_images
+        assert config(8, dtype, padding=0).block_images
+    assert not plain.block_images
+    spec = Conv2dSpec.create((6, 64, 28, 28), (64, 64, 3, 3))
+    assert not blocks_images(spec, config(16, "float16"))

@@ -45,7 +45,8 @@ def conv_configs(draw):
                     channels_per_thread=draw(st.integers(1, 3)),
                     images_per_thread=draw(st.integers(1, 3)),
                     chunk=draw(st.sampled_from([4, 8, 16])),
-                    stage_weights=draw(st.booleans()), unroll=draw(st.booleans()))
+                    stage_weights=draw(st.booleans()), unroll=draw(st.booleans()),
+                    block_images=draw(st.booleans()))
     return dict(spec=spec, sparsity=draw(st.sampled_from([0.0, 0.3, 0.5, 0.8, 0.95, 1.0])),
                 scale=draw(st.sampled_from([1e-3, 1.0, 1e3])), bias=draw(st.booleans()),
                 relu=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),

@@ -83,6 +83,31 @@ def test_fixed_design_space_is_the_given_config(target):
         assert not representable(spec, target, type(config)(**{**vars(config), "channel_steps": 16}))
 
 
+def test_blocked_images_are_spaces_of_their_own():
+    """The CUDA space holds, beside the plain structures, one blocked-images space per
+    images-per-thread value above 1 (the copy's layout needs it as a constant); a blocked
+    config is a point of it, decodes back from its trace and compiles to vector loads."""
+    import dataclasses
+
+    import tvm
+    from tvm import s_tir
+
+    target = resolve_target("cuda")
+    spec = Conv2dSpec.create((16, 64, 13, 13), (64, 64, 3, 3), padding=1)
+    mod = workload(spec, 32, Epilogue(), target)
+    assert len(design_spaces(spec, target)(s_tir.Schedule(mod))) == 3 + 2  # images 2 and 4
+    untuned = untuned_config(spec, target)
+    for images in (2, 4):
+        config = dataclasses.replace(untuned, images_per_thread=images, block_images=True)
+        assert representable(spec, target, config)
+        [space] = design_spaces(spec, target, fixed=config)(s_tir.Schedule(mod))
+        assert decode_config(space.trace, target) == config
+        source = tvm.compile(space.mod, target=target).mod.imports[0].inspect_source()
+        assert f"*(float{images}*)(data_pad_ptr + " in source
+    assert not representable(spec, target, dataclasses.replace(untuned, images_per_thread=1,
+                                                               block_images=True))
+
+
 @pytest.mark.parametrize("target", ["llvm", "cuda"])
 def test_tuning_tasks_and_records_are_keyed_by_dtype(target):
     """The same layer in float32, float16 and bfloat16 are three workloads (records of one

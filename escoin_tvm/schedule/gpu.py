@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from tvm import s_tir
 
 from ..errors import ArgumentError
+from ..operator import reads_in_place
 from ..spec import Conv2dSpec
 from .common import blocks, loops_below, read_index, write_back
 
@@ -35,6 +36,9 @@ class GpuConfig:
     chunk: int = 16  # non-zeros staged per step; the rows are padded to a multiple of it
     stage_weights: bool = True  # CSR rows through shared memory (else straight from global/L1)
     unroll: bool = True  # unroll each chunk of the non-zero loop (else nvcc decides)
+    block_images: bool = False  # the padded input laid out (N/v, C*Hp*Wp, v) with v =
+    #                             images_per_thread, so a thread's v images at a tap are one
+    #                             aligned vector load (``block_images`` below)
 
     @property
     def threads(self) -> int:
@@ -62,10 +66,17 @@ def pow2_at_least(value: int, cap: int) -> int:
     return p
 
 
-def default_gpu_config(spec: Conv2dSpec) -> GpuConfig:
+def default_gpu_config(spec: Conv2dSpec, dtype: str = "float32") -> GpuConfig:
     """An untuned choice from the layer's shape. Occupancy first: a register tile only as large
     as leaves about 64K threads (2K warps, 16 per SM of an H100) to hide the latency of the
-    non-zero walk; then about 128 threads per block, a warp covering an output row."""
+    non-zero walk; then about 128 threads per block, a warp covering an output row.
+
+    In half precision from batch 4, a tile of at least 4 accumulators goes to 4 images blocked
+    in the input copy (one aligned 8-byte load per tap): measured on 27 layer shapes at batch 16
+    it was faster than this heuristic's plain tile on 24 of the 25 with such a tile (1.20x on
+    the benchmark's 15 layers), and slower on both whose tile it would have grown from 2. In
+    float32 it was about even with the plain kernels, and two blocked images lost
+    (docs/findings.md, "Blocked images")."""
     threads_x = pow2_at_least(spec.out_w, 32)
     outputs = spec.batch * spec.out_channels * spec.out_h * spec.out_w
     tile = 1
@@ -75,9 +86,25 @@ def default_gpu_config(spec: Conv2dSpec) -> GpuConfig:
     tile //= images
     rows = 2 if tile >= 2 and spec.out_h >= 8 else 1
     channels = min(4, max(1, tile // rows))
+    blocked, accumulators = False, images * channels * rows
+    if dtype != "float32" and spec.batch >= 4 and accumulators >= 4:
+        block_rows = min(rows, max(1, accumulators // 4))
+        candidate = GpuConfig(images_per_thread=4, block_images=True)
+        if blocks_images(spec, candidate):
+            images, rows, blocked = 4, block_rows, True
+            channels = max(1, accumulators // (4 * rows))
     threads_y = max(1, min(pow2_at_least(-(-spec.out_h // rows), 16), 128 // threads_x))
     return GpuConfig(threads_x=threads_x, threads_y=threads_y, rows_per_thread=rows,
-                     channels_per_thread=channels, images_per_thread=images).validate()
+                     channels_per_thread=channels, images_per_thread=images,
+                     block_images=blocked).validate()
+
+
+def blocks_images(spec: Conv2dSpec, config: GpuConfig) -> bool:
+    """Whether ``config.block_images`` takes effect for ``spec``: it needs more than one image
+    per thread, and a kernel that reads its input in place (no padding) a batch that the images
+    per thread divide (its copy holds the real images only)."""
+    v = config.images_per_thread
+    return config.block_images and v > 1 and (not reads_in_place(spec) or spec.batch % v == 0)
 
 
 def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_tir.Schedule:
@@ -89,6 +116,10 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     second small kernel sums the partial sums and applies the epilogue. Not a default or a knob:
     it pays on few layers (docs/findings.md, "Split-K at batch 1")."""
     pad, conv, epilogue = blocks(sch)
+    blocked = config.block_images and config.images_per_thread > 1 and \
+        (pad is not None or _batch_divides(sch, conv, config.images_per_thread))
+    if blocked:
+        pad = block_images(sch, pad, conv, config.images_per_thread)
     final = j_split = None
     if split_k > 1:
         n, k, y, x, j = sch.get_loops(conv)
@@ -105,8 +136,9 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     x_block, x_thread = sch.split(x, [None, config.threads_x])
     j_chunk, j_inner = sch.split(j, [None, config.chunk])
     splits = [] if j_split is None else [j_split]
+    tile = (k_reg, y_reg, n_reg) if blocked else (n_reg, k_reg, y_reg)
     sch.reorder(*splits, k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread, k_step,
-                j_chunk, j_inner, n_reg, k_reg, y_reg)
+                j_chunk, j_inner, *tile)
     # the splits as more blocks of output channels (a block's loops only: fused with the thread
     # loops, the accumulators' indices would not be constants and would leave the registers)
     sch.bind(k_block if j_split is None else sch.fuse(j_split, k_block), "blockIdx.y")
@@ -123,9 +155,11 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
             _, *lanes = sch.split(flat, [None, config.channel_threads, config.threads_y,
                                          config.threads_x])
             sch.bind(sch.fuse(*lanes), "threadIdx.x")
+    if blocked:  # the v images of a tap: one vector load, v FMAs
+        sch.vectorize(n_reg)
     init = sch.decompose_reduction(conv, j_chunk)
     # The register tile must be fully unrolled, or its accumulators spill to local memory.
-    for loop in (n_reg, k_reg, y_reg):
+    for loop in (k_reg, y_reg) if blocked else (n_reg, k_reg, y_reg):
         sch.unroll(loop)
     if config.unroll:
         sch.unroll(j_inner)
@@ -141,6 +175,26 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
         sch.bind(blocks_, "blockIdx.x")
         sch.bind(threads, "threadIdx.x")
     return sch
+
+
+def block_images(sch: s_tir.Schedule, pad, conv, v: int):
+    """Lays the input the kernel gathers from out as (N/v, C*Hp*Wp, v): the padded copy, or for
+    a kernel that reads its input in place a copy made for the purpose. Returns the copy's block,
+    which iterates in the new order (consecutive threads write consecutive values; a warp reads
+    32-byte runs of each of its v images)."""
+    if pad is None:
+        pad = sch.cache_read(conv, read_index(sch, conv, "data"), "global")
+    def index_map(n, f):
+        return (n // v, f, n % v)
+    sch.transform_layout(pad, ("write", 0), index_map)
+    sch.transform_block_layout(pad, index_map)
+    return pad
+
+
+def _batch_divides(sch: s_tir.Schedule, conv, v: int) -> bool:
+    """Whether the images per thread divide the batch of an in-place kernel's input."""
+    data = sch.get(conv).reads[read_index(sch, conv, "data")].source
+    return int(data.shape[0]) % v == 0
 
 
 def _sum_partials(sch: s_tir.Schedule, final, epilogue) -> None:

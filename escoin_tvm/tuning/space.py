@@ -25,6 +25,7 @@ from tvm.ir.utils import derived_object
 from ..kernel import tuned_extents
 from ..operator import CONV_BLOCK, Epilogue, sparse_conv2d_primfunc
 from ..schedule import CpuConfig, GpuConfig, schedule_cpu, schedule_gpu
+from ..schedule.gpu import blocks_images
 from ..spec import Conv2dSpec
 from ..target import is_gpu
 
@@ -81,9 +82,13 @@ def cpu_candidates(spec: Conv2dSpec, target, dtype: str = "float32") -> Dict[str
             "rows": _dividing(_pow2_up_to(spec.out_h, TUNED_TILE), rows)}
 
 
-GPU_STRUCTURES = ({"stage_weights": True, "unroll": True},
-                  {"stage_weights": False, "unroll": True},
-                  {"stage_weights": True, "unroll": False})
+GPU_STRUCTURES = ({"stage_weights": True, "unroll": True, "block_images": False},
+                  {"stage_weights": False, "unroll": True, "block_images": False},
+                  {"stage_weights": True, "unroll": False, "block_images": False})
+# Images blocked in the input copy (one vector load per tap): a space per images-per-thread
+# value above 1, because the copy's layout needs that value as a constant (the other integer
+# knobs stay random variables); with one image it is the plain kernel.
+BLOCKED_STRUCTURE = {"stage_weights": True, "unroll": True, "block_images": True}
 
 
 def _sample(sch: s_tir.Schedule, values: Sequence[int], chosen: Optional[int] = None):
@@ -92,10 +97,22 @@ def _sample(sch: s_tir.Schedule, values: Sequence[int], chosen: Optional[int] = 
 
 
 def _space(spec: Conv2dSpec, target, dtype: str = "float32"):
-    """(candidate values per integer knob, structures) of the template on ``target``."""
+    """(candidate values per integer knob, structures) of the template on ``target``. A
+    structure fixes knobs: its bools, and for blocked images the images per thread."""
     if is_gpu(target):
-        return gpu_candidates(spec, target, dtype), GPU_STRUCTURES
+        candidates = gpu_candidates(spec, target, dtype)
+        blocked = tuple({**BLOCKED_STRUCTURE, "images_per_thread": v}
+                        for v in candidates["images_per_thread"]
+                        if blocks_images(spec, GpuConfig(images_per_thread=v, block_images=True)))
+        return candidates, GPU_STRUCTURES + blocked
     return cpu_candidates(spec, target, dtype), ({},)
+
+
+def _structure_candidates(candidates: Dict[str, Tuple[int, ...]],
+                          structure: dict) -> Dict[str, Tuple[int, ...]]:
+    """The integer knobs' candidates within one structure."""
+    return {name: (structure[name],) if name in structure else values
+            for name, values in candidates.items()}
 
 
 def _has_structure(config, structure: dict) -> bool:
@@ -115,15 +132,21 @@ def design_spaces(spec: Conv2dSpec, target, fixed: Optional[Union[GpuConfig, Cpu
         result = []
         for structure in structures:
             space = sch.copy()
-            knobs = {name: _sample(space, values, getattr(fixed, name) if fixed else None)
-                     for name, values in candidates.items()}
+            conv = space.get_sblock(CONV_BLOCK)
+            knobs = {}
+            for name, values in _structure_candidates(candidates, structure).items():
+                knobs[name] = _sample(space, values, getattr(fixed, name) if fixed else None)
+                if name in structure:  # a constant for the template, the decision recorded
+                    space.annotate(conv, f"escoin.{name}", knobs[name])
+                    knobs[name] = structure[name]
             for name, value in structure.items():
+                if name in candidates:
+                    continue
                 # Recorded for decode_config; the annotation keeps the decision alive when
                 # MetaSchedule drops unused instructions from the traces it stores.
-                space.annotate(space.get_sblock(CONV_BLOCK), f"escoin.{name}",
-                               _sample(space, [int(value)]))
+                space.annotate(conv, f"escoin.{name}", _sample(space, [int(value)]))
             if is_gpu(target):
-                schedule_gpu(space, GpuConfig(**knobs, **structure))
+                schedule_gpu(space, GpuConfig(**{**knobs, **structure}))
             else:
                 schedule_cpu(space, CpuConfig(**knobs))
             result.append(space)
@@ -135,8 +158,10 @@ def design_spaces(spec: Conv2dSpec, target, fixed: Optional[Union[GpuConfig, Cpu
 def representable(spec: Conv2dSpec, target, config, dtype: str = "float32") -> bool:
     """Whether ``config`` is a point of the tuning space of ``spec`` on ``target``."""
     candidates, structures = _space(spec, target, dtype)
-    return all(getattr(config, name) in values for name, values in candidates.items()) and \
-        any(_has_structure(config, st) for st in structures)
+    return any(_has_structure(config, st) and
+               all(getattr(config, name) in values
+                   for name, values in _structure_candidates(candidates, st).items())
+               for st in structures)
 
 
 def decode_config(trace: s_tir.Trace, target) -> Union[GpuConfig, CpuConfig]:
@@ -145,6 +170,8 @@ def decode_config(trace: s_tir.Trace, target) -> Union[GpuConfig, CpuConfig]:
               for inst in trace.insts if inst.kind.name == SAMPLE]
     cls = GpuConfig if is_gpu(target) else CpuConfig
     names = [f.name for f in fields(cls)]
+    if cls is GpuConfig and len(values) == len(names) - 1:
+        names = names[:-1]  # a record from before block_images: the plain kernel
     if len(values) != len(names):
         raise ValueError(f"the trace has {len(values)} knob decisions, {cls.__name__} has "
                          f"{len(names)}: it was not made by this version's template")

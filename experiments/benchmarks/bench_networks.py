@@ -287,7 +287,7 @@ def main(argv=None):
                "convs": len(module.layers)}
         if (n, b, s) in references:
             x = example(b).half() if variant == "escoin_fp16" else example(b)
-            row["rel_err"] = relative_error(module(x).float().numpy(), references[n, b, s])
+            row["rel_err"] = relative_error(module(x.cuda()).float().cpu().numpy(), references[n, b, s])
         emit(row)
         os.remove(path)
     for n, b in measured:

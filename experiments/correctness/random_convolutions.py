@@ -6,8 +6,8 @@ Configurations: batch 1-4, up to 48 channels, groups and depthwise (with channel
 kernels 1-7 on each side (non-square), stride 1-3, dilation 1-3, asymmetric padding 0-3,
 sparsity 0 to 1, weights scaled by 1e-3 to 1e3, bias and ReLU or not, inputs as numpy arrays or
 torch tensors, contiguous or not (a strided view). On the GPU also random schedule knobs, with
-register tiles that need not divide the output. Convolutions whose kernel does not fit their
-padded input are drawn again. Writes one JSON line per mismatch and a summary line.
+register tiles that need not divide the output, and images blocked or not. Convolutions whose
+kernel does not fit their padded input are drawn again. Writes one JSON line per mismatch and a summary line.
 
 Usage: python -m experiments.correctness.random_convolutions --count 10000 [--target llvm|cuda]
            [--seed 0] [--workers 2]
@@ -60,7 +60,8 @@ def draw(rng: np.random.Generator, target: str) -> dict:
                                images_per_thread=int(rng.integers(1, 4)),
                                chunk=int(rng.choice([4, 8, 16, 32])),
                                stage_weights=bool(rng.random() < 0.7),
-                               unroll=bool(rng.random() < 0.7))
+                               unroll=bool(rng.random() < 0.7),
+                               block_images=bool(rng.random() < 0.5))
         return {"spec": spec, "config": config,
                 "sparsity": float(rng.choice([0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0])),
                 "scale": float(rng.choice([1e-3, 1.0, 1e3])), "bias": bool(rng.random() < 0.5),
