@@ -41,7 +41,8 @@ def dispatch(mod, exported, target, threshold: float, **options):
     escoin = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), **options)
     linear = SparseLinearDispatch(target, threshold, linear_layer_names(exported),
                                   measure=options.get("measure"),
-                                  report_only=options.get("report_only", False))
+                                  report_only=options.get("report_only", False),
+                                  tuning_log=options.get("tuning_log"))
     passes = [fold_half_batch_norms, relax.transform.FoldBatchnormToConv2D(),
               relax.transform.FoldConstant(), escoin, linear]
     if is_gpu(target):

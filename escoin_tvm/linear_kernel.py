@@ -1,7 +1,7 @@
 """The scheduled sparse linear kernel of one fully-connected layer, and ``build_sparse_linear``.
 
-Knobs come from ``config``, else the heuristic (``schedule.linear``); tuned and shipped tables
-for linear layers are not there yet.
+Knobs come from ``config`` (given, or a tuning log's best record), else the heuristic
+(``schedule.linear``); there is no shipped table for linear layers.
 """
 from __future__ import annotations
 
@@ -28,15 +28,18 @@ def untuned_linear_config(batch: int, weight: SparseLinearWeight, target) -> Lin
 
 
 def scheduled_linear_module(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
-                            target, config: Optional[LinearConfig] = None):
-    """(scheduled IRModule, columns, values, config) of the layer at ``batch`` rows."""
-    config = config or untuned_linear_config(batch, weight, target)
+                            target, config: Optional[LinearConfig] = None, tuned: bool = False):
+    """(scheduled IRModule, columns, values, config) of the layer at ``batch`` rows. A
+    ``tuned`` config (``TuningLog.lookup_linear``'s) runs on the work it was tuned on: rows
+    padded as the untuned kernel's."""
+    untuned = untuned_linear_config(batch, weight, target)
+    config = config or untuned
     wanted = LinearGpuConfig if is_gpu(target) else LinearCpuConfig
     if not isinstance(config, wanted):
         raise ArgumentError(f"a {target.kind.name} target needs a {wanted.__name__}, got "
                             f"{type(config).__name__}")
     config = config.validate()
-    columns, values = weight.to_ell(config.row_multiple)
+    columns, values = weight.to_ell(untuned.row_multiple if tuned else config.row_multiple)
     gpu = is_gpu(target)
     func = sparse_linear_primfunc(batch, weight, columns.shape[1], bias, relu, output_block=gpu,
                                   transposed_input=gpu and config.transposed_input)
@@ -49,10 +52,11 @@ class SparseLinearKernel(CompiledKernel):
     """A compiled sparse linear layer: ``kernel(x)`` for x of shape (batch, in_features)."""
 
     def __init__(self, weight: SparseLinearWeight, batch: int, bias: Optional[np.ndarray],
-                 relu: bool, target, config: Optional[LinearConfig] = None, device=None):
+                 relu: bool, target, config: Optional[LinearConfig] = None, device=None,
+                 tuned: bool = False):
         self.weight = weight
         mod, columns, values, self.config = scheduled_linear_module(
-            batch, weight, bias is not None, relu, target, config)
+            batch, weight, bias is not None, relu, target, config, tuned)
         shape = (batch, weight.shape[1])
         super().__init__(mod, target, device, shape, shape, (batch, weight.shape[0]),
                          weight.dtype, [a for a in (columns, values, bias) if a is not None])
@@ -60,10 +64,11 @@ class SparseLinearKernel(CompiledKernel):
 
 def build_sparse_linear(weight, batch: int, *, bias=None, relu: bool = False,
                         target: TargetLike = "llvm", config: Optional[LinearConfig] = None,
-                        device=None) -> SparseLinearKernel:
+                        device=None, tuned: bool = False) -> SparseLinearKernel:
     """Compiles ``y = relu?(x @ weight.T + bias)`` for x of shape (batch, in_features), with
     ``weight`` a pruned (out_features, in_features) matrix (numpy or torch; float32, float16 or
-    bfloat16, which the kernel's input and output share; sums in float32)."""
+    bfloat16, which the kernel's input and output share; sums in float32). ``tuned``: the
+    config is a tuning record's (``TuningLog.lookup_linear``), run on the work it was tuned on."""
     target = resolve_target(target)
     sparse = SparseLinearWeight.from_dense(weight)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -72,4 +77,4 @@ def build_sparse_linear(weight, batch: int, *, bias=None, relu: bool = False,
         bias = as_numpy_weight(bias, "bias").astype(np.float32)
         if bias.shape != (sparse.shape[0],):
             raise ShapeError(f"bias must have shape ({sparse.shape[0]},), got {bias.shape}")
-    return SparseLinearKernel(sparse, batch, bias, bool(relu), target, config, device)
+    return SparseLinearKernel(sparse, batch, bias, bool(relu), target, config, device, tuned)

@@ -148,7 +148,7 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     bias = candidate.bias.detach().float().cpu().numpy() if candidate.bias is not None else None
     if linear:
         layer = ops.SparseLinearLayer(candidate.name, dtypes.to_numpy(weight), bias,
-                                      candidate.relu, target)
+                                      candidate.relu, target, tuning_log(target))
     else:
         layer = ops.SparseLayer(candidate.name, dtypes.to_numpy(weight), bias, candidate.stride,
                                 candidate.padding, candidate.dilation, candidate.groups,

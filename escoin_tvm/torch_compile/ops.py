@@ -72,6 +72,7 @@ class SparseLinearLayer:
     bias: Optional[np.ndarray]
     relu: bool
     target: object
+    tuning_log: object = None
     kernels: Dict[tuple, object] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,11 +80,7 @@ class SparseLinearLayer:
         return (shape[0], self.weight.shape[0])
 
     def kernel(self, shape: tuple, device: torch.device):
-        from ..linear_kernel import build_sparse_linear
-
-        return _cached(self, shape, device, lambda layer, shape_, device_: build_sparse_linear(
-            layer.weight, shape_[0], bias=layer.bias, relu=layer.relu, target=layer.target,
-            device=device_))
+        return _cached(self, shape, device, build_linear)
 
     def torch_equivalent(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
         y = torch.nn.functional.linear(x, weight, bias)
@@ -101,6 +98,21 @@ def _cached(layer, shape: tuple, device: torch.device, make):
             if kernel is None:
                 kernel = layer.kernels[key] = make(layer, shape, device)
     return kernel
+
+
+def build_linear(layer: SparseLinearLayer, shape: tuple, device: torch.device):
+    """A sparse linear kernel for ``layer`` at input ``shape``, with the knobs of the layer's
+    tuning log where it has them (else the heuristic's)."""
+    from ..linear import SparseLinearWeight
+    from ..linear_kernel import build_sparse_linear
+
+    found = None
+    if layer.tuning_log is not None:
+        found = layer.tuning_log.lookup_linear(shape[0], SparseLinearWeight.from_dense(
+            layer.weight), layer.bias is not None, layer.relu, layer.target)
+    return build_sparse_linear(layer.weight, shape[0], bias=layer.bias, relu=layer.relu,
+                               target=layer.target, config=found[0] if found else None,
+                               tuned=found is not None, device=device)
 
 
 def build(layer: SparseLayer, shape: tuple, device: torch.device) -> SparseConv2dKernel:

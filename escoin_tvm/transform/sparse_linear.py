@@ -20,7 +20,7 @@ from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 
 from ..errors import EscoinError
 from ..linear import SparseLinearWeight
-from ..linear_kernel import scheduled_linear_module, untuned_linear_config
+from ..linear_kernel import scheduled_linear_module
 from .matching import FunctionIndex, claim, decide_calls, rewrite_chains
 from .policy import LayerDecision, LinearPolicy
 from .tensor_types import dtype, static_shape
@@ -36,6 +36,17 @@ class LinearPattern:
     bias: Optional[DFPattern]
     relu: bool
     cast: bool
+
+
+@dataclass(frozen=True)
+class LinearKernel:
+    """A layer the pass put on a sparse linear kernel: what a tuning task needs of it."""
+
+    layer: str
+    batch: int
+    weight: SparseLinearWeight
+    bias: bool
+    relu: bool
 
 
 @dataclass
@@ -73,13 +84,17 @@ def _chain_dtype(call: relax.Call) -> str:
 class SparseLinearDispatch:
     """``SparseLinearDispatch(target, threshold)``: a Relax module pass; ``layer_names`` labels
     the linear layers, in program order, in ``pass.report``; ``measure`` times each candidate
-    both ways; ``report_only`` keeps every layer dense."""
+    both ways; ``report_only`` keeps every layer dense; ``tuning_log`` (a ``tuning.TuningLog``)
+    supplies tuned knobs for the layers it has records of. ``kernels`` lists the layers it put
+    on sparse kernels (the tuning tasks)."""
 
     def __init__(self, target, threshold: float, layer_names: Sequence = (), measure=None,
-                 report_only: bool = False):
+                 report_only: bool = False, tuning_log=None):
         if not 0.0 <= threshold <= 1.0:
             raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
         self.target = target
+        self.tuning_log = tuning_log
+        self.kernels: List[LinearKernel] = []
         self.policy = LinearPolicy(target, threshold, layer_names, report_only, measure,
                                    lambda: SparseLinearDispatch(target, 0.0))
         self.report: List[LayerDecision] = []
@@ -96,7 +111,7 @@ class SparseLinearDispatch:
             raise
 
     def _transform(self, mod: tvm.IRModule) -> tvm.IRModule:
-        self.report = []
+        self.report, self.kernels = [], []
         layer_of = decide_calls(mod, MATMUL, self.policy.decide, self.report)
         if not layer_of:
             return mod
@@ -108,11 +123,15 @@ class SparseLinearDispatch:
         """The call_tir that computes the chain with an Escoin kernel."""
         decision = self.report[chain.layer]
         weight = SparseLinearWeight.from_dense(chain.matmul.args[1].value.numpy().T)
-        batch = decision.input_shape[0]
-        config = untuned_linear_config(batch, weight, self.target)
+        batch, bias = decision.input_shape[0], chain.bias is not None
+        self.kernels.append(LinearKernel(decision.name, batch, weight, bias, chain.relu))
+        found = None if self.tuning_log is None else \
+            self.tuning_log.lookup_linear(batch, weight, bias, chain.relu, self.target)
+        config = found[0] if found else None
         mod, columns, values, config = scheduled_linear_module(
-            batch, weight, chain.bias is not None, chain.relu, self.target, config)
-        decision.schedule, decision.config = "default", dict(vars(config))
+            batch, weight, bias, chain.relu, self.target, config, tuned=found is not None)
+        decision.schedule = f"tuned ({found[1] * 1e6:.1f} us)" if found else "default"
+        decision.config = dict(vars(config))
         decision.epilogue = "+".join(p for p, on in (("bias", chain.bias is not None),
                                                      ("relu", chain.relu)) if on)
         func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)

@@ -19,15 +19,13 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from ..errors import EscoinError
-from ..kernel import untuned_config
 from ..target import TargetLike, has_gpu, is_gpu, resolve_target
 from .context import tune_context
 from .cost_model import job_cost_model
 from .log import TuningLog, mean_seconds
 from .progress import task_progress
 from .runners import builder as make_builder, rpc_hint, runner as make_runner
-from .space import decode_config, design_spaces, representable, space_generator
-from .tasks import Task, extract_tasks
+from .tasks import AnyTask as Task, extract_tasks
 
 
 @dataclass
@@ -49,7 +47,8 @@ def tune(model, example_inputs, *, log, target: TargetLike = "cuda", trials: int
     target = resolve_target(target)
     tasks = extract_tasks(model, example_inputs, target, sparsity_threshold)
     if not tasks:
-        raise EscoinError("the model has no convolution that runs on an Escoin kernel: nothing to tune")
+        raise EscoinError("the model has no convolution or linear layer that runs on an Escoin "
+                          "kernel: nothing to tune")
     return tune_tasks(tasks, log=log, target=target, trials=trials, **options)
 
 
@@ -121,10 +120,10 @@ def _measure_untuned(task: Task, tuning_log: TuningLog, target, builder, runner)
     first trial: the search's starting point (evolutionary search mutates the best records it
     has), and the record to beat. 32 trials from random points alone lost to the heuristic on
     AlexNet's layers. Returns the records now in the log for the task (0 or 1)."""
-    config = untuned_config(task.spec, target, task.dtype)
-    if not representable(task.spec, target, config, task.dtype):
+    config = task.untuned_config()
+    if not task.representable(config):
         return 0
-    sch = design_spaces(task.spec, target, fixed=config, dtype=task.dtype)(
+    sch = task.design_spaces(fixed=config)(
         s_tir.Schedule(task.workload))[0]
     built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
     args_info = ms.arg_info.ArgInfo.from_prim_func(task.workload["main"])
@@ -153,8 +152,7 @@ def _tune_task(task: Task, tuning_log: TuningLog, target, trials: int, per_iter:
 
 def _context(task: Task, target, seed: int) -> ms.TuneContext:
     return tune_context(
-        task.workload, target, space_generator=space_generator(task.spec, target, seed,
-                                                               task.dtype),
+        task.workload, target, space_generator=task.space_generator(seed),
         search_strategy=ms.search_strategy.EvolutionarySearch(
             population_size=128, init_min_unmeasured=32, genetic_num_iters=3),
         task_name=task.name, rand_state=seed)
@@ -163,7 +161,7 @@ def _context(task: Task, target, seed: int) -> ms.TuneContext:
 def _result(tuning_log: TuningLog, task: Task, target, before: int, seconds: float) -> TaskResult:
     records = tuning_log.records(task.workload, target)
     trials = tuning_log.trials(task.workload, target)
-    config = dict(vars(decode_config(records[0].trace, target))) if records else None
+    config = dict(vars(task.decode(records[0].trace))) if records else None
     return TaskResult(task.name, task.layers, trials, trials - before,
                       mean_seconds(records[0]) if records else None,
                       config, seconds)

@@ -187,12 +187,25 @@ class TuningLog:
     def lookup(self, spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target):
         """(config, seconds) of the best record for this kernel, or None; build the config with
         ``tuned=True`` (``kernel.scheduled_module``)."""
-        records = self.records(workload(spec, tuned_row_length(weight, spec, target), epilogue,
-                                        target, weight.dtype), target)
+        mod = workload(spec, tuned_row_length(weight, spec, target), epilogue, target,
+                       weight.dtype)
+        return self._best(mod, target, decode_config)
+
+    def lookup_linear(self, batch: int, weight, bias: bool, relu: bool, target):
+        """(config, seconds) of the best record for this sparse linear kernel, or None; build
+        the config with ``tuned=True`` (``linear_kernel.scheduled_linear_module``)."""
+        from .linear_space import decode_linear_config, linear_workload
+
+        return self._best(linear_workload(batch, weight, bias, relu, target), target,
+                          decode_linear_config)
+
+    def _best(self, mod: tvm.IRModule, target, decode):
+        """(config, seconds) of the workload's best record, its trace decoded by ``decode``."""
+        records = self.records(mod, target)
         if not records:
             return None
         try:
-            config = decode_config(records[0].trace, target)
+            config = decode(records[0].trace, target)
         except ValueError as err:
             raise EscoinError(f"tuning log {self.path}: {err}") from None
         return config, mean_seconds(records[0])

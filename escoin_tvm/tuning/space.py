@@ -166,9 +166,14 @@ def representable(spec: Conv2dSpec, target, config, dtype: str = "float32") -> b
 
 def decode_config(trace: s_tir.Trace, target) -> Union[GpuConfig, CpuConfig]:
     """The config a trace of ``design_spaces`` chose (its categorical decisions, in order)."""
+    return decode(trace, GpuConfig if is_gpu(target) else CpuConfig)
+
+
+def decode(trace: s_tir.Trace, cls):
+    """The ``cls`` config (a template's knobs dataclass) whose fields a trace's categorical
+    decisions chose, in field order."""
     values = [int(inst.attrs[0][int(trace.decisions[inst])])
               for inst in trace.insts if inst.kind.name == SAMPLE]
-    cls = GpuConfig if is_gpu(target) else CpuConfig
     names = [f.name for f in fields(cls)]
     if cls is GpuConfig and len(values) == len(names) - 1:
         names = names[:-1]  # a record from before block_images: the plain kernel
@@ -207,8 +212,13 @@ class MutateKnob(ms.mutator.PyMutator):
 
 def space_generator(spec: Conv2dSpec, target, seed: int = 0,
                     dtype: str = "float32") -> ms.space_generator.ScheduleFn:
+    return generator(design_spaces(spec, target, dtype=dtype), target, seed)
+
+
+def generator(spaces, target, seed: int = 0) -> ms.space_generator.ScheduleFn:
+    """MetaSchedule's space generator for a template's ``spaces`` function: no schedule
+    rules, the knob mutator, and on CUDA the checks that drop configs the GPU cannot run."""
     postprocs = ([ms.postproc.DisallowDynamicLoop(), ms.postproc.VerifyGPUCode()]
                  if is_gpu(target) else [])
-    return ms.space_generator.ScheduleFn(design_spaces(spec, target, dtype=dtype), sch_rules=[],
-                                         postprocs=postprocs,
+    return ms.space_generator.ScheduleFn(spaces, sch_rules=[], postprocs=postprocs,
                                          mutator_probs={MutateKnob(seed): 1.0})

@@ -1,19 +1,23 @@
-"""Tuning tasks: the distinct Escoin kernels of a model, as the compiler generates them."""
+"""Tuning tasks: the distinct Escoin kernels of a model (convolutions and linear layers), as
+the compiler generates them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 import tvm
+import tvm_ffi
 
 from ..operator import Epilogue, ell_arrays
 from ..spec import Conv2dSpec
 from ..target import TargetLike, resolve_target
 from ..weight_format import EscoinWeight
-from ..kernel import tuned_extents
-from .space import tuned_row_length, workload
+from ..kernel import tuned_extents, untuned_config
+from .linear_space import LinearTask
+from .space import (decode_config, design_spaces, representable, space_generator,
+                    tuned_row_length, workload)
 
 
 @dataclass
@@ -48,6 +52,22 @@ class Task:
         multiple = tuned_extents(self.spec, self.target, self.dtype)[1]
         offsets, values = ell_arrays(self.spec, self.weight, multiple)
         return KernelArguments({1: offsets, 2: values}, seed)
+
+    # the template's space for this task (``linear_space.LinearTask`` has the same methods)
+    def untuned_config(self):
+        return untuned_config(self.spec, self.target, self.dtype)
+
+    def representable(self, config) -> bool:
+        return representable(self.spec, self.target, config, self.dtype)
+
+    def design_spaces(self, fixed=None):
+        return design_spaces(self.spec, self.target, fixed=fixed, dtype=self.dtype)
+
+    def decode(self, trace):
+        return decode_config(trace, self.target)
+
+    def space_generator(self, seed: int = 0):
+        return space_generator(self.spec, self.target, seed, self.dtype)
 
 
 class KernelArguments:
@@ -85,7 +105,7 @@ def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
     target = resolve_target(target)
     threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else sparsity_threshold
     exported, _example, mod = prepare(model, example_inputs, target)
-    _mod, escoin, _linear = dispatch(mod, exported, target, float(threshold))
+    _mod, escoin, linear = dispatch(mod, exported, target, float(threshold))
     tasks = {}
     for kernel in escoin.kernels:
         key = (kernel.spec, kernel.epilogue, kernel.weight.dtype,
@@ -93,4 +113,11 @@ def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
         if key not in tasks:
             tasks[key] = Task(kernel.spec, kernel.epilogue, kernel.weight, target)
         tasks[key].layers.append(kernel.layer)
+    for kernel in linear.kernels:
+        task = LinearTask(kernel.batch, kernel.weight, kernel.bias, kernel.relu, target)
+        key = tvm_ffi.structural_hash(task.workload)  # same shapes, epilogue and row length
+        tasks.setdefault(key, task).layers.append(kernel.layer)
     return list(tasks.values())
+
+
+AnyTask = Union[Task, LinearTask]

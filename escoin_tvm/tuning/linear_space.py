@@ -1,0 +1,150 @@
+"""The sparse linear template as a MetaSchedule design space (the convolution's: ``space.py``).
+
+Every integer knob of ``LinearGpuConfig`` / ``LinearCpuConfig`` is a ``sample_categorical``
+decision feeding the template's splits. ``transposed_input`` changes the PrimFunc (a transpose
+stage), not only its schedule, so the workload fixes it to the untuned value and the trace
+records it as a one-candidate decision (``decode`` then gives a full config).
+
+A task's workload is the untuned kernel's: its rows padded to the untuned ``lanes * chunk``;
+the candidates are the lane and chunk counts whose product divides that row length, so a tuned
+kernel does the untuned kernel's work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Dict, List, Optional, Tuple, Union
+
+import tvm
+from tvm import s_tir
+
+from ..linear import SUM_BLOCK, SparseLinearWeight, sparse_linear_primfunc
+from ..linear_kernel import untuned_linear_config
+from ..schedule.linear import (LinearCpuConfig, LinearGpuConfig, schedule_linear_cpu,
+                               schedule_linear_gpu)
+from ..target import is_gpu
+from .space import _pow2_up_to, _sample, decode, generator
+
+LinearConfig = Union[LinearGpuConfig, LinearCpuConfig]
+
+
+def tuned_row_multiple(batch: int, weight: SparseLinearWeight, target) -> int:
+    """The multiple a tuned kernel's rows are padded to: the untuned kernel's."""
+    return untuned_linear_config(batch, weight, target).row_multiple
+
+
+def linear_workload(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
+                    target) -> tvm.IRModule:
+    """The unscheduled kernel a tuning record of this layer is keyed on."""
+    gpu = is_gpu(target)
+    untuned = untuned_linear_config(batch, weight, target)
+    func = sparse_linear_primfunc(batch, weight, weight.ell_width(untuned.row_multiple), bias,
+                                  relu, output_block=gpu,
+                                  transposed_input=gpu and untuned.transposed_input)
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def linear_candidates(batch: int, weight: SparseLinearWeight, target) -> Dict[str, Tuple[int, ...]]:
+    """Candidate values of each integer knob (in the config's field order)."""
+    out_features = weight.shape[0]
+    if not is_gpu(target):
+        return {"features": tuple(v for v in (4, 8, 16, 32, 64) if v <= max(4, out_features))}
+    length = weight.ell_width(tuned_row_multiple(batch, weight, target))
+    return {"lanes": tuple(v for v in (1, 2, 4, 8, 16, 32) if length % v == 0),
+            "rows": _pow2_up_to(out_features, 32),
+            "batch_tile": _pow2_up_to(batch, 16),
+            "chunk": tuple(v for v in (1, 2, 4, 8) if length % v == 0)}
+
+
+def _fits(batch: int, weight: SparseLinearWeight, target, config: LinearConfig) -> bool:
+    """Whether a config's rows split the workload's padded row length."""
+    if not is_gpu(target):
+        return True
+    return weight.ell_width(tuned_row_multiple(batch, weight, target)) % config.row_multiple == 0
+
+
+def linear_design_spaces(batch: int, weight: SparseLinearWeight, target,
+                         fixed: Optional[LinearConfig] = None):
+    """``fn(sch) -> [Schedule]``: one design space, or with ``fixed`` (a ``representable``
+    config) one schedule whose decisions are that config's."""
+    candidates = linear_candidates(batch, weight, target)
+    transposed = untuned_linear_config(batch, weight, target).transposed_input \
+        if is_gpu(target) else None
+
+    def spaces(sch: s_tir.Schedule) -> List[s_tir.Schedule]:
+        space = sch.copy()
+        knobs = {name: _sample(space, values, getattr(fixed, name) if fixed else None)
+                 for name, values in candidates.items()}
+        if transposed is None:
+            schedule_linear_cpu(space, LinearCpuConfig(**knobs))
+        else:
+            space.annotate(space.get_sblock(SUM_BLOCK), "escoin.transposed_input",
+                           _sample(space, [int(transposed)]))
+            schedule_linear_gpu(space, LinearGpuConfig(**knobs, transposed_input=transposed))
+        return [space]
+
+    return spaces
+
+
+def linear_representable(batch: int, weight: SparseLinearWeight, target,
+                         config: LinearConfig) -> bool:
+    """Whether ``config`` is a point of the layer's tuning space."""
+    candidates = linear_candidates(batch, weight, target)
+    if is_gpu(target) and config.transposed_input != \
+            untuned_linear_config(batch, weight, target).transposed_input:
+        return False
+    return all(getattr(config, n) in v for n, v in candidates.items()) and \
+        _fits(batch, weight, target, config)
+
+
+def decode_linear_config(trace: s_tir.Trace, target) -> LinearConfig:
+    """The config a trace of ``linear_design_spaces`` chose."""
+    return decode(trace, LinearGpuConfig if is_gpu(target) else LinearCpuConfig)
+
+
+@dataclass
+class LinearTask:
+    """One sparse linear kernel to tune: a layer's batch, weight and epilogue. Layers with the
+    same workload share the task. The interface of ``tasks.Task``, which the jobs use."""
+
+    batch: int
+    weight: SparseLinearWeight
+    bias: bool
+    relu: bool
+    target: tvm.target.Target
+    layers: List[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        more = f" (+{len(self.layers) - 1})" if len(self.layers) > 1 else ""
+        return self.layers[0] + more
+
+    @property
+    def dtype(self) -> str:
+        return self.weight.dtype
+
+    @cached_property
+    def workload(self) -> tvm.IRModule:
+        return linear_workload(self.batch, self.weight, self.bias, self.relu, self.target)
+
+    def arguments(self, seed: int = 0):
+        from .tasks import KernelArguments
+
+        columns, values = self.weight.to_ell(tuned_row_multiple(self.batch, self.weight,
+                                                                self.target))
+        return KernelArguments({1: columns, 2: values}, seed)
+
+    def untuned_config(self) -> LinearConfig:
+        return untuned_linear_config(self.batch, self.weight, self.target)
+
+    def representable(self, config: LinearConfig) -> bool:
+        return linear_representable(self.batch, self.weight, self.target, config)
+
+    def design_spaces(self, fixed: Optional[LinearConfig] = None):
+        return linear_design_spaces(self.batch, self.weight, self.target, fixed)
+
+    def decode(self, trace: s_tir.Trace) -> LinearConfig:
+        return decode_linear_config(trace, self.target)
+
+    def space_generator(self, seed: int = 0):
+        return generator(self.design_spaces(), self.target, seed)
