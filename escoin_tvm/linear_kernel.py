@@ -27,19 +27,38 @@ def untuned_linear_config(batch: int, weight: SparseLinearWeight, target) -> Lin
     return LinearCpuConfig()
 
 
+def tuned_row_multiple(batch: int, weight: SparseLinearWeight, target) -> int:
+    """The multiple a tuned kernel's rows are padded to: the untuned kernel's, so that a tuned
+    kernel does the work it was tuned on (``kernel.tuned_extents`` for the convolution)."""
+    return untuned_linear_config(batch, weight, target).row_multiple
+
+
+def linear_schedule_choice(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
+                           target, tuning_log=None):
+    """The knobs of a sparse linear kernel: the best record of ``tuning_log`` (a
+    ``tuning.TuningLog``) for it, else the untuned ones (``scheduled_linear_module`` picks
+    those when the config is None). Returns (config or None, tuned, where from)."""
+    found = None if tuning_log is None else \
+        tuning_log.lookup_linear(batch, weight, bias, relu, target)
+    if found is None:
+        return None, False, "default"
+    config, seconds = found
+    return config, True, f"tuned ({seconds * 1e6:.1f} us)"
+
+
 def scheduled_linear_module(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
                             target, config: Optional[LinearConfig] = None, tuned: bool = False):
     """(scheduled IRModule, columns, values, config) of the layer at ``batch`` rows. A
     ``tuned`` config (``TuningLog.lookup_linear``'s) runs on the work it was tuned on: rows
     padded as the untuned kernel's."""
-    untuned = untuned_linear_config(batch, weight, target)
-    config = config or untuned
+    config = config or untuned_linear_config(batch, weight, target)
     wanted = LinearGpuConfig if is_gpu(target) else LinearCpuConfig
     if not isinstance(config, wanted):
         raise ArgumentError(f"a {target.kind.name} target needs a {wanted.__name__}, got "
                             f"{type(config).__name__}")
     config = config.validate()
-    columns, values = weight.to_ell(untuned.row_multiple if tuned else config.row_multiple)
+    columns, values = weight.to_ell(tuned_row_multiple(batch, weight, target) if tuned
+                                    else config.row_multiple)
     gpu = is_gpu(target)
     func = sparse_linear_primfunc(batch, weight, columns.shape[1], bias, relu, output_block=gpu,
                                   transposed_input=gpu and config.transposed_input)

@@ -203,7 +203,7 @@ def _blocked_kernel(case, dtype, images, target, batch=None):
     """The case's kernel (at ``batch`` images) with its images blocked ``images`` at a time."""
     from escoin_tvm.schedule import GpuConfig
 
-    weight, bias, x = half_case(case, dtype, np.random.default_rng(7))
+    weight, bias, _ = half_case(case, dtype, np.random.default_rng(7))
     shape = (batch or case.input_shape[0], *case.input_shape[1:])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
     config = GpuConfig(threads_x=8, threads_y=2, rows_per_thread=2, channels_per_thread=2,

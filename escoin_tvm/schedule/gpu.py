@@ -100,11 +100,16 @@ def default_gpu_config(spec: Conv2dSpec, dtype: str = "float32") -> GpuConfig:
 
 
 def blocks_images(spec: Conv2dSpec, config: GpuConfig) -> bool:
-    """Whether ``config.block_images`` takes effect for ``spec``: it needs more than one image
-    per thread, and a kernel that reads its input in place (no padding) a batch that the images
-    per thread divide (its copy holds the real images only)."""
+    """Whether ``config.block_images`` takes effect for ``spec``."""
+    return _blocking_applies(config, reads_in_place(spec), spec.batch)
+
+
+def _blocking_applies(config: GpuConfig, in_place: bool, batch: int) -> bool:
+    """Blocked images need more than one image per thread, and a kernel that reads its input in
+    place (no padding) a batch that the images per thread divide (its copy holds the real
+    images only, where a padded copy is rounded up with zero images)."""
     v = config.images_per_thread
-    return config.block_images and v > 1 and (not reads_in_place(spec) or spec.batch % v == 0)
+    return config.block_images and v > 1 and (not in_place or batch % v == 0)
 
 
 def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_tir.Schedule:
@@ -116,8 +121,8 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     second small kernel sums the partial sums and applies the epilogue. Not a default or a knob:
     it pays on few layers (docs/findings.md, "Split-K at batch 1")."""
     pad, conv, epilogue = blocks(sch)
-    blocked = config.block_images and config.images_per_thread > 1 and \
-        (pad is not None or _batch_divides(sch, conv, config.images_per_thread))
+    in_place = pad is None
+    blocked = _blocking_applies(config, in_place, _input_batch(sch, conv) if in_place else 0)
     if blocked:
         pad = block_images(sch, pad, conv, config.images_per_thread)
     final = j_split = None
@@ -191,10 +196,9 @@ def block_images(sch: s_tir.Schedule, pad, conv, v: int):
     return pad
 
 
-def _batch_divides(sch: s_tir.Schedule, conv, v: int) -> bool:
-    """Whether the images per thread divide the batch of an in-place kernel's input."""
-    data = sch.get(conv).reads[read_index(sch, conv, "data")].source
-    return int(data.shape[0]) % v == 0
+def _input_batch(sch: s_tir.Schedule, conv) -> int:
+    """The batch of the input an in-place kernel reads."""
+    return int(sch.get(conv).reads[read_index(sch, conv, "data")].source.shape[0])
 
 
 def _sum_partials(sch: s_tir.Schedule, final, epilogue) -> None:

@@ -104,15 +104,15 @@ def build_linear(layer: SparseLinearLayer, shape: tuple, device: torch.device):
     """A sparse linear kernel for ``layer`` at input ``shape``, with the knobs of the layer's
     tuning log where it has them (else the heuristic's)."""
     from ..linear import SparseLinearWeight
-    from ..linear_kernel import build_sparse_linear
+    from ..linear_kernel import build_sparse_linear, linear_schedule_choice
 
-    found = None
+    config, tuned = None, False
     if layer.tuning_log is not None:
-        found = layer.tuning_log.lookup_linear(shape[0], SparseLinearWeight.from_dense(
-            layer.weight), layer.bias is not None, layer.relu, layer.target)
+        config, tuned, _ = linear_schedule_choice(
+            shape[0], SparseLinearWeight.from_dense(layer.weight), layer.bias is not None,
+            layer.relu, layer.target, layer.tuning_log)
     return build_sparse_linear(layer.weight, shape[0], bias=layer.bias, relu=layer.relu,
-                               target=layer.target, config=found[0] if found else None,
-                               tuned=found is not None, device=device)
+                               target=layer.target, config=config, tuned=tuned, device=device)
 
 
 def build(layer: SparseLayer, shape: tuple, device: torch.device) -> SparseConv2dKernel:

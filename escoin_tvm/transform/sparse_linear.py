@@ -20,7 +20,7 @@ from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 
 from ..errors import EscoinError
 from ..linear import SparseLinearWeight
-from ..linear_kernel import scheduled_linear_module
+from ..linear_kernel import linear_schedule_choice, scheduled_linear_module
 from .matching import FunctionIndex, claim, decide_calls, rewrite_chains
 from .policy import LayerDecision, LinearPolicy
 from .tensor_types import dtype, static_shape
@@ -125,15 +125,12 @@ class SparseLinearDispatch:
         weight = SparseLinearWeight.from_dense(chain.matmul.args[1].value.numpy().T)
         batch, bias = decision.input_shape[0], chain.bias is not None
         self.kernels.append(LinearKernel(decision.name, batch, weight, bias, chain.relu))
-        found = None if self.tuning_log is None else \
-            self.tuning_log.lookup_linear(batch, weight, bias, chain.relu, self.target)
-        config = found[0] if found else None
+        config, tuned, decision.schedule = linear_schedule_choice(
+            batch, weight, bias, chain.relu, self.target, self.tuning_log)
         mod, columns, values, config = scheduled_linear_module(
-            batch, weight, bias, chain.relu, self.target, config, tuned=found is not None)
-        decision.schedule = f"tuned ({found[1] * 1e6:.1f} us)" if found else "default"
+            batch, weight, bias, chain.relu, self.target, config, tuned)
         decision.config = dict(vars(config))
-        decision.epilogue = "+".join(p for p, on in (("bias", chain.bias is not None),
-                                                     ("relu", chain.relu)) if on)
+        decision.epilogue = "+".join(p for p, on in (("bias", bias), ("relu", chain.relu)) if on)
         func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
                 .with_attr("op_pattern", OPAQUE))
         gvar = builder.add_func(func, "escoin_linear")

@@ -19,7 +19,7 @@ import tvm
 from tvm import s_tir
 
 from ..linear import SUM_BLOCK, SparseLinearWeight, sparse_linear_primfunc
-from ..linear_kernel import untuned_linear_config
+from ..linear_kernel import tuned_row_multiple, untuned_linear_config
 from ..schedule.linear import (LinearCpuConfig, LinearGpuConfig, schedule_linear_cpu,
                                schedule_linear_gpu)
 from ..target import is_gpu
@@ -28,19 +28,18 @@ from .space import _pow2_up_to, _sample, decode, generator
 LinearConfig = Union[LinearGpuConfig, LinearCpuConfig]
 
 
-def tuned_row_multiple(batch: int, weight: SparseLinearWeight, target) -> int:
-    """The multiple a tuned kernel's rows are padded to: the untuned kernel's."""
-    return untuned_linear_config(batch, weight, target).row_multiple
+def tuned_row_length(batch: int, weight: SparseLinearWeight, target) -> int:
+    """The padded row length of the layer's workload (the untuned kernel's)."""
+    return weight.ell_width(tuned_row_multiple(batch, weight, target))
 
 
 def linear_workload(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
                     target) -> tvm.IRModule:
     """The unscheduled kernel a tuning record of this layer is keyed on."""
     gpu = is_gpu(target)
-    untuned = untuned_linear_config(batch, weight, target)
-    func = sparse_linear_primfunc(batch, weight, weight.ell_width(untuned.row_multiple), bias,
-                                  relu, output_block=gpu,
-                                  transposed_input=gpu and untuned.transposed_input)
+    func = sparse_linear_primfunc(
+        batch, weight, tuned_row_length(batch, weight, target), bias, relu, output_block=gpu,
+        transposed_input=gpu and untuned_linear_config(batch, weight, target).transposed_input)
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
@@ -49,7 +48,7 @@ def linear_candidates(batch: int, weight: SparseLinearWeight, target) -> Dict[st
     out_features = weight.shape[0]
     if not is_gpu(target):
         return {"features": tuple(v for v in (4, 8, 16, 32, 64) if v <= max(4, out_features))}
-    length = weight.ell_width(tuned_row_multiple(batch, weight, target))
+    length = tuned_row_length(batch, weight, target)
     return {"lanes": tuple(v for v in (1, 2, 4, 8, 16, 32) if length % v == 0),
             "rows": _pow2_up_to(out_features, 32),
             "batch_tile": _pow2_up_to(batch, 16),
@@ -60,7 +59,7 @@ def _fits(batch: int, weight: SparseLinearWeight, target, config: LinearConfig) 
     """Whether a config's rows split the workload's padded row length."""
     if not is_gpu(target):
         return True
-    return weight.ell_width(tuned_row_multiple(batch, weight, target)) % config.row_multiple == 0
+    return tuned_row_length(batch, weight, target) % config.row_multiple == 0
 
 
 def linear_design_spaces(batch: int, weight: SparseLinearWeight, target,
