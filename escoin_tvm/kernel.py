@@ -10,6 +10,7 @@ from .errors import ArgumentError
 from .operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
 from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, pretuned,
                        schedule_cpu, schedule_gpu)
+from .schedule.gpu import blocks_images
 from .spec import Conv2dSpec
 from .target import is_gpu
 from .weight_format import EscoinWeight
@@ -92,7 +93,18 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
     if split_k > 1 and not isinstance(config, GpuConfig):
         raise ArgumentError(f"split_k={split_k} needs a GPU target, got {target.kind.name}")
     offsets, values = ell_arrays(spec, weight, multiple * split_k)
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain, weight.dtype)
+    half_chunk = None
+    if isinstance(config, GpuConfig) and config.half_sums:
+        if weight.dtype == "float32" or not blocks_images(spec, config) or \
+                config.images_per_thread % 2 or split_k > 1:
+            raise ArgumentError(
+                f"GpuConfig.half_sums needs a half-precision kernel (got {weight.dtype}) with "
+                f"blocked images in pairs (block_images=True, an even images_per_thread, and "
+                f"for a kernel without padding a batch it divides) and no split_k: {config} "
+                "(schedule.gpu.with_half_sums makes such a config)")
+        half_chunk = config.chunk
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain, weight.dtype,
+                                  half_chunk)
     sch = s_tir.Schedule(func)
     sch = schedule_gpu(sch, config, split_k) if isinstance(config, GpuConfig) else \
         schedule_cpu(sch, config)

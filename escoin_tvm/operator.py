@@ -29,6 +29,8 @@ INT32_MAX = 2**31 - 1
 # Block names the schedules look up.
 PAD_BLOCK = "data_pad"
 CONV_BLOCK = "sparse_conv"
+PARTIAL_BLOCK = "partial_sum"
+TAP_BLOCK = "tap"
 EPILOGUE_BLOCK = "epilogue"
 
 
@@ -69,7 +71,8 @@ def ell_arrays(spec: Conv2dSpec, weight: EscoinWeight, multiple: int = 1):
 
 
 def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
-                     domain: Optional[Tuple[int, int]] = None, dtype: str = "float32"):
+                     domain: Optional[Tuple[int, int]] = None, dtype: str = "float32",
+                     half_chunk: Optional[int] = None):
     """Builds the TE graph. Returns (inputs, output): inputs are ``[data, offsets, values]``,
     then ``bias`` (float32) and ``residual`` (output-shaped) when the epilogue has them.
 
@@ -81,7 +84,13 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
     has (the extra ones from zeros or in-bounds leftovers of the padded input, never stored): a GPU
     register tile that does not divide the output otherwise needs a bounds check around each
     accumulator, and those checks keep nvcc from batching the tile's loads (docs/findings.md,
-    "Odd output sizes")."""
+    "Odd output sizes").
+
+    ``half_chunk`` (half precision only; it must divide ``row_length``) sums each run of that
+    many consecutive non-zeros in the input's own dtype first (the ``partial_sum`` stage, which
+    a GPU schedule computes with packed two-lane FMAs) and adds the runs' sums in float32: the
+    conversions and the fp32 FMAs per non-zero become one packed FMA per two outputs, and the
+    rounding error grows with the run, not the row."""
     n_, c_, h_, w_ = spec.input_shape
     top, left = spec.padding[0], spec.padding[1]
     hp, wp = spec.padded_h, spec.padded_w
@@ -102,7 +111,6 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
 
     def wide(value):
         return value.astype("float32") if half else value
-    j = te.reduce_axis((0, row_length), name="j")
 
     def pad(n, f):
         c = f // (hp * wp)
@@ -116,17 +124,33 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
     in_place = reads_in_place(spec)
     source = data if in_place else te.compute((images, flat), pad, name=PAD_BLOCK)
 
-    def gather(n, k, y, x):
+    def gather(n, k, y, x, j):
         if in_place:  # the extra images and rows of a larger domain read the last real ones
             # (never stored); the clamps are per thread, outside the non-zero loop
             n = tirx.min(n, n_ - 1) if images > n_ else n
             y = tirx.min(y, spec.out_h - 1) if rows > spec.out_h else y
         return source[n, offsets[k, j] + y * (sh * wp) + x * sw]
 
-    conv = te.compute((images, spec.out_channels, rows, spec.out_w),
-                      lambda n, k, y, x: te.sum(wide(values[k, j]) * wide(gather(n, k, y, x)),
-                                                axis=j),
-                      name=CONV_BLOCK)
+    space = (images, spec.out_channels, rows, spec.out_w)
+    if half_chunk is None:
+        j = te.reduce_axis((0, row_length), name="j")
+        conv = te.compute(space, lambda n, k, y, x: te.sum(
+            wide(values[k, j]) * wide(gather(n, k, y, x, j)), axis=j), name=CONV_BLOCK)
+    else:
+        if not half or row_length % half_chunk:
+            raise ValueError(f"half_chunk={half_chunk} needs a half-precision dtype (got "
+                             f"{dtype}) and a row length it divides (got {row_length})")
+        chunks = row_length // half_chunk
+        # the gathered inputs as a stage of their own: a schedule loads them into registers, so
+        # the packed FMA that reads them sees a plain (not a data-dependent) index
+        tap = te.compute((*space, chunks, half_chunk), lambda n, k, y, x, c, i: gather(
+            n, k, y, x, c * half_chunk + i), name=TAP_BLOCK)
+        i = te.reduce_axis((0, half_chunk), name="i")
+        partial = te.compute((*space, chunks), lambda n, k, y, x, c: te.sum(
+            values[k, c * half_chunk + i] * tap[n, k, y, x, c, i], axis=i), name=PARTIAL_BLOCK)
+        c = te.reduce_axis((0, chunks), name="c")
+        conv = te.compute(space, lambda n, k, y, x: te.sum(
+            partial[n, k, y, x, c].astype("float32"), axis=c), name=CONV_BLOCK)
     inputs = [data, offsets, values]
     cropped = (images, rows) != (n_, spec.out_h)
     if not epilogue.any and not cropped and not half:
@@ -152,7 +176,8 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
 
 
 def sparse_conv2d_primfunc(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
-                           domain: Optional[Tuple[int, int]] = None, dtype: str = "float32"):
+                           domain: Optional[Tuple[int, int]] = None, dtype: str = "float32",
+                           half_chunk: Optional[int] = None):
     """The unscheduled PrimFunc; parameters (data, offsets, values[, bias][, residual], out)."""
-    inputs, out = sparse_conv2d_te(spec, row_length, epilogue, domain, dtype)
+    inputs, out = sparse_conv2d_te(spec, row_length, epilogue, domain, dtype, half_chunk)
     return te.create_prim_func([*inputs, out])

@@ -31,10 +31,12 @@ def reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, r
 ROUNDOFF = {"float32": 0.0, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 
 
-def assert_conv_close(out, x, weight, dtype="float32", **conv_args):
+def assert_conv_close(out, x, weight, dtype="float32", half_chunk=0, **conv_args):
     """Result within 1e-5 of the float64 reference, relative to sum |w| |x| per output (the
     float32 sum), plus the rounding of a ``dtype`` output to it; ``x`` and ``weight`` are the
-    values the kernel saw (of ``dtype``)."""
+    values the kernel saw (of ``dtype``). ``half_chunk`` > 0: the kernel sums runs of that many
+    non-zeros in ``dtype`` first, each FMA rounding to it (at most ``half_chunk`` roundings of
+    at most sum |w| |x| each)."""
     x, weight = (np.asarray(a).astype(np.float64) for a in (x, weight))
     if conv_args.get("bias") is not None:
         conv_args["bias"] = np.asarray(conv_args["bias"]).astype(np.float64)
@@ -43,7 +45,8 @@ def assert_conv_close(out, x, weight, dtype="float32", **conv_args):
     out = np.asarray(out).astype(np.float64)
     assert out.shape == ref.shape
     assert np.isfinite(out).all()
-    err = np.abs(out - ref) - (1e-5 * scale + ROUNDOFF[dtype] * np.abs(ref) + 1e-6)
+    sums = half_chunk * ROUNDOFF[dtype] * scale
+    err = np.abs(out - ref) - (1e-5 * scale + sums + ROUNDOFF[dtype] * np.abs(ref) + 1e-6)
     worst = np.unravel_index(err.argmax(), err.shape)
     assert err.max() <= 0, f"max error over tolerance by {err.max()} at {worst}"
 

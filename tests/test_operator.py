@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import escoin_tvm
+from escoin_tvm import dtypes
 from cases import CASES
 from helpers import assert_conv_close, random_weight
 
@@ -326,7 +327,7 @@ def test_half_precision_defaults_block_four_images_from_batch_four():
 
     for dtype in ("float16", "bfloat16"):
         half, plain = config(16, dtype), config(16, "float32")
-        assert half.block_images and half.images_per_thread == 4
+        assert half.block_images and half.images_per_thread == 4 and half.half_sums
         assert half.images_per_thread * half.channels_per_thread * half.rows_per_thread == \
             plain.images_per_thread * plain.channels_per_thread * plain.rows_per_thread
         assert not config(2, dtype).block_images
@@ -335,3 +336,149 @@ def test_half_precision_defaults_block_four_images_from_batch_four():
     assert not plain.block_images
     spec = Conv2dSpec.create((6, 64, 28, 28), (64, 64, 3, 3))
     assert not blocks_images(spec, config(16, "float16"))
+
+
+HALF_SUM_CASES = ["5x5_pad2_bias_relu", "batch5", "1x1", "groups2_alexnet",
+                  "1x1_stride2_odd_bias_relu", "dilation_2x3"]
+
+
+def _half_sums_kernel(case, dtype, target, batch=8, images=4):
+    """The case's kernel with half sums on a tile of ``images`` blocked images (threads fitted
+    by with_half_sums), and its weight, bias and input."""
+    from escoin_tvm.schedule import GpuConfig
+    from escoin_tvm.schedule.gpu import with_half_sums
+    from escoin_tvm.spec import Conv2dSpec
+
+    weight, bias, _ = half_case(case, dtype, np.random.default_rng(8))
+    shape = (batch, *case.input_shape[1:])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+    spec = Conv2dSpec.create(shape, case.weight_shape, **case.conv_args())
+    config = with_half_sums(spec, GpuConfig(threads_x=8, threads_y=2, rows_per_thread=2,
+                                            channels_per_thread=2, images_per_thread=images,
+                                            chunk=8, block_images=True), dtypes.name_of(dtype))
+    assert config is not None and config.half_sums
+    kernel = escoin_tvm.build_sparse_conv2d(weight, shape, bias=bias, relu=case.relu,
+                                            target=target, config=config, **case.conv_args())
+    return kernel, weight, bias, x
+
+
+@pytest.mark.parametrize("dtype, scalar, pair", [(torch.float16, "half", "half2"),
+                                                 (torch.bfloat16, "nv_bfloat16", "nv_bfloat162")])
+@pytest.mark.parametrize("case", ["5x5_pad2_bias_relu", "1x1"])
+def test_half_sums_are_packed_fmas(case, dtype, scalar, pair):
+    """half_sums: the chunk's sums are half-precision registers updated by one __hfma2 per pair
+    of images, the inputs gathered into registers with one vector load per channel and row,
+    and only the chunk sums are converted to float32 (not each value)."""
+    case = next(c for c in CASES if c.name == case)
+    kernel = _half_sums_kernel(case, dtype, CUDA)[0]
+    source = kernel.source
+    name = dtypes.name_of(dtype)
+    assert f"*({pair}*)acc = __hfma2(" in source
+    # chunk 8 x 2 channels x 2 rows x 2 pairs of images, each an unrolled call
+    assert source.count(f"escoin_hfma2_{name}((&(partial_sum_local_ptr[") == 8 * 2 * 2 * 2
+    assert f"{scalar}4*)(tap_local_ptr + " in source or f"{pair}*)(tap_local_ptr + " in source
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_sums_on_the_cpu_operator_match_float64(dtype):
+    """The operator with half_chunk (its TE, unscheduled, on LLVM): runs of non-zeros summed
+    in the half dtype, the runs in float32, within the bound of those roundings."""
+    import tvm
+
+    from escoin_tvm import dtypes as dt
+    from escoin_tvm.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
+    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.weight_format import EscoinWeight
+
+    rng = np.random.default_rng(4)
+    spec = Conv2dSpec.create((3, 6, 7, 9), (5, 6, 3, 3), padding=1, stride=(1, 2))
+    weight = random_weight(rng, spec.weight_shape, 0.6).astype(dt.numpy_dtype(dtype))
+    offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec), 4)
+    func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(relu=True), dtype=dtype,
+                                  half_chunk=4)
+    exe = tvm.compile(func, target="llvm")
+    x = rng.standard_normal(spec.input_shape).astype(dt.numpy_dtype(dtype))
+    dev = tvm.cpu()
+    out = tvm.runtime.empty(spec.output_shape, dtype, dev)
+    exe["main"](*[tvm.runtime.tensor(a, dev) for a in (x, offsets, values)], out)
+    assert_conv_close(out.numpy().astype(np.float64), x.astype(np.float64),
+                      weight.astype(np.float64), dtype=dtype, half_chunk=4, relu=True,
+                      padding=1, stride=(1, 2))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch, images", [(8, 4), (5, 4), (6, 2)])
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in HALF_SUM_CASES],
+                         ids=lambda c: c.name)
+def test_half_sums_on_the_gpu_match_float64(case, batch, images, dtype):
+    """Half sums on the GPU, on batches the blocked images divide or not, within the bound of
+    their half-precision roundings."""
+    from escoin_tvm.operator import reads_in_place
+    from escoin_tvm.spec import Conv2dSpec
+
+    spec = Conv2dSpec.create(case.input_shape, case.weight_shape, **case.conv_args())
+    if batch % images and reads_in_place(spec):
+        pytest.skip("an in-place kernel blocks images only where they divide the batch")
+    kernel, weight, bias, x = _half_sums_kernel(case, dtype, "cuda", batch, images)
+    out = kernel(x.cuda())
+    assert out.dtype == dtype
+    assert_conv_close(out.float().cpu().numpy(), x.float().numpy(), weight.float().numpy(),
+                      dtype=kernel.dtype, half_chunk=kernel.config.chunk, bias=bias,
+                      relu=case.relu, **case.conv_args())
+
+
+@pytest.mark.parametrize("shape, weight_shape, conv_args", [
+    ((16, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}),
+    ((16, 32, 112, 112), (64, 32, 3, 3), {"padding": 1}),
+    ((8, 96, 17, 13), (48, 96, 3, 3), {"padding": 1}),
+    ((4, 40, 7, 7), (80, 40, 1, 1), {}),
+    ((16, 48, 35, 35), (64, 48, 5, 5), {"padding": 2}),
+    ((8, 24, 30, 30), (24, 24, 3, 3), {"padding": 1, "stride": 2}),
+])
+def test_with_half_sums_fits_threads_to_tile_the_output(shape, weight_shape, conv_args):
+    """with_half_sums changes the threads over rows and columns so that the blocks tile the
+    output (no bounds check on a block index, which tensorize cannot match), keeps about as
+    many threads, and the result builds for CUDA; float32 and unblocked tiles get None."""
+    import dataclasses
+
+    from escoin_tvm.schedule.gpu import blocks_images, default_gpu_config, tiles_divide, \
+        with_half_sums
+    from escoin_tvm.spec import Conv2dSpec
+
+    spec = Conv2dSpec.create(shape, weight_shape, **conv_args)
+    base = default_gpu_config(spec, "float16")
+    if not blocks_images(spec, base):
+        base = dataclasses.replace(base, images_per_thread=4, block_images=True)
+    fitted = with_half_sums(spec, base, "float16")
+    assert fitted is not None and fitted.half_sums
+    rows = -(-spec.out_h // fitted.rows_per_thread) * fitted.rows_per_thread
+    images = -(-spec.batch // 4) * 4
+    assert tiles_divide((images, spec.out_channels, rows, spec.out_w), fitted)
+    assert fitted.threads >= base.threads // 4
+    assert with_half_sums(spec, base, "float32") is None
+    assert with_half_sums(spec, dataclasses.replace(base, block_images=False), "float16") is None
+    weight = random_weight(np.random.default_rng(0), weight_shape, 0.9)
+    kernel = escoin_tvm.build_sparse_conv2d(torch.from_numpy(weight).half(), shape, target=CUDA,
+                                            config=fitted, **conv_args)
+    assert "escoin_hfma2_float16(" in kernel.source
+
+
+def test_half_sums_errors_name_the_requirement():
+    """half_sums on a float32 kernel, on unblocked images, or on blocks that do not tile the
+    output: an ArgumentError that says what half sums need."""
+    from escoin_tvm.errors import ArgumentError
+    from escoin_tvm.schedule import GpuConfig
+
+    weight = random_weight(np.random.default_rng(0), (8, 4, 3, 3), 0.5)
+    tiled = dict(threads_x=8, threads_y=2, rows_per_thread=2, channels_per_thread=2,
+                 images_per_thread=4, chunk=8, block_images=True, half_sums=True)
+    for w, config, match in [
+            (weight, GpuConfig(**tiled), "needs a half-precision kernel"),
+            (weight.astype(np.float16), GpuConfig(**{**tiled, "block_images": False}),
+             "blocked images in pairs"),
+            (weight.astype(np.float16), GpuConfig(**{**tiled, "threads_x": 5}),
+             "thread blocks that tile")]:
+        with pytest.raises(ArgumentError, match=match):
+            escoin_tvm.build_sparse_conv2d(w, (8, 4, 16, 16), padding=1, target=CUDA,
+                                           config=config)

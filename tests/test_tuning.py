@@ -561,3 +561,31 @@ def test_a_cuda_job_tunes_and_compiles(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x.cuda()).cpu().numpy(), model(x).numpy(),
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_sums_kernels_tune_on_their_own_workload(dtype):
+    """A half-precision layer whose untuned kernel sums in half precision: its workload has
+    the chunk-sum stages (records of the plain kernel never apply to it), its space is the
+    untuned point, which decodes back from its trace and compiles to packed FMAs."""
+    import tvm
+    import tvm_ffi
+    from tvm import s_tir
+
+    from escoin_tvm.operator import sparse_conv2d_primfunc
+    from escoin_tvm.tuning.space import half_sums_point
+
+    target = resolve_target("cuda")
+    spec = Conv2dSpec.create((16, 64, 28, 28), (64, 64, 3, 3), padding=1)
+    untuned = untuned_config(spec, target, dtype)
+    assert untuned.half_sums and half_sums_point(spec, target, dtype) == untuned
+    mod = workload(spec, 64, Epilogue(bias=True), target, dtype)
+    assert "partial_sum" in mod.script()
+    plain = sparse_conv2d_primfunc(spec, 64, Epilogue(bias=True), (16, 28), dtype)
+    assert tvm_ffi.structural_hash(mod) != tvm_ffi.structural_hash(
+        tvm.IRModule({"main": plain.with_attr("global_symbol", "main")}))
+    assert representable(spec, target, untuned, dtype)
+    [space] = design_spaces(spec, target, dtype=dtype)(s_tir.Schedule(mod))
+    assert decode_config(space.trace, target) == untuned
+    source = tvm.compile(space.mod, target=target).mod.imports[0].inspect_source()
+    assert f"escoin_hfma2_{dtype}(" in source

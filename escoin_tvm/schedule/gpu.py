@@ -11,16 +11,20 @@ Knob values are ints, or MetaSchedule random variables when the tuner drives the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Optional
 
 from tvm import s_tir
 
 from ..errors import ArgumentError
 from ..operator import reads_in_place
 from ..spec import Conv2dSpec
-from .common import blocks, loops_below, read_index, write_back
+from .common import blocks, chunk_sum_blocks, loops_below, read_index, write_back
+from .packed_half import LANES, intrinsic_name
 
 MAX_THREADS = 1024
+THREAD_AXES = ("threadIdx.z", "threadIdx.y", "threadIdx.x")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class GpuConfig:
     block_images: bool = False  # the padded input laid out (N/v, C*Hp*Wp, v) with v =
     #                             images_per_thread, so a thread's v images at a tap are one
     #                             aligned vector load (``block_images`` below)
+    half_sums: bool = False  # half precision with blocked images: each chunk's non-zeros
+    #                          summed in the input dtype with packed two-lane FMAs (HFMA2), the
+    #                          chunks' sums in float32 (``operator.sparse_conv2d_te``, half_chunk)
 
     @property
     def threads(self) -> int:
@@ -66,7 +73,8 @@ def pow2_at_least(value: int, cap: int) -> int:
     return p
 
 
-def default_gpu_config(spec: Conv2dSpec, dtype: str = "float32") -> GpuConfig:
+def default_gpu_config(spec: Conv2dSpec, dtype: str = "float32",
+                       half_sums: bool = True) -> GpuConfig:
     """An untuned choice from the layer's shape. Occupancy first: a register tile only as large
     as leaves about 64K threads (2K warps, 16 per SM of an H100) to hide the latency of the
     non-zero walk; then about 128 threads per block, a warp covering an output row.
@@ -76,7 +84,9 @@ def default_gpu_config(spec: Conv2dSpec, dtype: str = "float32") -> GpuConfig:
     it was faster than this heuristic's plain tile on 24 of the 25 with such a tile (1.20x on
     the benchmark's 15 layers), and slower on both whose tile it would have grown from 2. In
     float32 it was about even with the plain kernels, and two blocked images lost
-    (docs/findings.md, "Blocked images")."""
+    (docs/findings.md, "Blocked images"). Those blocked tiles then sum in half precision
+    (``with_half_sums``; ``half_sums=False`` leaves them plain) where their blocks can tile
+    the output exactly (docs/findings.md, "Half sums")."""
     threads_x = pow2_at_least(spec.out_w, 32)
     outputs = spec.batch * spec.out_channels * spec.out_h * spec.out_w
     tile = 1
@@ -94,9 +104,10 @@ def default_gpu_config(spec: Conv2dSpec, dtype: str = "float32") -> GpuConfig:
             images, rows, blocked = 4, block_rows, True
             channels = max(1, accumulators // (4 * rows))
     threads_y = max(1, min(pow2_at_least(-(-spec.out_h // rows), 16), 128 // threads_x))
-    return GpuConfig(threads_x=threads_x, threads_y=threads_y, rows_per_thread=rows,
-                     channels_per_thread=channels, images_per_thread=images,
-                     block_images=blocked).validate()
+    config = GpuConfig(threads_x=threads_x, threads_y=threads_y, rows_per_thread=rows,
+                       channels_per_thread=channels, images_per_thread=images,
+                       block_images=blocked).validate()
+    return (with_half_sums(spec, config, dtype) if blocked and half_sums else None) or config
 
 
 def blocks_images(spec: Conv2dSpec, config: GpuConfig) -> bool:
@@ -112,6 +123,43 @@ def _blocking_applies(config: GpuConfig, in_place: bool, batch: int) -> bool:
     return config.block_images and v > 1 and (not in_place or batch % v == 0)
 
 
+def tiles_divide(domain, config: GpuConfig) -> bool:
+    """Whether the thread blocks of ``config`` tile the sum's domain (images, channels, rows,
+    columns) exactly, with no bounds check. Half sums need it: TIR's tensorize, which puts in
+    their packed FMAs, does not match an update under a check on a block index, and a check on
+    a thread index lands on every load and FMA of the chunk (measured 0.5-0.7x)."""
+    images, channels, rows, cols = domain
+    k_tile = config.channel_steps * config.channel_threads * config.channels_per_thread
+    y_tile = config.threads_y * config.rows_per_thread
+    return (images % config.images_per_thread == 0 and channels % k_tile == 0 and
+            rows % y_tile == 0 and cols % config.threads_x == 0)
+
+
+def with_half_sums(spec: Conv2dSpec, config: GpuConfig, dtype: str) -> Optional[GpuConfig]:
+    """``config`` with half sums, its threads over rows and columns changed where needed so
+    that its blocks tile the output exactly (``tiles_divide``; about as many threads), or None
+    where half sums do not apply: float32, images not blocked in pairs, or channels the tile
+    does not divide."""
+    if dtype == "float32" or not blocks_images(spec, config) or config.images_per_thread % 2:
+        return None
+    r = config.rows_per_thread
+    units = -(-spec.out_h // r)  # row tiles
+    fitted = replace(config, threads_x=_fit(config.threads_x, spec.out_w),
+                     threads_y=_fit(config.threads_y, units), half_sums=True)
+    images = -(-spec.batch // config.images_per_thread) * config.images_per_thread
+    domain = (images, spec.out_channels, units * r, spec.out_w)
+    return fitted if fitted.threads <= MAX_THREADS and tiles_divide(domain, fitted) else None
+
+
+def _fit(threads: int, extent: int) -> int:
+    """``threads`` if they divide ``extent``, else the divisor of ``extent`` up to 128 nearest
+    to it (``extent`` itself included: one block then covers it, with no thread idle)."""
+    if extent % threads == 0:
+        return threads
+    return min((d for d in range(1, min(extent, 128) + 1) if extent % d == 0),
+               key=lambda d: (abs(math.log(d / threads)), -d))
+
+
 def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_tir.Schedule:
     """Applies the Escoin mapping to a sparse_conv2d PrimFunc whose rows are padded to a
     multiple of ``config.chunk`` (of ``split_k * config.chunk`` with ``split_k``).
@@ -119,18 +167,33 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     ``split_k`` > 1 splits each row's non-zeros over that many thread blocks (``rfactor``): more
     blocks and shorter serial walks when the output alone gives too few threads (batch 1); a
     second small kernel sums the partial sums and applies the epilogue. Not a default or a knob:
-    it pays on few layers (docs/findings.md, "Split-K at batch 1")."""
+    it pays on few layers (docs/findings.md, "Split-K at batch 1").
+
+    A PrimFunc that sums chunks in half precision first (``half_chunk``, built for a config with
+    ``half_sums``) gets those sums computed per thread tile with packed FMAs."""
     pad, conv, epilogue = blocks(sch)
+    chunk_sums = chunk_sum_blocks(sch)
+    partial = None if chunk_sums is None else chunk_sums[1]
     in_place = pad is None
-    blocked = _blocking_applies(config, in_place, _input_batch(sch, conv) if in_place else 0)
+    # the blocks that read the input and offsets (the gather), and the values
+    reader, weigher = (conv, conv) if chunk_sums is None else chunk_sums
+    blocked = _blocking_applies(config, in_place, _input_batch(sch, reader) if in_place else 0)
+    # (knobs that are tuning's random variables come from a point that passed the check)
+    concrete = all(isinstance(getattr(config, f.name), int) for f in fields(config))
+    if partial is not None and (not blocked or config.images_per_thread % LANES or split_k > 1 or
+                                (concrete and not tiles_divide(_domain(sch, conv), config))):
+        raise ArgumentError(f"half sums need blocked images in pairs, thread blocks that tile "
+                            f"the output {_domain(sch, conv)} (with_half_sums fits them) and no "
+                            f"split-K: {config}, split_k={split_k}")
     if blocked:
-        pad = block_images(sch, pad, conv, config.images_per_thread)
+        pad = block_images(sch, pad, reader, config.images_per_thread)
     final = j_split = None
     if split_k > 1:
         n, k, y, x, j = sch.get_loops(conv)
         j_split, _ = sch.split(j, [split_k, None])
         sch.reorder(n, j_split, k, y, x)
         final, conv = conv, sch.rfactor(j_split, 0)
+        reader = weigher = conv
         n, j_split, k, y, x, j = sch.get_loops(conv)
     else:
         n, k, y, x, j = sch.get_loops(conv)
@@ -139,39 +202,52 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     n_block, n_reg = sch.split(n, [None, config.images_per_thread])
     y_block, y_thread, y_reg = sch.split(y, [None, config.threads_y, config.rows_per_thread])
     x_block, x_thread = sch.split(x, [None, config.threads_x])
-    j_chunk, j_inner = sch.split(j, [None, config.chunk])
+    # the non-zero loop in chunks (with half sums, the loop over the chunks' sums already is)
+    j_chunk, *j_inner = sch.split(j, [None, config.chunk]) if partial is None else (j,)
     splits = [] if j_split is None else [j_split]
     tile = (k_reg, y_reg, n_reg) if blocked else (n_reg, k_reg, y_reg)
     sch.reorder(*splits, k_block, n_block, y_block, x_block, k_thread, y_thread, x_thread, k_step,
-                j_chunk, j_inner, *tile)
+                j_chunk, *j_inner, *tile)
     # the splits as more blocks of output channels (a block's loops only: fused with the thread
     # loops, the accumulators' indices would not be constants and would leave the registers)
     sch.bind(k_block if j_split is None else sch.fuse(j_split, k_block), "blockIdx.y")
     sch.bind(sch.fuse(n_block, y_block, x_block), "blockIdx.x")
-    thread = sch.fuse(k_thread, y_thread, x_thread)
-    sch.bind(thread, "threadIdx.x")
+    threads = (k_thread, y_thread, x_thread)
+    if partial is None:
+        sch.bind(sch.fuse(*threads), "threadIdx.x")
+    else:  # one thread axis each: the chunk sums' bounds predicate stays affine (see below)
+        for loop, axis in zip(threads, THREAD_AXES):
+            sch.bind(loop, axis)
 
     local = write_back(sch, conv, k_step, None if final is not None else epilogue)
+    if partial is not None:
+        sums = _place_chunk_sums(sch, *chunk_sums, j_chunk)
     if config.stage_weights:
-        for name in ("offsets", "values"):
-            staged = sch.cache_read(conv, read_index(sch, conv, name), "shared")
+        for name, block in (("offsets", reader), ("values", weigher)):
+            staged = sch.cache_read(block, read_index(sch, block, name), "shared")
             sch.compute_at(staged, j_chunk, preserve_unit_loops=True)
             flat = sch.fuse(*loops_below(sch, staged, j_chunk))
             _, *lanes = sch.split(flat, [None, config.channel_threads, config.threads_y,
                                          config.threads_x])
-            sch.bind(sch.fuse(*lanes), "threadIdx.x")
+            if partial is None:
+                sch.bind(sch.fuse(*lanes), "threadIdx.x")
+            else:
+                for loop, axis in zip(lanes, THREAD_AXES):
+                    sch.bind(loop, axis)
     if blocked:  # the v images of a tap: one vector load, v FMAs
         sch.vectorize(n_reg)
     init = sch.decompose_reduction(conv, j_chunk)
     # The register tile must be fully unrolled, or its accumulators spill to local memory.
     for loop in (k_reg, y_reg) if blocked else (n_reg, k_reg, y_reg):
         sch.unroll(loop)
-    if config.unroll:
-        sch.unroll(j_inner)
+    if config.unroll and j_inner:
+        sch.unroll(j_inner[0])
     for loop in loops_below(sch, init, k_step):
         sch.unroll(loop)
     for loop in loops_below(sch, local, k_step):
         sch.unroll(loop)
+    if partial is not None:
+        _pack_chunk_sums(sch, partial, sums, config)
 
     if final is not None:
         _sum_partials(sch, final, epilogue)
@@ -182,18 +258,57 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     return sch
 
 
-def block_images(sch: s_tir.Schedule, pad, conv, v: int):
+def _place_chunk_sums(sch: s_tir.Schedule, tap, partial, j_chunk):
+    """Computes a thread's sums of one chunk under ``j_chunk``, in registers, with its images
+    adjacent (the lanes of a packed FMA); the inputs of each non-zero gathered into registers
+    first, a vector load per channel and row. Returns the sums' loops (non-zero, channels,
+    rows, images)."""
+    sch.transform_layout(partial, ("write", 0), lambda n, k, y, x, c: (k, y, x, c, n))
+    sch.set_scope(partial, 0, "local")
+    sch.compute_at(partial, j_chunk, preserve_unit_loops=True)
+    n, k, y, x, c, i = loops_below(sch, partial, j_chunk)
+    sch.reorder(x, c, i, k, y, n)
+    sch.transform_layout(tap, ("write", 0), lambda n, k, y, x, c, i: (k, y, x, c, i, n))
+    sch.set_scope(tap, 0, "local")
+    sch.compute_at(tap, i, preserve_unit_loops=True)
+    t_n, t_k, t_y, *units = loops_below(sch, tap, i)
+    sch.reorder(t_k, t_y, *units, t_n)
+    sch.vectorize(t_n)
+    sch.unroll(t_k)
+    sch.unroll(t_y)
+    return i, k, y, n
+
+
+def _pack_chunk_sums(sch: s_tir.Schedule, partial, sums, config: GpuConfig) -> None:
+    """Each pair of images of the chunk sums' update as one packed FMA; the rest unrolled."""
+    i, k, y, n = sums
+    init = sch.decompose_reduction(partial, i)
+    for loop in loops_below(sch, init, sch.get_loops(init)[-4]):
+        sch.unroll(loop)
+    pairs, lanes = sch.split(n, [None, LANES])
+    for loop in (k, y, pairs) + ((i,) if config.unroll else ()):
+        sch.unroll(loop)
+    dtype = str(sch.get(partial).writes[0].source.dtype)
+    sch.tensorize(lanes, intrinsic_name(dtype, "shared" if config.stage_weights else "global"))
+
+
+def block_images(sch: s_tir.Schedule, pad, reader, v: int):
     """Lays the input the kernel gathers from out as (N/v, C*Hp*Wp, v): the padded copy, or for
     a kernel that reads its input in place a copy made for the purpose. Returns the copy's block,
     which iterates in the new order (consecutive threads write consecutive values; a warp reads
     32-byte runs of each of its v images)."""
     if pad is None:
-        pad = sch.cache_read(conv, read_index(sch, conv, "data"), "global")
+        pad = sch.cache_read(reader, read_index(sch, reader, "data"), "global")
     def index_map(n, f):
         return (n // v, f, n % v)
     sch.transform_layout(pad, ("write", 0), index_map)
     sch.transform_block_layout(pad, index_map)
     return pad
+
+
+def _domain(sch: s_tir.Schedule, conv):
+    """(images, channels, rows, columns) the sum runs over."""
+    return tuple(int(d) for d in sch.get(conv).writes[0].source.shape)
 
 
 def _input_batch(sch: s_tir.Schedule, conv) -> int:

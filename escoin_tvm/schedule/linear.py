@@ -69,12 +69,15 @@ class LinearCpuConfig:
 
 def default_linear_gpu_config(batch: int, out_features: int, row_length: int) -> LinearGpuConfig:
     """An untuned choice: lanes to cover a row in a few steps of 4, 128 threads per block, and
-    a register tile of the whole batch up to 8 rows (more rows walk the weight again)."""
+    a register tile of the whole batch up to 8 rows (more rows walk the weight again). Each
+    lane takes one non-zero per step (chunk 1), so a warp's loads of values and indices are
+    consecutive: tuning chose it on each of VGG-16's fc6 and fc7 records (docs/findings.md,
+    "Sparse fully-connected layers")."""
     lanes = 1
     while lanes < 32 and lanes * 4 * 4 < row_length:
         lanes *= 2
     rows = max(1, min(128 // lanes, out_features))
-    return LinearGpuConfig(lanes=lanes, rows=rows, batch_tile=min(batch, 8)).validate()
+    return LinearGpuConfig(lanes=lanes, rows=rows, batch_tile=min(batch, 8), chunk=1).validate()
 
 
 def schedule_linear_gpu(sch: s_tir.Schedule, config: LinearGpuConfig) -> s_tir.Schedule:

@@ -22,7 +22,7 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
-from ..kernel import tuned_extents
+from ..kernel import tuned_extents, untuned_config
 from ..operator import CONV_BLOCK, Epilogue, sparse_conv2d_primfunc
 from ..schedule import CpuConfig, GpuConfig, schedule_cpu, schedule_gpu
 from ..schedule.gpu import blocks_images
@@ -38,11 +38,24 @@ def tuned_row_length(weight, spec: Conv2dSpec, target) -> int:
     return weight.ell_width(tuned_extents(spec, target, weight.dtype)[1])
 
 
+def half_sums_point(spec: Conv2dSpec, target, dtype: str = "float32") -> Optional[GpuConfig]:
+    """The untuned config where it sums in half precision (``GpuConfig.half_sums``), else None.
+    Such a kernel's workload has the chunk-sum stages for the untuned chunk, and its space is
+    that one point for now: the other knobs would have to keep the blocks tiling the output
+    exactly (``schedule.gpu.tiles_divide``), which the space's candidates do not guarantee."""
+    if not is_gpu(target):
+        return None
+    config = untuned_config(spec, target, dtype)
+    return config if config.half_sums else None
+
+
 def workload(spec: Conv2dSpec, row_length: int, epilogue: Epilogue, target,
              dtype: str = "float32") -> tvm.IRModule:
     """The unscheduled kernel a tuning record is keyed on (its structural hash)."""
+    point = half_sums_point(spec, target, dtype)
     func = sparse_conv2d_primfunc(spec, row_length, epilogue,
-                                  tuned_extents(spec, target, dtype)[0], dtype)
+                                  tuned_extents(spec, target, dtype)[0], dtype,
+                                  point.chunk if point else None)
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
@@ -99,6 +112,12 @@ def _sample(sch: s_tir.Schedule, values: Sequence[int], chosen: Optional[int] = 
 def _space(spec: Conv2dSpec, target, dtype: str = "float32"):
     """(candidate values per integer knob, structures) of the template on ``target``. A
     structure fixes knobs: its bools, and for blocked images the images per thread."""
+    point = half_sums_point(spec, target, dtype)
+    if point is not None:
+        return ({name: (getattr(point, name),) for name in gpu_candidates(spec, target, dtype)},
+                ({"stage_weights": point.stage_weights, "unroll": point.unroll,
+                  "block_images": True, "images_per_thread": point.images_per_thread,
+                  "half_sums": True},))
     if is_gpu(target):
         candidates = gpu_candidates(spec, target, dtype)
         blocked = tuple({**BLOCKED_STRUCTURE, "images_per_thread": v}
@@ -175,8 +194,10 @@ def decode(trace: s_tir.Trace, cls):
     values = [int(inst.attrs[0][int(trace.decisions[inst])])
               for inst in trace.insts if inst.kind.name == SAMPLE]
     names = [f.name for f in fields(cls)]
-    if cls is GpuConfig and len(values) == len(names) - 1:
-        names = names[:-1]  # a record from before block_images: the plain kernel
+    if cls is GpuConfig and len(names) - 2 <= len(values) < len(names):
+        # the structures without half sums record no such decision, and records from before
+        # block_images none of either: the knobs they leave out are off
+        names = names[:len(values)]
     if len(values) != len(names):
         raise ValueError(f"the trace has {len(values)} knob decisions, {cls.__name__} has "
                          f"{len(names)}: it was not made by this version's template")

@@ -55,9 +55,10 @@ def build(job):
     """Worker: compile one kernel and export it with its constants."""
     name, batch, chw, wshape, stride, pad, groups, seed, sparsity, dtype, label, knobs, workdir = job
     import escoin_tvm
+    from escoin_tvm.dtypes import numpy_dtype
     from escoin_tvm.schedule import GpuConfig
 
-    weight = pruned_weight(wshape, sparsity, seed).astype(dtype)
+    weight = pruned_weight(wshape, sparsity, seed).astype(numpy_dtype(dtype))
     try:
         kernel = escoin_tvm.build_sparse_conv2d(weight, (batch, *chw), stride=stride, padding=pad,
                                                 groups=groups, target="cuda",
@@ -72,16 +73,29 @@ def build(job):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--dtypes", default="float32,float16")
+    args = parser.parse_args(argv)
+    rows = run(args, lambda spec: [(dtype, label, config) for dtype in args.dtypes.split(",")
+                                   for label, config in variants(spec, dtype)], "image-blocks")
+    print(summary(rows))
+
+
+def add_arguments(parser) -> None:
+    """The options of a run over the layer sets (``run``)."""
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--layers", default="", help="only these layers")
-    parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    args = parser.parse_args(argv)
 
+
+def run(args, kernels, result_name: str):
+    """Builds ``kernels(spec)`` -- (dtype, label, GpuConfig) triples -- for every layer of both
+    layer sets at ``args.batch`` in parallel workers, then times each from CUDA graphs and
+    checks it against cuDNN fp32 (TF32 off). Writes and returns one row per kernel."""
     from escoin_tvm.spec import Conv2dSpec
 
-    workdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), "escoin_image_blocks")
+    workdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"escoin_{result_name}")
     os.makedirs(workdir, exist_ok=True)
     jobs = []
     for layer_set, layers in LAYER_SETS.items():
@@ -90,10 +104,9 @@ def main(argv=None):
                 continue
             spec = Conv2dSpec.create((args.batch, *chw), wshape, stride=stride, padding=pad,
                                      groups=groups)
-            for dtype in args.dtypes.split(","):
-                for label, config in variants(spec, dtype):
-                    jobs.append((name, args.batch, chw, wshape, stride, pad, groups, seed,
-                                 args.sparsity, dtype, label, dict(vars(config)), workdir))
+            for dtype, label, config in kernels(spec):
+                jobs.append((name, args.batch, chw, wshape, stride, pad, groups, seed,
+                             args.sparsity, dtype, label, dict(vars(config)), workdir))
     started = time.time()
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         built = list(pool.map(build, jobs, chunksize=2))
@@ -103,12 +116,13 @@ def main(argv=None):
     import torch.nn.functional as F
     import tvm
 
+    from escoin_tvm.dtypes import numpy_dtype
     from escoin_tvm.operator import kernel_input_shape
     from escoin_tvm.timing import graph_time
 
     torch.backends.cudnn.allow_tf32 = False
     dev = tvm.cuda(0)
-    path_out = result_path("image-blocks")
+    path_out = result_path(result_name)
     refs, rows = {}, []
     with open(path_out, "w") as log:
         log.write(json.dumps({"environment": environment(), "args": vars(args)}) + "\n")
@@ -130,7 +144,9 @@ def main(argv=None):
                 given = (x if dtype == "float32" else x.to(getattr(torch, dtype)))
                 xt = tvm.runtime.from_dlpack(given.reshape(kernel_input_shape(spec)).contiguous())
                 mod = tvm.runtime.load_module(path)
-                consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
+                consts = [tvm.runtime.tensor(a.view(numpy_dtype("bfloat16")) if a.dtype.kind == "V"
+                                             else a, dev)  # np.savez keeps bfloat16 as bytes
+                          for a in np.load(path + ".npz").values()]
                 yt = tvm.runtime.empty(tuple(ref.shape), dtype, dev)
                 try:
                     row["seconds"] = graph_time(lambda: mod["main"](xt, *consts, yt),
@@ -148,7 +164,7 @@ def main(argv=None):
                 if "seconds" in row else row["error"][:100]
             print(f"{name:24s} {dtype:8s} {label:14s} {shown}", flush=True)
     print(f"\nresults: {path_out}\n")
-    print(summary(rows))
+    return rows
 
 
 def summary(rows) -> str:
