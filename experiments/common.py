@@ -72,3 +72,27 @@ def geomean(values: Iterable[float]) -> float:
     """Geometric mean of the positive values (nan when there is none)."""
     values = [v for v in values if v and v > 0]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def export_kernel(kernel, path: str) -> None:
+    """Writes a built ``SparseConv2dKernel`` to ``path`` (its module) and ``path``.npz (its
+    constants: offsets, values, bias), for a worker process to build and the timing process
+    to load (``load_kernel``)."""
+    import numpy as np
+
+    kernel.executable.export_library(path)
+    np.savez(path + ".npz", *kernel.host_constants)
+
+
+def load_kernel(path: str, dev):
+    """(runtime module, its constants on ``dev``) of an ``export_kernel`` file. np.savez keeps
+    a bfloat16 array as raw 2-byte values; they come back as ml_dtypes' bfloat16."""
+    import numpy as np
+    import tvm
+
+    from escoin_tvm.dtypes import numpy_dtype
+
+    constants = [tvm.runtime.tensor(a.view(numpy_dtype("bfloat16")) if a.dtype.kind == "V"
+                                    else a, dev) for a in np.load(path + ".npz").values()]
+    return tvm.runtime.load_module(path), constants
+

@@ -32,7 +32,8 @@ import numpy as np
 
 
 from experiments.benchmarks.layers import LAYER_SETS, pruned_weight
-from experiments.common import RESULTS, environment, geomean, gpu_short_name, result_path
+from experiments.common import (RESULTS, environment, export_kernel, geomean, gpu_short_name,
+                                load_kernel, result_path)
 from escoin_tvm.operator import kernel_input_shape
 from escoin_tvm.spec import Conv2dSpec
 from escoin_tvm.timing import graph_time, median_time
@@ -53,8 +54,7 @@ def build_escoin(job):
         weight, (batch, *input_chw), stride=stride, padding=padding, groups=groups,
         target="cuda", config=GpuConfig(**config) if config else None)
     path = os.path.join(workdir, f"{name}_b{batch}_s{sparsity}_{dtype}.so")
-    kernel.executable.export_library(path)
-    np.savez(path + ".npz", *kernel.host_constants)
+    export_kernel(kernel, path)
     return path, kernel.config.__dict__, time.time() - start, kernel.weight.nnz
 
 
@@ -110,8 +110,7 @@ def half_kernel_time(path, x, ref, spec):
     import tvm
 
     dev = tvm.cuda(0)
-    mod = tvm.runtime.load_module(path)
-    consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
+    mod, consts = load_kernel(path, dev)
     xh = x.half().reshape(kernel_input_shape(spec)).contiguous()
     xt = tvm.runtime.from_dlpack(xh)
     yt = tvm.runtime.empty(tuple(ref.shape), "float16", dev)
@@ -229,8 +228,7 @@ def main(argv=None):
             x = torch.randn(batch, *chw, device="cuda")
             torch.backends.cudnn.allow_tf32 = False
             ref = F.conv2d(x, torch.from_numpy(weight).cuda(), None, stride, pad, 1, groups)
-            mod = tvm.runtime.load_module(path)
-            consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
+            mod, consts = load_kernel(path, dev)
             spec = Conv2dSpec.create(x.shape, wshape, stride=stride, padding=pad, groups=groups)
             xt = tvm.runtime.from_dlpack(x.reshape(kernel_input_shape(spec)))
             yt = tvm.runtime.empty(tuple(ref.shape), "float32", dev)

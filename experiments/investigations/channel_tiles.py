@@ -24,6 +24,7 @@ import numpy as np
 from experiments.benchmarks.layers import pruned_weight
 from experiments.benchmarks.layers import LAYERS
 from experiments.tuning.sweep_configs import build
+from experiments.common import load_kernel
 
 
 def configs(spec):
@@ -90,8 +91,7 @@ def main():
             w = torch.from_numpy(pruned_weight(wshape, args.sparsity, seed)).cuda()
             refs[name] = (x, F.conv2d(x, w, None, stride, pad, 1, groups))
         x, ref = refs[name]
-        mod = tvm.runtime.load_module(path)
-        consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
+        mod, consts = load_kernel(path, dev)
         xt = tvm.runtime.from_dlpack(x)
         yt = tvm.runtime.empty(tuple(ref.shape), "float32", dev)
         try:

@@ -20,10 +20,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
-import numpy as np
 
 from experiments.benchmarks.layers import LAYER_SETS, pruned_weight
-from experiments.common import environment, geomean, result_path
+from experiments.common import environment, export_kernel, geomean, load_kernel, result_path
 
 
 def variants(spec, dtype):
@@ -66,8 +65,7 @@ def build(job):
     except Exception as err:  # report, keep going
         return None, f"{type(err).__name__}: {str(err)[:300]}"
     path = os.path.join(workdir, f"{name}_b{batch}_{dtype}_{label}.so")
-    kernel.executable.export_library(path)
-    np.savez(path + ".npz", *kernel.host_constants)
+    export_kernel(kernel, path)
     return path, None
 
 
@@ -116,7 +114,6 @@ def run(args, kernels, result_name: str):
     import torch.nn.functional as F
     import tvm
 
-    from escoin_tvm.dtypes import numpy_dtype
     from escoin_tvm.operator import kernel_input_shape
     from escoin_tvm.timing import graph_time
 
@@ -143,10 +140,7 @@ def run(args, kernels, result_name: str):
                                          groups=groups)
                 given = (x if dtype == "float32" else x.to(getattr(torch, dtype)))
                 xt = tvm.runtime.from_dlpack(given.reshape(kernel_input_shape(spec)).contiguous())
-                mod = tvm.runtime.load_module(path)
-                consts = [tvm.runtime.tensor(a.view(numpy_dtype("bfloat16")) if a.dtype.kind == "V"
-                                             else a, dev)  # np.savez keeps bfloat16 as bytes
-                          for a in np.load(path + ".npz").values()]
+                mod, consts = load_kernel(path, dev)
                 yt = tvm.runtime.empty(tuple(ref.shape), dtype, dev)
                 try:
                     row["seconds"] = graph_time(lambda: mod["main"](xt, *consts, yt),

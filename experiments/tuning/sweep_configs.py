@@ -23,11 +23,11 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 
 
 from experiments.benchmarks.layers import pruned_weight
-from experiments.common import RESULTS, environment, gpu_short_name, result_path
+from experiments.common import (RESULTS, environment, export_kernel, gpu_short_name, load_kernel,
+                                result_path)
 from escoin_tvm.timing import graph_time
 from escoin_tvm.operator import kernel_input_shape
 from experiments.benchmarks.layers import LAYERS, network_layers
@@ -69,8 +69,7 @@ def build(job):
     except Exception as err:  # a knob combination the template cannot take
         return None, f"{type(err).__name__}: {str(err)[:200]}"
     path = os.path.join(workdir, f"{name}_b{batch}_{index}.so")
-    kernel.executable.export_library(path)
-    np.savez(path + ".npz", *kernel.host_constants)
+    export_kernel(kernel, path)
     return path, None
 
 
@@ -134,8 +133,7 @@ def main(argv=None):
                            None, job[5], job[6], 1, job[7])
             inputs[(name, batch)] = (x, ref)
         x, ref = inputs[(name, batch)]
-        mod = tvm.runtime.load_module(path)
-        consts = [tvm.runtime.tensor(a, dev) for a in np.load(path + ".npz").values()]
+        mod, consts = load_kernel(path, dev)
         xt = tvm.runtime.from_dlpack(x.reshape(kernel_input_shape(spec)))
         yt = tvm.runtime.empty(tuple(ref.shape), "float32", dev)
         try:
