@@ -10,7 +10,7 @@ from .errors import ArgumentError
 from .operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
 from .schedule import (CpuConfig, GpuConfig, default_cpu_config, default_gpu_config, pretuned,
                        schedule_cpu, schedule_gpu)
-from .schedule.gpu import blocks_images
+from .schedule.gpu import half_sums_apply
 from .spec import Conv2dSpec
 from .target import is_gpu
 from .weight_format import EscoinWeight
@@ -95,8 +95,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
     offsets, values = ell_arrays(spec, weight, multiple * split_k)
     half_chunk = None
     if isinstance(config, GpuConfig) and config.half_sums:
-        if weight.dtype == "float32" or not blocks_images(spec, config) or \
-                config.images_per_thread % 2 or split_k > 1:
+        if not half_sums_apply(spec, config, weight.dtype) or split_k > 1:
             raise ArgumentError(
                 f"GpuConfig.half_sums needs a half-precision kernel (got {weight.dtype}) with "
                 f"blocked images in pairs (block_images=True, an even images_per_thread, and "

@@ -135,12 +135,19 @@ def tiles_divide(domain, config: GpuConfig) -> bool:
             rows % y_tile == 0 and cols % config.threads_x == 0)
 
 
+def half_sums_apply(spec: Conv2dSpec, config: GpuConfig, dtype: str) -> bool:
+    """Whether ``config``'s tile can sum in half precision: a half dtype, and images blocked
+    in pairs (the lanes of a packed FMA) that take effect for ``spec``."""
+    return dtype != "float32" and blocks_images(spec, config) and \
+        config.images_per_thread % LANES == 0
+
+
 def with_half_sums(spec: Conv2dSpec, config: GpuConfig, dtype: str) -> Optional[GpuConfig]:
     """``config`` with half sums, its threads over rows and columns changed where needed so
     that its blocks tile the output exactly (``tiles_divide``; about as many threads), or None
-    where half sums do not apply: float32, images not blocked in pairs, or channels the tile
-    does not divide."""
-    if dtype == "float32" or not blocks_images(spec, config) or config.images_per_thread % 2:
+    where half sums do not apply (``half_sums_apply``) or the tile does not divide the
+    channels."""
+    if not half_sums_apply(spec, config, dtype):
         return None
     r = config.rows_per_thread
     units = -(-spec.out_h // r)  # row tiles
@@ -212,12 +219,8 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     # loops, the accumulators' indices would not be constants and would leave the registers)
     sch.bind(k_block if j_split is None else sch.fuse(j_split, k_block), "blockIdx.y")
     sch.bind(sch.fuse(n_block, y_block, x_block), "blockIdx.x")
-    threads = (k_thread, y_thread, x_thread)
-    if partial is None:
-        sch.bind(sch.fuse(*threads), "threadIdx.x")
-    else:  # one thread axis each: the chunk sums' bounds predicate stays affine (see below)
-        for loop, axis in zip(threads, THREAD_AXES):
-            sch.bind(loop, axis)
+    # with half sums one thread axis each: the chunk sums' bounds predicate stays affine
+    _bind_threads(sch, (k_thread, y_thread, x_thread), separate=partial is not None)
 
     local = write_back(sch, conv, k_step, None if final is not None else epilogue)
     if partial is not None:
@@ -229,11 +232,7 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
             flat = sch.fuse(*loops_below(sch, staged, j_chunk))
             _, *lanes = sch.split(flat, [None, config.channel_threads, config.threads_y,
                                          config.threads_x])
-            if partial is None:
-                sch.bind(sch.fuse(*lanes), "threadIdx.x")
-            else:
-                for loop, axis in zip(lanes, THREAD_AXES):
-                    sch.bind(loop, axis)
+            _bind_threads(sch, lanes, separate=partial is not None)
     if blocked:  # the v images of a tap: one vector load, v FMAs
         sch.vectorize(n_reg)
     init = sch.decompose_reduction(conv, j_chunk)
@@ -256,6 +255,16 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
         sch.bind(blocks_, "blockIdx.x")
         sch.bind(threads, "threadIdx.x")
     return sch
+
+
+def _bind_threads(sch: s_tir.Schedule, loops, separate: bool) -> None:
+    """Binds (channel, row, column) thread loops: fused into threadIdx.x, or with ``separate``
+    to threadIdx.z, .y and .x."""
+    if separate:
+        for loop, axis in zip(loops, THREAD_AXES):
+            sch.bind(loop, axis)
+    else:
+        sch.bind(sch.fuse(*loops), "threadIdx.x")
 
 
 def _place_chunk_sums(sch: s_tir.Schedule, tap, partial, j_chunk):
@@ -283,7 +292,7 @@ def _pack_chunk_sums(sch: s_tir.Schedule, partial, sums, config: GpuConfig) -> N
     """Each pair of images of the chunk sums' update as one packed FMA; the rest unrolled."""
     i, k, y, n = sums
     init = sch.decompose_reduction(partial, i)
-    for loop in loops_below(sch, init, sch.get_loops(init)[-4]):
+    for loop in sch.get_loops(init)[-3:]:  # its channels, rows and images
         sch.unroll(loop)
     pairs, lanes = sch.split(n, [None, LANES])
     for loop in (k, y, pairs) + ((i,) if config.unroll else ()):
