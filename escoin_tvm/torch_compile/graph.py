@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from .ops import is_channels_last
+
 CONV2D = (torch.conv2d, F.conv2d, torch.ops.aten.conv2d.default)
 BATCH_NORM = (F.batch_norm, torch.batch_norm)
 RELU = (torch.relu, torch.relu_, F.relu, torch.ops.aten.relu.default)
@@ -43,6 +45,7 @@ class Candidate:
     relu: bool = False
     batch_norm: bool = False
     trainable: bool = False  # the weight (or bias) requires gradients
+    channels_last: bool = False  # the input is laid out NHWC (``ops.is_channels_last``)
 
 
 def _pair(value) -> Tuple[int, int]:
@@ -115,6 +118,7 @@ def candidates(gm: fx.GraphModule, example_inputs: Sequence) -> List[Candidate]:
         if weight is not None:
             candidate.trainable = weight.requires_grad or bool(
                 bias is not None and bias.requires_grad)
+            candidate.channels_last = is_channels_last(example)
             _absorb_followers(candidate, inputs)
         found.append(candidate)
     return found
@@ -198,3 +202,34 @@ def replace(gm: fx.GraphModule, candidate: Candidate, layer: int) -> None:
     last.replace_all_uses_with(call)
     for node in reversed(candidate.nodes):
         gm.graph.erase_node(node)
+
+
+def inductor_uses_channels_last(found: Sequence[Candidate]) -> bool:
+    """Whether inductor will lay this graph's convolutions out channels-last on a GPU (its
+    "layout optimization", on by default for inference graphs of convolutions that it expects
+    to gain from it). Asked of inductor's own heuristic, on a graph of just the convolutions;
+    False when inductor's internals do not answer."""
+    try:
+        from torch._inductor import config
+        from torch._inductor.graph import GraphLowering
+    except ImportError:
+        return False
+    if not config.layout_optimization:
+        return False
+    convs = [c for c in found if c.op == "conv2d" and c.weight is not None and
+             all(isinstance(d, int) for d in c.input_shape)]
+    if not convs:
+        return False
+    g = fx.Graph()
+    for i, c in enumerate(convs):
+        x, w = g.placeholder(f"x{i}"), g.placeholder(f"w{i}")
+        # meta tensors: not a CPU device, so inductor answers as it does for a GPU
+        x.meta["val"] = torch.empty(c.input_shape, dtype=c.input_dtype, device="meta")
+        w.meta["val"] = torch.empty(tuple(c.weight.shape), dtype=c.input_dtype, device="meta")
+        g.call_function(torch.ops.aten.convolution.default,
+                        (x, w, None, list(c.stride), list(c.padding[:2]), list(c.dilation),
+                         False, [0, 0], c.groups))
+    try:
+        return bool(GraphLowering.decide_layout_opt(fx.GraphModule({}, g), is_inference=True))
+    except Exception:  # an internal API: its absence or a change must not break compiling
+        return False

@@ -148,27 +148,55 @@ def register(layer: SparseLayer) -> int:
         return len(LAYERS) - 1
 
 
-def _run(x: torch.Tensor, layer: int) -> torch.Tensor:
-    """The registered layer ``layer`` applied to ``x``, on its kernel for ``x``'s shape."""
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a 4-D tensor laid out channels-last (NHWC in memory) and not also
+    NCHW-contiguous (as a tensor with one pixel or one channel is)."""
+    return x.dim() == 4 and not x.is_contiguous() and \
+        x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _in_layout_of(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A convolution's output in its input's memory format. The kernels read and write NCHW;
+    a channels-last model's layers after an Escoin one then still get channels-last tensors
+    (cuDNN's fast half-precision layout) and the model's output keeps the layout it had."""
+    return out.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else out
+
+
+def apply_conv(layer: SparseLayer, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` applied to ``x`` as the operator does it: the kernel for ``x``'s shape, and a
+    channels-last input's copy to NCHW and the output's back."""
+    return _in_layout_of(layer.kernel(tuple(x.shape), x.device).run_torch(x), x)
+
+
+def _run_conv(x: torch.Tensor, layer: int) -> torch.Tensor:
+    return apply_conv(LAYERS[layer], x)
+
+
+def _fake_conv(x: torch.Tensor, layer: int) -> torch.Tensor:
+    """An output of the right shape and layout, for tracing (symbolic sizes included)."""
+    return _in_layout_of(x.new_empty(LAYERS[layer].output_shape(x.shape)), x)
+
+
+def _run_linear(x: torch.Tensor, layer: int) -> torch.Tensor:
     return LAYERS[layer].kernel(tuple(x.shape), x.device).run_torch(x)
 
 
-def _fake(x: torch.Tensor, layer: int) -> torch.Tensor:
-    """An output of the right shape, for tracing (symbolic sizes included)."""
+def _fake_linear(x: torch.Tensor, layer: int) -> torch.Tensor:
     return x.new_empty(LAYERS[layer].output_shape(x.shape))
 
 
 @torch.library.custom_op("escoin::sparse_conv2d", mutates_args=())
 def sparse_conv2d(x: torch.Tensor, layer: int) -> torch.Tensor:
-    """The registered convolution ``layer`` applied to ``x`` (NCHW)."""
-    return _run(x, layer)
+    """The registered convolution ``layer`` applied to ``x`` (NCHW or channels-last; the output
+    in the same layout)."""
+    return _run_conv(x, layer)
 
 
 @torch.library.custom_op("escoin::sparse_linear", mutates_args=())
 def sparse_linear(x: torch.Tensor, layer: int) -> torch.Tensor:
     """The registered linear layer ``layer`` applied to ``x`` (batch, in_features)."""
-    return _run(x, layer)
+    return _run_linear(x, layer)
 
 
-sparse_conv2d.register_fake(_fake)
-sparse_linear.register_fake(_fake)
+sparse_conv2d.register_fake(_fake_conv)
+sparse_linear.register_fake(_fake_linear)
