@@ -10,12 +10,12 @@ class CompileProgress:
     """``stage(name)`` for each step, ``layer()`` for each convolution the pass decides on,
     ``close()`` at the end; nothing is shown when disabled."""
 
-    def __init__(self, enabled: Optional[bool] = None):
+    def __init__(self, enabled: Optional[bool] = None, stages: int = 3):
         from tqdm import tqdm
 
         if enabled is None:
             enabled = bool(getattr(sys.stderr, "isatty", lambda: False)())
-        self.bar = tqdm(total=3, desc="escoin compile", unit="step", file=sys.stderr,
+        self.bar = tqdm(total=stages, desc="escoin compile", unit="step", file=sys.stderr,
                         disable=not enabled, leave=False, dynamic_ncols=True)
 
     def stage(self, name: str, layers: int = 0) -> None:

@@ -138,6 +138,7 @@ def test_sparse_linear_layers_too():
 @pytest.mark.parametrize("options, words", [({"threshold": 2}, "threshold"),
                                             ({"dense": "tvm"}, "dense"),
                                             ({"dispatch": "fastest"}, "dispatch"),
+                                            ({"progress": "yes"}, "progress"),
                                             ({"dense": "eager", "max_autotune": True},
                                              "inductor's")])
 def test_bad_options_are_named(options, words):
@@ -146,6 +147,15 @@ def test_bad_options_are_named(options, words):
         compiled(torch.randn(1, 3, 8, 8))
     inner = getattr(caught.value, "inner_exception", caught.value)  # Dynamo wraps it
     assert isinstance(inner, ArgumentError)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_is_shown_when_asked(capsys, progress):
+    compiled = torch.compile(net(), backend="escoin", options={"dense": "eager",
+                                                               "progress": progress})
+    with torch.no_grad():
+        compiled(torch.randn(1, 3, 8, 8))
+    assert ("escoin compile" in capsys.readouterr().err) == progress
 
 
 def test_the_one_kernel_call_takes_torch_tensors_and_an_output():

@@ -18,6 +18,9 @@ Options (``torch.compile(..., options={...})``):
   tuning_log  a log written by ``escoin_tvm.tune``: its best knobs for the kernels it knows
   dispatch    "measure" (default on a GPU), "threshold" (default on the CPU), or "none"
   dense       "inductor" (default) or "eager": what runs the rest of the graph
+  progress    True / False: a progress bar over the layers on stderr while a graph compiles
+              (default: when stderr is a terminal; building and timing the kernels of a
+              ResNet-50 takes a minute or two on a GPU)
 Any other option goes to inductor, as it would without this backend.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from .. import dtypes
 from ..errors import ArgumentError
 from ..operator import Epilogue
+from ..progress import CompileProgress
 from ..runtime import format_report
 from ..target import resolve_target
 from ..transform.policy import MAX_LINEAR_BATCH, LayerDecision, distinct
@@ -40,7 +44,7 @@ DEFAULT_THRESHOLD = 0.7
 # in the graph a replaced layer also costs inductor the fusions around it, and each timing
 # carries a percent or two of noise, so a near tie is worth less than it measures.
 MEASURED_MARGIN = 0.05
-OUR_OPTIONS = ("threshold", "tuning_log", "dispatch", "dense")
+OUR_OPTIONS = ("threshold", "tuning_log", "dispatch", "dense", "progress")
 REPORTS: List[List[LayerDecision]] = []  # one per graph compiled, in order
 
 
@@ -80,8 +84,13 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
             logs[target.kind.name] = open_tuning_log(ours["tuning_log"], target)[0]
         return logs[target.kind.name]
 
+    progress = ours.get("progress")
+    if progress is not None and not isinstance(progress, bool):
+        raise ArgumentError(f"options['progress'] must be True or False, got {progress!r}")
     decisions = []
     found = graph.candidates(gm, example_inputs)
+    shown = CompileProgress(progress, stages=2)
+    shown.stage("sparse layers", layers=len(found))
     # inductor may run the graph's convolutions channels-last even for an NCHW model; a
     # layer measured against PyTorch is then measured in that layout
     channels_last = dense == "inductor" and graph.inductor_uses_channels_last(found)
@@ -90,10 +99,15 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         if layer is not None:
             graph.replace(gm, candidate, ops.register(layer))
         decisions.append(decision)
+        shown.layer()
+    shown.stage("the rest" if dense == "eager" else "inductor")
     gm.graph.lint()
     gm.recompile()
     REPORTS.append(decisions)
-    return _dense_backend(gm, example_inputs, dense, mode, options)
+    try:
+        return _dense_backend(gm, example_inputs, dense, mode, options)
+    finally:
+        shown.close()
 
 
 def _dense_backend(gm, example_inputs, dense: str, mode: Optional[str], options: dict):
