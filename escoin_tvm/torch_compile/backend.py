@@ -90,21 +90,21 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
     decisions = []
     found = graph.candidates(gm, example_inputs)
     shown = CompileProgress(progress, stages=2)
-    shown.stage("sparse layers", layers=len(found))
-    # inductor may run the graph's convolutions channels-last even for an NCHW model; a
-    # layer measured against PyTorch is then measured in that layout
-    channels_last = dense == "inductor" and graph.inductor_uses_channels_last(found)
-    for candidate in found:
-        decision, layer = _decide(candidate, threshold, dispatch, tuning_log, channels_last)
-        if layer is not None:
-            graph.replace(gm, candidate, ops.register(layer))
-        decisions.append(decision)
-        shown.layer()
-    shown.stage("the rest" if dense == "eager" else "inductor")
-    gm.graph.lint()
-    gm.recompile()
-    REPORTS.append(decisions)
     try:
+        shown.stage("sparse layers", layers=len(found))
+        # inductor may run the graph's convolutions channels-last even for an NCHW model; a
+        # layer measured against PyTorch is then measured in that layout
+        channels_last = dense == "inductor" and graph.inductor_uses_channels_last(found)
+        for candidate in found:
+            decision, layer = _decide(candidate, threshold, dispatch, tuning_log, channels_last)
+            if layer is not None:
+                graph.replace(gm, candidate, ops.register(layer))
+            decisions.append(decision)
+            shown.layer()
+        shown.stage("the rest" if dense == "eager" else "inductor")
+        gm.graph.lint()
+        gm.recompile()
+        REPORTS.append(decisions)
         return _dense_backend(gm, example_inputs, dense, mode, options)
     finally:
         shown.close()

@@ -186,9 +186,7 @@ def _absorb_followers(candidate: Candidate, inputs) -> None:
 
 def replace(gm: fx.GraphModule, candidate: Candidate, layer: int) -> None:
     """Replaces the candidate's nodes by ``torch.ops.escoin.sparse_conv2d(input, layer)`` (or
-    ``sparse_linear``)."""
-    from . import ops  # noqa: F401  (registers the operators)
-
+    ``sparse_linear``; importing ``ops`` above registered them)."""
     last, first = candidate.nodes[-1], candidate.nodes[0]
     # the input as it is now: an earlier replace may have rewired it
     data = (_linear_arguments if candidate.op == "linear" else _conv_arguments)(first)["input"]

@@ -44,6 +44,25 @@ def density(name: str, sparsity: str) -> float:
     return DEEP_COMPRESSION_FC_DENSITY[network][("fc6", "fc7", "fc8").index(layer)]
 
 
+def cublas_times(x, w, b=None) -> dict:
+    """{"cublas_fp32" (TF32 off), "cublas_tf32", "cublas_fp16": seconds} of
+    ``torch.nn.functional.linear(x, w, b)``, each from a CUDA graph (``timing.graph_time``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from escoin_tvm.timing import graph_time
+
+    times = {}
+    for label, dtype, tf32 in (("cublas_fp32", torch.float32, False),
+                               ("cublas_tf32", torch.float32, True),
+                               ("cublas_fp16", torch.float16, True)):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        wd, xd = w.to(dtype), x.to(dtype)
+        bd = None if b is None else b.to(dtype)
+        times[label] = graph_time(lambda: F.linear(xd, wd, bd))
+    return times
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsities", default="0.9,dc")
@@ -107,12 +126,8 @@ def main(argv=None):
                         index = 2 if kernel.weight.index_dtype == "int16" else 4
                         csr = row["nnz"] * (values + index) + 8 * (n + 1)
                         row[f"{key}_roofline_s"] = (csr + values * batch * (k + n)) / bandwidth
-                    for label, dtype, tf32 in (("cublas_fp32", torch.float32, False),
-                                               ("cublas_tf32", torch.float32, True),
-                                               ("cublas_fp16", torch.float16, True)):
-                        torch.backends.cuda.matmul.allow_tf32 = tf32
-                        wd, bd, xd = w.to(dtype), b.to(dtype), x.to(dtype)
-                        row[f"{label}_s"] = graph_time(lambda: F.linear(xd, wd, bd))
+                    row.update((f"{label}_s", seconds)
+                               for label, seconds in cublas_times(x, w, b).items())
                     rows.append(row)
                     log.write(json.dumps(row) + "\n")
                     log.flush()

@@ -18,7 +18,7 @@ import json
 
 import numpy as np
 
-from experiments.benchmarks.bench_fc import FC_LAYERS
+from experiments.benchmarks.bench_fc import FC_LAYERS, cublas_times
 from experiments.common import RESULTS, environment, gpu_short_name, result_path
 
 UNSEEN_FC = [  # (name, in_features, out_features, relu)
@@ -77,12 +77,8 @@ def main(argv=None):
                 ref = torch.relu(ref) if relu else ref
                 row = {"layer": name, "in": k, "out": n, "batch": batch,
                        "unseen": (name, k, n, relu) in UNSEEN_FC}
-                for label, dtype, tf32 in (("cublas_fp32", torch.float32, False),
-                                           ("cublas_tf32", torch.float32, True),
-                                           ("cublas_fp16", torch.float16, True)):
-                    torch.backends.cuda.matmul.allow_tf32 = tf32
-                    wd, xd = w.to(dtype), x.to(dtype)
-                    row[f"{label}_us"] = graph_time(lambda: F.linear(xd, wd)) * 1e6
+                row.update((f"{label}_us", seconds * 1e6)
+                           for label, seconds in cublas_times(x, w).items())
                 default = untuned_linear_config(batch, SparseLinearWeight.from_dense(weight),
                                                 target)
                 for dtype in args.dtypes.split(","):
