@@ -6,12 +6,14 @@ kernels, the rest with PyTorch.
 
 For each conv2d and linear of the graph Dynamo captures whose weight is a parameter or buffer of
 the model (``graph.py``), the layer goes to an Escoin kernel when the kernels implement it
-(float32, float16 or bfloat16; a batched NCHW input, or a (batch, features) one of at most 64
-rows; inference) and its weight, batch norm folded in, is sparse enough; on a GPU it is then
-also timed both ways (the Escoin kernel against PyTorch's own operator, same dtype, same input)
-and keeps the faster, so a sparse layer never makes the model slower. Everything else, and the
-graph around the Escoin calls, goes to inductor (or runs eagerly), in the user's precision and
-settings. ``last_report()`` says what was decided for each layer.
+(float32, float16 or bfloat16; a batched NCHW or channels-last input, the output in the same
+layout, or a (batch, features) one of at most 64 rows; inference) and its weight, batch norm
+folded in, is sparse enough; on a GPU it is then also timed both ways (the Escoin kernel against
+PyTorch's own operator, same dtype, same input shape, in the layout the graph runs its
+convolutions in) and goes to Escoin only if that is ``MEASURED_MARGIN`` faster. A layer timed
+alone can still cost the graph more than it measured (fusions inductor loses around it).
+Everything else, and the graph around the Escoin calls, goes to inductor (or runs eagerly), in
+the user's precision and settings. ``last_report()`` says what was decided for each layer.
 
 Options (``torch.compile(..., options={...})``):
   threshold   sparsity from which a layer is a candidate (default 0.7)
