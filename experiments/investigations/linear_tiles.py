@@ -56,7 +56,7 @@ def main(argv=None):
     import torch.nn.functional as F
 
     from escoin_tvm.linear import SparseLinearWeight
-    from escoin_tvm.linear_kernel import build_sparse_linear, untuned_linear_config
+    from escoin_tvm.linear_kernel import SparseLinearKernel, untuned_linear_config
     from escoin_tvm.prune import prune_array
     from escoin_tvm.target import resolve_target
     from escoin_tvm.timing import graph_time
@@ -70,6 +70,9 @@ def main(argv=None):
             weight = prune_array(rng.standard_normal((n, k)).astype(np.float32) * 0.01,
                                  args.sparsity)
             w = torch.from_numpy(weight).cuda()
+            # converted once per dtype: finding a large weight's non-zeros costs more than a build
+            sparse_weights = {dtype: SparseLinearWeight.from_dense(weight.astype(dtype))
+                              for dtype in args.dtypes.split(",")}
             for batch in (int(b) for b in args.batches.split(",")):
                 x = torch.randn(batch, k, device="cuda")
                 torch.backends.cuda.matmul.allow_tf32 = False
@@ -79,14 +82,13 @@ def main(argv=None):
                        "unseen": (name, k, n, relu) in UNSEEN_FC}
                 row.update((f"{label}_us", seconds * 1e6)
                            for label, seconds in cublas_times(x, w).items())
-                default = untuned_linear_config(batch, SparseLinearWeight.from_dense(weight),
+                default = untuned_linear_config(batch, sparse_weights[args.dtypes.split(",")[0]],
                                                 target)
-                for dtype in args.dtypes.split(","):
+                for dtype, sparse in sparse_weights.items():
                     xd = x.to(getattr(torch, dtype))
                     out = torch.empty(batch, n, device="cuda", dtype=xd.dtype)
                     for label, config in configs(batch, default):
-                        kernel = build_sparse_linear(weight.astype(dtype), batch, relu=relu,
-                                                     target="cuda", config=config)
+                        kernel = SparseLinearKernel(sparse, batch, None, relu, target, config)
                         seconds = graph_time(lambda: kernel.run_torch(xd, out))
                         err = float((out.float() - ref).abs().max() / ref.abs().max())
                         row[f"{dtype}_{label}"] = {"us": seconds * 1e6, "err": err,
