@@ -173,6 +173,21 @@ def test_the_one_kernel_call_takes_torch_tensors_and_an_output():
     close(kernel(strided), ref.float())
 
 
+@pytest.mark.parametrize("names", [("cpu", torch.device("cpu")),
+                                   pytest.param(("cuda", "cuda:0"), marks=pytest.mark.gpu)])
+def test_a_layer_builds_one_kernel_per_device_however_it_is_named(names):
+    from escoin_tvm.target import resolve_target
+    from escoin_tvm.torch_compile import ops
+
+    weight = prune.prune_array(np.random.default_rng(1).standard_normal((8, 4, 3, 3),
+                                                                        np.float32), 0.9)
+    target = resolve_target("cuda" if "cuda" in str(names[0]) else "llvm")
+    layer = ops.SparseLayer("conv", weight, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, False, target)
+    first, second = (layer.kernel((2, 4, 9, 9), name) for name in names)
+    assert first is second and len(layer.kernels) == 1
+    assert layer.kernel((3, 4, 9, 9), names[0]) is not first  # a new shape: a new kernel
+
+
 @pytest.mark.gpu
 def test_cuda_graphs_and_measured_dispatch_on_the_gpu():
     torch.backends.cudnn.allow_tf32 = False

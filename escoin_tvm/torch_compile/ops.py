@@ -89,7 +89,11 @@ class SparseLinearLayer:
 
 def _cached(layer, shape: tuple, device: torch.device, make):
     """``layer``'s kernel for ``shape`` on ``device``, made by ``make(layer, shape, device)``
-    on first use."""
+    on first use. "cuda" and "cuda:<current>" are one device, and share one kernel (each build
+    costs about a second of CUDA compilation)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (shape, str(device))
     kernel = layer.kernels.get(key)
     if kernel is None:

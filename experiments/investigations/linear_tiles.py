@@ -9,7 +9,7 @@ Each kernel is timed from CUDA graphs (``timing.graph_time``) and checked agains
 (TF32 off); cuBLAS TF32 and fp16 are timed in the same run for scale.
 
 Usage (GPU): python -m experiments.investigations.linear_tiles [--batches 1,16]
-    [--sparsity 0.9] [--dtypes float32,float16]
+    [--sparsity 0.9] [--dtypes float32,float16] [--shapes all|benchmark|unseen]
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--dtypes", default="float32,float16")
+    parser.add_argument("--shapes", choices=("all", "benchmark", "unseen"), default="all")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -66,6 +67,9 @@ def main(argv=None):
     with open(path, "w") as log:
         log.write(json.dumps({"environment": environment(), "args": vars(args)}) + "\n")
         for seed, (name, k, n, relu) in enumerate(FC_LAYERS + UNSEEN_FC):
+            if args.shapes != "all" and \
+                    ((name, k, n, relu) in UNSEEN_FC) != (args.shapes == "unseen"):
+                continue  # skipped, each shape keeping its seed
             rng = np.random.default_rng(seed)
             weight = prune_array(rng.standard_normal((n, k)).astype(np.float32) * 0.01,
                                  args.sparsity)

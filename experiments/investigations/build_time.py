@@ -1,0 +1,141 @@
+"""Where the escoin torch.compile backend's compile time goes, layer by layer, on a GPU.
+
+For each convolution of a network (torchvision architecture, random weights pruned to 90%) at
+one batch and dtype, the backend's own steps are timed: building the kernel (TVM's passes, of
+which the CUDA compiler's share is measured apart by wrapping TVM's compile callback), the first
+call (module load and constants upload), and measured dispatch (``backend._time_both``: the
+kernel and PyTorch's convolution, each in a CUDA graph). Then the same builds again with the
+CUDA compiler TVM_CUDA_COMPILE_MODE names (nvrtc is TVM's default, nvcc the other), and the
+default builds in a thread pool, to see whether any of them parallelise.
+
+Usage: python -m experiments.investigations.build_time [--network resnet50] [--batch 16]
+    [--dtype float32] [--layers 0] [--threads 8] [--out experiments/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from experiments.common import environment, result_path
+
+
+def conv_layers(network: str, batch: int, limit: int):
+    """[(name, weight OIHW numpy pruned to 90%, input shape, conv module)] in graph order."""
+    import torch
+    import torchvision
+
+    from escoin_tvm.prune import prune_array
+
+    model = getattr(torchvision.models, network)(weights=None).eval()
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes.setdefault(name, tuple(inputs[0].shape))
+        return hook
+
+    hooks = [m.register_forward_hook(record(n))
+             for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.randn(batch, 3, 224, 224))
+    for hook in hooks:
+        hook.remove()
+    layers = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.groups == 1:
+            weight = prune_array(module.weight.detach().numpy(), 0.9)
+            layers.append((name, weight, shapes[name], module))
+    return layers[:limit] if limit else layers
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="resnet50")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--layers", type=int, default=0, help="first N convolutions (0: all)")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--out", default="experiments/results")
+    args = parser.parse_args(argv)
+
+    import torch
+    import tvm.support.nvcc as nvcc
+
+    from escoin_tvm import dtypes
+    from escoin_tvm.target import resolve_target
+    from escoin_tvm.torch_compile import backend, ops
+
+    cuda_seconds = []
+    original = nvcc.compile_cuda
+
+    def timed_compile(*a, **k):
+        start = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            cuda_seconds.append(time.perf_counter() - start)
+
+    nvcc.compile_cuda = timed_compile
+    target = resolve_target("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())
+    dtype = dtypes.torch_dtype(args.dtype)
+
+    def sparse_layer(name, weight, module):
+        return ops.SparseLayer(name, weight.astype(dtypes.numpy_dtype(args.dtype)), None,
+                               module.stride, (module.padding[0], module.padding[1]) * 2,
+                               module.dilation, 1, False, target)
+
+    layers = conv_layers(args.network, args.batch, args.layers)
+    rows = []
+    for name, weight, shape, module in layers:
+        layer = sparse_layer(name, weight, module)
+        cuda_seconds.clear()
+        start = time.perf_counter()
+        kernel = layer.kernel(shape, device)
+        build = time.perf_counter() - start
+        x = torch.randn(shape, device=device, dtype=dtype)
+        start = time.perf_counter()
+        kernel.run_torch(x)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        escoin_s, dense_s = backend._time_both(layer, shape, device)
+        timing = time.perf_counter() - start
+        rows.append({"layer": name, "shape": shape, "build_s": build,
+                     "cuda_compile_s": sum(cuda_seconds), "cuda_compiles": len(cuda_seconds),
+                     "first_call_s": first, "time_both_s": timing,
+                     "escoin_us": escoin_s * 1e6, "dense_us": dense_s * 1e6})
+        print(json.dumps(rows[-1]), flush=True)
+
+    summary = {"kind": "summary", "network": args.network, "batch": args.batch,
+               "dtype": args.dtype, "layers": len(rows),
+               **{key: sum(r[key] for r in rows)
+                  for key in ("build_s", "cuda_compile_s", "first_call_s", "time_both_s")}}
+    other = "nvcc" if os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc") == "nvrtc" else "nvrtc"
+    default_mode = os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc")
+    os.environ["TVM_CUDA_COMPILE_MODE"] = other
+    cuda_seconds.clear()
+    start = time.perf_counter()
+    for name, weight, shape, module in layers:
+        sparse_layer(name, weight, module).kernel(shape, device)
+    summary[f"build_{other}_s"] = time.perf_counter() - start
+    summary[f"cuda_compile_{other}_s"] = sum(cuda_seconds)
+    os.environ["TVM_CUDA_COMPILE_MODE"] = default_mode
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.threads) as pool:
+        list(pool.map(lambda l: sparse_layer(l[0], l[1], l[3]).kernel(l[2], device), layers))
+    summary[f"build_{args.threads}_threads_s"] = time.perf_counter() - start
+    print(json.dumps(summary), flush=True)
+    path = result_path("build-time", out=args.out)
+    with open(path, "w") as f:
+        f.write(json.dumps({"kind": "environment", **environment()}) + "\n")
+        for row in rows + [summary]:
+            f.write(json.dumps(row) + "\n")
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
