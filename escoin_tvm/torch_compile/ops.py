@@ -92,7 +92,7 @@ def _cached(layer, shape: tuple, device: torch.device, make):
     on first use. "cuda" and "cuda:<current>" are one device, and share one kernel (each build
     costs about a second of CUDA compilation)."""
     device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     key = (shape, str(device))
     kernel = layer.kernels.get(key)
