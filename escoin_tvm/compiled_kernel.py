@@ -14,6 +14,7 @@ import numpy as np
 import tvm
 
 from . import dtypes
+from .cuda_cache import cached_cuda_compiles
 from .errors import ArgumentError, DTypeError, ShapeError
 from .target import device_for, is_gpu, require_device
 from .tensors import ALIGNMENT, from_tvm, is_torch, to_tvm
@@ -31,7 +32,8 @@ class CompiledKernel:
         self._torch_device_type = "cuda" if is_gpu(target) else "cpu"  # what run_torch takes
         self.input_shape, self.data_shape = tuple(input_shape), tuple(data_shape)
         self.output_shape, self.dtype = tuple(output_shape), dtype
-        self.executable = tvm.compile(mod, target=target)
+        with cached_cuda_compiles():  # CUDA compilation is most of a build
+            self.executable = tvm.compile(mod, target=target)
         self.function = self.executable.mod["main"]
         self.host_constants = list(constants)  # kept on the host
         self._constants = None  # uploaded on first use: a CUDA kernel also builds without a GPU

@@ -17,6 +17,7 @@ import tvm
 from tvm import relax
 
 from . import dtypes
+from .cuda_cache import cached_cuda_compiles
 from .errors import EscoinError
 from .frontend import conv_layer_names, linear_layer_names, prepare, quiet_torch
 from .pipeline import relax_pipeline
@@ -157,5 +158,5 @@ def _build(mod, target, cuda_graph: bool, stock: bool):
     outer = tvm.transform.PassContext.current()
     config = {**dict(outer.config), "relax.backend.use_cuda_graph": cuda_graph}
     with target, tvm.transform.PassContext(opt_level=outer.opt_level, config=config), \
-            without_tvm_noise():
+            without_tvm_noise(), cached_cuda_compiles():
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)

@@ -22,7 +22,8 @@ Options (``torch.compile(..., options={...})``):
   dense       "inductor" (default) or "eager": what runs the rest of the graph
   progress    True / False: a progress bar over the layers on stderr while a graph compiles
               (default: when stderr is a terminal; each candidate layer's kernel costs
-              about a second of CUDA compilation: a ResNet-50 takes over a minute)
+              about a second of CUDA compilation: a ResNet-50 takes over a minute the first
+              time; the binaries are cached on disk, ``cuda_cache.py``)
 Any other option goes to inductor, as it would without this backend.
 """
 from __future__ import annotations
