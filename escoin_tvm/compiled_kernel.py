@@ -32,7 +32,9 @@ class CompiledKernel:
         self._torch_device_type = "cuda" if is_gpu(target) else "cpu"  # what run_torch takes
         self.input_shape, self.data_shape = tuple(input_shape), tuple(data_shape)
         self.output_shape, self.dtype = tuple(output_shape), dtype
-        with cached_cuda_compiles():  # CUDA compilation is most of a build
+        # CUDA compilation is most of a build; the target in scope names the cached binaries'
+        # architecture
+        with target, cached_cuda_compiles():
             self.executable = tvm.compile(mod, target=target)
         self.function = self.executable.mod["main"]
         self.host_constants = list(constants)  # kept on the host

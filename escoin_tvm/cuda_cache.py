@@ -42,11 +42,14 @@ def cache_dir() -> Optional[Path]:
     return Path(base) / "escoin-tvm" / "cuda"
 
 
-def cache_key(code: str, target_format, arch, options, compiler) -> str:
-    """The hash a compile is cached under: everything its output depends on."""
+def cache_key(code: str, target_format, arch, options, compiler) -> Optional[str]:
+    """The hash a compile is cached under: everything its output depends on; None when the
+    architecture is not known here (the compiler would ask the GPU it runs on)."""
     import tvm
 
     current = tvm.target.Target.current(allow_none=True)  # gives the arch when ``arch`` is None
+    if arch is None and (current is None or not current.attrs.get("arch")):
+        return None
     parts = [code, target_format, arch, options, compiler, str(current) if current else None,
              tvm.__version__, {name: os.environ.get(name) for name in COMPILER_SETTINGS}]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -55,11 +58,14 @@ def cache_key(code: str, target_format, arch, options, compiler) -> str:
 def _cached_compile(code, target_format=None, arch=None, options=None, path_target=None,
                     compiler="nvrtc"):
     """``tvm.support.nvcc.compile_cuda`` with the cache in front of it (for the calls made
-    inside ``cached_cuda_compiles``; a compile that writes its own output file is left alone)."""
+    inside ``cached_cuda_compiles``; a compile that writes its own output file, or whose
+    architecture is not known, is left alone)."""
     folder = getattr(_ACTIVE, "folder", None)
-    if folder is None or path_target is not None:
+    key = None if folder is None or path_target is not None else \
+        cache_key(code, target_format, arch, options, compiler)
+    if key is None:
         return _original(code, target_format, arch, options, path_target, compiler)
-    path = folder / f"{cache_key(code, target_format, arch, options, compiler)}.bin"
+    path = folder / f"{key}.bin"
     try:
         return bytearray(path.read_bytes())
     except OSError:

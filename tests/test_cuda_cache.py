@@ -27,9 +27,9 @@ def compiles(monkeypatch, tmp_path):
 def test_a_second_compile_of_the_same_source_comes_from_the_cache(compiles, tmp_path):
     calls, compile_cuda = compiles
     with cuda_cache.cached_cuda_compiles():
-        first = compile_cuda("kernel a", target_format="cubin", compiler="nvrtc")
-        again = compile_cuda("kernel a", target_format="cubin", compiler="nvrtc")
-    assert first == again == bytearray(b"binary of kernel a for None")
+        first = compile_cuda("kernel a", target_format="cubin", arch="sm_90")
+        again = compile_cuda("kernel a", target_format="cubin", arch="sm_90")
+    assert first == again == bytearray(b"binary of kernel a for sm_90")
     assert calls == ["kernel a"]
     assert len(list((tmp_path / "cuda").glob("*.bin"))) == 1
 
@@ -39,7 +39,7 @@ def test_a_second_compile_of_the_same_source_comes_from_the_cache(compiles, tmp_
     {"options": ["-O1"]}, {"env": ("TVM_CUDA_PTXAS_EXTRA_OPTS", "-O1")}])
 def test_anything_the_binary_depends_on_misses_the_cache(compiles, monkeypatch, change):
     calls, compile_cuda = compiles
-    base = {"code": "kernel a", "target_format": "cubin", "compiler": "nvrtc"}
+    base = {"code": "kernel a", "target_format": "cubin", "arch": "sm_90", "compiler": "nvrtc"}
     with cuda_cache.cached_cuda_compiles():
         compile_cuda(**base)
         if "env" in change:
@@ -52,11 +52,24 @@ def test_anything_the_binary_depends_on_misses_the_cache(compiles, monkeypatch, 
 
 def test_compiles_outside_escoin_builds_are_not_cached(compiles, tmp_path):
     calls, compile_cuda = compiles
-    compile_cuda("kernel a", target_format="cubin")
-    compile_cuda("kernel a", target_format="cubin")
+    compile_cuda("kernel a", arch="sm_90")
+    compile_cuda("kernel a", arch="sm_90")
     with cuda_cache.cached_cuda_compiles():  # one that writes its own file is left alone too
-        compile_cuda("kernel a", target_format="cubin", path_target=str(tmp_path / "k.cubin"))
+        compile_cuda("kernel a", arch="sm_90", path_target=str(tmp_path / "k.cubin"))
     assert len(calls) == 3 and not (tmp_path / "cuda").exists()
+
+
+def test_an_architecture_known_only_to_the_gpu_is_not_cached(compiles, tmp_path):
+    import tvm
+
+    calls, compile_cuda = compiles
+    with cuda_cache.cached_cuda_compiles():
+        compile_cuda("kernel a")  # no arch, no target: the compiler asks the GPU
+        compile_cuda("kernel a")
+        with tvm.target.Target({"kind": "cuda", "arch": "sm_90"}):
+            compile_cuda("kernel a")
+            compile_cuda("kernel a")
+    assert len(calls) == 3
 
 
 def test_the_cache_can_be_turned_off(compiles, monkeypatch, tmp_path):
@@ -64,8 +77,8 @@ def test_the_cache_can_be_turned_off(compiles, monkeypatch, tmp_path):
     monkeypatch.setenv("ESCOIN_TVM_CACHE_DIR", "off")
     assert cuda_cache.cache_dir() is None
     with cuda_cache.cached_cuda_compiles():
-        compile_cuda("kernel a")
-        compile_cuda("kernel a")
+        compile_cuda("kernel a", arch="sm_90")
+        compile_cuda("kernel a", arch="sm_90")
     assert len(calls) == 2
 
 
@@ -75,8 +88,8 @@ def test_a_cache_that_cannot_be_written_still_compiles(compiles, monkeypatch, tm
     blocked.write_text("not a folder")
     monkeypatch.setenv("ESCOIN_TVM_CACHE_DIR", str(blocked))
     with cuda_cache.cached_cuda_compiles():
-        assert compile_cuda("kernel a") == bytearray(b"binary of kernel a for None")
-        compile_cuda("kernel a")
+        assert compile_cuda("kernel a", arch="sm_90") == bytearray(b"binary of kernel a for sm_90")
+        compile_cuda("kernel a", arch="sm_90")
     assert len(calls) == 2
 
 
@@ -105,7 +118,8 @@ def test_rebuilding_a_kernel_skips_the_cuda_compiler(monkeypatch, tmp_path):
     x = np.random.default_rng(1).standard_normal((2, 4, 9, 9)).astype(np.float32)
     outputs = []
     for _ in range(2):
-        kernel = escoin_tvm.build_sparse_conv2d(weight, x.shape, padding=1, target="cuda")
+        kernel = escoin_tvm.build_sparse_conv2d(weight, x.shape, padding=1,
+                                                target={"kind": "cuda", "arch": "sm_90"})
         outputs.append(kernel(x))
     assert len(calls) == 1
     np.testing.assert_array_equal(outputs[0], outputs[1])
