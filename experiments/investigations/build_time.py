@@ -6,7 +6,8 @@ which the CUDA compiler's share is measured apart by wrapping TVM's compile call
 call (module load and constants upload), and measured dispatch (``backend._time_both``: the
 kernel and PyTorch's convolution, each in a CUDA graph). Then the same builds again with the
 CUDA compiler TVM_CUDA_COMPILE_MODE names (nvrtc is TVM's default, nvcc the other), and the
-default builds in a thread pool, to see whether any of them parallelise.
+default builds in a thread pool, to see whether any of them parallelise. The CUDA binary cache
+is off throughout (``cuda_cache.py``): every build runs the compiler.
 
 Usage: python -m experiments.investigations.build_time [--network resnet50] [--batch 16]
     [--dtype float32] [--layers 0] [--threads 8] [--out experiments/results]
@@ -60,6 +61,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
+    os.environ["ESCOIN_TVM_CACHE_DIR"] = "off"  # every build runs the CUDA compiler
 
     import torch
     import tvm.support.nvcc as nvcc
