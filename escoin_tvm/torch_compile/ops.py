@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..conv2d import SparseConv2dKernel, build_sparse_conv2d
+from ..target import device_for
 
 
 @dataclass
@@ -89,12 +90,10 @@ class SparseLinearLayer:
 
 def _cached(layer, shape: tuple, device: torch.device, make):
     """``layer``'s kernel for ``shape`` on ``device``, made by ``make(layer, shape, device)``
-    on first use. "cuda" and "cuda:<current>" are one device, and share one kernel (each build
-    costs about a second of CUDA compilation)."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
-    key = (shape, str(device))
+    on first use. Keyed by the device the kernel runs on (``target.device_for``), so that the
+    names of one device ("cuda", "cuda:0") share one kernel: each build costs about a second of
+    CUDA compilation."""
+    key = (shape, str(device_for(layer.target, device)))
     kernel = layer.kernels.get(key)
     if kernel is None:
         with layer.lock:

@@ -11,8 +11,8 @@ Precisions: "tf32" is fp32 in PyTorch's default settings (cuDNN may use TF32), "
 in fp16 channels-last. Both compiled models are timed in the same process, alternately (CUDA
 events around each call, median of each of ``--rounds`` rounds of 50, the median of those),
 with the GPU otherwise idle. Compile times are first compiles (a fresh CUDA binary cache,
-unless ESCOIN_TVM_CACHE_DIR names one). Each output is checked against eager PyTorch on the same model,
-dtype and settings (``rel_err``: max abs difference over max abs reference).
+unless ESCOIN_TVM_CACHE_DIR names one). Each output is checked against eager PyTorch on the
+same model, dtype and settings (``rel_err``: max abs difference over max abs reference).
 
 Usage: python -m experiments.benchmarks.bench_backend [--networks alexnet,googlenet,resnet50,vgg16]
     [--batches 1,16] [--sparsities 0.9] [--precisions tf32,fp16] [--deadline 540]
@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -135,9 +137,6 @@ def main(argv=None):
         print(report(args.report))
         return
     started = time.time()
-    import os
-    import tempfile
-
     import torch
 
     # compile times are first compiles: CUDA binaries cached by an earlier run are not reused

@@ -116,8 +116,8 @@ def main(argv=None):
                "dtype": args.dtype, "layers": len(rows),
                **{key: sum(r[key] for r in rows)
                   for key in ("build_s", "cuda_compile_s", "first_call_s", "time_both_s")}}
-    other = "nvcc" if os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc") == "nvrtc" else "nvrtc"
     default_mode = os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc")
+    other = "nvcc" if default_mode == "nvrtc" else "nvrtc"
     os.environ["TVM_CUDA_COMPILE_MODE"] = other
     cuda_seconds.clear()
     start = time.perf_counter()

@@ -63,6 +63,7 @@ def main(argv=None):
     from escoin_tvm.timing import graph_time
 
     target = resolve_target("cuda")
+    dtype_names = args.dtypes.split(",")
     path = result_path("linear-tiles", gpu=gpu_short_name(), out=args.out)
     with open(path, "w") as log:
         log.write(json.dumps({"environment": environment(), "args": vars(args)}) + "\n")
@@ -76,7 +77,7 @@ def main(argv=None):
             w = torch.from_numpy(weight).cuda()
             # converted once per dtype: finding a large weight's non-zeros costs more than a build
             sparse_weights = {dtype: SparseLinearWeight.from_dense(weight.astype(dtype))
-                              for dtype in args.dtypes.split(",")}
+                              for dtype in dtype_names}
             for batch in (int(b) for b in args.batches.split(",")):
                 x = torch.randn(batch, k, device="cuda")
                 torch.backends.cuda.matmul.allow_tf32 = False
@@ -86,8 +87,7 @@ def main(argv=None):
                        "unseen": (name, k, n, relu) in UNSEEN_FC}
                 row.update((f"{label}_us", seconds * 1e6)
                            for label, seconds in cublas_times(x, w).items())
-                default = untuned_linear_config(batch, sparse_weights[args.dtypes.split(",")[0]],
-                                                target)
+                default = untuned_linear_config(batch, sparse_weights[dtype_names[0]], target)
                 for dtype, sparse in sparse_weights.items():
                     xd = x.to(getattr(torch, dtype))
                     out = torch.empty(batch, n, device="cuda", dtype=xd.dtype)
@@ -101,7 +101,7 @@ def main(argv=None):
                 log.flush()
                 best = {d: min((v["us"], key) for key, v in row.items()
                                if key.startswith(d + "_") and isinstance(v, dict))
-                        for d in args.dtypes.split(",")}
+                        for d in dtype_names}
                 print(f"{name:20s} b{batch:<3d} tf32 {row['cublas_tf32_us']:7.1f} "
                       f"fp16 {row['cublas_fp16_us']:7.1f} " + "  ".join(
                           f"{d}: untuned {row[d + '_untuned']['us']:7.1f} best {b[0]:7.1f} "
