@@ -5,6 +5,9 @@ Called with torch tensors, a kernel runs on the caller's current CUDA stream and
 output with PyTorch's allocator: the input and output are passed to the compiled function
 directly (no copy, the function looked up once), which keeps the call within a few microseconds
 of the kernel's own time and lets it run inside CUDA graphs.
+
+A kernel created inside ``build_together.compile_together()`` is compiled with the others of
+that block, in one module; any other compiles when it is created.
 """
 from __future__ import annotations
 
@@ -13,8 +16,7 @@ from typing import Sequence
 import numpy as np
 import tvm
 
-from . import dtypes
-from .cuda_cache import cached_cuda_compiles
+from . import build_together, dtypes
 from .errors import ArgumentError, DTypeError, ShapeError
 from .target import device_for, is_gpu, require_device
 from .tensors import ALIGNMENT, from_tvm, is_torch, to_tvm
@@ -32,14 +34,29 @@ class CompiledKernel:
         self._torch_device_type = "cuda" if is_gpu(target) else "cpu"  # what run_torch takes
         self.input_shape, self.data_shape = tuple(input_shape), tuple(data_shape)
         self.output_shape, self.dtype = tuple(output_shape), dtype
-        # CUDA compilation is most of a build; the target in scope names the cached binaries'
-        # architecture
-        with target, cached_cuda_compiles():
-            self.executable = tvm.compile(mod, target=target)
-        self.function = self.executable.mod["main"]
+        self.module = mod  # the scheduled TIR, until compiled
+        self.executable, self.function, self.symbol = None, None, None
         self.host_constants = list(constants)  # kept on the host
         self._constants = None  # uploaded on first use: a CUDA kernel also builds without a GPU
         self._torch_constants = None
+        if not build_together.defer(self):
+            self.compile()
+
+    @property
+    def compiled(self) -> bool:
+        return self.function is not None
+
+    def compile(self) -> None:
+        """Compiles the kernel alone (a no-op once compiled)."""
+        if not self.compiled:
+            self.bind(build_together.compile_module(self.module, self.target), "main")
+
+    def bind(self, executable, symbol: str) -> None:
+        """The kernel calls ``symbol`` of the compiled ``executable`` (its own module, or one
+        it shares with the kernels compiled together with it)."""
+        self.executable, self.symbol = executable, symbol
+        self.function = executable.mod[symbol]
+        self.module = None
 
     def _device_constants(self):
         if self._constants is None:
@@ -50,6 +67,7 @@ class CompiledKernel:
     def __call__(self, x):
         if is_torch(x):
             return self.run_torch(x)
+        self.compile()
         constants = self._device_constants()
         data = to_tvm(x, self.device, self.input_shape, name="input", dtype=self.dtype)
         data = data._create_view(self.data_shape)  # a view, no copy
@@ -67,6 +85,8 @@ class CompiledKernel:
         if tuple(x.shape) != self.input_shape:
             raise ShapeError(f"input must have shape {self.input_shape}, got {tuple(x.shape)}")
         constants = self._torch_constants_on(x.device)
+        if self.function is None:
+            self.compile()
         if not x.is_contiguous() or x.data_ptr() % ALIGNMENT:
             x = x.clone(memory_format=torch.contiguous_format)  # TVM's kernels assume both
         if x.requires_grad:
@@ -96,16 +116,19 @@ class CompiledKernel:
 
     @property
     def source(self) -> str:
-        """Generated device code (CUDA C for a GPU target, LLVM IR otherwise)."""
+        """Generated device code (CUDA C for a GPU target, LLVM IR otherwise); a kernel compiled
+        together with others shares its module's code."""
+        self.compile()
         mod = self.executable.mod
         return (mod.imports[0] if is_gpu(self.target) else mod).inspect_source()
 
     def time(self, number: int = 100, repeat: int = 5) -> float:
         """Median kernel time in seconds on random input (TVM's time_evaluator, device timers)."""
+        self.compile()
         constants = self._device_constants()
         rng = np.random.default_rng(0)
         data = tvm.runtime.tensor(rng.standard_normal(self.data_shape).astype(
             dtypes.numpy_dtype(self.dtype)), self.device)
         out = tvm.runtime.empty(self.output_shape, self.dtype, self.device)
-        timer = self.executable.mod.time_evaluator("main", self.device, number=number, repeat=repeat)
+        timer = self.executable.mod.time_evaluator(self.symbol, self.device, number=number, repeat=repeat)
         return float(np.median(timer(data, *constants, out).results))

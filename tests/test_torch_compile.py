@@ -135,6 +135,23 @@ def test_sparse_linear_layers_too():
     assert "1 of 1 linear layers on Escoin kernels" in last_report()
 
 
+def test_a_graphs_kernels_compile_as_one_module(monkeypatch):
+    from escoin_tvm import build_together
+
+    modules = []
+    real = build_together.compile_module
+    monkeypatch.setattr(build_together, "compile_module",
+                        lambda mod, target: modules.append(len(mod.get_global_vars())) or
+                        real(mod, target))
+    model = net()
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager"})
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    on_escoin = [layer for layer in backend.REPORTS[-1] if layer.kernel == "escoin"]
+    assert len(on_escoin) >= 3 and modules == [len(on_escoin)]
+
+
 @pytest.mark.parametrize("options, words", [({"threshold": 2}, "threshold"),
                                             ({"dense": "tvm"}, "dense"),
                                             ({"dispatch": "fastest"}, "dispatch"),

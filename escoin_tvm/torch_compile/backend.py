@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .. import dtypes
+from ..build_together import compile_together
 from ..errors import ArgumentError
 from ..operator import Epilogue
 from ..progress import CompileProgress
@@ -92,14 +93,18 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         raise ArgumentError(f"options['progress'] must be True or False, got {progress!r}")
     decisions = []
     found = graph.candidates(gm, example_inputs)
-    shown = CompileProgress(progress, stages=2)
+    shown = CompileProgress(progress, stages=3)
     try:
+        shown.stage("Escoin kernels")
+        chosen = [_choose(candidate, threshold, dispatch, tuning_log) for candidate in found]
+        _build_kernels(found, chosen)
         shown.stage("sparse layers", layers=len(found))
         # inductor may run the graph's convolutions channels-last even for an NCHW model; a
         # layer measured against PyTorch is then measured in that layout
         channels_last = dense == "inductor" and graph.inductor_uses_channels_last(found)
-        for candidate in found:
-            decision, layer = _decide(candidate, threshold, dispatch, tuning_log, channels_last)
+        for candidate, (decision, layer) in zip(found, chosen):
+            if layer is not None and _measures(dispatch, candidate):
+                layer = _measure(decision, layer, candidate, channels_last)
             if layer is not None:
                 graph.replace(gm, candidate, ops.register(layer))
             decisions.append(decision)
@@ -129,10 +134,9 @@ def _dense_backend(gm, example_inputs, dense: str, mode: Optional[str], options:
     return compile_fx(gm, example_inputs, config_patches=patches or None)
 
 
-def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str], tuning_log,
-            graph_channels_last: bool = False):
-    """The candidate's LayerDecision and, when it goes to Escoin, its SparseLayer.
-    ``graph_channels_last``: inductor lays the graph's convolutions out channels-last."""
+def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str], tuning_log):
+    """The candidate's LayerDecision and, when the kernels implement it and its weight is
+    sparse enough, its SparseLayer (which measured dispatch may still turn down)."""
     weight = candidate.weight
     decision = LayerDecision(candidate.name, tuple(_hint(d) for d in candidate.input_shape),
                              tuple(weight.shape) if weight is not None else (),
@@ -184,20 +188,50 @@ def _decide(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
         ("; batch norm folded" if candidate.batch_norm else "")
     decision.kernel = "escoin"
     decision.reason = "sparsity {} >= threshold {}".format(*distinct(decision.sparsity, threshold))
-    measure = dispatch == "measure" or (dispatch is None and device.type == "cuda")
-    shape = tuple(_hint(d) for d in candidate.input_shape)
-    if measure and device.type == "cuda" and all(isinstance(d, int) for d in shape):
-        escoin_s, dense_s = _time_both(layer, shape, device, not linear and (
-            candidate.channels_last or graph_channels_last))
-        decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
-        if escoin_s > dense_s * (1.0 - MEASURED_MARGIN):
-            decision.kernel = "dense"
-            decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, not "
-                               f"{MEASURED_MARGIN:.0%} under PyTorch's {dense_s * 1e6:.1f} us")
-            return decision, None
-        decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, PyTorch "
-                           f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
     return decision, layer
+
+
+def _static_shape(candidate: graph.Candidate) -> Optional[tuple]:
+    """The candidate's input shape as ints, or None when a size is symbolic (dynamic)."""
+    shape = tuple(_hint(d) for d in candidate.input_shape)
+    return shape if all(isinstance(d, int) for d in shape) else None
+
+
+def _build_kernels(found, chosen) -> None:
+    """Builds the kernels of the chosen layers whose input shape is known, all in one module
+    per target (``build_together``: a CUDA compile costs about a second whatever it holds).
+    A layer with a dynamic size builds its kernel when a shape first reaches it."""
+    with compile_together():
+        for candidate, (_, layer) in zip(found, chosen):
+            shape = _static_shape(candidate)
+            if layer is not None and shape is not None:
+                layer.kernel(shape, candidate.device)
+
+
+def _measures(dispatch: Optional[str], candidate: graph.Candidate) -> bool:
+    """Whether the layer is timed both ways: on a GPU, for a known input shape, unless the
+    dispatch policy says otherwise."""
+    wanted = dispatch == "measure" or (dispatch is None and candidate.device.type == "cuda")
+    return wanted and candidate.device.type == "cuda" and _static_shape(candidate) is not None
+
+
+def _measure(decision: LayerDecision, layer, candidate: graph.Candidate,
+             graph_channels_last: bool):
+    """The layer if its Escoin kernel beats PyTorch's operator by ``MEASURED_MARGIN``, else
+    None; the times and the verdict go into ``decision``. ``graph_channels_last``: inductor
+    lays the graph's convolutions out channels-last."""
+    escoin_s, dense_s = _time_both(layer, _static_shape(candidate), candidate.device,
+                                   candidate.op != "linear" and (
+                                       candidate.channels_last or graph_channels_last))
+    decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
+    if escoin_s > dense_s * (1.0 - MEASURED_MARGIN):
+        decision.kernel = "dense"
+        decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, not "
+                           f"{MEASURED_MARGIN:.0%} under PyTorch's {dense_s * 1e6:.1f} us")
+        return None
+    decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, PyTorch "
+                       f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
+    return layer
 
 
 def _hint(size):

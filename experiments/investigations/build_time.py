@@ -5,8 +5,9 @@ one batch and dtype, the backend's own steps are timed: building the kernel (TVM
 which the CUDA compiler's share is measured apart by wrapping TVM's compile callback), the first
 call (module load and constants upload), and measured dispatch (``backend._time_both``: the
 kernel and PyTorch's convolution, each in a CUDA graph). Then the same builds again with the
-CUDA compiler TVM_CUDA_COMPILE_MODE names (nvrtc is TVM's default, nvcc the other), and the
-default builds in a thread pool, to see whether any of them parallelise. The CUDA binary cache
+CUDA compiler TVM_CUDA_COMPILE_MODE names (nvrtc is TVM's default, nvcc the other), the
+default builds in a thread pool, to see whether any of them parallelise, and all the builds in
+one ``compile_together`` block (one module, one CUDA compile: what the backend does). The CUDA binary cache
 is off throughout (``cuda_cache.py``): every build runs the compiler.
 
 Usage: python -m experiments.investigations.build_time [--network resnet50] [--batch 16]
@@ -67,6 +68,7 @@ def main(argv=None):
     import tvm.support.nvcc as nvcc
 
     from escoin_tvm import dtypes
+    from escoin_tvm.build_together import compile_together
     from escoin_tvm.target import resolve_target
     from escoin_tvm.torch_compile import backend, ops
 
@@ -130,6 +132,21 @@ def main(argv=None):
     with ThreadPoolExecutor(args.threads) as pool:
         list(pool.map(lambda l: sparse_layer(l[0], l[1], l[3]).kernel(l[2], device), layers))
     summary[f"build_{args.threads}_threads_s"] = time.perf_counter() - start
+    cuda_seconds.clear()
+    start = time.perf_counter()
+    with compile_together():
+        together = [sparse_layer(name, weight, module).kernel(shape, device)
+                    for name, weight, shape, module in layers]
+    summary["build_together_s"] = time.perf_counter() - start
+    summary["cuda_compile_together_s"] = sum(cuda_seconds)
+    torch.backends.cudnn.allow_tf32 = False  # the reference in fp32
+    errors = []
+    for (name, weight, shape, module), kernel in zip(layers, together):
+        x = torch.randn(shape, device=device, dtype=dtype)
+        ref = torch.nn.functional.conv2d(x.float(), torch.from_numpy(weight).to(device).float(),
+                                         None, module.stride, module.padding, module.dilation)
+        errors.append(float((kernel.run_torch(x).float() - ref).abs().max() / ref.abs().max()))
+    summary["together_max_rel_error"] = max(errors)
     print(json.dumps(summary), flush=True)
     path = result_path("build-time", out=args.out)
     with open(path, "w") as f:
