@@ -21,9 +21,9 @@ Options (``torch.compile(..., options={...})``):
   dispatch    "measure" (default on a GPU), "threshold" (default on the CPU), or "none"
   dense       "inductor" (default) or "eager": what runs the rest of the graph
   progress    True / False: a progress bar over the layers on stderr while a graph compiles
-              (default: when stderr is a terminal; each candidate layer's kernel costs
-              about a second of CUDA compilation: a ResNet-50 takes over a minute the first
-              time; the binaries are cached on disk, ``cuda_cache.py``)
+              (default: when stderr is a terminal; the candidate layers' kernels compile
+              as one module, ``build_together.py``, and the binaries are cached on disk,
+              ``cuda_cache.py``)
 Any other option goes to inductor, as it would without this backend.
 """
 from __future__ import annotations
