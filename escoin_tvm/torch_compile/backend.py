@@ -97,14 +97,15 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
     try:
         shown.stage("Escoin kernels")
         chosen = [_choose(candidate, threshold, dispatch, tuning_log) for candidate in found]
-        _build_kernels(found, chosen)
+        shapes = [_static_shape(candidate) for candidate in found]
+        _build_kernels(found, chosen, shapes)
         shown.stage("sparse layers", layers=len(found))
         # inductor may run the graph's convolutions channels-last even for an NCHW model; a
         # layer measured against PyTorch is then measured in that layout
         channels_last = dense == "inductor" and graph.inductor_uses_channels_last(found)
-        for candidate, (decision, layer) in zip(found, chosen):
-            if layer is not None and _measures(dispatch, candidate):
-                layer = _measure(decision, layer, candidate, channels_last)
+        for candidate, shape, (decision, layer) in zip(found, shapes, chosen):
+            if layer is not None and shape is not None and _measures(dispatch, candidate):
+                layer = _measure(decision, layer, candidate, shape, channels_last)
             if layer is not None:
                 graph.replace(gm, candidate, ops.register(layer))
             decisions.append(decision)
@@ -197,30 +198,29 @@ def _static_shape(candidate: graph.Candidate) -> Optional[tuple]:
     return shape if all(isinstance(d, int) for d in shape) else None
 
 
-def _build_kernels(found, chosen) -> None:
+def _build_kernels(found, chosen, shapes) -> None:
     """Builds the kernels of the chosen layers whose input shape is known, all in one module
     per target (``build_together``: a CUDA compile costs about a second whatever it holds).
     A layer with a dynamic size builds its kernel when a shape first reaches it."""
     with compile_together():
-        for candidate, (_, layer) in zip(found, chosen):
-            shape = _static_shape(candidate)
+        for candidate, (_, layer), shape in zip(found, chosen, shapes):
             if layer is not None and shape is not None:
                 layer.kernel(shape, candidate.device)
 
 
 def _measures(dispatch: Optional[str], candidate: graph.Candidate) -> bool:
-    """Whether the layer is timed both ways: on a GPU, for a known input shape, unless the
+    """Whether a layer with a known input shape is timed both ways: on a GPU, unless the
     dispatch policy says otherwise."""
     wanted = dispatch == "measure" or (dispatch is None and candidate.device.type == "cuda")
-    return wanted and candidate.device.type == "cuda" and _static_shape(candidate) is not None
+    return wanted and candidate.device.type == "cuda"
 
 
-def _measure(decision: LayerDecision, layer, candidate: graph.Candidate,
+def _measure(decision: LayerDecision, layer, candidate: graph.Candidate, shape: tuple,
              graph_channels_last: bool):
     """The layer if its Escoin kernel beats PyTorch's operator by ``MEASURED_MARGIN``, else
     None; the times and the verdict go into ``decision``. ``graph_channels_last``: inductor
     lays the graph's convolutions out channels-last."""
-    escoin_s, dense_s = _time_both(layer, _static_shape(candidate), candidate.device,
+    escoin_s, dense_s = _time_both(layer, shape, candidate.device,
                                    candidate.op != "linear" and (
                                        candidate.channels_last or graph_channels_last))
     decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
