@@ -39,6 +39,8 @@ class CompiledKernel:
         self.host_constants = list(constants)  # kept on the host
         self._constants = None  # uploaded on first use: a CUDA kernel also builds without a GPU
         self._torch_constants = None
+        self._torch_call = None  # (device, dtype, constants) once called with torch tensors
+        self._same_shape = self.data_shape == self.input_shape
         if not build_together.defer(self):
             self.compile()
 
@@ -77,31 +79,38 @@ class CompiledKernel:
 
     def run_torch(self, x, out=None):
         """The kernel on a torch tensor on the kernel's device, on the current stream; the
-        output (``out``, or a new tensor from PyTorch's allocator) is returned."""
-        import torch
+        output (``out``, or a new tensor from PyTorch's allocator) is returned.
 
-        if dtypes.name_of(x.dtype) != self.dtype:
+        The stream needs no setting here: a CUDA torch tensor among a call's arguments makes
+        tvm_ffi run the call on PyTorch's current stream of its device (the DLPack exchange
+        API's ``current_work_stream``). The checks are kept cheap (compared against values
+        made once per kernel), as this is every call's host time."""
+        prepared = self._torch_call
+        if prepared is None or x.device != prepared[0]:
+            prepared = self._prepare_torch_call(x)
+        _, dtype, constants = prepared
+        if x.dtype != dtype:
             raise DTypeError(f"input must be {self.dtype}, got {dtypes.name_of(x.dtype)}")
-        if tuple(x.shape) != self.input_shape:
+        if x.shape != self.input_shape:
             raise ShapeError(f"input must have shape {self.input_shape}, got {tuple(x.shape)}")
-        constants = self._torch_constants_on(x.device)
-        if self.function is None:
-            self.compile()
         if not x.is_contiguous() or x.data_ptr() % ALIGNMENT:
+            import torch
+
             x = x.clone(memory_format=torch.contiguous_format)  # TVM's kernels assume both
         if x.requires_grad:
             x = x.detach()
         if out is None:
-            out = torch.empty(self.output_shape, dtype=x.dtype, device=x.device)
-        data = x.view(self.data_shape)
-        if x.device.type == "cuda":
-            import tvm_ffi
-
-            with tvm_ffi.use_torch_stream():
-                self.function(data, *constants, out)
-        else:
-            self.function(data, *constants, out)
+            out = x.new_empty(self.output_shape)
+        self.function(x if self._same_shape else x.view(self.data_shape), *constants, out)
         return out
+
+    def _prepare_torch_call(self, x):
+        """(device, dtype, constants) of calls on ``x``'s device, checked and made once."""
+        constants = self._torch_constants_on(x.device)
+        if self.function is None:
+            self.compile()
+        self._torch_call = (x.device, dtypes.torch_dtype(self.dtype), constants)
+        return self._torch_call
 
     def _torch_constants_on(self, device):
         """The constants as torch tensors on ``device``, which must be the kernel's."""

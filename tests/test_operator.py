@@ -90,6 +90,37 @@ def test_gpu_matches_pytorch(case):
     np.testing.assert_array_equal(numpy_out, out.cpu().numpy())
 
 
+@pytest.mark.gpu
+def test_gpu_call_runs_on_torchs_current_stream_and_in_cuda_graphs():
+    """A call on torch tensors launches on PyTorch's current stream: it waits for the work
+    queued before it on a side stream, and it is captured into a CUDA graph."""
+    torch.backends.cudnn.allow_tf32 = False
+    rng = np.random.default_rng(11)
+    weight = torch.from_numpy(random_weight(rng, (32, 16, 3, 3), 0.9)).cuda()
+    kernel = escoin_tvm.build_sparse_conv2d(weight.cpu(), (2, 16, 15, 15), padding=1,
+                                            target="cuda", device="cuda")
+    source, x = torch.randn(2, 16, 15, 15, device="cuda"), torch.zeros(2, 16, 15, 15, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # the copy lands long after a launch on another stream
+        x.copy_(source)
+        out = kernel(x)
+    torch.cuda.synchronize()
+    expected = torch.nn.functional.conv2d(source, weight, padding=1)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+    static = torch.zeros_like(source)
+    kernel(static)  # warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = kernel(static)
+    static.copy_(source)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in {
     "5x5_pad2_bias_relu", "7x7_stride2_odd", "groups2_alexnet", "batch5", "dilation_2x3",
     "1x1_stride2_odd_bias_relu", "3x3_valid_groups2_dilation2"}],

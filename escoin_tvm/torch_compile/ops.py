@@ -37,6 +37,7 @@ class SparseLayer:
     target: object  # a TVM target
     tuning_log: object = None
     kernels: Dict[tuple, SparseConv2dKernel] = field(default_factory=dict)
+    calls: Dict[tuple, SparseConv2dKernel] = field(default_factory=dict)  # by the call's device
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def output_shape(self, shape) -> tuple:
@@ -75,6 +76,7 @@ class SparseLinearLayer:
     target: object
     tuning_log: object = None
     kernels: Dict[tuple, object] = field(default_factory=dict)
+    calls: Dict[tuple, object] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def output_shape(self, shape) -> tuple:
@@ -92,14 +94,16 @@ def _cached(layer, shape: tuple, device: torch.device, make):
     """``layer``'s kernel for ``shape`` on ``device``, made by ``make(layer, shape, device)``
     on first use. Keyed by the device the kernel runs on (``target.device_for``), so that the
     names of one device ("cuda", "cuda:0") share one kernel: each build costs about a second of
-    CUDA compilation."""
-    key = (shape, str(device_for(layer.target, device)))
-    kernel = layer.kernels.get(key)
+    CUDA compilation. A call's own (shape, device) finds it again without resolving the
+    device."""
+    kernel = layer.calls.get((shape, device))  # every call's lookup: no device resolution
     if kernel is None:
+        key = (shape, str(device_for(layer.target, device)))
         with layer.lock:
             kernel = layer.kernels.get(key)
             if kernel is None:
                 kernel = layer.kernels[key] = make(layer, shape, device)
+            layer.calls[(shape, device)] = kernel
     return kernel
 
 

@@ -8,6 +8,11 @@ For a few benchmark layers at 90% (batch 1, fp32):
   op_us            ``torch.ops.escoin.sparse_conv2d`` (the backend's operator), the same way
   cudnn_call_us    ``torch.nn.functional.conv2d`` (TF32) called the same way, for scale
   overhead_us      call_us - kernel_us
+and where a call's host time goes, the same way:
+  bare_us          the compiled function itself on torch tensors, output given (tvm_ffi's
+                   argument conversion, its stream lookup and the launch)
+  stream_ctx_us    the same inside ``tvm_ffi.use_torch_stream()`` (what the call used to add)
+  torch_launch_us  ``torch.add(x, 1, out=y)``: the cheapest PyTorch launch on this host
 The outputs of the call and the operator are checked against PyTorch (TF32 off).
 
 Usage: python -m experiments.benchmarks.bench_calls [--layers a,b]
@@ -42,6 +47,7 @@ def loop_time(fn, calls: int = 200) -> float:
 
 def measure(name, chw, wshape, stride, padding, groups, seed):
     import torch
+    import tvm_ffi
 
     from escoin_tvm import build_sparse_conv2d
     from escoin_tvm.timing import graph_time
@@ -61,6 +67,12 @@ def measure(name, chw, wshape, stride, padding, groups, seed):
     op_out = torch.ops.escoin.sparse_conv2d(x, layer)
     error = max(float((o - ref).abs().max() / ref.abs().max()) for o in (out, op_out))
     torch.backends.cudnn.allow_tf32 = True
+    constants, given, y = kernel._torch_constants_on(x.device), torch.empty_like(out), x.clone()
+    data = x.view(kernel.data_shape)
+
+    def in_stream_context():
+        with tvm_ffi.use_torch_stream():
+            kernel.function(data, *constants, given)
     row = {
         "layer": name, "batch": 1, "sparsity": 0.9, "dtype": "float32",
         "kernel_us": graph_time(lambda: kernel(x), tvm_stream=True) * 1e6,
@@ -68,6 +80,9 @@ def measure(name, chw, wshape, stride, padding, groups, seed):
         "op_us": loop_time(lambda: torch.ops.escoin.sparse_conv2d(x, layer)) * 1e6,
         "cudnn_call_us": loop_time(lambda: torch.nn.functional.conv2d(
             x, w, stride=stride, padding=padding, groups=groups)) * 1e6,
+        "bare_us": loop_time(lambda: kernel.function(data, *constants, given)) * 1e6,
+        "stream_ctx_us": loop_time(in_stream_context) * 1e6,
+        "torch_launch_us": loop_time(lambda: torch.add(x, 1, out=y)) * 1e6,
         "max_rel_error": error,
     }
     row["overhead_us"] = row["call_us"] - row["kernel_us"]
