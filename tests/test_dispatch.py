@@ -22,14 +22,40 @@ def matches(compiled, model, x):
         np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_measured_dispatch_times_each_layer_both_ways():
+@pytest.mark.parametrize("target", ["llvm", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_measured_dispatch_times_each_layer_both_ways(target):
     model, x = small_net()
-    compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="measure")
+    compiled = escoin_tvm.compile(model, (x,), target=target, dispatch_by="measure")
     for layer in compiled.layers:
         assert layer["escoin_us"] > 0 and layer["dense_us"] > 0
         assert layer["reason"].startswith("measured:")
         faster = "escoin" if layer["escoin_us"] <= layer["dense_us"] else "dense"
         assert layer["kernel"] == faster
+    matches(compiled, model, x)
+
+
+def test_measured_dispatch_compiles_both_sides_of_a_layer_as_one_module(monkeypatch):
+    """Each layer's timed module holds the Escoin side (rewritten by the pass) and the dense
+    side (left as it is): one compile per layer."""
+    import tvm
+
+    import escoin_tvm.measure
+
+    model, x = small_net()
+    compiled_modules, compile = [], tvm.compile
+
+    def recording(mod, *args, **kwargs):
+        compiled_modules.append(mod)
+        return compile(mod, *args, **kwargs)
+
+    monkeypatch.setattr(escoin_tvm.measure.tvm, "compile", recording)
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="measure")
+    timed = [m for m in compiled_modules if "dense" in [g.name_hint for g in m.get_global_vars()]]
+    assert len(timed) == len(compiled.layers) == 3
+    for mod in timed:
+        escoin, dense = mod["escoin"].script(), mod["dense"].script()
+        assert "call_tir" in escoin and "R.nn.conv2d" not in escoin
+        assert "R.nn.conv2d" in dense and "call_tir" not in dense
     matches(compiled, model, x)
 
 
