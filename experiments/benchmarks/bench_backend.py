@@ -16,7 +16,7 @@ same model, dtype and settings (``rel_err``: max abs difference over max abs ref
 
 Usage: python -m experiments.benchmarks.bench_backend [--networks alexnet,googlenet,resnet50,vgg16]
     [--batches 1,16] [--sparsities 0.9] [--precisions tf32,fp16] [--deadline 540]
-       python -m experiments.benchmarks.bench_backend --report experiments/results/backend-...jsonl
+       python -m experiments.benchmarks.bench_backend --report experiments/results/backend-...jsonl[,...]
 """
 from __future__ import annotations
 
@@ -102,10 +102,12 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
     return row
 
 
-def report(path: str) -> str:
-    """A markdown table of a result file, and the geometric mean speed-up per precision."""
-    rows = [json.loads(line) for line in open(path)]
-    rows = [r for r in rows if "network" in r]
+def report(paths: str) -> str:
+    """A markdown table of result files (comma-separated), and the geometric mean speed-up
+    per precision."""
+    rows = [json.loads(line) for path in paths.split(",") for line in open(path)]
+    rows = sorted((r for r in rows if "network" in r), key=lambda r: (
+        r["network"], r["sparsity"], r["batch"], r["precision"]))
     lines = ["| network | sparsity | batch | precision | dense ro ms | escoin ro ms | speed-up | "
              "Escoin layers | max rel err (dense / escoin) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -131,7 +133,8 @@ def main(argv=None):
     parser.add_argument("--deadline", type=float, default=0, help="seconds after which no new "
                         "case starts (0: none)")
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--report", default=None, help="print the table of a result file")
+    parser.add_argument("--report", default=None,
+                        help="print the table of result files (comma-separated)")
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.report))

@@ -43,6 +43,29 @@ UNSEEN_LAYERS = [
 LAYER_SETS = {"benchmark": LAYERS, "unseen": UNSEEN_LAYERS}
 
 
+def conv_inputs(model, example) -> dict:
+    """{module name: (input shape, the Conv2d)} of ``model``'s convolutions, in the order a
+    forward pass on ``example`` first reaches them."""
+    import torch
+
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, _output):
+            shapes.setdefault(name, (tuple(inputs[0].shape), module))
+        return hook
+
+    hooks = [m.register_forward_hook(record(name))
+             for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
 def network_layers(network: str, size: int = 224):
     """The distinct convolutions of one of escoin_tvm.models' networks at ``size`` x ``size``, in
     the LAYERS format (name ``network:module``; dilation 1, symmetric padding), as the compiler
@@ -52,19 +75,8 @@ def network_layers(network: str, size: int = 224):
     from escoin_tvm import models
     from escoin_tvm.spec import Conv2dSpec
 
-    model, shapes = models.build(network).eval(), {}
-
-    def record(name):
-        def hook(module, inputs, _output):
-            shapes.setdefault(name, (tuple(inputs[0].shape[1:]), module))
-        return hook
-
-    hooks = [m.register_forward_hook(record(name))
-             for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    for hook in hooks:
-        hook.remove()
+    inputs = conv_inputs(models.build(network).eval(), torch.zeros(1, 3, size, size))
+    shapes = {name: (shape[1:], conv) for name, (shape, conv) in inputs.items()}
     layers, seen = [], set()
     for name, (chw, conv) in shapes.items():
         stride, padding = conv.stride, conv.padding

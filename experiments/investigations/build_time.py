@@ -21,6 +21,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from experiments.benchmarks.layers import conv_inputs
 from experiments.common import environment, result_path
 
 
@@ -32,19 +33,8 @@ def conv_layers(network: str, batch: int, limit: int):
     from escoin_tvm.prune import prune_array
 
     model = getattr(torchvision.models, network)(weights=None).eval()
-    shapes = {}
-
-    def record(name):
-        def hook(module, inputs, output):
-            shapes.setdefault(name, tuple(inputs[0].shape))
-        return hook
-
-    hooks = [m.register_forward_hook(record(n))
-             for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.randn(batch, 3, 224, 224))
-    for hook in hooks:
-        hook.remove()
+    shapes = {name: shape for name, (shape, _) in
+              conv_inputs(model, torch.randn(batch, 3, 224, 224)).items()}
     layers = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Conv2d) and module.groups == 1:
