@@ -125,6 +125,32 @@ def test_load_takes_torch_style_devices(cpu_module, device):
     assert escoin_tvm.load(path, device=device)(x).shape == (2, 4, 8, 8)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="needs two CUDA GPUs")
+def test_a_module_and_a_kernel_for_the_second_gpu_run_there(tmp_path):
+    model, x = small()
+    model.eval()
+    path = tmp_path / "m.so"
+    escoin_tvm.compile(model, (x,), target="cuda").export_library(path)
+    with torch.no_grad():
+        expected = model(x)
+    x1 = x.to("cuda:1")
+    out = escoin_tvm.load(path, device="cuda:1")(x1)
+    assert out.device == torch.device("cuda:1")
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-5)
+
+    weight = prune_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3), np.float32), 0.9)
+    kernel = escoin_tvm.build_sparse_conv2d(weight, (2, 3, 8, 8), padding=1, target="cuda",
+                                            device=torch.device("cuda", 1))
+    with torch.cuda.device(0):  # the current device is another GPU: the kernel still runs on 1
+        y = kernel(x1)
+    assert y.device == torch.device("cuda:1")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x1, torch.from_numpy(weight).to(
+        x1.device), padding=1), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("device, words", [("cuda:0", "cannot run code compiled for the CPU"),
                                            ("tpu", "device must be"), (3.5, "device must be")])
 def test_a_bad_device_is_named_as_the_argument(cpu_module, device, words):
