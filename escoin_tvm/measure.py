@@ -18,6 +18,8 @@ from tvm import relax
 from . import dtypes
 from .target import device_for, require_device
 
+ESCOIN, DENSE = "escoin", "dense"  # the two sides' functions in the timed module
+
 
 class LayerTimer:
     """``timer(call, make_escoin_pass) -> (escoin seconds, dense seconds)`` for a Relax conv2d
@@ -69,7 +71,4 @@ class LayerTimer:
         x = np.random.default_rng(0).standard_normal(shape).astype(dtypes.numpy_dtype(dtype))
         timer = vm.time_evaluator(name, self.device, number=self.number, repeat=self.repeat)
         return float(np.median(timer(tvm.runtime.tensor(x, self.device)).results))
-
-
-ESCOIN, DENSE = "escoin", "dense"  # the two sides' functions in the timed module
 
