@@ -62,6 +62,15 @@ def compile_together():
     compile_kernels(kernels)
 
 
+def joint_module(kernels: List):
+    """(one IRModule holding every kernel's function, each function's name in it): kernel i's
+    ``main`` as ``escoin_kernel_<i>``."""
+    names = [f"escoin_kernel_{i}" for i in range(len(kernels))]
+    mod = tvm.IRModule({name: kernel.module["main"].with_attr("global_symbol", name)
+                        for name, kernel in zip(names, kernels)})
+    return mod, names
+
+
 def compile_kernels(kernels: List) -> None:
     """Compiles the kernels not yet compiled, one module per target: each kernel's function
     gets a name of its own (``escoin_kernel_<i>``) and the kernel binds to it. When a joint
@@ -74,9 +83,7 @@ def compile_kernels(kernels: List) -> None:
         if len(group) == 1:
             group[0].compile()
             continue
-        names = [f"escoin_kernel_{i}" for i in range(len(group))]
-        mod = tvm.IRModule({name: kernel.module["main"].with_attr("global_symbol", name)
-                            for name, kernel in zip(names, group)})
+        mod, names = joint_module(group)
         try:
             executable = compile_module(mod, group[0].target)
         except Exception:  # noqa: BLE001 - the kernel at fault raises its own error below

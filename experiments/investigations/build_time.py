@@ -1,9 +1,9 @@
 """Where the escoin torch.compile backend's compile time goes, layer by layer, on a GPU.
 
-For each convolution of a network (torchvision architecture, random weights pruned to 90%) at
-one batch and dtype, the backend's own steps are timed: building the kernel (TVM's passes, of
-which the CUDA compiler's share is measured apart by wrapping TVM's compile callback), the first
-call (module load and constants upload), and measured dispatch (``backend._time_both``: the
+For each convolution of a network (``escoin_tvm.models``: torchvision's architectures, random
+weights pruned to 90%) at one batch and dtype, the backend's own steps are timed: building the
+kernel (TVM's passes, of which the CUDA compiler's share is measured apart by wrapping TVM's
+compile callback), the first call (module load and constants upload), and measured dispatch (``backend._time_both``: the
 kernel and PyTorch's convolution, each in a CUDA graph). Then the same builds again with the
 CUDA compiler TVM_CUDA_COMPILE_MODE names (nvrtc is TVM's default, nvcc the other), the
 default builds in a thread pool, to see whether any of them parallelise, and all the builds in
@@ -28,11 +28,11 @@ from experiments.common import environment, result_path
 def conv_layers(network: str, batch: int, limit: int):
     """[(name, weight OIHW numpy pruned to 90%, input shape, conv module)] in graph order."""
     import torch
-    import torchvision
 
+    from escoin_tvm import models
     from escoin_tvm.prune import prune_array
 
-    model = getattr(torchvision.models, network)(weights=None).eval()
+    model = models.build(network).eval()
     shapes = {name: shape for name, (shape, _) in
               conv_inputs(model, torch.randn(batch, 3, 224, 224)).items()}
     layers = []

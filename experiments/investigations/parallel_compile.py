@@ -1,0 +1,170 @@
+"""Whether a graph's Escoin kernels compile faster in worker processes than as one module.
+
+The torch.compile backend compiles a graph's candidate kernels as one module: one CUDA compile
+(``build_together``), which nvrtc runs on one core while the machine has many, and threads do
+not overlap (``build_time.py``). This times, for the first L convolutions of a network
+(``escoin_tvm.models``, random weights pruned to 90%, one batch and dtype), the kernels'
+scheduled TIR compiled
+  joint       as one module in this process (what the backend does now);
+  threads     as P modules of about L/P kernels each, in P threads of this process;
+  processes   as the same P modules, each compiled by one of P worker processes (spawned, the
+              module passed as TVM's JSON), which leaves the CUDA binaries in a fresh disk cache
+              (``cuda_cache``); then in this process again, each CUDA compile a cache hit: what a
+              backend that farms its CUDA compiles out would pay, the pool's start included.
+Making the kernels (scheduling) is timed apart, once; each stage gets a fresh cache folder (the
+joint and thread stages an empty one, so they run the compiler). The kernels of the process
+stage are then checked against cuDNN fp32 with TF32 off.
+
+Usage: python -m experiments.investigations.parallel_compile [--network resnet50] [--batch 16]
+    [--dtype float32] [--layers 0] [--workers 8] [--out experiments/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from unittest import mock
+
+from experiments.common import environment, result_path
+from experiments.investigations.build_time import conv_layers
+
+
+def chunks(items, parts: int):
+    """``items`` in ``parts`` consecutive runs of nearly equal length (none empty)."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def compile_in_worker(module_json: str, target: str, cache: str) -> float:
+    """Compiles a module in a worker process with the CUDA binary cache in ``cache``; seconds."""
+    os.environ["ESCOIN_TVM_CACHE_DIR"] = cache
+    import tvm
+
+    from escoin_tvm.build_together import compile_module
+
+    start = time.perf_counter()
+    compile_module(tvm.ir.load_json(module_json), parse_target(target))
+    return time.perf_counter() - start
+
+
+def parse_target(text: str):
+    from escoin_tvm.target import resolve_target
+
+    return resolve_target(json.loads(text) if text.startswith("{") else text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="resnet50")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--layers", type=int, default=0, help="first N convolutions (0: all)")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--target", default="cuda", help="'cuda' (the GPU's architecture) or a "
+                        "TVM target JSON, for a dry run without a GPU")
+    parser.add_argument("--out", default="experiments/results")
+    args = parser.parse_args(argv)
+
+    import torch
+    import tvm
+
+    from escoin_tvm import build_together, dtypes
+    from escoin_tvm.torch_compile import ops
+
+    target = parse_target(args.target)
+    on_gpu = torch.cuda.is_available() and args.target == "cuda"
+    device = torch.device("cuda", torch.cuda.current_device() if on_gpu else 0)
+    layers = conv_layers(args.network, args.batch, args.layers)
+
+    def make_kernels():
+        """The kernels of the layers, scheduled and not compiled."""
+        made = []
+        with mock.patch.object(build_together, "compile_kernels", made.extend):
+            with build_together.compile_together():
+                for name, weight, shape, module in layers:
+                    ops.SparseLayer(name, weight.astype(dtypes.numpy_dtype(args.dtype)), None,
+                                    module.stride, (module.padding[0], module.padding[1]) * 2,
+                                    module.dilation, 1, False, target).kernel(shape, device)
+        return made
+
+    def fresh_cache(label):
+        folder = tempfile.mkdtemp(prefix=f"escoin-{label}-")
+        os.environ["ESCOIN_TVM_CACHE_DIR"] = folder
+        return folder
+
+    def bind(kernels, executable, names):
+        for kernel, name in zip(kernels, names):
+            kernel.bind(executable, name)
+
+    summary = {"kind": "summary", "network": args.network, "batch": args.batch,
+               "dtype": args.dtype, "layers": len(layers), "workers": args.workers,
+               "target": str(target)}
+    start = time.perf_counter()
+    make_kernels()
+    summary["make_kernels_s"] = time.perf_counter() - start
+
+    fresh_cache("joint")
+    kernels = make_kernels()
+    start = time.perf_counter()
+    mod, names = build_together.joint_module(kernels)
+    bind(kernels, build_together.compile_module(mod, target), names)
+    summary["joint_s"] = time.perf_counter() - start
+
+    fresh_cache("threads")
+    groups = chunks(make_kernels(), args.workers)
+    start = time.perf_counter()
+
+    def compile_group(group):
+        mod, names = build_together.joint_module(group)
+        bind(group, build_together.compile_module(mod, target), names)
+
+    with ThreadPoolExecutor(len(groups)) as pool:
+        list(pool.map(compile_group, groups))
+    summary["threads_s"] = time.perf_counter() - start
+
+    cache = fresh_cache("processes")
+    groups = chunks(make_kernels(), args.workers)
+    modules = [build_together.joint_module(group) for group in groups]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+        worker_s = list(pool.map(compile_in_worker, [tvm.ir.save_json(m) for m, _ in modules],
+                                 [args.target] * len(modules), [cache] * len(modules)))
+    summary["processes_workers_s"] = time.perf_counter() - start
+    summary["processes_each_worker_s"] = worker_s
+    start = time.perf_counter()
+    for group, (mod, names) in zip(groups, modules):
+        bind(group, build_together.compile_module(mod, target), names)
+    summary["processes_main_s"] = time.perf_counter() - start
+    summary["processes_s"] = summary["processes_workers_s"] + summary["processes_main_s"]
+
+    if on_gpu:
+        torch.backends.cudnn.allow_tf32 = False  # the reference in fp32
+        errors = []
+        kernels = [k for group in groups for k in group]
+        for (name, weight, shape, module), kernel in zip(layers, kernels):
+            x = torch.randn(shape, device=device, dtype=dtypes.torch_dtype(args.dtype))
+            ref = torch.nn.functional.conv2d(x.float(), torch.from_numpy(weight).to(device),
+                                             None, module.stride, module.padding, module.dilation)
+            errors.append(float((kernel.run_torch(x).float() - ref).abs().max()
+                                / ref.abs().max()))
+        summary["processes_max_rel_error"] = max(errors)
+    print(json.dumps(summary), flush=True)
+    path = result_path("parallel-compile", out=args.out)
+    with open(path, "w") as f:
+        f.write(json.dumps({"kind": "environment", **environment()}) + "\n")
+        f.write(json.dumps(summary) + "\n")
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
