@@ -113,3 +113,28 @@ def test_unaligned_torch_input_is_copied_not_refused():
     assert x.data_ptr() % 64 != 0
     np.testing.assert_allclose(kernel(x).numpy(), kernel(x.clone()).numpy())
     assert_conv_close(kernel(x).numpy(), x.numpy(), weight, padding=1)
+
+
+def test_a_kernels_torch_call_names_a_wrong_input_after_good_calls_too():
+    """The torch call checks its input against values it makes on the first call; a wrong
+    dtype, shape or device is named on the first call and on later ones alike."""
+    import torch
+
+    from escoin_tvm import ArgumentError
+
+    rng = np.random.default_rng(4)
+    weight = prune_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), 0.8)
+    kernel = escoin_tvm.build_sparse_conv2d(weight, (2, 3, 6, 6), padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    for first in (True, False):
+        with pytest.raises(DTypeError, match="input must be float32, got float64"):
+            kernel(x.double())
+        with pytest.raises(ShapeError, match=r"input must have shape \(2, 3, 6, 6\), got \(1, 3, 6, 6\)"):
+            kernel(x[:1])
+        with pytest.raises(ArgumentError, match="input is on meta but the module runs on cpu"):
+            kernel(x.to("meta"))
+        if first:
+            assert_conv_close(kernel(x).numpy(), x.numpy(), weight, padding=1)
+    out = torch.empty(2, 4, 6, 6)
+    assert kernel.run_torch(x, out) is out
+    assert_conv_close(out.numpy(), x.numpy(), weight, padding=1)
