@@ -31,6 +31,35 @@ def median_time(fn, device: str = "cuda", warmup: int = 3, repeats: int = 20) ->
     return float(np.median(times))
 
 
+def call_time(fn, device: str = "cuda", warmup: int = 10, calls: int = 100,
+              repeats: int = 5) -> float:
+    """Median seconds per call of ``fn`` called ``calls`` times back to back from Python, over
+    ``repeats`` such loops: what a program launching it call by call pays, the host's work
+    included (CUDA events around each loop on the GPU, a host clock on the CPU)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(repeats):
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3 / calls)
+    else:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t) / calls)
+    return float(np.median(times))
+
+
 def graph_times(fn, warmup: int = 3, replays: int = 50, calls: int = 20,
                 tvm_stream: bool = False) -> List[float]:
     """Seconds per call of ``fn``, one value per replay: ``calls`` calls captured in one CUDA

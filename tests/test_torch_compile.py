@@ -156,6 +156,7 @@ def test_a_graphs_kernels_compile_as_one_module(monkeypatch):
                                             ({"dense": "tvm"}, "dense"),
                                             ({"dispatch": "fastest"}, "dispatch"),
                                             ({"progress": "yes"}, "progress"),
+                                            ({"mode": "fast"}, "options\\['mode'\\]"),
                                             ({"dense": "eager", "max_autotune": True},
                                              "inductor's")])
 def test_bad_options_are_named(options, words):
@@ -164,6 +165,28 @@ def test_bad_options_are_named(options, words):
         compiled(torch.randn(1, 3, 8, 8))
     inner = getattr(caught.value, "inner_exception", caught.value)  # Dynamo wraps it
     assert isinstance(inner, ArgumentError)
+
+
+def test_the_mode_goes_with_the_options(monkeypatch):
+    """torch.compile refuses a mode and options together; options["mode"] sets the mode the
+    rest of the graph is compiled in."""
+    from torch._inductor import compile_fx
+
+    seen = []
+    original = compile_fx.compile_fx
+
+    def recording(gm, example_inputs, config_patches=None, **kwargs):
+        seen.append(dict(config_patches or {}))
+        return original(gm, example_inputs, **kwargs)  # without max-autotune's slow search
+
+    monkeypatch.setattr(compile_fx, "compile_fx", recording)
+    model, x = net(), torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, backend="escoin",
+                             options={"mode": "max-autotune-no-cudagraphs", "threshold": 0.7})
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    assert seen and seen[0].get("max_autotune") is True
+    assert "3 of 3 convolutions on Escoin kernels" in last_report()
 
 
 @pytest.mark.parametrize("progress", [True, False])
@@ -223,6 +246,55 @@ def test_cuda_graphs_and_measured_dispatch_on_the_gpu():
         assert layer.reason.startswith("measured:") and layer.escoin_us and layer.dense_us
         faster = layer.escoin_us <= layer.dense_us * (1 - backend.MEASURED_MARGIN)
         assert layer.kernel == ("escoin" if faster else "dense")
+
+
+def test_measured_dispatch_on_the_cpu_times_each_layer_as_calls_through_the_operator():
+    from escoin_tvm.torch_compile import ops
+
+    model, x = net(), torch.randn(2, 3, 16, 16)
+    registered = len(ops.LAYERS)
+    compiled = torch.compile(model, backend="escoin", options={"dispatch": "measure"})
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    taken = 0
+    for layer in backend.REPORTS[-1]:
+        if layer.sparsity < 0.7:
+            continue
+        assert layer.reason.startswith("measured as calls:") and layer.escoin_us > 0 \
+            and layer.dense_us > 0
+        faster = layer.escoin_us <= layer.dense_us * (1 - backend.MEASURED_MARGIN)
+        assert layer.kernel == ("escoin" if faster else "dense")
+        taken += faster
+    # each measured layer was registered to be timed through the operator, then released;
+    # a layer kept is registered again for the graph
+    timed = [layer for layer in ops.LAYERS[registered:] if layer is not None]
+    assert len(timed) == taken
+
+
+def test_measured_dispatch_follows_whether_the_graph_replays_cuda_graphs(monkeypatch):
+    seen = []
+
+    def fake_time_both(layer, shape, device, channels_last=False, graphs=True):
+        seen.append(graphs)
+        return 1e-6, 2e-6  # the Escoin side wins
+
+    monkeypatch.setattr(backend, "_time_both", fake_time_both)
+    model, x = net(), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        for mode in (None, "reduce-overhead"):
+            torch._dynamo.reset()
+            compiled = torch.compile(model, backend="escoin",
+                                     options={"mode": mode, "dispatch": "measure"})
+            close(compiled(x), model(x))
+    # on the CPU nothing is replayed from CUDA graphs, whatever the mode
+    assert seen and not any(seen)
+    assert backend._replays_cuda_graphs("inductor", "reduce-overhead", {})
+    assert backend._replays_cuda_graphs("inductor", "max-autotune", {})
+    assert not backend._replays_cuda_graphs("inductor", None, {})
+    assert not backend._replays_cuda_graphs("inductor", "max-autotune-no-cudagraphs", {})
+    assert backend._replays_cuda_graphs("inductor", None, {"triton.cudagraphs": True})
+    assert backend._replays_cuda_graphs("eager", "reduce-overhead", {})
+    assert not backend._replays_cuda_graphs("eager", None, {})
 
 
 def _graph_layout(model, x):

@@ -1,24 +1,29 @@
 """The ``escoin`` backend of ``torch.compile``: sparse convolutions and linear layers on Escoin
 kernels, the rest with PyTorch.
 
-    compiled = torch.compile(model, backend="escoin", mode="reduce-overhead",
-                             options={"threshold": 0.7, "tuning_log": "tuning_logs/x"})
+    compiled = torch.compile(model, backend="escoin",
+                             options={"mode": "reduce-overhead", "threshold": 0.7})
 
 For each conv2d and linear of the graph Dynamo captures whose weight is a parameter or buffer of
 the model (``graph.py``), the layer goes to an Escoin kernel when the kernels implement it
 (float32, float16 or bfloat16; a batched NCHW or channels-last input, the output in the same
 layout, or a (batch, features) one of at most 64 rows; inference) and its weight, batch norm
-folded in, is sparse enough; on a GPU it is then also timed both ways (the Escoin kernel against
-PyTorch's own operator, same dtype, same input shape, in the layout the graph runs its
-convolutions in) and goes to Escoin only if that is ``MEASURED_MARGIN`` faster. A layer timed
+folded in, is sparse enough; on a GPU (or with dispatch="measure") it is then also timed both
+ways (the Escoin kernel against PyTorch's own operator, same dtype, same input shape, in the
+layout the graph runs its convolutions in, from CUDA graphs when the graph is replayed from
+them, else as calls) and goes to Escoin only if that is ``MEASURED_MARGIN`` faster. A layer timed
 alone can still cost the graph more than it measured (fusions inductor loses around it).
 Everything else, and the graph around the Escoin calls, goes to inductor (or runs eagerly), in
 the user's precision and settings. ``last_report()`` says what was decided for each layer.
 
-Options (``torch.compile(..., options={...})``):
+Options (``torch.compile(..., options={...})``; torch.compile takes a ``mode`` or ``options``,
+not both, so with options the mode is one of them):
+  mode        torch.compile's mode for the rest of the graph ("reduce-overhead": CUDA graphs)
   threshold   sparsity from which a layer is a candidate (default 0.7)
   tuning_log  a log written by ``escoin_tvm.tune``: its best knobs for the kernels it knows
-  dispatch    "measure" (default on a GPU), "threshold" (default on the CPU), or "none"
+  dispatch    "measure" (default on a GPU), "threshold" (default on the CPU), or "none";
+              a graph replayed from CUDA graphs ("reduce-overhead") is measured so, any
+              other as calls, each side's host time included
   dense       "inductor" (default) or "eager": what runs the rest of the graph
   progress    True / False: a progress bar over the layers on stderr while a graph compiles
               (default: when stderr is a terminal; the candidate layers' kernels compile
@@ -48,7 +53,7 @@ DEFAULT_THRESHOLD = 0.7
 # in the graph a replaced layer also costs inductor the fusions around it, and each timing
 # carries a percent or two of noise, so a near tie is worth less than it measures.
 MEASURED_MARGIN = 0.05
-OUR_OPTIONS = ("threshold", "tuning_log", "dispatch", "dense", "progress")
+OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress")
 REPORTS: List[List[LayerDecision]] = []  # one per graph compiled, in order
 
 
@@ -73,6 +78,12 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
     dense = ours.get("dense", "inductor")
     if dense not in ("inductor", "eager"):
         raise ArgumentError(f"options['dense'] must be 'inductor' or 'eager', got {dense!r}")
+    if "mode" in ours:
+        mode = ours["mode"]
+        known = tuple(torch._inductor.list_mode_options())
+        if mode is not None and mode not in known:
+            raise ArgumentError(f"options['mode'] must be one of {', '.join(known)}, got "
+                                f"{mode!r}")
     dispatch = ours.get("dispatch")
     if dispatch not in (None, "measure", "threshold", "none"):
         raise ArgumentError(f"options['dispatch'] must be 'measure', 'threshold' or 'none', got "
@@ -100,12 +111,14 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         shapes = [_static_shape(candidate) for candidate in found]
         _build_kernels(found, chosen, shapes)
         shown.stage("sparse layers", layers=len(found))
-        # inductor may run the graph's convolutions channels-last even for an NCHW model; a
-        # layer measured against PyTorch is then measured in that layout
+        # inductor may run the graph's convolutions channels-last even for an NCHW model on a
+        # GPU; a layer measured against PyTorch is then measured in that layout
         channels_last = dense == "inductor" and graph.inductor_uses_channels_last(found)
+        graphs = _replays_cuda_graphs(dense, mode, options)
         for candidate, shape, (decision, layer) in zip(found, shapes, chosen):
             if layer is not None and shape is not None and _measures(dispatch, candidate):
-                layer = _measure(decision, layer, candidate, shape, channels_last)
+                layer = _measure(decision, layer, candidate, shape,
+                                 channels_last and candidate.device.type == "cuda", graphs)
             if layer is not None:
                 graph.replace(gm, candidate, ops.register(layer))
             decisions.append(decision)
@@ -209,27 +222,41 @@ def _build_kernels(found, chosen, shapes) -> None:
 
 
 def _measures(dispatch: Optional[str], candidate: graph.Candidate) -> bool:
-    """Whether a layer with a known input shape is timed both ways: on a GPU, unless the
-    dispatch policy says otherwise."""
-    wanted = dispatch == "measure" or (dispatch is None and candidate.device.type == "cuda")
-    return wanted and candidate.device.type == "cuda"
+    """Whether a layer with a known input shape is timed both ways: when the dispatch policy
+    asks for it, and by default on a GPU."""
+    return dispatch == "measure" or (dispatch is None and candidate.device.type == "cuda")
+
+
+def _replays_cuda_graphs(dense: str, mode: Optional[str], options: dict) -> bool:
+    """Whether the compiled graph's launches are replayed from CUDA graphs (inductor's
+    ``triton.cudagraphs``, on in "reduce-overhead" and "max-autotune"; the cudagraphs backend
+    under dense="eager"), so that a call's host time costs the graph nothing."""
+    if dense == "eager":
+        return mode == "reduce-overhead"
+    from torch._inductor import config
+
+    patches = {**(torch._inductor.list_mode_options(mode) if mode else {}), **options}
+    return bool(patches.get("triton.cudagraphs", config.triton.cudagraphs))
 
 
 def _measure(decision: LayerDecision, layer, candidate: graph.Candidate, shape: tuple,
-             graph_channels_last: bool):
+             graph_channels_last: bool, graphs: bool):
     """The layer if its Escoin kernel beats PyTorch's operator by ``MEASURED_MARGIN``, else
     None; the times and the verdict go into ``decision``. ``graph_channels_last``: inductor
-    lays the graph's convolutions out channels-last."""
+    lays the graph's convolutions out channels-last; ``graphs``: the graph is replayed from
+    CUDA graphs (else each side is timed as calls, its host time included)."""
     escoin_s, dense_s = _time_both(layer, shape, candidate.device,
                                    candidate.op != "linear" and (
-                                       candidate.channels_last or graph_channels_last))
+                                       candidate.channels_last or graph_channels_last),
+                                   graphs and candidate.device.type == "cuda")
     decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
+    how = "measured" if graphs and candidate.device.type == "cuda" else "measured as calls"
     if escoin_s > dense_s * (1.0 - MEASURED_MARGIN):
         decision.kernel = "dense"
-        decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, not "
+        decision.reason = (f"{how}: escoin {escoin_s * 1e6:.1f} us, not "
                            f"{MEASURED_MARGIN:.0%} under PyTorch's {dense_s * 1e6:.1f} us")
         return None
-    decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, PyTorch "
+    decision.reason = (f"{how}: escoin {escoin_s * 1e6:.1f} us, PyTorch "
                        f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
     return layer
 
@@ -242,12 +269,16 @@ def _hint(size):
     return int(size)
 
 
-def _time_both(layer, shape, device, channels_last: bool = False):
-    """(Escoin seconds, PyTorch seconds) of the layer at ``shape``, each captured in a CUDA
-    graph and replayed (``timing.graph_time``), PyTorch in its current settings (TF32 and
-    cuDNN as the user has them), both on an input in the graph's memory format: a
-    channels-last one costs the Escoin path its copies to NCHW and back (``ops.apply_conv``)."""
-    from ..timing import graph_time
+def _time_both(layer, shape, device, channels_last: bool = False, graphs: bool = True):
+    """(Escoin seconds, PyTorch seconds) of the layer at ``shape``, PyTorch in its current
+    settings (TF32 and cuDNN as the user has them), both on an input in the graph's memory
+    format: a channels-last one costs the Escoin path its copies to NCHW and back
+    (``ops.apply_conv``). With ``graphs`` (a GPU graph replayed from CUDA graphs) each side is
+    captured in a CUDA graph and replayed (``timing.graph_time``): launches cost nothing there.
+    Otherwise each is timed as calls made back to back (``timing.call_time``), the Escoin side
+    through its custom operator as the compiled graph calls it, PyTorch's dispatch and the
+    operator's included."""
+    from ..timing import call_time, graph_time
 
     dtype = dtypes.torch_dtype(dtypes.name_of(layer.weight.dtype))
     x = torch.randn(shape, device=device, dtype=dtype)
@@ -256,15 +287,27 @@ def _time_both(layer, shape, device, channels_last: bool = False):
         x = x.to(memory_format=torch.channels_last)
         weight = weight.to(memory_format=torch.channels_last)
     bias = None if layer.bias is None else torch.from_numpy(layer.bias).to(device, dtype)
-    if isinstance(layer, ops.SparseLayer):
-        def escoin():
-            return ops.apply_conv(layer, x)
-    else:
-        kernel = layer.kernel(shape, device)
-        out = torch.empty(layer.output_shape(shape), device=device, dtype=dtype)
 
-        def escoin():
-            return kernel.run_torch(x, out)
+    def dense():
+        return layer.torch_equivalent(x, weight, bias)
+
+    conv = isinstance(layer, ops.SparseLayer)
     with torch.no_grad():
-        return (graph_time(escoin),
-                graph_time(lambda: layer.torch_equivalent(x, weight, bias)))
+        if not graphs:
+            index = ops.register(layer)
+            op = torch.ops.escoin.sparse_conv2d if conv else torch.ops.escoin.sparse_linear
+            try:
+                return (call_time(lambda: op(x, index), device.type),
+                        call_time(dense, device.type))
+            finally:
+                ops.release(index)
+        if conv:
+            def escoin():
+                return ops.apply_conv(layer, x)
+        else:
+            kernel = layer.kernel(shape, device)
+            out = torch.empty(layer.output_shape(shape), device=device, dtype=dtype)
+
+            def escoin():
+                return kernel.run_torch(x, out)
+        return graph_time(escoin), graph_time(dense)

@@ -155,6 +155,13 @@ def register(layer: SparseLayer) -> int:
         return len(LAYERS) - 1
 
 
+def release(index: int) -> None:
+    """Forgets the layer registered as ``index`` (one registered only to be timed), so that
+    its weights and kernels can be freed; the index is not reused."""
+    with _REGISTERING:
+        LAYERS[index] = None
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """Whether ``x`` is a 4-D tensor laid out channels-last (NHWC in memory) and not also
     NCHW-contiguous (as a tensor with one pixel or one channel is)."""

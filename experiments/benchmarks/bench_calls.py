@@ -4,7 +4,8 @@ operator at batch 1, against the kernel's own time and cuDNN's call.
 For a few benchmark layers at 90% (batch 1, fp32):
   kernel_us        the kernel alone (20 calls in one CUDA graph, per call)
   call_us          ``kernel(x)`` on a CUDA torch tensor, called back to back from Python (CUDA
-                   events around 200 calls, per call): what a user's loop pays
+                   events around 200 calls, per call, the median of 5 such loops): what a
+                   user's loop pays
   op_us            ``torch.ops.escoin.sparse_conv2d`` (the backend's operator), the same way
   cudnn_call_us    ``torch.nn.functional.conv2d`` (TF32) called the same way, for scale
   overhead_us      call_us - kernel_us
@@ -29,20 +30,12 @@ from experiments.common import RESULTS, environment, result_path
 DEFAULT_LAYERS = "googlenet_4a_5x5,resnet50_layer4_3x3,alexnet_conv3,resnet50_layer2_3x3"
 
 
-def loop_time(fn, calls: int = 200) -> float:
-    """Seconds per call of ``fn`` called ``calls`` times back to back (CUDA events)."""
-    import torch
+def loop_time(fn) -> float:
+    """Seconds per call of ``fn`` called back to back (``timing.call_time``: CUDA events around
+    loops of 200 calls, the median of 5 loops)."""
+    from escoin_tvm.timing import call_time
 
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e-3 / calls
+    return call_time(fn, "cuda", calls=200, repeats=5)
 
 
 def measure(name, chw, wshape, stride, padding, groups, seed):
