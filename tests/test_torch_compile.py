@@ -297,6 +297,18 @@ def test_measured_dispatch_follows_whether_the_graph_replays_cuda_graphs(monkeyp
     assert not backend._replays_cuda_graphs("eager", None, {})
 
 
+@pytest.mark.gpu
+def test_without_cuda_graphs_the_gpu_layers_are_measured_as_calls():
+    torch.backends.cudnn.allow_tf32 = False
+    model = net().cuda()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    compiled = torch.compile(model, backend="escoin")
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    measured = [layer for layer in backend.REPORTS[-1] if layer.sparsity >= 0.7]
+    assert measured and all(layer.reason.startswith("measured as calls:") for layer in measured)
+
+
 def _graph_layout(model, x):
     from escoin_tvm.torch_compile import graph
 
