@@ -245,12 +245,13 @@ def _measure(decision: LayerDecision, layer, candidate: graph.Candidate, shape: 
     None; the times and the verdict go into ``decision``. ``graph_channels_last``: inductor
     lays the graph's convolutions out channels-last; ``graphs``: the graph is replayed from
     CUDA graphs (else each side is timed as calls, its host time included)."""
+    replayed = graphs and candidate.device.type == "cuda"
     escoin_s, dense_s = _time_both(layer, shape, candidate.device,
                                    candidate.op != "linear" and (
                                        candidate.channels_last or graph_channels_last),
-                                   graphs and candidate.device.type == "cuda")
+                                   replayed)
     decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
-    how = "measured" if graphs and candidate.device.type == "cuda" else "measured as calls"
+    how = "measured" if replayed else "measured as calls"
     if escoin_s > dense_s * (1.0 - MEASURED_MARGIN):
         decision.kernel = "dense"
         decision.reason = (f"{how}: escoin {escoin_s * 1e6:.1f} us, not "

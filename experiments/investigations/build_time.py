@@ -43,12 +43,44 @@ def conv_layers(network: str, batch: int, limit: int):
     return layers[:limit] if limit else layers
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_layer_arguments(parser) -> None:
+    """The options that pick the layers: network, batch, dtype, how many."""
     parser.add_argument("--network", default="resnet50")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--layers", type=int, default=0, help="first N convolutions (0: all)")
+
+
+def sparse_layer(name, weight, module, dtype: str, target):
+    """The backend's SparseLayer of a convolution (no bias, no ReLU), its weight in ``dtype``."""
+    from escoin_tvm import dtypes
+    from escoin_tvm.torch_compile import ops
+
+    return ops.SparseLayer(name, weight.astype(dtypes.numpy_dtype(dtype)), None, module.stride,
+                           (module.padding[0], module.padding[1]) * 2, module.dilation, 1,
+                           False, target)
+
+
+def max_error_against_cudnn(layers, kernels, device, dtype: str) -> float:
+    """The largest relative error (max abs difference over max abs reference) of the kernels
+    against cuDNN fp32 with TF32 off, each on random input of its layer's shape."""
+    import torch
+
+    from escoin_tvm import dtypes
+
+    torch.backends.cudnn.allow_tf32 = False  # the reference in fp32
+    errors = []
+    for (_, weight, shape, module), kernel in zip(layers, kernels):
+        x = torch.randn(shape, device=device, dtype=dtypes.torch_dtype(dtype))
+        ref = torch.nn.functional.conv2d(x.float(), torch.from_numpy(weight).to(device).float(),
+                                         None, module.stride, module.padding, module.dilation)
+        errors.append(float((kernel.run_torch(x).float() - ref).abs().max() / ref.abs().max()))
+    return max(errors)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_layer_arguments(parser)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
@@ -60,7 +92,7 @@ def main(argv=None):
     from escoin_tvm import dtypes
     from escoin_tvm.build_together import compile_together
     from escoin_tvm.target import resolve_target
-    from escoin_tvm.torch_compile import backend, ops
+    from escoin_tvm.torch_compile import backend
 
     cuda_seconds = []
     original = nvcc.compile_cuda
@@ -77,15 +109,13 @@ def main(argv=None):
     device = torch.device("cuda", torch.cuda.current_device())
     dtype = dtypes.torch_dtype(args.dtype)
 
-    def sparse_layer(name, weight, module):
-        return ops.SparseLayer(name, weight.astype(dtypes.numpy_dtype(args.dtype)), None,
-                               module.stride, (module.padding[0], module.padding[1]) * 2,
-                               module.dilation, 1, False, target)
+    def layer_of(name, weight, module):
+        return sparse_layer(name, weight, module, args.dtype, target)
 
     layers = conv_layers(args.network, args.batch, args.layers)
     rows = []
     for name, weight, shape, module in layers:
-        layer = sparse_layer(name, weight, module)
+        layer = layer_of(name, weight, module)
         cuda_seconds.clear()
         start = time.perf_counter()
         kernel = layer.kernel(shape, device)
@@ -114,29 +144,23 @@ def main(argv=None):
     cuda_seconds.clear()
     start = time.perf_counter()
     for name, weight, shape, module in layers:
-        sparse_layer(name, weight, module).kernel(shape, device)
+        layer_of(name, weight, module).kernel(shape, device)
     summary[f"build_{other}_s"] = time.perf_counter() - start
     summary[f"cuda_compile_{other}_s"] = sum(cuda_seconds)
     os.environ["TVM_CUDA_COMPILE_MODE"] = default_mode
     start = time.perf_counter()
     with ThreadPoolExecutor(args.threads) as pool:
-        list(pool.map(lambda l: sparse_layer(l[0], l[1], l[3]).kernel(l[2], device), layers))
+        list(pool.map(lambda l: layer_of(l[0], l[1], l[3]).kernel(l[2], device), layers))
     summary[f"build_{args.threads}_threads_s"] = time.perf_counter() - start
     cuda_seconds.clear()
     start = time.perf_counter()
     with compile_together():
-        together = [sparse_layer(name, weight, module).kernel(shape, device)
+        together = [layer_of(name, weight, module).kernel(shape, device)
                     for name, weight, shape, module in layers]
     summary["build_together_s"] = time.perf_counter() - start
     summary["cuda_compile_together_s"] = sum(cuda_seconds)
-    torch.backends.cudnn.allow_tf32 = False  # the reference in fp32
-    errors = []
-    for (name, weight, shape, module), kernel in zip(layers, together):
-        x = torch.randn(shape, device=device, dtype=dtype)
-        ref = torch.nn.functional.conv2d(x.float(), torch.from_numpy(weight).to(device).float(),
-                                         None, module.stride, module.padding, module.dilation)
-        errors.append(float((kernel.run_torch(x).float() - ref).abs().max() / ref.abs().max()))
-    summary["together_max_rel_error"] = max(errors)
+    summary["together_max_rel_error"] = max_error_against_cudnn(layers, together, device,
+                                                                args.dtype)
     print(json.dumps(summary), flush=True)
     path = result_path("build-time", out=args.out)
     with open(path, "w") as f:

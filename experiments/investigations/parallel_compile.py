@@ -30,7 +30,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from unittest import mock
 
 from experiments.common import environment, result_path
-from experiments.investigations.build_time import conv_layers
+from experiments.investigations.build_time import (add_layer_arguments, conv_layers,
+                                                   max_error_against_cudnn, sparse_layer)
 
 
 def chunks(items, parts: int):
@@ -65,10 +66,7 @@ def parse_target(text: str):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", default="resnet50")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--layers", type=int, default=0, help="first N convolutions (0: all)")
+    add_layer_arguments(parser)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--target", default="cuda", help="'cuda' (the GPU's architecture) or a "
                         "TVM target JSON, for a dry run without a GPU")
@@ -78,8 +76,7 @@ def main(argv=None):
     import torch
     import tvm
 
-    from escoin_tvm import build_together, dtypes
-    from escoin_tvm.torch_compile import ops
+    from escoin_tvm import build_together
 
     target = parse_target(args.target)
     on_gpu = torch.cuda.is_available() and args.target == "cuda"
@@ -92,9 +89,7 @@ def main(argv=None):
         with mock.patch.object(build_together, "compile_kernels", made.extend):
             with build_together.compile_together():
                 for name, weight, shape, module in layers:
-                    ops.SparseLayer(name, weight.astype(dtypes.numpy_dtype(args.dtype)), None,
-                                    module.stride, (module.padding[0], module.padding[1]) * 2,
-                                    module.dilation, 1, False, target).kernel(shape, device)
+                    sparse_layer(name, weight, module, args.dtype, target).kernel(shape, device)
         return made
 
     def fresh_cache(label):
@@ -148,16 +143,8 @@ def main(argv=None):
     summary["processes_s"] = summary["processes_workers_s"] + summary["processes_main_s"]
 
     if on_gpu:
-        torch.backends.cudnn.allow_tf32 = False  # the reference in fp32
-        errors = []
-        kernels = [k for group in groups for k in group]
-        for (name, weight, shape, module), kernel in zip(layers, kernels):
-            x = torch.randn(shape, device=device, dtype=dtypes.torch_dtype(args.dtype))
-            ref = torch.nn.functional.conv2d(x.float(), torch.from_numpy(weight).to(device),
-                                             None, module.stride, module.padding, module.dilation)
-            errors.append(float((kernel.run_torch(x).float() - ref).abs().max()
-                                / ref.abs().max()))
-        summary["processes_max_rel_error"] = max(errors)
+        summary["processes_max_rel_error"] = max_error_against_cudnn(
+            layers, [k for group in groups for k in group], device, args.dtype)
     print(json.dumps(summary), flush=True)
     path = result_path("parallel-compile", out=args.out)
     with open(path, "w") as f:
