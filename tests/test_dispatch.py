@@ -18,8 +18,10 @@ def small_net():
 
 
 def matches(compiled, model, x):
+    """The compiled model's output on ``x`` (given as numpy, which every target takes) against
+    the PyTorch model's on the CPU."""
     with torch.no_grad():
-        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(compiled(x.numpy()), model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("target", ["llvm", pytest.param("cuda", marks=pytest.mark.gpu)])
