@@ -20,11 +20,26 @@ ScheduleConfig = Union[CpuConfig, GpuConfig]
 
 def untuned_config(spec: Conv2dSpec, target, dtype: str = "float32") -> ScheduleConfig:
     """The knobs a kernel gets without a tuning log: the shipped table's for this layer shape
-    and dtype, else the heuristic."""
+    (``shipped_config``), else the heuristic."""
     if is_gpu(target):
-        arch = str(target.attrs.get("arch", ""))
-        return pretuned.lookup(spec, arch, dtype) or default_gpu_config(spec, dtype)
+        return shipped_config(spec, target, dtype) or default_gpu_config(spec, dtype)
     return default_cpu_config(spec)
+
+
+def shipped_config(spec: Conv2dSpec, target, dtype: str = "float32") -> Optional[GpuConfig]:
+    """The shipped table's knobs for this layer on a GPU ``target``: its record for ``dtype``;
+    else, for a half dtype whose heuristic tile is plain (no blocked images: below batch 4, or a
+    tile of fewer than 4 accumulators), the float32 record of the same shape.
+
+    A plain half tile is the float32 kernel's tile reading half values, and the float32
+    records' knobs ran the fp16 kernels 1.21x faster than the heuristic at batch 1 on the 15
+    benchmark layers (faster on 12); a blocked tile, with half sums, beat them by 1.5x at batch
+    16, so it keeps the heuristic (docs/findings.md, "Half kernels with float32 records")."""
+    arch = str(target.attrs.get("arch", ""))
+    own = pretuned.lookup(spec, arch, dtype)
+    if own is not None or dtype == "float32" or default_gpu_config(spec, dtype).block_images:
+        return own
+    return pretuned.lookup(spec, arch, "float32")
 
 
 def extents(spec: Conv2dSpec, config: ScheduleConfig) -> Tuple[Tuple[int, int], int]:
@@ -48,8 +63,9 @@ def tuned_extents(spec: Conv2dSpec, target, dtype: str = "float32") -> Tuple[Tup
 
 def schedule_source(spec: Conv2dSpec, target, dtype: str = "float32") -> str:
     """Where an untuned kernel's knobs come from: the shipped table or the heuristic."""
-    if is_gpu(target) and pretuned.lookup(spec, str(target.attrs.get("arch", "")), dtype):
-        return "pre-tuned"
+    if is_gpu(target) and shipped_config(spec, target, dtype):
+        own = pretuned.lookup(spec, str(target.attrs.get("arch", "")), dtype)
+        return "pre-tuned" if own is not None else "pre-tuned (float32)"
     return "default"
 
 

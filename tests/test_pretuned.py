@@ -95,3 +95,37 @@ def test_tuning_runs_merge_only_knobs_that_beat_the_shipped_ones(tables, capsys)
     [merged] = json.loads(table.read_text())["records"]
     assert merged["time_us"] == 800.0 and merged["pretuned_us"] == 940.0
     assert "win.jsonl" in merged["source"]
+
+
+def test_a_plain_half_tile_takes_the_float32_record_and_a_blocked_one_the_heuristic(tables):
+    """Without a record of its own, a half-precision kernel whose heuristic tile is plain
+    (batch 1) gets the float32 record of its shape; one whose heuristic blocks images (batch 16:
+    half sums) keeps the heuristic; a record of its own dtype comes first."""
+    import tvm
+
+    from escoin_tvm.kernel import schedule_source, untuned_config
+    from escoin_tvm.schedule import default_gpu_config
+
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    b1 = Conv2dSpec.create((1, 256, 56, 56), (256, 256, 3, 3), padding=1)
+    f32, f16 = GpuConfig(threads_x=8, chunk=8), GpuConfig(threads_x=32, chunk=32)
+    assert not default_gpu_config(b1, "float16").block_images
+    assert default_gpu_config(VGG_CONV3_2, "float16").block_images
+    pretuned.write_table(tables / "pretuned-sm_90.json",
+                         [pretuned.record("b1", b1, f32, 60.0),
+                          pretuned.record("b16", VGG_CONV3_2, f32, 900.0)],
+                         arch="sm_90", gpu="test", sparsity=0.9, source="test", date="now")
+    for dtype in ("float16", "bfloat16"):
+        assert untuned_config(b1, target, dtype) == f32
+        assert schedule_source(b1, target, dtype) == "pre-tuned (float32)"
+        assert untuned_config(VGG_CONV3_2, target, dtype) == default_gpu_config(VGG_CONV3_2, dtype)
+        assert schedule_source(VGG_CONV3_2, target, dtype) == "default"
+    assert untuned_config(b1, target, "float32") == f32
+    assert schedule_source(b1, target, "float32") == "pre-tuned"
+    pretuned.write_table(tables / "pretuned-sm_90.json",
+                         [pretuned.record("b1", b1, f32, 60.0),
+                          pretuned.record("b1", b1, f16, 50.0, dtype="float16")],
+                         arch="sm_90", gpu="test", sparsity=0.9, source="test", date="now")
+    pretuned._table.cache_clear()
+    assert untuned_config(b1, target, "float16") == f16
+    assert schedule_source(b1, target, "float16") == "pre-tuned"
