@@ -1,31 +1,37 @@
-"""Compiling many Escoin kernels as one module: one CUDA compile instead of one per kernel.
+"""Compiling many Escoin kernels together: a few CUDA compiles instead of one per kernel.
 
 Each kernel's CUDA compile (nvrtc or nvcc, through TVM's ``tvm_callback_cuda_compile``) pays
 a fixed cost (starting the compiler, parsing the CUDA headers TVM's source includes) that is
-most of a kernel's build; a model's kernels compiled as one module pay it once
-(docs/findings.md, "Compile time"). So a caller that knows several kernels ahead, such as the
-torch.compile backend with a graph's candidate layers, creates them inside
+most of a kernel's build; kernels compiled as one module pay it once. So a caller that knows
+several kernels ahead, such as the torch.compile backend with a graph's candidate layers,
+creates them inside
 
     with compile_together():
         kernels = [build_sparse_conv2d(...), ...]
 
-and they are compiled when the block ends, one ``tvm.compile`` per target, each kernel then
-calling its own function of the shared module. A kernel used before that compiles alone on
-first use (``CompiledKernel``), and if the joint compile fails each kernel is compiled alone,
-so that the one at fault raises its own error: deferring changes when kernels compile, never
-what they compute. Outside the block nothing is deferred.
+and they are compiled when the block ends, in modules of up to ``PART_KERNELS`` kernels per
+target compiled in parallel threads, each kernel then calling its own function of its part's
+module. A single module for many kernels compiles slower than the same kernels in a few parts:
+53 ResNet-50 kernels took 29.5 s as one module and 13.4 s as 7 parts in 7 threads on the
+H200's host (docs/findings.md, "The torch.compile backend in a graph"). A kernel used before
+that compiles alone on first use (``CompiledKernel``), and if a part's compile fails each of
+its kernels is compiled alone, so that the one at fault raises its own error: deferring
+changes when kernels compile, never what they compute. Outside the block nothing is deferred.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from typing import Dict, List
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional
 
 import tvm
 
 from .cuda_cache import cached_cuda_compiles
 
 _PENDING = threading.local()  # this thread's kernels waiting for their joint compile
+PART_KERNELS = 8  # kernels per module of a joint compile; the parts compile in parallel threads
 
 
 def compile_module(mod: tvm.IRModule, target):
@@ -71,24 +77,50 @@ def joint_module(kernels: List):
     return mod, names
 
 
+def parts(kernels: List, size: Optional[int] = None) -> List[List]:
+    """``kernels`` in the fewest consecutive runs of at most ``size`` (``PART_KERNELS``), of
+    nearly equal length."""
+    count = -(-len(kernels) // (size or PART_KERNELS))
+    step, extra = divmod(len(kernels), max(count, 1))
+    out, start = [], 0
+    for i in range(count):
+        end = start + step + (i < extra)
+        out.append(kernels[start:end])
+        start = end
+    return out
+
+
 def compile_kernels(kernels: List) -> None:
-    """Compiles the kernels not yet compiled, one module per target: each kernel's function
-    gets a name of its own (``escoin_kernel_<i>``) and the kernel binds to it. When a joint
-    compile fails, each of its kernels is compiled alone (the one at fault raises)."""
+    """Compiles the kernels not yet compiled: per target, in parts of up to ``PART_KERNELS``
+    (``parts``), one module per part, the parts in parallel threads (``compile_part``). An
+    error of a kernel is raised once every part has finished."""
     groups: Dict[str, List] = {}
     for kernel in kernels:
         if not kernel.compiled:
             groups.setdefault(str(kernel.target), []).append(kernel)
-    for group in groups.values():
-        if len(group) == 1:
-            group[0].compile()
-            continue
-        mod, names = joint_module(group)
-        try:
-            executable = compile_module(mod, group[0].target)
-        except Exception:  # noqa: BLE001 - the kernel at fault raises its own error below
-            for kernel in group:
-                kernel.compile()
-            continue
-        for name, kernel in zip(names, group):
-            kernel.bind(executable, name)
+    work = [part for group in groups.values() for part in parts(group)]
+    if len(work) <= 1:
+        for part in work:
+            compile_part(part)
+        return
+    with ThreadPoolExecutor(min(len(work), os.cpu_count() or 1)) as pool:
+        for future in [pool.submit(compile_part, part) for part in work]:
+            future.result()
+
+
+def compile_part(kernels: List) -> None:
+    """Compiles kernels of one target as one module: each kernel's function gets a name of its
+    own (``escoin_kernel_<i>``) and the kernel binds to it. When the joint compile fails, each
+    kernel is compiled alone (the one at fault raises)."""
+    if len(kernels) == 1:
+        kernels[0].compile()
+        return
+    mod, names = joint_module(kernels)
+    try:
+        executable = compile_module(mod, kernels[0].target)
+    except Exception:  # noqa: BLE001 - the kernel at fault raises its own error below
+        for kernel in kernels:
+            kernel.compile()
+        return
+    for name, kernel in zip(names, kernels):
+        kernel.bind(executable, name)

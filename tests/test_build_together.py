@@ -1,6 +1,7 @@
 """Kernels compiled together (``build_together``): one module for a block's kernels, each kernel
 computing what it computes alone; a kernel used early, a failed joint compile, a block that
 raises, nested blocks and other threads fall back to compiling alone."""
+import os
 import threading
 
 import numpy as np
@@ -21,15 +22,24 @@ CONVS = [  # (weight shape, input shape, geometry)
 ]
 
 
+class Compiles(list):
+    """The function names of each compiled module; ``threads``: the threads that compiled."""
+
+
 @pytest.fixture
 def joint_compiles(monkeypatch):
     """The modules ``build_together.compile_module`` compiles, as lists of function names."""
-    seen = []
+    seen = Compiles()
     real = build_together.compile_module
 
     def counting(mod, target):
-        seen.append(sorted(gv.name_hint for gv in mod.get_global_vars()))
+        with lock:
+            seen.append(sorted(gv.name_hint for gv in mod.get_global_vars()))
+            threads.add(threading.get_ident())
         return real(mod, target)
+
+    lock, threads = threading.Lock(), set()
+    seen.threads = threads
 
     monkeypatch.setattr(build_together, "compile_module", counting)
     return seen
@@ -65,6 +75,26 @@ def test_a_blocks_kernels_share_one_module_and_each_computes_its_own_layer(joint
     expected = np.maximum(x.astype(np.float64) @ linear_weight.T.astype(np.float64), 0)
     np.testing.assert_allclose(linear(x), expected, rtol=1e-5, atol=1e-5)
     assert made[0][0].time(number=2, repeat=1) > 0  # times its own function of the module
+
+
+def test_many_kernels_compile_in_parts_in_parallel_threads(monkeypatch, joint_compiles):
+    monkeypatch.setattr(build_together, "PART_KERNELS", 2)
+    rng = np.random.default_rng(8)
+    with compile_together():
+        made = conv_kernels(rng) + conv_kernels(rng)[:2]
+    assert sorted(len(names) for names in joint_compiles) == [2, 2, 2]
+    assert len(joint_compiles.threads) == min(3, os.cpu_count())
+    assert len({id(kernel.executable) for kernel, *_ in made}) == 3
+    for kernel, weight, bias, shape, geometry in made:
+        x = rng.standard_normal(shape).astype(np.float32)
+        assert_conv_close(kernel(x), x, weight, bias=bias, **geometry)
+
+
+def test_parts_are_the_fewest_runs_of_nearly_equal_length():
+    assert build_together.parts(list(range(17)), 8) == [list(range(6)), list(range(6, 12)),
+                                                       list(range(12, 17))]
+    assert build_together.parts(list(range(8)), 8) == [list(range(8))]
+    assert build_together.parts([], 8) == []
 
 
 def test_a_kernel_used_inside_the_block_compiles_alone_and_is_not_compiled_again(joint_compiles):

@@ -1,22 +1,25 @@
-"""Whether a graph's Escoin kernels compile faster in worker processes than as one module.
+"""How a graph's Escoin kernels compile fastest: as one module, in parts in threads, or in
+worker processes.
 
-The torch.compile backend compiles a graph's candidate kernels as one module: one CUDA compile
-(``build_together``), which nvrtc runs on one core while the machine has many, and threads do
-not overlap (``build_time.py``). This times, for the first L convolutions of a network
+The torch.compile backend compiles a graph's candidate kernels together (``build_together``):
+a CUDA compile has a fixed cost that one module for several kernels pays once. This times, for the first L convolutions of a network
 (``escoin_tvm.models``, random weights pruned to 90%, one batch and dtype), the kernels'
 scheduled TIR compiled
-  joint       as one module in this process (what the backend does now);
+  joint       as one module in this process;
   threads     as P modules of about L/P kernels each, in P threads of this process;
   processes   as the same P modules, each compiled by one of P worker processes (spawned, the
               module passed as TVM's JSON), which leaves the CUDA binaries in a fresh disk cache
               (``cuda_cache``); then in this process again, each CUDA compile a cache hit: what a
-              backend that farms its CUDA compiles out would pay, the pool's start included.
+              backend that farms its CUDA compiles out would pay, the pool's start included;
+  shipped     as ``build_together.compile_kernels`` compiles them (what the backend does now:
+              parts of up to ``PART_KERNELS`` kernels in parallel threads).
 Making the kernels (scheduling) is timed apart, once; each stage gets a fresh cache folder (the
 joint and thread stages an empty one, so they run the compiler). The kernels of the process
-stage are then checked against cuDNN fp32 with TF32 off.
+and shipped stages are then checked against cuDNN fp32 with TF32 off.
 
 Usage: python -m experiments.investigations.parallel_compile [--network resnet50] [--batch 16]
-    [--dtype float32] [--layers 0] [--workers 8] [--out experiments/results]
+    [--dtype float32] [--layers 0] [--workers 8] [--stages joint,threads,processes,shipped]
+    [--out experiments/results]
 """
 from __future__ import annotations
 
@@ -35,15 +38,10 @@ from experiments.investigations.build_time import (add_layer_arguments, conv_lay
 
 
 def chunks(items, parts: int):
-    """``items`` in ``parts`` consecutive runs of nearly equal length (none empty)."""
-    parts = max(1, min(parts, len(items)))
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + size + (i < extra)
-        out.append(items[start:end])
-        start = end
-    return out
+    """``items`` in about ``parts`` consecutive runs of nearly equal length."""
+    from escoin_tvm.build_together import parts as runs
+
+    return runs(items, -(-len(items) // max(1, parts)))
 
 
 def compile_in_worker(module_json: str, target: str, cache: str) -> float:
@@ -70,6 +68,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--target", default="cuda", help="'cuda' (the GPU's architecture) or a "
                         "TVM target JSON, for a dry run without a GPU")
+    parser.add_argument("--stages", default="joint,threads,processes,shipped")
     parser.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
 
@@ -108,43 +107,58 @@ def main(argv=None):
     make_kernels()
     summary["make_kernels_s"] = time.perf_counter() - start
 
-    fresh_cache("joint")
-    kernels = make_kernels()
-    start = time.perf_counter()
-    mod, names = build_together.joint_module(kernels)
-    bind(kernels, build_together.compile_module(mod, target), names)
-    summary["joint_s"] = time.perf_counter() - start
+    stages = args.stages.split(",")
+    if "joint" in stages:
+        fresh_cache("joint")
+        kernels = make_kernels()
+        start = time.perf_counter()
+        mod, names = build_together.joint_module(kernels)
+        bind(kernels, build_together.compile_module(mod, target), names)
+        summary["joint_s"] = time.perf_counter() - start
 
-    fresh_cache("threads")
-    groups = chunks(make_kernels(), args.workers)
-    start = time.perf_counter()
+    if "threads" in stages:
+        fresh_cache("threads")
+        groups = chunks(make_kernels(), args.workers)
+        start = time.perf_counter()
 
-    def compile_group(group):
-        mod, names = build_together.joint_module(group)
-        bind(group, build_together.compile_module(mod, target), names)
+        def compile_group(group):
+            mod, names = build_together.joint_module(group)
+            bind(group, build_together.compile_module(mod, target), names)
 
-    with ThreadPoolExecutor(len(groups)) as pool:
-        list(pool.map(compile_group, groups))
-    summary["threads_s"] = time.perf_counter() - start
+        with ThreadPoolExecutor(len(groups)) as pool:
+            list(pool.map(compile_group, groups))
+        summary["threads_s"] = time.perf_counter() - start
 
-    cache = fresh_cache("processes")
-    groups = chunks(make_kernels(), args.workers)
-    modules = [build_together.joint_module(group) for group in groups]
-    start = time.perf_counter()
-    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
-        worker_s = list(pool.map(compile_in_worker, [tvm.ir.save_json(m) for m, _ in modules],
-                                 [args.target] * len(modules), [cache] * len(modules)))
-    summary["processes_workers_s"] = time.perf_counter() - start
-    summary["processes_each_worker_s"] = worker_s
-    start = time.perf_counter()
-    for group, (mod, names) in zip(groups, modules):
-        bind(group, build_together.compile_module(mod, target), names)
-    summary["processes_main_s"] = time.perf_counter() - start
-    summary["processes_s"] = summary["processes_workers_s"] + summary["processes_main_s"]
+    if "processes" in stages:
+        cache = fresh_cache("processes")
+        groups = chunks(make_kernels(), args.workers)
+        modules = [build_together.joint_module(group) for group in groups]
+        start = time.perf_counter()
+        with ProcessPoolExecutor(len(groups),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            worker_s = list(pool.map(compile_in_worker, [tvm.ir.save_json(m) for m, _ in modules],
+                                     [args.target] * len(modules), [cache] * len(modules)))
+        summary["processes_workers_s"] = time.perf_counter() - start
+        summary["processes_each_worker_s"] = worker_s
+        start = time.perf_counter()
+        for group, (mod, names) in zip(groups, modules):
+            bind(group, build_together.compile_module(mod, target), names)
+        summary["processes_main_s"] = time.perf_counter() - start
+        summary["processes_s"] = summary["processes_workers_s"] + summary["processes_main_s"]
+        if on_gpu:
+            summary["processes_max_rel_error"] = max_error_against_cudnn(
+                layers, [k for group in groups for k in group], device, args.dtype)
 
-    if on_gpu:
-        summary["processes_max_rel_error"] = max_error_against_cudnn(
-            layers, [k for group in groups for k in group], device, args.dtype)
+    if "shipped" in stages:
+        fresh_cache("shipped")
+        kernels = make_kernels()
+        start = time.perf_counter()
+        build_together.compile_kernels(kernels)
+        summary["shipped_s"] = time.perf_counter() - start
+        summary["shipped_parts"] = len(build_together.parts(kernels))
+        if on_gpu:
+            summary["shipped_max_rel_error"] = max_error_against_cudnn(layers, kernels, device,
+                                                                       args.dtype)
     print(json.dumps(summary), flush=True)
     path = result_path("parallel-compile", out=args.out)
     with open(path, "w") as f:
