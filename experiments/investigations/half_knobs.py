@@ -13,10 +13,9 @@ Usage (GPU): python -m experiments.investigations.half_knobs [--batch 1] [--laye
 """
 from __future__ import annotations
 
-import argparse
 
 from experiments.common import geomean
-from experiments.investigations.image_blocks import add_arguments, run
+from experiments.investigations.image_blocks import run_main
 
 
 def kernels(spec, dtypes):
@@ -70,12 +69,7 @@ def summary(rows) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.add_argument("--dtypes", default="float16")
-    args = parser.parse_args(argv)
-    rows = run(args, lambda spec: kernels(spec, args.dtypes.split(",")), "half-knobs")
-    print(summary(rows))
+    run_main(argv, __doc__, kernels, summary, "half-knobs", "float16")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ Usage (GPU): python -m experiments.investigations.half_sums [--batch 16] [--laye
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 from experiments.common import geomean
-from experiments.investigations.image_blocks import add_arguments, run
+from experiments.investigations.image_blocks import run_main
 
 
 def kernels(spec, dtypes):
@@ -42,12 +41,7 @@ def kernels(spec, dtypes):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.add_argument("--dtypes", default="float16,bfloat16")
-    args = parser.parse_args(argv)
-    rows = run(args, lambda spec: kernels(spec, args.dtypes.split(",")), "half-sums")
-    print(summary(rows))
+    run_main(argv, __doc__, kernels, summary, "half-sums", "float16,bfloat16")
 
 
 def summary(rows) -> str:

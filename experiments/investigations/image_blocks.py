@@ -70,12 +70,20 @@ def build(job):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    run_main(argv, __doc__, lambda spec, dtypes: [(dtype, label, config) for dtype in dtypes
+                                                  for label, config in variants(spec, dtype)],
+             summary, "image-blocks", "float32,float16")
+
+
+def run_main(argv, doc: str, kernels, summary, result_name: str, dtypes: str) -> None:
+    """The command line of an investigation over the layer sets: ``add_arguments`` and
+    ``--dtypes`` (default ``dtypes``); runs ``kernels(spec, dtypes)`` (``run``) and prints
+    ``summary(rows)``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     add_arguments(parser)
-    parser.add_argument("--dtypes", default="float32,float16")
+    parser.add_argument("--dtypes", default=dtypes)
     args = parser.parse_args(argv)
-    rows = run(args, lambda spec: [(dtype, label, config) for dtype in args.dtypes.split(",")
-                                   for label, config in variants(spec, dtype)], "image-blocks")
+    rows = run(args, lambda spec: kernels(spec, args.dtypes.split(",")), result_name)
     print(summary(rows))
 
 
