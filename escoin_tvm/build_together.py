@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable, Dict, List, Optional
 
 import tvm
 
@@ -52,10 +52,12 @@ def defer(kernel) -> bool:
 
 
 @contextlib.contextmanager
-def compile_together():
+def compile_together(on_compiled: Optional[Callable[[int, int], None]] = None):
     """Kernels created in this thread inside the block are compiled together when it ends
-    (a nested block joins the outer one). If the block raises, its kernels are left to compile
-    alone on first use."""
+    (a nested block joins the outer one, and its ``on_compiled`` is not called). If the block
+    raises, its kernels are left to compile alone on first use. ``on_compiled(count, total)``
+    is called in this thread each time a part of ``count`` of the ``total`` kernels to compile
+    has compiled (a progress bar's ticks)."""
     if getattr(_PENDING, "kernels", None) is not None:
         yield
         return
@@ -65,7 +67,7 @@ def compile_together():
         kernels = _PENDING.kernels
     finally:
         _PENDING.kernels = None
-    compile_kernels(kernels)
+    compile_kernels(kernels, on_compiled)
 
 
 def joint_module(kernels: List):
@@ -90,22 +92,29 @@ def parts(kernels: List, size: Optional[int] = None) -> List[List]:
     return out
 
 
-def compile_kernels(kernels: List) -> None:
+def compile_kernels(kernels: List, on_compiled: Optional[Callable[[int, int], None]] = None
+                    ) -> None:
     """Compiles the kernels not yet compiled: per target, in parts of up to ``PART_KERNELS``
-    (``parts``), one module per part, the parts in parallel threads (``compile_part``). An
-    error of a kernel is raised once every part has finished."""
+    (``parts``), one module per part, the parts in parallel threads (``compile_part``), calling
+    ``on_compiled(count, total)`` in this thread as each part finishes. An error of a kernel
+    is raised once every part has finished."""
     groups: Dict[str, List] = {}
     for kernel in kernels:
         if not kernel.compiled:
             groups.setdefault(str(kernel.target), []).append(kernel)
     work = [part for group in groups.values() for part in parts(group)]
+    total = sum(len(part) for part in work)
+    done = on_compiled or (lambda count, total: None)
     if len(work) <= 1:
         for part in work:
             compile_part(part)
+            done(len(part), total)
         return
     with ThreadPoolExecutor(min(len(work), os.cpu_count() or 1)) as pool:
-        for future in [pool.submit(compile_part, part) for part in work]:
+        futures = {pool.submit(compile_part, part): len(part) for part in work}
+        for future in as_completed(futures):
             future.result()
+            done(futures[future], total)
 
 
 def compile_part(kernels: List) -> None:

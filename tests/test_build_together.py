@@ -90,6 +90,24 @@ def test_many_kernels_compile_in_parts_in_parallel_threads(monkeypatch, joint_co
         assert_conv_close(kernel(x), x, weight, bias=bias, **geometry)
 
 
+def test_each_finished_part_is_reported_in_the_blocks_thread(monkeypatch, joint_compiles):
+    monkeypatch.setattr(build_together, "PART_KERNELS", 2)
+    calls = []
+    with compile_together(lambda count, total: calls.append((count, total,
+                                                             threading.get_ident()))):
+        made = conv_kernels(np.random.default_rng(9)) + conv_kernels(np.random.default_rng(10))
+        with compile_together(lambda count, total: calls.append("inner")):
+            made += conv_kernels(np.random.default_rng(11))
+    assert all(kernel.compiled for kernel, *_ in made)
+    assert sorted(count for count, *_ in calls) == [1, 2, 2, 2, 2]  # 9 kernels in 5 parts
+    assert {(total, thread) for _, total, thread in calls} == {(9, threading.get_ident())}
+    monkeypatch.setattr(build_together, "PART_KERNELS", 8)
+    calls.clear()
+    with compile_together(lambda count, total: calls.append((count, total))):
+        conv_kernels(np.random.default_rng(12))
+    assert calls == [(3, 3)]  # one part, compiled in this thread
+
+
 def test_parts_are_the_fewest_runs_of_nearly_equal_length():
     assert build_together.parts(list(range(17)), 8) == [list(range(6)), list(range(6, 12)),
                                                        list(range(12, 17))]

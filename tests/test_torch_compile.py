@@ -135,7 +135,7 @@ def test_sparse_linear_layers_too():
     assert "1 of 1 linear layers on Escoin kernels" in last_report()
 
 
-def test_a_graphs_kernels_compile_as_one_module(monkeypatch):
+def test_a_graphs_few_kernels_compile_as_one_module(monkeypatch):
     from escoin_tvm import build_together
 
     modules = []
@@ -196,6 +196,34 @@ def test_progress_is_shown_when_asked(capsys, progress):
     with torch.no_grad():
         compiled(torch.randn(1, 3, 8, 8))
     assert ("escoin compile" in capsys.readouterr().err) == progress
+
+
+def test_the_progress_bar_counts_the_kernels_as_their_parts_compile(monkeypatch, capsys):
+    """The backend's bar gets the graph's kernels added to its total and ticks as each part
+    of them compiles."""
+    from escoin_tvm import build_together, progress
+
+    monkeypatch.setattr(build_together, "PART_KERNELS", 1)
+    seen = []
+    real = progress.CompileProgress.kernels
+
+    def recording(self, count, total):
+        real(self, count, total)
+        seen.append((count, total, self.bar.n, self.bar.total))
+
+    monkeypatch.setattr(progress.CompileProgress, "kernels", recording)
+    model = net()
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager", "progress": True})
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        close(compiled(x), model(x))
+    kernels = sum(layer.kernel == "escoin" for layer in backend.REPORTS[-1])
+    assert kernels >= 3 and seen
+    assert [count for count, *_ in seen] == [1] * kernels
+    assert {total for _, total, *_ in seen} == {kernels}
+    # done: the first stage, then the kernels; the total: 3 stages and the kernels (the
+    # layers join it at the next stage)
+    assert seen[-1][2:] == (1 + kernels, 3 + kernels)
 
 
 def test_the_one_kernel_call_takes_torch_tensors_and_an_output():

@@ -109,7 +109,7 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         shown.stage("Escoin kernels")
         chosen = [_choose(candidate, threshold, dispatch, tuning_log) for candidate in found]
         shapes = [_static_shape(candidate) for candidate in found]
-        _build_kernels(found, chosen, shapes)
+        _build_kernels(found, chosen, shapes, shown.kernels)
         shown.stage("sparse layers", layers=len(found))
         # inductor may run the graph's convolutions channels-last even for an NCHW model on a
         # GPU; a layer measured against PyTorch is then measured in that layout
@@ -211,11 +211,12 @@ def _static_shape(candidate: graph.Candidate) -> Optional[tuple]:
     return shape if all(isinstance(d, int) for d in shape) else None
 
 
-def _build_kernels(found, chosen, shapes) -> None:
-    """Builds the kernels of the chosen layers whose input shape is known, all in one module
-    per target (``build_together``: a CUDA compile costs about a second whatever it holds).
-    A layer with a dynamic size builds its kernel when a shape first reaches it."""
-    with compile_together():
+def _build_kernels(found, chosen, shapes, on_compiled) -> None:
+    """Builds the kernels of the chosen layers whose input shape is known, compiled together
+    (``build_together``: a CUDA compile costs about a second, much of it whatever it holds),
+    calling ``on_compiled(count, total)`` as they compile. A layer with a dynamic size builds
+    its kernel when a shape first reaches it."""
+    with compile_together(on_compiled):
         for candidate, (_, layer), shape in zip(found, chosen, shapes):
             if layer is not None and shape is not None:
                 layer.kernel(shape, candidate.device)
