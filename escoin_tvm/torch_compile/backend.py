@@ -25,10 +25,10 @@ not both, so with options the mode is one of them):
               a graph replayed from CUDA graphs ("reduce-overhead") is measured so, any
               other as calls, each side's host time included
   dense       "inductor" (default) or "eager": what runs the rest of the graph
-  progress    True / False: a progress bar over the layers on stderr while a graph compiles
-              (default: when stderr is a terminal; the candidate layers' kernels compile
-              as one module, ``build_together.py``, and the binaries are cached on disk,
-              ``cuda_cache.py``)
+  progress    True / False: a progress bar over the kernels and layers on stderr while a
+              graph compiles (default: when stderr is a terminal; the candidate layers'
+              kernels compile together, in parts in parallel threads, ``build_together.py``,
+              and the binaries are cached on disk, ``cuda_cache.py``)
 Any other option goes to inductor, as it would without this backend.
 """
 from __future__ import annotations
