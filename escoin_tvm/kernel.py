@@ -22,14 +22,16 @@ def untuned_config(spec: Conv2dSpec, target, dtype: str = "float32") -> Schedule
     """The knobs a kernel gets without a tuning log: the shipped table's for this layer shape
     (``shipped_config``), else the heuristic."""
     if is_gpu(target):
-        return shipped_config(spec, target, dtype) or default_gpu_config(spec, dtype)
+        return shipped_config(spec, target, dtype)[0] or default_gpu_config(spec, dtype)
     return default_cpu_config(spec)
 
 
-def shipped_config(spec: Conv2dSpec, target, dtype: str = "float32") -> Optional[GpuConfig]:
-    """The shipped table's knobs for this layer on a GPU ``target``: its record for ``dtype``;
-    else, for a half dtype whose heuristic tile is plain (no blocked images: below batch 4, or a
-    tile of fewer than 4 accumulators), the float32 record of the same shape.
+def shipped_config(spec: Conv2dSpec, target, dtype: str = "float32"
+                   ) -> Tuple[Optional[GpuConfig], str]:
+    """(the shipped table's knobs for this layer on a GPU ``target`` or None, where they come
+    from): its record for ``dtype`` ("pre-tuned"); else, for a half dtype whose heuristic tile
+    is plain (no blocked images: below batch 4, or a tile of fewer than 4 accumulators), the
+    float32 record of the same shape ("pre-tuned (float32)").
 
     A plain half tile is the float32 kernel's tile reading half values, and the float32
     records' knobs ran the fp16 kernels 1.21x faster than the heuristic at batch 1 on the 15
@@ -38,8 +40,8 @@ def shipped_config(spec: Conv2dSpec, target, dtype: str = "float32") -> Optional
     arch = str(target.attrs.get("arch", ""))
     own = pretuned.lookup(spec, arch, dtype)
     if own is not None or dtype == "float32" or default_gpu_config(spec, dtype).block_images:
-        return own
-    return pretuned.lookup(spec, arch, "float32")
+        return own, "pre-tuned"
+    return pretuned.lookup(spec, arch, "float32"), "pre-tuned (float32)"
 
 
 def extents(spec: Conv2dSpec, config: ScheduleConfig) -> Tuple[Tuple[int, int], int]:
@@ -63,9 +65,10 @@ def tuned_extents(spec: Conv2dSpec, target, dtype: str = "float32") -> Tuple[Tup
 
 def schedule_source(spec: Conv2dSpec, target, dtype: str = "float32") -> str:
     """Where an untuned kernel's knobs come from: the shipped table or the heuristic."""
-    if is_gpu(target) and shipped_config(spec, target, dtype):
-        own = pretuned.lookup(spec, str(target.attrs.get("arch", "")), dtype)
-        return "pre-tuned" if own is not None else "pre-tuned (float32)"
+    if is_gpu(target):
+        config, source = shipped_config(spec, target, dtype)
+        if config is not None:
+            return source
     return "default"
 
 

@@ -297,7 +297,7 @@ def _time_both(layer, shape, device, channels_last: bool = False, graphs: bool =
     with torch.no_grad():
         if not graphs:
             index = ops.register(layer)
-            op = torch.ops.escoin.sparse_conv2d if conv else torch.ops.escoin.sparse_linear
+            op = ops.operator("conv2d" if conv else "linear")
             try:
                 return (call_time(lambda: op(x, index), device.type),
                         call_time(dense, device.type))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .ops import is_channels_last
+from .ops import is_channels_last, operator
 
 CONV2D = (torch.conv2d, F.conv2d, torch.ops.aten.conv2d.default)
 BATCH_NORM = (F.batch_norm, torch.batch_norm)
@@ -190,8 +190,7 @@ def replace(gm: fx.GraphModule, candidate: Candidate, layer: int) -> None:
     last, first = candidate.nodes[-1], candidate.nodes[0]
     # the input as it is now: an earlier replace may have rewired it
     data = (_linear_arguments if candidate.op == "linear" else _conv_arguments)(first)["input"]
-    op = torch.ops.escoin.sparse_linear if candidate.op == "linear" else \
-        torch.ops.escoin.sparse_conv2d
+    op = operator(candidate.op)
     with gm.graph.inserting_after(last):
         call = gm.graph.call_function(op.default, (data, layer))
     call.meta.update({k: v for k, v in last.meta.items() if k != "example_value"})

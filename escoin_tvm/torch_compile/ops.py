@@ -155,6 +155,11 @@ def register(layer: SparseLayer) -> int:
         return len(LAYERS) - 1
 
 
+def operator(kind: str):
+    """The custom operator that runs a layer of ``kind`` ("linear", else a convolution)."""
+    return torch.ops.escoin.sparse_linear if kind == "linear" else torch.ops.escoin.sparse_conv2d
+
+
 def release(index: int) -> None:
     """Forgets the layer registered as ``index`` (one registered only to be timed), so that
     its weights and kernels can be freed; the index is not reused."""

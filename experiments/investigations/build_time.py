@@ -78,6 +78,17 @@ def max_error_against_cudnn(layers, kernels, device, dtype: str) -> float:
     return max(errors)
 
 
+def write_results(kind: str, rows, out: str) -> None:
+    """``rows`` as a JSON-lines result file ``<out>/<kind>-<gpu>-<time>.jsonl``, after a line of
+    the environment; prints where."""
+    path = result_path(kind, out=out)
+    with open(path, "w") as f:
+        f.write(json.dumps({"kind": "environment", **environment()}) + "\n")
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print("wrote", path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_layer_arguments(parser)
@@ -162,12 +173,7 @@ def main(argv=None):
     summary["together_max_rel_error"] = max_error_against_cudnn(layers, together, device,
                                                                 args.dtype)
     print(json.dumps(summary), flush=True)
-    path = result_path("build-time", out=args.out)
-    with open(path, "w") as f:
-        f.write(json.dumps({"kind": "environment", **environment()}) + "\n")
-        for row in rows + [summary]:
-            f.write(json.dumps(row) + "\n")
-    print("wrote", path)
+    write_results("build-time", rows + [summary], args.out)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from unittest import mock
 
-from experiments.common import environment, result_path
 from experiments.investigations.build_time import (add_layer_arguments, conv_layers,
-                                                   max_error_against_cudnn, sparse_layer)
+                                                   max_error_against_cudnn, sparse_layer,
+                                                   write_results)
 
 
 def chunks(items, parts: int):
@@ -85,7 +85,8 @@ def main(argv=None):
     def make_kernels():
         """The kernels of the layers, scheduled and not compiled."""
         made = []
-        with mock.patch.object(build_together, "compile_kernels", made.extend):
+        with mock.patch.object(build_together, "compile_kernels",
+                               lambda kernels, on_compiled=None: made.extend(kernels)):
             with build_together.compile_together():
                 for name, weight, shape, module in layers:
                     sparse_layer(name, weight, module, args.dtype, target).kernel(shape, device)
@@ -160,11 +161,7 @@ def main(argv=None):
             summary["shipped_max_rel_error"] = max_error_against_cudnn(layers, kernels, device,
                                                                        args.dtype)
     print(json.dumps(summary), flush=True)
-    path = result_path("parallel-compile", out=args.out)
-    with open(path, "w") as f:
-        f.write(json.dumps({"kind": "environment", **environment()}) + "\n")
-        f.write(json.dumps(summary) + "\n")
-    print("wrote", path)
+    write_results("parallel-compile", [summary], args.out)
 
 
 if __name__ == "__main__":
