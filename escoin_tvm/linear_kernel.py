@@ -1,7 +1,8 @@
 """The scheduled sparse linear kernel of one fully-connected layer, and ``build_sparse_linear``.
 
-Knobs come from ``config`` (given, or a tuning log's best record), else the heuristic
-(``schedule.linear``); there is no shipped table for linear layers.
+Knobs come from ``config`` (given, or a tuning log's best record), else the shipped table's
+record for the layer's shape, batch and dtype (``schedule.pretuned``), else the heuristic
+(``schedule.linear``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tvm import s_tir
 from .compiled_kernel import CompiledKernel
 from .errors import ArgumentError, ShapeError
 from .linear import SparseLinearWeight, sparse_linear_primfunc
+from .schedule import pretuned
 from .schedule.linear import (LinearCpuConfig, LinearGpuConfig, default_linear_gpu_config,
                               schedule_linear_cpu, schedule_linear_gpu)
 from .target import TargetLike, is_gpu, resolve_target
@@ -21,16 +23,37 @@ from .weight_format import as_numpy_weight
 LinearConfig = Union[LinearGpuConfig, LinearCpuConfig]
 
 
-def untuned_linear_config(batch: int, weight: SparseLinearWeight, target) -> LinearConfig:
+def heuristic_linear_config(batch: int, weight: SparseLinearWeight, target) -> LinearConfig:
+    """The heuristic knobs (``default_linear_gpu_config``; on the CPU the defaults). A tuning
+    record is keyed on the work these knobs do, so that records keep matching whatever the
+    shipped table holds."""
     if is_gpu(target):
         return default_linear_gpu_config(batch, weight.shape[0], weight.ell_width())
     return LinearCpuConfig()
 
 
+def shipped_linear_config(batch: int, weight: SparseLinearWeight,
+                          target) -> Optional[LinearGpuConfig]:
+    """The shipped table's knobs for this layer's shape, batch and dtype on a GPU ``target``,
+    or None. A record is kept only where it beat the heuristic on its shape; the heuristic is
+    the one that generalises (docs/findings.md, "Sparse fully-connected layers")."""
+    if not is_gpu(target):
+        return None
+    out_features, in_features = weight.shape
+    return pretuned.lookup_linear(in_features, out_features, batch,
+                                  str(target.attrs.get("arch", "")), weight.dtype)
+
+
+def untuned_linear_config(batch: int, weight: SparseLinearWeight, target) -> LinearConfig:
+    """The knobs a kernel gets without a tuning log: shipped, else the heuristic."""
+    return shipped_linear_config(batch, weight, target) or \
+        heuristic_linear_config(batch, weight, target)
+
+
 def tuned_row_multiple(batch: int, weight: SparseLinearWeight, target) -> int:
-    """The multiple a tuned kernel's rows are padded to: the untuned kernel's, so that a tuned
-    kernel does the work it was tuned on (``kernel.tuned_extents`` for the convolution)."""
-    return untuned_linear_config(batch, weight, target).row_multiple
+    """The multiple a tuned kernel's rows are padded to: the heuristic kernel's, so that a
+    tuned kernel does the work it was tuned on (``kernel.tuned_extents`` for the convolution)."""
+    return heuristic_linear_config(batch, weight, target).row_multiple
 
 
 def linear_schedule_choice(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
@@ -41,7 +64,8 @@ def linear_schedule_choice(batch: int, weight: SparseLinearWeight, bias: bool, r
     found = None if tuning_log is None else \
         tuning_log.lookup_linear(batch, weight, bias, relu, target)
     if found is None:
-        return None, False, "default"
+        shipped = shipped_linear_config(batch, weight, target)
+        return shipped, False, "default" if shipped is None else "pre-tuned"
     config, seconds = found
     return config, True, f"tuned ({seconds * 1e6:.1f} us)"
 

@@ -111,7 +111,9 @@ def test_the_cuda_store_of_every_row_is_bounds_checked(out_features, rows):
           suppress_health_check=[HealthCheck.too_slow])
 @given(layers(), st.sampled_from([None, LinearGpuConfig(lanes=8, rows=2, batch_tile=3),
                                    LinearGpuConfig(lanes=4, rows=3, batch_tile=5,
-                                                   transposed_input=True)]))
+                                                   transposed_input=True),
+                                   # the shipped table's large-block tile
+                                   LinearGpuConfig(lanes=32, rows=32, batch_tile=16, chunk=1)]))
 def test_random_sparse_linear_layers_on_gpu(layer, config):
     w, bias, x = make(layer)
     kernel = build_sparse_linear(w, layer["batch"], bias=bias, relu=layer["relu"],

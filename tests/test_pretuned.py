@@ -2,6 +2,7 @@
 tuning runs use to update them."""
 import json
 
+import numpy as np
 import pytest
 
 from escoin_tvm.schedule import GpuConfig, pretuned
@@ -14,9 +15,9 @@ VGG_CONV3_2 = Conv2dSpec.create((16, 256, 56, 56), (256, 256, 3, 3), padding=1)
 def tables(tmp_path, monkeypatch):
     """lookup() reading tables from tmp_path only."""
     monkeypatch.setattr(pretuned, "SCHEDULES_DIRS", (tmp_path,))
-    pretuned._table.cache_clear()
+    pretuned._tables.cache_clear()
     yield tmp_path
-    pretuned._table.cache_clear()
+    pretuned._tables.cache_clear()
 
 
 def test_shipped_table_has_the_benchmark_layers():
@@ -89,7 +90,7 @@ def test_tuning_runs_merge_only_knobs_that_beat_the_shipped_ones(tables, capsys)
     merge_tuned.main([win, tie, "--table", str(table)])  # the last run (the tie) counts
     assert pretuned.lookup(spec, "sm_90") == shipped
     assert "0 of 1 tasks merged" in capsys.readouterr().out
-    pretuned._table.cache_clear()
+    pretuned._tables.cache_clear()
     merge_tuned.main([tie, win, "--table", str(table)])
     assert pretuned.lookup(spec, "sm_90") == tuned
     [merged] = json.loads(table.read_text())["records"]
@@ -126,6 +127,67 @@ def test_a_plain_half_tile_takes_the_float32_record_and_a_blocked_one_the_heuris
                          [pretuned.record("b1", b1, f32, 60.0),
                           pretuned.record("b1", b1, f16, 50.0, dtype="float16")],
                          arch="sm_90", gpu="test", sparsity=0.9, source="test", date="now")
-    pretuned._table.cache_clear()
+    pretuned._tables.cache_clear()
     assert untuned_config(b1, target, "float16") == f16
     assert schedule_source(b1, target, "float16") == "pre-tuned"
+
+
+def test_shipped_table_has_the_benchmark_fc_layers():
+    """VGG-16's fc6 at batch 16 has float32 and float16 records; shapes, batches and dtypes
+    the table lacks get None."""
+    from escoin_tvm.schedule.linear import LinearGpuConfig
+
+    for dtype in ("float32", "float16"):
+        config = pretuned.lookup_linear(25088, 4096, 16, "sm_90", dtype)
+        assert isinstance(config, LinearGpuConfig) and config.lanes * config.rows <= 1024
+    assert pretuned.lookup_linear(25088, 4096, 16, "sm_90", "bfloat16") is None
+    assert pretuned.lookup_linear(25088, 4096, 3, "sm_90") is None
+    assert pretuned.lookup_linear(4096, 25088, 16, "sm_90") is None  # in and out swapped
+
+
+def test_a_shipped_linear_record_is_the_untuned_choice_and_tuning_keys_stay(tables):
+    """A linear record is the knobs of its shape, batch and dtype without a tuning log
+    (reported "pre-tuned"), on GPU targets only; other batches and dtypes keep the heuristic;
+    a tuning record stays keyed on the heuristic's work; rewriting the table's convolution
+    records keeps its linear ones."""
+    import tvm
+
+    from escoin_tvm.linear import SparseLinearWeight
+    from escoin_tvm.linear_kernel import (build_sparse_linear, heuristic_linear_config,
+                                          linear_schedule_choice, tuned_row_multiple,
+                                          untuned_linear_config)
+    from escoin_tvm.prune import prune_array
+    from escoin_tvm.schedule.linear import LinearCpuConfig, LinearGpuConfig
+    from escoin_tvm.tuning.linear_space import linear_workload
+
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    w = prune_array(np.random.default_rng(0).standard_normal((40, 300), np.float32), 0.9)
+    weight = SparseLinearWeight.from_dense(w)
+    shipped = LinearGpuConfig(lanes=8, rows=16, batch_tile=16, chunk=2)
+    path = tables / "pretuned-sm_90.json"
+    pretuned.write_table(path, [], arch="sm_90", gpu="test", sparsity=0.9, source="test",
+                         date="now", linear_records=[pretuned.linear_record(
+                             "fc", 300, 40, 16, "float32", shipped, 10.0)])
+    key_before = linear_workload(16, weight, False, True, target)
+    assert untuned_linear_config(16, weight, target) == shipped
+    assert linear_schedule_choice(16, weight, False, True, target) == (shipped, False,
+                                                                       "pre-tuned")
+    heuristic = heuristic_linear_config(16, weight, target)
+    assert heuristic != shipped
+    assert tuned_row_multiple(16, weight, target) == heuristic.row_multiple
+    assert untuned_linear_config(8, weight, target) == heuristic_linear_config(8, weight, target)
+    half = SparseLinearWeight.from_dense(w.astype(np.float16))
+    assert untuned_linear_config(16, half, target) == heuristic_linear_config(16, half, target)
+    assert linear_schedule_choice(8, weight, False, True, target)[2] == "default"
+    assert untuned_linear_config(16, weight, tvm.target.Target("llvm")) == LinearCpuConfig()
+    kernel = build_sparse_linear(w, 16, relu=True, target=target)
+    assert kernel.config == shipped and "__global__" in kernel.source
+    pretuned.write_table(path, [pretuned.record("a", VGG_CONV3_2, GpuConfig(), 900.0)],
+                         arch="sm_90", gpu="test", sparsity=0.9, source="test", date="now")
+    pretuned._tables.cache_clear()
+    assert pretuned.lookup_linear(300, 40, 16, "sm_90") == shipped
+    pretuned._tables.cache_clear()
+    pretuned.write_table(path, [], arch="sm_90", gpu="test", sparsity=0.9, source="test",
+                         date="now", linear_records=[])
+    assert untuned_linear_config(16, weight, target) == heuristic
+    tvm.ir.assert_structural_equal(linear_workload(16, weight, False, True, target), key_before)

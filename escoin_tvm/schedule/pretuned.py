@@ -1,6 +1,8 @@
 """Pre-tuned schedule knobs shipped in ``schedules/`` (TVM's old TopHub idea): per GPU
-architecture, the best GpuConfig found for known layer shapes. Used when the user gives no
-tuning log; shapes not in the table fall back to the heuristic default."""
+architecture, the best GpuConfig found for known convolution shapes (``records``) and the best
+LinearGpuConfig for known fully-connected shapes (``linear_records``: in and out features, batch,
+dtype). Used when the user gives no tuning log; shapes not in the table fall back to the
+heuristic default."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,7 @@ from typing import Optional
 
 from ..spec import Conv2dSpec
 from .gpu import GpuConfig
+from .linear import LinearGpuConfig
 
 # A source checkout or editable install reads the repository's schedules/; a wheel install reads
 # the copy setup.py puts under <prefix>/share/escoin-tvm/schedules.
@@ -20,6 +23,7 @@ SCHEDULES_DIRS = (Path(__file__).resolve().parents[2] / "schedules",
 
 
 KEY_FIELDS = ("input_shape", "weight_shape", "stride", "padding", "dilation", "groups")
+LINEAR_KEY_FIELDS = ("in_features", "out_features", "batch")
 
 
 def _key(values) -> tuple:
@@ -35,24 +39,38 @@ def _record_key(record: dict) -> tuple:
     return (*_key(record[f] for f in KEY_FIELDS), record.get("dtype", "float32"))
 
 
+def _linear_record_key(record: dict) -> tuple:
+    return (*(record[f] for f in LINEAR_KEY_FIELDS), record.get("dtype", "float32"))
+
+
 @lru_cache(maxsize=None)
-def _table(arch: str) -> dict:
+def _tables(arch: str) -> tuple:
+    """({conv key: GpuConfig}, {linear key: LinearGpuConfig}) of ``arch``'s table."""
     path = next((d / f"pretuned-{arch}.json" for d in SCHEDULES_DIRS
                  if (d / f"pretuned-{arch}.json").is_file()), None)
     if path is None:
-        return {}
+        return {}, {}
     try:
-        records = json.loads(path.read_text())["records"]
-        return {_record_key(r): GpuConfig(**r["config"]).validate() for r in records}
+        table = json.loads(path.read_text())
+        return ({_record_key(r): GpuConfig(**r["config"]).validate() for r in table["records"]},
+                {_linear_record_key(r): LinearGpuConfig(**r["config"]).validate()
+                 for r in table.get("linear_records", [])})
     except (ValueError, KeyError, TypeError) as err:
         warnings.warn(f"ignoring the corrupt pre-tuned schedule table {path}: {err}")
-        return {}
+        return {}, {}
 
 
 def lookup(spec: Conv2dSpec, arch: str, dtype: str = "float32") -> Optional[GpuConfig]:
     """The shipped config for this exact layer and dtype on ``arch`` (sm_90a reads sm_90's
     table)."""
-    return _table(arch.rstrip("a")).get(spec_key(spec, dtype))
+    return _tables(arch.rstrip("a"))[0].get(spec_key(spec, dtype))
+
+
+def lookup_linear(in_features: int, out_features: int, batch: int, arch: str,
+                  dtype: str = "float32") -> Optional[LinearGpuConfig]:
+    """The shipped config for a fully-connected layer of this shape, batch and dtype on
+    ``arch``."""
+    return _tables(arch.rstrip("a"))[1].get((in_features, out_features, batch, dtype))
 
 
 def record(name: str, spec: Conv2dSpec, config: GpuConfig, time_us: float, **extra) -> dict:
@@ -80,10 +98,23 @@ def merge(records, old_table: Optional[Path], replace: bool = False) -> list:
     return list(merged.values())
 
 
+def linear_record(name: str, in_features: int, out_features: int, batch: int, dtype: str,
+                  config: LinearGpuConfig, time_us: float, **extra) -> dict:
+    """One entry of a table's ``linear_records``."""
+    return {"layer": name, "in_features": in_features, "out_features": out_features,
+            "batch": batch, "dtype": dtype, "config": dict(vars(config)), "time_us": time_us,
+            **extra}
+
+
 def write_table(path: Path, records, *, arch: str, gpu: str, sparsity: float, source: str,
-                date: str) -> None:
-    """A table in the format ``lookup`` reads."""
+                date: str, linear_records=None) -> None:
+    """A table in the format ``lookup`` reads; ``linear_records`` None keeps those the file at
+    ``path`` has."""
+    if linear_records is None and Path(path).is_file():
+        linear_records = json.loads(Path(path).read_text()).get("linear_records")
     table = {"version": 1, "arch": arch, "gpu": gpu, "sparsity": sparsity, "source": source,
              "date": date, "records": list(records)}
+    if linear_records:
+        table["linear_records"] = list(linear_records)
     Path(path).write_text(json.dumps(table, indent=1))
 

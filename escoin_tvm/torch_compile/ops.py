@@ -109,7 +109,7 @@ def _cached(layer, shape: tuple, device: torch.device, make):
 
 def build_linear(layer: SparseLinearLayer, shape: tuple, device: torch.device):
     """A sparse linear kernel for ``layer`` at input ``shape``, with the knobs of the layer's
-    tuning log where it has them (else the heuristic's)."""
+    tuning log where it has them (else the shipped or heuristic ones)."""
     from ..linear import SparseLinearWeight
     from ..linear_kernel import build_sparse_linear, linear_schedule_choice
 

@@ -19,7 +19,7 @@ import tvm
 from tvm import s_tir
 
 from ..linear import SUM_BLOCK, SparseLinearWeight, sparse_linear_primfunc
-from ..linear_kernel import tuned_row_multiple, untuned_linear_config
+from ..linear_kernel import heuristic_linear_config, tuned_row_multiple, untuned_linear_config
 from ..schedule.linear import (LinearCpuConfig, LinearGpuConfig, schedule_linear_cpu,
                                schedule_linear_gpu)
 from ..target import is_gpu
@@ -39,7 +39,7 @@ def linear_workload(batch: int, weight: SparseLinearWeight, bias: bool, relu: bo
     gpu = is_gpu(target)
     func = sparse_linear_primfunc(
         batch, weight, tuned_row_length(batch, weight, target), bias, relu, output_block=gpu,
-        transposed_input=gpu and untuned_linear_config(batch, weight, target).transposed_input)
+        transposed_input=gpu and heuristic_linear_config(batch, weight, target).transposed_input)
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
@@ -67,7 +67,7 @@ def linear_design_spaces(batch: int, weight: SparseLinearWeight, target,
     """``fn(sch) -> [Schedule]``: one design space, or with ``fixed`` (a ``representable``
     config) one schedule whose decisions are that config's."""
     candidates = linear_candidates(batch, weight, target)
-    transposed = untuned_linear_config(batch, weight, target).transposed_input \
+    transposed = heuristic_linear_config(batch, weight, target).transposed_input \
         if is_gpu(target) else None
 
     def spaces(sch: s_tir.Schedule) -> List[s_tir.Schedule]:
@@ -90,7 +90,7 @@ def linear_representable(batch: int, weight: SparseLinearWeight, target,
     """Whether ``config`` is a point of the layer's tuning space."""
     candidates = linear_candidates(batch, weight, target)
     if is_gpu(target) and config.transposed_input != \
-            untuned_linear_config(batch, weight, target).transposed_input:
+            heuristic_linear_config(batch, weight, target).transposed_input:
         return False
     return all(getattr(config, n) in v for n, v in candidates.items()) and \
         _fits(batch, weight, target, config)

@@ -3,7 +3,9 @@
 For AlexNet's and VGG-16's fc6, fc7, fc8 (224x224 inputs: 9216 / 25088 features in), at each
 sparsity (and Deep Compression's per-layer rates: "dc") and batch, on the same random pruned
 weights:
-  escoin        the sparse linear kernel, fp32 (and escoin_fp16 in fp16), bias and ReLU fused
+  escoin        the sparse linear kernel, fp32 (and escoin_fp16 in fp16), bias and ReLU fused,
+                with the knobs a user gets (the shipped table's for the layer, else the heuristic)
+  escoin_h      the same with the heuristic's knobs, where the shipped table has a record
   escoin_t      the same reading a transposed copy of the input (``transposed_input``; batch > 1)
   cublas_fp32   torch.nn.functional.linear, TF32 off
   cublas_tf32   the same with TF32 (what PyTorch does once matmul TF32 is allowed)
@@ -75,12 +77,14 @@ def main(argv=None):
     import torch.nn.functional as F
 
     from escoin_tvm.linear import SparseLinearWeight
-    from escoin_tvm.linear_kernel import build_sparse_linear, untuned_linear_config
+    from escoin_tvm.linear_kernel import (build_sparse_linear, heuristic_linear_config,
+                                         shipped_linear_config)
     from escoin_tvm.target import resolve_target
     from escoin_tvm.prune import prune_array
     from escoin_tvm.timing import graph_time
 
     env = environment()
+    target = resolve_target("cuda")
     src = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     bandwidth = 2 * src.numel() / graph_time(lambda: dst.copy_(src))
@@ -97,6 +101,8 @@ def main(argv=None):
                                      1.0 - density(name, sparsity))
                 bias = rng.standard_normal(n).astype(np.float32)
                 w, b = torch.from_numpy(weight).cuda(), torch.from_numpy(bias).cuda()
+                sparse = {dtype: SparseLinearWeight.from_dense(weight.astype(dtype))
+                          for dtype in ("float32", "float16")}
                 for batch in (int(v) for v in args.batches.split(",")):
                     x = torch.randn(batch, k, device="cuda")
                     torch.backends.cuda.matmul.allow_tf32 = False
@@ -104,16 +110,16 @@ def main(argv=None):
                     ref = torch.relu(ref) if relu else ref
                     row = {"layer": name, "sparsity": sparsity, "batch": batch,
                            "nnz": int(np.count_nonzero(weight))}
-                    variants = [("escoin", "float32", False), ("escoin_fp16", "float16", False)]
+                    heuristic = heuristic_linear_config(batch, sparse["float32"], target)
+                    variants = [("escoin", "float32", None), ("escoin_fp16", "float16", None)]
+                    variants += [(f"escoin_h{suffix}", dtype, heuristic)
+                                 for suffix, dtype in (("", "float32"), ("_fp16", "float16"))
+                                 if shipped_linear_config(batch, sparse[dtype], target)]
                     if batch > 1:
-                        variants += [("escoin_t", "float32", True),
-                                     ("escoin_t_fp16", "float16", True)]
-                    for key, dtype, transposed in variants:
-                        config = None
-                        if transposed:
-                            default = untuned_linear_config(
-                                batch, SparseLinearWeight.from_dense(weight), resolve_target("cuda"))
-                            config = dataclasses.replace(default, transposed_input=True)
+                        transposed = dataclasses.replace(heuristic, transposed_input=True)
+                        variants += [("escoin_t", "float32", transposed),
+                                     ("escoin_t_fp16", "float16", transposed)]
+                    for key, dtype, config in variants:
                         kernel = build_sparse_linear(weight.astype(dtype), batch, bias=bias,
                                                      relu=relu, target="cuda", config=config)
                         xd = x.to(getattr(torch, dtype))

@@ -1,15 +1,17 @@
-"""How many output features should a sparse linear kernel's thread block own? The untuned
-kernel gives a block 4 features of 32 lanes (128 threads); every FC tuning record chose 32
-(1,024 threads). This sweeps ``rows`` (and, at batch > 8, a register tile of the whole batch)
+"""How many output features should a sparse linear kernel's thread block own? The heuristic
+("untuned" in the results: ``heuristic_linear_config``, not the shipped table's records) gives a
+block 4 features of 32 lanes (128 threads); every FC tuning record chose 32 (1,024 threads). This sweeps ``rows`` (and, at batch > 8, a register tile of the whole batch)
 on FC shapes of the benchmark networks and of networks the benchmark does not use, fixed here
 before any result: ResNet-50's and DenseNet-121's classifiers, EfficientNet-B0's, MobileNetV3's
-first FC, a ViT-B and a BERT-large MLP pair.
+first FC, a ViT-B and a BERT-large MLP pair; and a set of large weights (``--shapes large``: more
+CSR bytes than the unseen set's, as many as the benchmark's fc6 and fc7 or more), also fixed
+before any result: LLaMA-2-7B's, GPT-2 XL's, T5-3B's and ViT-H's MLP pairs.
 
 Each kernel is timed from CUDA graphs (``timing.graph_time``) and checked against cuBLAS fp32
 (TF32 off); cuBLAS TF32 and fp16 are timed in the same run for scale.
 
 Usage (GPU): python -m experiments.investigations.linear_tiles [--batches 1,16]
-    [--sparsity 0.9] [--dtypes float32,float16] [--shapes all|benchmark|unseen]
+    [--sparsity 0.9] [--dtypes float32,float16] [--shapes all|benchmark|unseen|large]
 """
 from __future__ import annotations
 
@@ -27,11 +29,18 @@ UNSEEN_FC = [  # (name, in_features, out_features, relu)
     ("vit_b_mlp1", 768, 3072, False), ("vit_b_mlp2", 3072, 768, False),
     ("bert_l_ffn1", 1024, 4096, False), ("bert_l_ffn2", 4096, 1024, False),
 ]
+LARGE_FC = [
+    ("llama2_7b_up", 4096, 11008, False), ("llama2_7b_down", 11008, 4096, False),
+    ("gpt2_xl_fc", 1600, 6400, False), ("gpt2_xl_proj", 6400, 1600, False),
+    ("t5_3b_wi", 1024, 16384, False), ("t5_3b_wo", 16384, 1024, False),
+    ("vit_h_mlp1", 1280, 5120, False), ("vit_h_mlp2", 5120, 1280, False),
+]
+SETS = {"benchmark": FC_LAYERS, "unseen": UNSEEN_FC, "large": LARGE_FC}
 ROWS = (4, 8, 16, 32)
 
 
 def configs(batch: int, default):
-    """The sweep's LinearGpuConfigs at ``batch``, the untuned one first."""
+    """The sweep's LinearGpuConfigs at ``batch``, the heuristic's ("untuned") first."""
     import dataclasses
 
     out = [("untuned", default)]
@@ -49,7 +58,7 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--dtypes", default="float32,float16")
-    parser.add_argument("--shapes", choices=("all", "benchmark", "unseen"), default="all")
+    parser.add_argument("--shapes", choices=("all", *SETS), default="all")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -57,7 +66,7 @@ def main(argv=None):
     import torch.nn.functional as F
 
     from escoin_tvm.linear import SparseLinearWeight
-    from escoin_tvm.linear_kernel import SparseLinearKernel, untuned_linear_config
+    from escoin_tvm.linear_kernel import SparseLinearKernel, heuristic_linear_config
     from escoin_tvm.prune import prune_array
     from escoin_tvm.target import resolve_target
     from escoin_tvm.timing import graph_time
@@ -67,9 +76,8 @@ def main(argv=None):
     path = result_path("linear-tiles", gpu=gpu_short_name(), out=args.out)
     with open(path, "w") as log:
         log.write(json.dumps({"environment": environment(), "args": vars(args)}) + "\n")
-        for seed, (name, k, n, relu) in enumerate(FC_LAYERS + UNSEEN_FC):
-            if args.shapes != "all" and \
-                    ((name, k, n, relu) in UNSEEN_FC) != (args.shapes == "unseen"):
+        for seed, (name, k, n, relu) in enumerate(FC_LAYERS + UNSEEN_FC + LARGE_FC):
+            if args.shapes != "all" and (name, k, n, relu) not in SETS[args.shapes]:
                 continue  # skipped, each shape keeping its seed
             rng = np.random.default_rng(seed)
             weight = prune_array(rng.standard_normal((n, k)).astype(np.float32) * 0.01,
@@ -84,10 +92,12 @@ def main(argv=None):
                 ref = F.linear(x, w)
                 ref = torch.relu(ref) if relu else ref
                 row = {"layer": name, "in": k, "out": n, "batch": batch,
-                       "unseen": (name, k, n, relu) in UNSEEN_FC}
+                       "unseen": (name, k, n, relu) not in FC_LAYERS,
+                       "set": next(s for s, layers in SETS.items()
+                                   if (name, k, n, relu) in layers)}
                 row.update((f"{label}_us", seconds * 1e6)
                            for label, seconds in cublas_times(x, w).items())
-                default = untuned_linear_config(batch, sparse_weights[dtype_names[0]], target)
+                default = heuristic_linear_config(batch, sparse_weights[dtype_names[0]], target)
                 for dtype, sparse in sparse_weights.items():
                     xd = x.to(getattr(torch, dtype))
                     out = torch.empty(batch, n, device="cuda", dtype=xd.dtype)

@@ -5,8 +5,10 @@ events through the VM's instrument hook, over several runs after a warm-up; the 
 is reported, grouped by kernel family (Escoin convolutions, dense convolutions, matmuls/FC, pools,
 other). Variants: escoin (the shipped pipeline), escoin_stock_fc (the same but TVM's stock dlight
 rules for the fully-connected layers, i.e. without schedule/skinny_matmul.py), tvm_dense.
+``--dtype float16`` compiles the model and its input in that dtype.
 
-Usage: python -m experiments.profiling.profile_network alexnet,vgg16 16 0.9 [--runs 10] [--out DIR]
+Usage: python -m experiments.profiling.profile_network alexnet,vgg16 16 0.9 [--runs 10]
+    [--dtype float32] [--out DIR]
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ def family(symbol: str) -> str:
     return "other"
 
 
-def compile_variant(network, batch, sparsity, variant):
+def compile_variant(network, batch, sparsity, variant, dtype="float32"):
+    import torch
+
     import escoin_tvm
     from escoin_tvm import compiler
 
@@ -41,8 +45,10 @@ def compile_variant(network, batch, sparsity, variant):
     if variant == "escoin_stock_fc":
         compiler.relax_pipeline = lambda target, stock=False: original(target, stock=True)
     try:
-        return escoin_tvm.compile(pruned_model(network, sparsity), (example(batch),),
-                                  target="cuda",
+        model, x = pruned_model(network, sparsity), example(batch)
+        if dtype != "float32":
+            model, x = model.to(getattr(torch, dtype)), x.to(getattr(torch, dtype))
+        return escoin_tvm.compile(model, (x,), target="cuda",
                                   dispatch_by="none" if variant == "tvm_dense" else "threshold")
     finally:
         compiler.relax_pipeline = original
@@ -91,6 +97,7 @@ def main(argv=None):
     parser.add_argument("sparsity")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     import torch
@@ -99,16 +106,16 @@ def main(argv=None):
     path = result_path("profile", gpu=gpu_short_name(gpu), out=args.out)
     for network in args.networks.split(","):
         for variant in args.variants.split(","):
-            compiled = compile_variant(network, args.batch, args.sparsity, variant)
+            compiled = compile_variant(network, args.batch, args.sparsity, variant, args.dtype)
             calls, total = profile(compiled, args.runs)
             groups = {}
             for symbol, ms in calls:
                 groups[family(symbol)] = groups.get(family(symbol), 0.0) + ms
             row = {"gpu": gpu, "network": network, "batch": args.batch, "sparsity": args.sparsity,
-                   "variant": variant, "latency_ms": total, "families_ms": groups, "calls": calls}
+                   "variant": variant, "dtype": args.dtype, "latency_ms": total, "families_ms": groups, "calls": calls}
             with open(path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"{network} b{args.batch} {args.sparsity} {variant}: {total:.3f} ms end to end; "
+            print(f"{network} b{args.batch} {args.sparsity} {variant} {args.dtype}: {total:.3f} ms end to end; "
                   + ", ".join(f"{k} {v:.3f}" for k, v in sorted(groups.items(), key=lambda kv: -kv[1])))
             for symbol, ms in sorted(calls, key=lambda c: -c[1])[:6]:
                 print(f"    {ms:8.3f} ms  {symbol}")
