@@ -410,6 +410,19 @@ def test_half_sums_are_packed_fmas(case, dtype, scalar, pair):
     assert f"{scalar}4*)(tap_local_ptr + " in source or f"{pair}*)(tap_local_ptr + " in source
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_sums_of_one_image_are_scalar_fmas(dtype):
+    """half_sums on a tile of one image: the chunk's sums are half-precision registers updated
+    by plain multiply-adds (no packed call), and each is converted to float32 once per chunk
+    (8 non-zeros here) for its 2 channels x 2 rows, not once per value."""
+    case = next(c for c in CASES if c.name == "5x5_pad2_bias_relu")
+    kernel = _half_sums_kernel(case, dtype, CUDA, batch=1, images=1)[0]
+    source = kernel.source
+    assert "escoin_hfma2_" not in source and "__hfma2(" not in source
+    assert source.count("] * tap_local_ptr[") == 8 * 2 * 2
+    assert source.count("(float)partial_sum_local_ptr[") == 2 * 2
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_sums_on_the_cpu_operator_match_float64(dtype):
     """The operator with half_chunk (its TE, unscheduled, on LLVM): runs of non-zeros summed
@@ -439,7 +452,7 @@ def test_half_sums_on_the_cpu_operator_match_float64(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("batch, images", [(8, 4), (5, 4), (6, 2)])
+@pytest.mark.parametrize("batch, images", [(8, 4), (5, 4), (6, 2), (1, 1), (3, 1)])
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in HALF_SUM_CASES],
                          ids=lambda c: c.name)
 def test_half_sums_on_the_gpu_match_float64(case, batch, images, dtype):

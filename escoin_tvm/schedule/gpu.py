@@ -43,9 +43,11 @@ class GpuConfig:
     block_images: bool = False  # the padded input laid out (N/v, C*Hp*Wp, v) with v =
     #                             images_per_thread, so a thread's v images at a tap are one
     #                             aligned vector load (``block_images`` below)
-    half_sums: bool = False  # half precision with blocked images: each chunk's non-zeros
-    #                          summed in the input dtype with packed two-lane FMAs (HFMA2), the
-    #                          chunks' sums in float32 (``operator.sparse_conv2d_te``, half_chunk)
+    half_sums: bool = False  # half precision: each chunk's non-zeros summed in the input
+    #                          dtype, the chunks' sums in float32 (``operator.sparse_conv2d_te``,
+    #                          half_chunk); with blocked images in pairs as packed two-lane FMAs
+    #                          (HFMA2, the default from batch 4), with one image per thread as
+    #                          scalar ones (an option: about even at batch 1, docs/findings.md)
 
     @property
     def threads(self) -> int:
@@ -137,9 +139,11 @@ def tiles_divide(domain, config: GpuConfig) -> bool:
 
 def half_sums_apply(spec: Conv2dSpec, config: GpuConfig, dtype: str) -> bool:
     """Whether ``config``'s tile can sum in half precision: a half dtype, and images blocked
-    in pairs (the lanes of a packed FMA) that take effect for ``spec``."""
-    return dtype != "float32" and blocks_images(spec, config) and \
-        config.images_per_thread % LANES == 0
+    in pairs (the lanes of a packed FMA) that take effect for ``spec``, or one image per thread
+    (scalar FMAs)."""
+    return dtype != "float32" and (
+        (blocks_images(spec, config) and config.images_per_thread % LANES == 0) or
+        config.images_per_thread == 1)
 
 
 def with_half_sums(spec: Conv2dSpec, config: GpuConfig, dtype: str) -> Optional[GpuConfig]:
@@ -177,7 +181,8 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     it pays on few layers (docs/findings.md, "Split-K at batch 1").
 
     A PrimFunc that sums chunks in half precision first (``half_chunk``, built for a config with
-    ``half_sums``) gets those sums computed per thread tile with packed FMAs."""
+    ``half_sums``) gets those sums computed per thread tile with packed FMAs (scalar ones for
+    a tile of one image)."""
     pad, conv, epilogue = blocks(sch)
     chunk_sums = chunk_sum_blocks(sch)
     partial = None if chunk_sums is None else chunk_sums[1]
@@ -187,9 +192,12 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     blocked = _blocking_applies(config, in_place, _input_batch(sch, reader) if in_place else 0)
     # (knobs that are tuning's random variables come from a point that passed the check)
     concrete = all(isinstance(getattr(config, f.name), int) for f in fields(config))
-    if partial is not None and (not blocked or config.images_per_thread % LANES or split_k > 1 or
+    paired = blocked and config.images_per_thread % LANES == 0
+    scalar = not blocked and config.images_per_thread == 1
+    if partial is not None and (not (paired or scalar) or split_k > 1 or
                                 (concrete and not tiles_divide(_domain(sch, conv), config))):
-        raise ArgumentError(f"half sums need blocked images in pairs, thread blocks that tile "
+        raise ArgumentError(f"half sums need blocked images in pairs or one image per thread, "
+                            f"thread blocks that tile "
                             f"the output {_domain(sch, conv)} (with_half_sums fits them) and no "
                             f"split-K: {config}, split_k={split_k}")
     if blocked:
@@ -294,6 +302,10 @@ def _pack_chunk_sums(sch: s_tir.Schedule, partial, sums, config: GpuConfig) -> N
     init = sch.decompose_reduction(partial, i)
     for loop in sch.get_loops(init)[-3:]:  # its channels, rows and images
         sch.unroll(loop)
+    if config.images_per_thread == 1:  # one image: plain half FMAs
+        for loop in (k, y, n) + ((i,) if config.unroll else ()):
+            sch.unroll(loop)
+        return
     pairs, lanes = sch.split(n, [None, LANES])
     for loop in (k, y, pairs) + ((i,) if config.unroll else ()):
         sch.unroll(loop)
