@@ -1,4 +1,6 @@
 """The sparse direct convolution against PyTorch, on the CPU (LLVM), and its CUDA code."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -373,9 +375,9 @@ HALF_SUM_CASES = ["5x5_pad2_bias_relu", "batch5", "1x1", "groups2_alexnet",
                   "1x1_stride2_odd_bias_relu", "dilation_2x3"]
 
 
-def _half_sums_kernel(case, dtype, target, batch=8, images=4):
+def _half_sums_kernel(case, dtype, target, batch=8, images=4, threads_x=None):
     """The case's kernel with half sums on a tile of ``images`` blocked images (threads fitted
-    by with_half_sums), and its weight, bias and input."""
+    by with_half_sums, or ``threads_x`` over columns), and its weight, bias and input."""
     from escoin_tvm.schedule import GpuConfig
     from escoin_tvm.schedule.gpu import with_half_sums
     from escoin_tvm.spec import Conv2dSpec
@@ -388,6 +390,8 @@ def _half_sums_kernel(case, dtype, target, batch=8, images=4):
                                             channels_per_thread=2, images_per_thread=images,
                                             chunk=8, block_images=True), dtypes.name_of(dtype))
     assert config is not None and config.half_sums
+    if threads_x is not None:
+        config = dataclasses.replace(config, threads_x=threads_x)
     kernel = escoin_tvm.build_sparse_conv2d(weight, shape, bias=bias, relu=case.relu,
                                             target=target, config=config, **case.conv_args())
     return kernel, weight, bias, x
@@ -421,6 +425,10 @@ def test_half_sums_of_one_image_are_scalar_fmas(dtype):
     assert "escoin_hfma2_" not in source and "__hfma2(" not in source
     assert source.count("] * tap_local_ptr[") == 8 * 2 * 2
     assert source.count("(float)partial_sum_local_ptr[") == 2 * 2
+    # threads that do not tile the output: the scalar sums check their bounds instead
+    source = _half_sums_kernel(case, dtype, CUDA, batch=1, images=1, threads_x=5)[0].source
+    assert "partial_sum_local_ptr[0] = (partial_sum_local_ptr[0] + " in source
+    assert "* 5) + ((int)threadIdx.x)) < 11)" in source  # 11 columns, blocks of 5 threads
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -452,19 +460,22 @@ def test_half_sums_on_the_cpu_operator_match_float64(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("batch, images", [(8, 4), (5, 4), (6, 2), (1, 1), (3, 1)])
+@pytest.mark.parametrize("batch, images, threads_x", [(8, 4, None), (5, 4, None),
+                                                     (6, 2, None), (1, 1, None), (3, 1, None),
+                                                     (1, 1, 5)])
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in HALF_SUM_CASES],
                          ids=lambda c: c.name)
-def test_half_sums_on_the_gpu_match_float64(case, batch, images, dtype):
-    """Half sums on the GPU, on batches the blocked images divide or not, within the bound of
-    their half-precision roundings."""
+def test_half_sums_on_the_gpu_match_float64(case, batch, images, threads_x, dtype):
+    """Half sums on the GPU, on batches the blocked images divide or not, and of one image per
+    thread on blocks that tile the output or not, within the bound of their half-precision
+    roundings."""
     from escoin_tvm.operator import reads_in_place
     from escoin_tvm.spec import Conv2dSpec
 
     spec = Conv2dSpec.create(case.input_shape, case.weight_shape, **case.conv_args())
     if batch % images and reads_in_place(spec):
         pytest.skip("an in-place kernel blocks images only where they divide the batch")
-    kernel, weight, bias, x = _half_sums_kernel(case, dtype, "cuda", batch, images)
+    kernel, weight, bias, x = _half_sums_kernel(case, dtype, "cuda", batch, images, threads_x)
     out = kernel(x.cuda())
     assert out.dtype == dtype
     assert_conv_close(out.float().cpu().numpy(), x.float().numpy(), weight.float().numpy(),

@@ -193,13 +193,14 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
     # (knobs that are tuning's random variables come from a point that passed the check)
     concrete = all(isinstance(getattr(config, f.name), int) for f in fields(config))
     paired = blocked and config.images_per_thread % LANES == 0
+    # scalar sums need no tensorize, so blocks that do not tile the output only cost them a
+    # bounds check around each load and FMA
     scalar = not blocked and config.images_per_thread == 1
-    if partial is not None and (not (paired or scalar) or split_k > 1 or
-                                (concrete and not tiles_divide(_domain(sch, conv), config))):
-        raise ArgumentError(f"half sums need blocked images in pairs or one image per thread, "
-                            f"thread blocks that tile "
-                            f"the output {_domain(sch, conv)} (with_half_sums fits them) and no "
-                            f"split-K: {config}, split_k={split_k}")
+    untiled = concrete and not scalar and not tiles_divide(_domain(sch, conv), config)
+    if partial is not None and (not (paired or scalar) or split_k > 1 or untiled):
+        raise ArgumentError(f"half sums need blocked images in pairs (with thread blocks that "
+                            f"tile the output {_domain(sch, conv)}: with_half_sums fits them) or "
+                            f"one image per thread, and no split-K: {config}, split_k={split_k}")
     if blocked:
         pad = block_images(sch, pad, reader, config.images_per_thread)
     final = j_split = None

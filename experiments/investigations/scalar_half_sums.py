@@ -8,7 +8,8 @@ FMA) and run 0.93x as fast, neither L1 (64%) nor issue (55%) saturated.
 For every layer of both layer sets at the given batch: the float32 kernel (untuned: the shipped
 record or the heuristic) and per half dtype the untuned kernel, the same knobs with half sums
 (``with_half_sums``: threads fitted to tile the output exactly; where that changed them, the
-fitted threads without half sums too) and, where the chunk is longer
+fitted threads without half sums too, and half sums on the untuned threads, which then check
+their bounds around each load and FMA) and, where the chunk is longer
 than 16, half sums over chunks of 16 (the rounding error grows with the chunk). Each kernel
 timed from CUDA graphs and checked against cuDNN fp32 (TF32 off).
 
@@ -42,6 +43,9 @@ def kernels(spec, dtypes):
             if summed != dataclasses.replace(untuned, half_sums=True):  # threads refitted
                 out.append((dtype, "fitted", dataclasses.replace(summed, half_sums=False)))
             out.append((dtype, "half_sums", summed))
+            unfitted = dataclasses.replace(untuned, half_sums=True)
+            if unfitted != summed:  # the untuned threads, a bounds check on each FMA
+                out.append((dtype, "half_sums_unfitted", unfitted))
             if summed.chunk > 16:
                 out.append((dtype, "half_sums_c16", dataclasses.replace(summed, chunk=16)))
     return out
