@@ -17,24 +17,19 @@ from __future__ import annotations
 import dataclasses
 
 from experiments.common import geomean
-from experiments.investigations.image_blocks import run_main
+from experiments.investigations.image_blocks import run_main, untuned_kernels
 
 
 def kernels(spec, dtypes):
     """(dtype, label, GpuConfig) triples for one layer: fp32 untuned; per half dtype the untuned
     kernel (half sums where the heuristic blocks images), the same blocked tile without them
     (the previous default), and the default with chunks of 32."""
-    import tvm
-
-    from escoin_tvm.kernel import untuned_config
     from escoin_tvm.schedule.gpu import default_gpu_config
 
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
-    out = [("float32", "untuned", untuned_config(spec, target, "float32"))]
-    for dtype in dtypes:
-        untuned = untuned_config(spec, target, dtype)
-        out.append((dtype, "untuned", untuned))
-        if untuned.half_sums:
+    out = []
+    for dtype, label, untuned in untuned_kernels(spec, dtypes):
+        out.append((dtype, label, untuned))
+        if dtype != "float32" and untuned.half_sums:
             out += [(dtype, "plain_blocked", default_gpu_config(spec, dtype, half_sums=False)),
                     (dtype, "half_sums_chunk32", dataclasses.replace(untuned, chunk=32))]
     return out

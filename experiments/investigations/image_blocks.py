@@ -87,6 +87,19 @@ def run_main(argv, doc: str, kernels, summary, result_name: str, dtypes: str) ->
     print(summary(rows))
 
 
+def untuned_kernels(spec, dtypes) -> list:
+    """[(dtype, "untuned", GpuConfig)]: the knobs a user gets for ``spec`` in float32, then in
+    each of ``dtypes`` (the shipped record or the heuristic), the kernels an investigation
+    compares its variants with."""
+    import tvm
+
+    from escoin_tvm.kernel import untuned_config
+
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    return [(dtype, "untuned", untuned_config(spec, target, dtype))
+            for dtype in ("float32", *dtypes)]
+
+
 def add_arguments(parser) -> None:
     """The options of a run over the layer sets (``run``)."""
     parser.add_argument("--batch", type=int, default=16)

@@ -21,22 +21,17 @@ from __future__ import annotations
 import dataclasses
 
 from experiments.common import geomean
-from experiments.investigations.image_blocks import run_main
+from experiments.investigations.image_blocks import run_main, untuned_kernels
 
 
 def kernels(spec, dtypes):
     """(dtype, label, GpuConfig) triples for one layer."""
-    import tvm
-
-    from escoin_tvm.kernel import untuned_config
     from escoin_tvm.schedule.gpu import with_half_sums
 
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
-    out = [("float32", "untuned", untuned_config(spec, target, "float32"))]
-    for dtype in dtypes:
-        untuned = untuned_config(spec, target, dtype)
-        out.append((dtype, "untuned", untuned))
-        if untuned.half_sums:
+    out = []
+    for dtype, label, untuned in untuned_kernels(spec, dtypes):
+        out.append((dtype, label, untuned))
+        if dtype == "float32" or untuned.half_sums:
             continue
         summed = with_half_sums(spec, untuned, dtype)
         if summed is not None:
