@@ -119,7 +119,7 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
                 f"GpuConfig.half_sums needs a half-precision kernel (got {weight.dtype}) with "
                 f"blocked images in pairs (block_images=True, an even images_per_thread, and "
                 f"for a kernel without padding a batch it divides) or one image per thread "
-                f"(images_per_thread=1, unblocked), and no split_k: {config} "
+                f"(images_per_thread=1), and no split_k: {config} "
                 "(schedule.gpu.with_half_sums makes such a config)")
         half_chunk = config.chunk
     func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain, weight.dtype,

@@ -47,7 +47,7 @@ class GpuConfig:
     #                          dtype, the chunks' sums in float32 (``operator.sparse_conv2d_te``,
     #                          half_chunk); with blocked images in pairs as packed two-lane FMAs
     #                          (HFMA2, the default from batch 4), with one image per thread as
-    #                          scalar ones (an option: about even at batch 1, docs/findings.md)
+    #                          scalar ones (an option: 1.04x at batch 1, docs/findings.md)
 
     @property
     def threads(self) -> int:
