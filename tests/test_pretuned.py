@@ -191,3 +191,35 @@ def test_a_shipped_linear_record_is_the_untuned_choice_and_tuning_keys_stay(tabl
                          date="now", linear_records=[])
     assert untuned_linear_config(16, weight, target) == heuristic
     tvm.ir.assert_structural_equal(linear_workload(16, weight, False, True, target), key_before)
+
+
+def test_shipping_linear_sweeps_takes_benchmark_layers_that_beat_the_heuristic(tables, capsys):
+    """experiments/tuning/ship_linear_tiles.py: a benchmark FC layer's fastest sweep config
+    goes into the table's linear records when it beat the heuristic by more than --min-gain;
+    ties and held-out shapes stay out; the convolution records are kept."""
+    from experiments.tuning import ship_linear_tiles
+
+    from escoin_tvm.schedule.linear import LinearGpuConfig
+
+    table = tables / "pretuned-sm_90.json"
+    pretuned.write_table(table, [pretuned.record("a", VGG_CONV3_2, GpuConfig(), 900.0)],
+                         arch="sm_90", gpu="test", sparsity=0.9, source="test", date="now")
+    heuristic, big = LinearGpuConfig(rows=4, batch_tile=8), LinearGpuConfig(rows=32,
+                                                                            batch_tile=16)
+
+    def point(us, config):
+        return {"us": us, "err": 1e-7, "config": dict(vars(config))}
+
+    rows = [{"layer": "vgg16_fc6", "in": 25088, "out": 4096, "batch": 16,
+             "float32_untuned": point(136.0, heuristic), "float32_rows32_tile16": point(93.0, big),
+             "float16_untuned": point(120.0, heuristic), "float16_rows32_tile16": point(118.0, big)},
+            {"layer": "bert_l_ffn1", "in": 1024, "out": 4096, "batch": 16,
+             "float32_untuned": point(9.0, heuristic), "float32_rows32_tile16": point(5.0, big)}]
+    run = tables / "sweep.jsonl"
+    run.write_text("\n".join(json.dumps(r) for r in [{"environment": {}}, *rows]) + "\n")
+    ship_linear_tiles.main([str(run), "--table", str(table)])
+    assert "1 linear records from 1 layer/batch rows" in capsys.readouterr().out
+    assert pretuned.lookup_linear(25088, 4096, 16, "sm_90") == big
+    assert pretuned.lookup_linear(25088, 4096, 16, "sm_90", "float16") is None  # a 1.7% tie
+    assert pretuned.lookup_linear(1024, 4096, 16, "sm_90") is None  # held out
+    assert pretuned.lookup(VGG_CONV3_2, "sm_90") == GpuConfig()
