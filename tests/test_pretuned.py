@@ -223,3 +223,29 @@ def test_shipping_linear_sweeps_takes_benchmark_layers_that_beat_the_heuristic(t
     assert pretuned.lookup_linear(25088, 4096, 16, "sm_90", "float16") is None  # a 1.7% tie
     assert pretuned.lookup_linear(1024, 4096, 16, "sm_90") is None  # held out
     assert pretuned.lookup(VGG_CONV3_2, "sm_90") == GpuConfig()
+
+
+def test_every_shipped_linear_record_is_a_point_of_its_tuning_space():
+    """A tuning job starts from the knobs an untuned compile uses: each shipped linear record
+    must be representable in the tuning space of its layer (here at 90% sparsity, a CSR weight
+    of the record's shape with a tenth of each row non-zero)."""
+    import tvm
+
+    from escoin_tvm.linear import SparseLinearWeight
+    from escoin_tvm.linear_kernel import untuned_linear_config
+    from escoin_tvm.tuning.linear_space import linear_representable
+
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    table = json.loads(next(d / "pretuned-sm_90.json" for d in pretuned.SCHEDULES_DIRS
+                            if (d / "pretuned-sm_90.json").is_file()).read_text())
+    assert table["linear_records"]
+    for record in table["linear_records"]:
+        n, k, batch = record["out_features"], record["in_features"], record["batch"]
+        per_row = k // 10
+        weight = SparseLinearWeight(
+            np.arange(n + 1, dtype=np.int64) * per_row,
+            np.tile(np.arange(per_row, dtype=np.int16) * 10, n),
+            np.ones(n * per_row, record["dtype"]), (n, k))
+        config = untuned_linear_config(batch, weight, target)
+        assert config == pretuned.lookup_linear(k, n, batch, "sm_90", record["dtype"])
+        assert linear_representable(batch, weight, target, config), record["layer"]
