@@ -12,8 +12,8 @@ folded in, is sparse enough; on a GPU (or with dispatch="measure") it is then al
 ways (the Escoin kernel against PyTorch's own operator, same dtype, same input shape, in the
 layout the graph runs its convolutions in, from CUDA graphs when the graph is replayed from
 them, else as calls) and goes to Escoin only if that is ``MEASURED_MARGIN`` faster. A layer timed
-alone can still gain the graph less than it measured (a graph bound by the host at batch 1
-shows no GPU saving; docs/findings.md).
+alone can still gain the graph less than it measured (in a graph bound by the host at batch 1
+the GPU's saving does not show; docs/findings.md).
 Everything else, and the graph around the Escoin calls, goes to inductor (or runs eagerly), in
 the user's precision and settings. ``last_report()`` says what was decided for each layer.
 
