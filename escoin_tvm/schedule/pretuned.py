@@ -106,6 +106,13 @@ def linear_record(name: str, in_features: int, out_features: int, batch: int, dt
             **extra}
 
 
+def table_header(path: Path) -> dict:
+    """The fields of a table file besides its records (``write_table``'s keyword arguments),
+    for rewriting it with other records."""
+    table = json.loads(Path(path).read_text())
+    return {k: table[k] for k in ("arch", "gpu", "sparsity", "source", "date")}
+
+
 def write_table(path: Path, records, *, arch: str, gpu: str, sparsity: float, source: str,
                 date: str, linear_records=None) -> None:
     """A table in the format ``lookup`` reads; ``linear_records`` None keeps those the file at

@@ -58,6 +58,20 @@ def alternate_times(fns: dict, rounds: int, repeats: int = 50) -> dict:
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def time_compiled(fns: dict, x, rounds: int) -> dict:
+    """{name: seconds} of each compiled model called on ``x`` under ``torch.no_grad()``,
+    alternately (``alternate_times``)."""
+    import torch
+
+    def call(fn):
+        def once():
+            with torch.no_grad():
+                return fn(x)
+        return once
+
+    return alternate_times({name: call(fn) for name, fn in fns.items()}, rounds)
+
+
 def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: int) -> dict:
     import torch
 
@@ -87,13 +101,7 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
                              for d in decisions]
         compiled[name] = fn
 
-    def call(fn):
-        def once():
-            with torch.no_grad():
-                return fn(x)
-        return once
-
-    times = alternate_times({name: call(fn) for name, fn in compiled.items()}, rounds)
+    times = time_compiled(compiled, x, rounds)
     row.update(dense_ms=times["dense"] * 1e3, escoin_ms=times["escoin"] * 1e3,
                speedup=times["dense"] / times["escoin"])
     del compiled

@@ -7,7 +7,7 @@ For one case (network, batch, sparsity, precision as in ``bench_backend``), both
 run ``--calls`` times under the PyTorch profiler (CUDA activity: the kernels inside the replayed
 CUDA graphs), and each kernel name's device time per call is listed side by side: the kernels
 only one side runs, and those whose time differs most. Both models are also timed alternately
-(``bench_backend.alternate_times``) and checked against eager PyTorch.
+(``bench_backend.time_compiled``) and checked against eager PyTorch.
 
 Usage (GPU): python -m experiments.investigations.backend_kernels [--network googlenet]
     [--batch 1] [--sparsity 0.7] [--precision tf32] [--calls 50]
@@ -18,7 +18,7 @@ import argparse
 import copy
 import json
 
-from experiments.benchmarks.bench_backend import alternate_times, prepared
+from experiments.benchmarks.bench_backend import prepared, time_compiled
 from experiments.benchmarks.bench_networks import relative_error
 from experiments.common import RESULTS, environment, result_path
 
@@ -69,13 +69,7 @@ def main(argv=None):
                "dense_us": d.dense_us} for d in escoin_backend.REPORTS[-1]]
     kernels = {name: kernel_times(fn, x, args.calls) for name, fn in fns.items()}
 
-    def call(fn):
-        def once():
-            with torch.no_grad():
-                return fn(x)
-        return once
-
-    times = alternate_times({name: call(fn) for name, fn in fns.items()}, rounds=5)
+    times = time_compiled(fns, x, rounds=5)
     names = sorted(set(kernels["dense"]) | set(kernels["escoin"]))
     rows = []
     for kernel in names:

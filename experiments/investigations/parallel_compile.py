@@ -113,21 +113,15 @@ def main(argv=None):
         fresh_cache("joint")
         kernels = make_kernels()
         start = time.perf_counter()
-        mod, names = build_together.joint_module(kernels)
-        bind(kernels, build_together.compile_module(mod, target), names)
+        build_together.compile_part(kernels)
         summary["joint_s"] = time.perf_counter() - start
 
     if "threads" in stages:
         fresh_cache("threads")
         groups = chunks(make_kernels(), args.workers)
         start = time.perf_counter()
-
-        def compile_group(group):
-            mod, names = build_together.joint_module(group)
-            bind(group, build_together.compile_module(mod, target), names)
-
         with ThreadPoolExecutor(len(groups)) as pool:
-            list(pool.map(compile_group, groups))
+            list(pool.map(build_together.compile_part, groups))
         summary["threads_s"] = time.perf_counter() - start
 
     if "processes" in stages:

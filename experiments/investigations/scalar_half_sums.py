@@ -1,9 +1,9 @@
 """Half sums without image pairs: should a half-precision kernel whose tile holds one image
 (batch 1, where the half dtype's heuristic and the float32 records give plain tiles) sum each
-chunk of non-zeros in the half dtype with scalar FMAs? Nsight Compute on VGG-16 conv3_2 at
-batch 1 (``ncu-H200-vgg16_conv3_2-b1-float{16,32}.txt``) had the fp16 kernel execute 1.43x the
-instructions of the fp32 one with the same knobs (each half value converted before its float32
-FMA) and run 0.93x as fast, neither L1 (64%) nor issue (55%) saturated.
+chunk of non-zeros in the half dtype with scalar FMAs? At batch 1 the fp16 kernel executes
+more instructions than the fp32 one with the same knobs (each half value is converted before
+its float32 FMA) and runs a little slower (Nsight Compute: docs/findings.md, "Half sums of one
+image, and what bounds batch 1").
 
 For every layer of both layer sets at the given batch: the float32 kernel (untuned: the shipped
 record or the heuristic) and per half dtype the untuned kernel, the same knobs with half sums

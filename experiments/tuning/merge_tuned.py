@@ -12,7 +12,6 @@ Usage: python -m experiments.tuning.merge_tuned RUN1.jsonl RUN2.jsonl ... \
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -60,10 +59,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = last_rows(args.runs)
     records = winning_records(rows, args.min_gain)
-    old = json.loads(Path(args.table).read_text())
-    header = {k: old[k] for k in ("arch", "gpu", "sparsity", "source", "date")}
     pretuned.write_table(Path(args.out or args.table),
-                         pretuned.merge(records, args.table, replace=True), **header)
+                         pretuned.merge(records, args.table, replace=True),
+                         **pretuned.table_header(args.table))
     for r in records:
         shipped = f"{r['pretuned_us']:.1f}" if r["pretuned_us"] else "not in the table"
         print(f"{r['layer']}: {shipped} -> {r['time_us']:.1f} us")

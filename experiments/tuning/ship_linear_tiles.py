@@ -66,9 +66,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = sweep_rows(args.runs)
     records = winning_records(rows, args.min_gain)
-    old = json.loads(Path(args.table).read_text())
-    header = {k: old[k] for k in ("arch", "gpu", "sparsity", "source", "date")}
-    pretuned.write_table(Path(args.table), old["records"], linear_records=records, **header)
+    conv_records = json.loads(Path(args.table).read_text())["records"]
+    pretuned.write_table(Path(args.table), conv_records, linear_records=records,
+                         **pretuned.table_header(args.table))
     for r in records:
         print(f"{r['layer']} {r['dtype']}: {r['heuristic_us']:.1f} -> {r['time_us']:.1f} us "
               f"({r['source']})")
