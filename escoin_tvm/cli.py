@@ -37,7 +37,8 @@ def cmd_compile(args):
 
 
 def cmd_tune(args):
-    from .tuning import format_summary, tune
+    from .tuning import format_summary
+    from .tuning.relax_integration import tune
 
     exported = _load_pt2(args.model)
     print(f"tuning the Escoin kernels of {args.model} for {args.target}, {args.trials} trials "

@@ -16,22 +16,17 @@ from typing import Optional
 import tvm
 from tvm import relax
 
-from . import dtypes
-from .cuda_cache import cached_cuda_compiles
 from .errors import EscoinError
+from .kernels.eligibility import DEFAULT_SPARSITY_THRESHOLD, checked_threshold
 from .frontend import conv_layer_names, linear_layer_names, prepare, quiet_torch
+from .kernels.cuda_cache import cached_cuda_compiles
 from .pipeline import relax_pipeline
-from .progress import CompileProgress
 from .runtime import METADATA_FUNC, METADATA_VERSION, CompiledModule, metadata_function
-from .target import TargetLike, device_for, is_gpu, resolve_target
-from .transform import SparseConv2dDispatch
-from .transform.sparse_linear import SparseLinearDispatch
-from .tvm_logs import without_tvm_noise
-
-# Where the Escoin kernel starts to beat the dense path a layer would otherwise take
-# (docs/results.md, "Layer benchmark"); layers below it stay dense.
-DEFAULT_SPARSITY_THRESHOLD = 0.7
-
+from .support import dtypes
+from .support.progress import CompileProgress
+from .support.target import TargetLike, device_for, is_gpu, resolve_target
+from .support.tvm_logs import without_tvm_noise
+from .transform import SparseConv2dDispatch, SparseLinearDispatch
 
 def dispatch(mod, exported, target, threshold: float, **options):
     """Folds batch norms into the convolutions and runs the Escoin passes (convolutions, then
@@ -100,7 +95,8 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     target = resolve_target(target)
     run_on = device_for(target, device)
     cuda_graph = bool(cuda_graph) and is_gpu(target)
-    threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else float(sparsity_threshold)
+    threshold = DEFAULT_SPARSITY_THRESHOLD if sparsity_threshold is None else \
+        checked_threshold(sparsity_threshold)
     if dispatch_by not in ("threshold", "measure", "none"):
         raise EscoinError(f"dispatch_by must be 'threshold', 'measure' or 'none', got "
                           f"{dispatch_by!r}")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import time
 
-from . import dtypes, models, prune
+from . import models, prune
+from .support import dtypes
 from .errors import ArgumentError
 
 # Max error relative to the largest output, per dtype of the compiled model, against the same
@@ -26,7 +27,7 @@ def run(model_name: str = "resnet50", sparsity: float = 0.9, batch: int = 1, siz
     import torch
 
     from .compiler import compile as compile_model
-    from .target import has_gpu
+    from .support.target import has_gpu
 
     prune.check_sparsity(sparsity)
     if batch < 1:
@@ -76,7 +77,7 @@ def _dense_times(model, x, device: str, dtype: str) -> dict:
     """{baseline: seconds} of the dense model a user would run instead (module docstring)."""
     import torch
 
-    from .timing import graph_time, median_time
+    from .support.timing import graph_time, median_time
 
     if device == "cpu":
         base = copy.deepcopy(model).float()

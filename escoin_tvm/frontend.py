@@ -13,10 +13,10 @@ from typing import List
 
 import numpy as np
 
-from . import dtypes
 from .errors import EscoinError, first_line
-from .tensors import is_torch
-from .tvm_logs import without_tvm_noise
+from .support import dtypes
+from .support.tensors import is_torch
+from .support.tvm_logs import without_tvm_noise
 from .workarounds import frontend_convert_map, refuse_known_tvm_crashes
 
 

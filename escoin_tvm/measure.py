@@ -15,8 +15,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from . import dtypes
-from .target import device_for, require_device
+from .support import dtypes
+from .support.target import device_for, require_device
 
 ESCOIN, DENSE = "escoin", "dense"  # the two sides' functions in the timed module
 

@@ -11,8 +11,8 @@ import tvm
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.s_tir import dlight as dl
 
-from .schedule.skinny_matmul import SkinnyMatmul
-from .target import is_gpu
+from .rules import SkinnyMatmul
+from .support.target import is_gpu
 
 
 def _cuda_legalize_passes(target):

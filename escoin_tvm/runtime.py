@@ -22,11 +22,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from . import dtypes
 from .errors import ArgumentError, EscoinError, first_line
-from .target import recover_from_out_of_memory, require_device, resolve_device
-from .tensors import from_tvm, is_torch, to_tvm
-from .tvm_logs import without_tvm_noise
+from .support import dtypes
+from .support.target import recover_from_out_of_memory, require_device, resolve_device
+from .support.tensors import from_tvm, is_torch, to_tvm
+from .support.tvm_logs import without_tvm_noise
 
 METADATA_FUNC = "escoin_metadata"
 METADATA_VERSION = 2  # 2: libraries end with an integrity record
@@ -155,7 +155,7 @@ def append_integrity_record(path: str) -> None:
 def format_report(layers: Sequence[dict], threshold: Optional[float] = None,
                   what: str = "convolutions") -> str:
     """The report as a table; sparsities get the digits that tell them from ``threshold``."""
-    from .transform.policy import distinct
+    from .kernels.eligibility import distinct
 
     def sparsity(value: float) -> str:
         return distinct(value, threshold, 3)[0] if threshold is not None else f"{value:.3f}"

@@ -38,7 +38,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .errors import EscoinError
-from .target import is_gpu
+from .support.target import is_gpu
 from .transform.matching import bindings
 from .transform.tensor_types import static_shape
 

@@ -90,7 +90,7 @@ def load_kernel(path: str, dev):
     import numpy as np
     import tvm
 
-    from escoin_tvm.dtypes import numpy_dtype
+    from escoin_tvm.support.dtypes import numpy_dtype
 
     constants = [tvm.runtime.tensor(a.view(numpy_dtype("bfloat16")) if a.dtype.kind == "V"
                                     else a, dev) for a in np.load(path + ".npz").values()]

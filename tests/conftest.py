@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from escoin_tvm.target import has_gpu
+from escoin_tvm.support.target import has_gpu
 
 
 def pytest_collection_modifyitems(config, items):

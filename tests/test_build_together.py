@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import escoin_tvm
-from escoin_tvm import build_together, prune
-from escoin_tvm.build_together import compile_together
-from escoin_tvm.linear_kernel import build_sparse_linear
+from escoin_tvm import prune
+from escoin_tvm.kernels import build_together
+from escoin_tvm.kernels.build_together import compile_together
+from escoin_tvm.kernels.linear.kernel import build_sparse_linear
 
 from helpers import assert_conv_close, random_weight
 

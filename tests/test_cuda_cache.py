@@ -3,7 +3,8 @@ only inside escoin-tvm's builds, and a cache that cannot be written does not fai
 import numpy as np
 import pytest
 
-from escoin_tvm import cuda_cache, prune
+from escoin_tvm import prune
+from escoin_tvm.kernels import cuda_cache
 
 
 @pytest.fixture

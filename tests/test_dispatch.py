@@ -95,7 +95,7 @@ def test_bad_dispatch_mode():
 
 
 def test_measured_dispatch_needs_the_device():
-    if escoin_tvm.target.has_gpu():
+    if escoin_tvm.support.target.has_gpu():
         pytest.skip("this machine has a GPU")
     model, x = small_net()
     with pytest.raises(escoin_tvm.TargetError, match="no CUDA GPU"):

@@ -7,7 +7,7 @@ import torch
 import escoin_tvm
 from escoin_tvm import DTypeError, ShapeError, TargetError
 from escoin_tvm.prune import prune_array
-from escoin_tvm.target import has_gpu
+from escoin_tvm.support.target import has_gpu
 from helpers import assert_conv_close
 
 W = np.ones((4, 2, 3, 3), np.float32)

@@ -86,7 +86,7 @@ def test_two_modules_from_many_threads():
 KILLED_JOB = textwrap.dedent("""
     import sys, torch
     from escoin_tvm import prune
-    from escoin_tvm.tuning import tune
+    from escoin_tvm.tuning.relax_integration import tune
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(8, 8, 3, padding=1))
@@ -233,7 +233,7 @@ def test_one_tap_conv_with_an_input_weight_becomes_a_multiply(shape, out_channel
     """The same TVM bug for a one-tap convolution the pass cannot take (its weight is not a
     constant): rewritten to pad/slice/repeat and a broadcast multiply, checked on the CPU."""
     from escoin_tvm.frontend import prepare
-    from escoin_tvm.target import resolve_target
+    from escoin_tvm.support.target import resolve_target
     from escoin_tvm.workarounds import trivial_reductions_to_multiply
 
     model, args = OneTapConv(stride, padding, shape[1]), one_tap_inputs(shape, out_channels)

@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 
 import escoin_tvm
 from escoin_tvm import ArgumentError, models, prune
-from escoin_tvm.linear import SparseLinearWeight
-from escoin_tvm.linear_kernel import build_sparse_linear
+from escoin_tvm.kernels.linear.weight_format import SparseLinearWeight
+from escoin_tvm.kernels.linear.kernel import build_sparse_linear
 from escoin_tvm.prune import DEEP_COMPRESSION_FC_DENSITY, prune_array
-from escoin_tvm.schedule.linear import LinearGpuConfig
+from escoin_tvm.kernels.linear.schedule_gpu import LinearGpuConfig
 from helpers import ROUNDOFF
 
 CUDA = {"kind": "cuda", "arch": "sm_90"}

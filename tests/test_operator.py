@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import escoin_tvm
-from escoin_tvm import dtypes
+from escoin_tvm.support import dtypes
 from cases import CASES
 from helpers import assert_conv_close, random_weight
 
@@ -135,10 +135,14 @@ def test_sum_over_a_larger_domain_stores_the_output_only(case):
     import tvm
     from tvm import s_tir
 
-    from escoin_tvm.operator import Epilogue, ell_arrays, kernel_input_shape, sparse_conv2d_primfunc
-    from escoin_tvm.schedule import default_cpu_config, schedule_cpu
-    from escoin_tvm.spec import Conv2dSpec
-    from escoin_tvm.weight_format import EscoinWeight
+    from escoin_tvm.kernels.conv2d.operator import (Epilogue,
+                                                    ell_arrays,
+                                                    kernel_input_shape,
+                                                    sparse_conv2d_primfunc)
+    from escoin_tvm.kernels.conv2d.knobs import default_cpu_config
+    from escoin_tvm.kernels.conv2d.schedule_cpu import schedule_cpu
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     rng = np.random.default_rng(7)
     weight = random_weight(rng, case.weight_shape, case.sparsity)
@@ -218,8 +222,8 @@ def test_unsupported_dtypes_are_dtype_errors(bad):
 def test_unpadded_convolution_reads_its_input_in_place(padding, in_place):
     """Without padding there is nothing to copy: no pad stage, the data parameter is the input
     flattened per image, and the ELL padding points at real taps instead of a zero channel."""
-    from escoin_tvm.operator import PAD_BLOCK, kernel_input_shape, reads_in_place
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.operator import PAD_BLOCK, kernel_input_shape, reads_in_place
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     spec = Conv2dSpec.create((2, 4, 6, 6), (8, 4, 3, 3), padding=padding)
     assert reads_in_place(spec) == in_place
@@ -235,7 +239,7 @@ BLOCKED_CASES = ["1x1", "5x5_pad2_bias_relu", "batch5", "depthwise", "groups2_al
 
 def _blocked_kernel(case, dtype, images, target, batch=None):
     """The case's kernel (at ``batch`` images) with its images blocked ``images`` at a time."""
-    from escoin_tvm.schedule import GpuConfig
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
 
     weight, bias, _ = half_case(case, dtype, np.random.default_rng(7))
     shape = (batch or case.input_shape[0], *case.input_shape[1:])
@@ -282,12 +286,12 @@ def _split_k_kernel(case, split, target):
     split_k), built for ``target``; returns (executable, weight, bias, spec, constants)."""
     import tvm
 
-    from escoin_tvm.kernel import scheduled_module
-    from escoin_tvm.operator import Epilogue
-    from escoin_tvm.schedule import GpuConfig
-    from escoin_tvm.spec import Conv2dSpec
-    from escoin_tvm.target import resolve_target
-    from escoin_tvm.weight_format import EscoinWeight
+    from escoin_tvm.kernels.conv2d.kernel import scheduled_module
+    from escoin_tvm.kernels.conv2d.operator import Epilogue
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.support.target import resolve_target
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     rng = np.random.default_rng(3)
     weight = random_weight(rng, case.weight_shape, case.sparsity)
@@ -322,7 +326,7 @@ def test_split_k_cuda_code_generates(case, split):
 def test_split_k_gpu_matches_pytorch(case, split):
     import tvm
 
-    from escoin_tvm.operator import kernel_input_shape
+    from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
 
     exe, weight, bias, spec, constants = _split_k_kernel(case, split, "cuda")
     dev = tvm.cuda(0)
@@ -334,11 +338,11 @@ def test_split_k_gpu_matches_pytorch(case, split):
 
 
 def test_split_k_needs_a_gpu_target():
-    from escoin_tvm.kernel import scheduled_module
-    from escoin_tvm.operator import Epilogue
-    from escoin_tvm.spec import Conv2dSpec
-    from escoin_tvm.target import resolve_target
-    from escoin_tvm.weight_format import EscoinWeight
+    from escoin_tvm.kernels.conv2d.kernel import scheduled_module
+    from escoin_tvm.kernels.conv2d.operator import Epilogue
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.support.target import resolve_target
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     spec = Conv2dSpec.create((1, 4, 6, 6), (8, 4, 3, 3), padding=1)
     dense = random_weight(np.random.default_rng(0), (8, 4, 3, 3), 0.5)
@@ -351,8 +355,9 @@ def test_half_precision_defaults_block_four_images_from_batch_four():
     """The untuned heuristic blocks 4 images in half precision from batch 4 (keeping the
     accumulators' count), never in float32, and not where it could not take effect (an
     in-place kernel whose batch 4 does not divide)."""
-    from escoin_tvm.schedule.gpu import blocks_images, default_gpu_config
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.schedule_gpu import blocks_images
+    from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     def config(batch, dtype, padding=1):
         return default_gpu_config(Conv2dSpec.create((batch, 64, 28, 28), (64, 64, 3, 3),
@@ -378,9 +383,9 @@ HALF_SUM_CASES = ["5x5_pad2_bias_relu", "batch5", "1x1", "groups2_alexnet",
 def _half_sums_kernel(case, dtype, target, batch=8, images=4, threads_x=None):
     """The case's kernel with half sums on a tile of ``images`` blocked images (threads fitted
     by with_half_sums, or ``threads_x`` over columns), and its weight, bias and input."""
-    from escoin_tvm.schedule import GpuConfig
-    from escoin_tvm.schedule.gpu import with_half_sums
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
+    from escoin_tvm.kernels.conv2d.schedule_gpu import with_half_sums
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     weight, bias, _ = half_case(case, dtype, np.random.default_rng(8))
     shape = (batch, *case.input_shape[1:])
@@ -437,10 +442,10 @@ def test_half_sums_on_the_cpu_operator_match_float64(dtype):
     in the half dtype, the runs in float32, within the bound of those roundings."""
     import tvm
 
-    from escoin_tvm import dtypes as dt
-    from escoin_tvm.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
-    from escoin_tvm.spec import Conv2dSpec
-    from escoin_tvm.weight_format import EscoinWeight
+    from escoin_tvm.support import dtypes as dt
+    from escoin_tvm.kernels.conv2d.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     rng = np.random.default_rng(4)
     spec = Conv2dSpec.create((3, 6, 7, 9), (5, 6, 3, 3), padding=1, stride=(1, 2))
@@ -469,8 +474,8 @@ def test_half_sums_on_the_gpu_match_float64(case, batch, images, threads_x, dtyp
     """Half sums on the GPU, on batches the blocked images divide or not, and of one image per
     thread on blocks that tile the output or not, within the bound of their half-precision
     roundings."""
-    from escoin_tvm.operator import reads_in_place
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.operator import reads_in_place
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     spec = Conv2dSpec.create(case.input_shape, case.weight_shape, **case.conv_args())
     if batch % images and reads_in_place(spec):
@@ -497,9 +502,9 @@ def test_with_half_sums_fits_threads_to_tile_the_output(shape, weight_shape, con
     many threads, and the result builds for CUDA; float32 and unblocked tiles get None."""
     import dataclasses
 
-    from escoin_tvm.schedule.gpu import blocks_images, default_gpu_config, tiles_divide, \
-        with_half_sums
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.schedule_gpu import blocks_images, tiles_divide, with_half_sums
+    from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     spec = Conv2dSpec.create(shape, weight_shape, **conv_args)
     base = default_gpu_config(spec, "float16")
@@ -523,7 +528,7 @@ def test_half_sums_errors_name_the_requirement():
     """half_sums on a float32 kernel, on unblocked images, or on blocks that do not tile the
     output: an ArgumentError that says what half sums need."""
     from escoin_tvm.errors import ArgumentError
-    from escoin_tvm.schedule import GpuConfig
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
 
     weight = random_weight(np.random.default_rng(0), (8, 4, 3, 3), 0.5)
     tiled = dict(threads_x=8, threads_y=2, rows_per_thread=2, channels_per_thread=2,

@@ -13,7 +13,7 @@ import escoin_tvm
 from escoin_tvm import ArgumentError, DTypeError, EscoinError, ShapeError, models, prune
 from escoin_tvm.cli import main as cli
 from escoin_tvm.prune import prune_array
-from escoin_tvm.spec import Conv2dSpec
+from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
 
 def small(seed=0, padding_mode="zeros"):
@@ -67,7 +67,7 @@ def test_pruning_reaches_its_target_and_the_report_never_reads_false():
     compiled = escoin_tvm.compile(conv, (torch.randn(1, 6, 5, 5),), target="llvm",
                                   sparsity_threshold=0.7)
     assert compiled.layers[0]["kernel"] == "escoin"
-    from escoin_tvm.transform.policy import distinct
+    from escoin_tvm.kernels.eligibility import distinct
     assert distinct(0.699074, 0.7) == ("0.699", "0.700")
 
 
@@ -86,12 +86,12 @@ def test_an_empty_batch_is_an_escoin_error():
 
 
 def test_an_escoin_error_inside_the_pass_reaches_the_user_as_itself(monkeypatch):
-    import escoin_tvm.transform.sparse_conv2d as pass_module
+    import escoin_tvm.kernels.conv2d.lowering as lowering  # what the pass calls
 
     def fail(*_args):
         raise ShapeError("raised inside the pass")
 
-    monkeypatch.setattr(pass_module.EscoinWeight, "from_dense", fail)
+    monkeypatch.setattr(lowering.EscoinWeight, "from_dense", fail)
     model, x = small()
     with pytest.raises(ShapeError, match="raised inside the pass"):
         escoin_tvm.compile(model.eval(), (x,), target="llvm")

@@ -5,8 +5,8 @@ import tvm
 from tvm import te, topi
 
 import escoin_tvm
-from escoin_tvm.schedule.skinny_matmul import MAX_ROWS, SkinnyMatmul, _k_split
-from escoin_tvm.target import resolve_target
+from escoin_tvm.rules.skinny_matmul import MAX_ROWS, SkinnyMatmul, _k_split
+from escoin_tvm.support.target import resolve_target
 
 CUDA = resolve_target({"kind": "cuda", "arch": "sm_90"})
 

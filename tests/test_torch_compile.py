@@ -136,7 +136,7 @@ def test_sparse_linear_layers_too():
 
 
 def test_a_graphs_few_kernels_compile_as_one_module(monkeypatch):
-    from escoin_tvm import build_together
+    from escoin_tvm.kernels import build_together
 
     modules = []
     real = build_together.compile_module
@@ -201,7 +201,8 @@ def test_progress_is_shown_when_asked(capsys, progress):
 def test_the_progress_bar_counts_the_kernels_as_their_parts_compile(monkeypatch, capsys):
     """The backend's bar gets the graph's kernels added to its total and ticks as each part
     of them compiles."""
-    from escoin_tvm import build_together, progress
+    from escoin_tvm.kernels import build_together
+    from escoin_tvm.support import progress
 
     monkeypatch.setattr(build_together, "PART_KERNELS", 1)
     seen = []
@@ -244,7 +245,7 @@ def test_the_one_kernel_call_takes_torch_tensors_and_an_output():
 @pytest.mark.parametrize("names", [("cpu", torch.device("cpu")),
                                    pytest.param(("cuda", "cuda:0"), marks=pytest.mark.gpu)])
 def test_a_layer_builds_one_kernel_per_device_however_it_is_named(names):
-    from escoin_tvm.target import resolve_target
+    from escoin_tvm.support.target import resolve_target
     from escoin_tvm.torch_compile import ops
 
     weight = prune.prune_array(np.random.default_rng(1).standard_normal((8, 4, 3, 3),

@@ -5,13 +5,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from escoin_tvm.kernel import scheduled_module
-from escoin_tvm.operator import Epilogue, kernel_input_shape
+from escoin_tvm.kernels.conv2d.kernel import scheduled_module
+from escoin_tvm.kernels.conv2d.operator import Epilogue, kernel_input_shape
 from escoin_tvm.prune import prune_array
-from escoin_tvm.spec import Conv2dSpec
-from escoin_tvm.target import resolve_target
+from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.support.target import resolve_target
 from escoin_tvm.transform import SparseConv2dDispatch
-from escoin_tvm.weight_format import EscoinWeight
+from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
 LLVM = resolve_target("llvm")
 RNG = np.random.default_rng(3)
@@ -126,8 +126,8 @@ def test_output_var_of_the_block_keeps_its_binding():
 def test_a_sparse_linear_chain_becomes_one_call_tir():
     """matmul(x, W.T) + b, relu (a Linear as the frontend gives it) -> the sparse linear
     kernel's call_tir."""
-    from escoin_tvm.linear import SparseLinearWeight
-    from escoin_tvm.linear_kernel import scheduled_linear_module
+    from escoin_tvm.kernels.linear.weight_format import SparseLinearWeight
+    from escoin_tvm.kernels.linear.kernel import scheduled_linear_module
     from escoin_tvm.transform.sparse_linear import SparseLinearDispatch
 
     w = prune_array(RNG.standard_normal((12, 20)).astype(np.float32), 0.9)

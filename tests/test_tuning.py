@@ -9,14 +9,18 @@ import torch
 
 import escoin_tvm
 from escoin_tvm import EscoinError, prune
-from escoin_tvm.operator import Epilogue
-from escoin_tvm.spec import Conv2dSpec
-from escoin_tvm.target import resolve_target
-from escoin_tvm.tuning import TuningLog, extract_tasks, format_summary, tune
+from escoin_tvm.kernels.conv2d.operator import Epilogue
+from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.support.target import resolve_target
+from escoin_tvm.tuning import TuningLog, format_summary
+from escoin_tvm.tuning.relax_integration import extract_tasks, tune
 from escoin_tvm.tuning.log import RECORDS, WORKLOADS
-from escoin_tvm.kernel import untuned_config
-from escoin_tvm.tuning.space import (MutateKnob, decode_config, design_spaces, representable,
-                                     workload)
+from escoin_tvm.kernels.conv2d.knobs import untuned_config
+from escoin_tvm.kernels.template import MutateKnob
+from escoin_tvm.kernels.conv2d.tuning_space import (decode_config,
+                                                    design_spaces,
+                                                    representable,
+                                                    workload)
 
 
 def small_model():
@@ -100,7 +104,7 @@ def test_linear_layers_are_tasks_and_compile_with_their_records(tmp_path):
     fc = model[1]
     layer = ops.SparseLinearLayer("1", fc.weight.detach().numpy(), fc.bias.detach().numpy(),
                                   True, target, log)
-    kernel = ops.build_linear(layer, (2, fc.in_features), torch.device("cpu"))
+    kernel = layer.kernel((2, fc.in_features), torch.device("cpu"))
     assert kernel.config == tasks[0].decode(records[0].trace)
     x2 = torch.randn(2, fc.in_features)
     np.testing.assert_allclose(kernel(x2).numpy(), torch.relu(fc(x2)).detach().numpy(),
@@ -114,8 +118,8 @@ def test_linear_gpu_space_decodes_and_builds(batch):
     import tvm
     from tvm import s_tir
 
-    from escoin_tvm.linear import SparseLinearWeight
-    from escoin_tvm.tuning.linear_space import LinearTask
+    from escoin_tvm.kernels.linear.weight_format import SparseLinearWeight
+    from escoin_tvm.kernels.linear.tuning_space import LinearTask
 
     weight = torch.from_numpy(np.random.default_rng(0).standard_normal((50, 300))
                               .astype(np.float32))
@@ -206,10 +210,11 @@ def test_tuned_kernel_with_the_untuned_knobs_is_the_untuned_kernel(target, shape
     the untuned kernel costs, and every candidate fits that work."""
     import tvm
 
-    from escoin_tvm.kernel import scheduled_module, tuned_extents
-    from escoin_tvm.schedule import GpuConfig
-    from escoin_tvm.tuning.space import _space
-    from escoin_tvm.weight_format import EscoinWeight
+    from escoin_tvm.kernels.conv2d.kernel import scheduled_module
+    from escoin_tvm.kernels.conv2d.knobs import tuned_extents
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
+    from escoin_tvm.kernels.conv2d.tuning_space import _space
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     target = resolve_target(target)
     spec = Conv2dSpec.create(shape, (32, shape[1], 3, 3), padding=1)
@@ -234,10 +239,9 @@ def test_compile_uses_the_tuned_schedules(tuned_log):
     model, x = small_model()
     compiled = escoin_tvm.compile(model, (x,), target="llvm", tuning_log=log)
     assert [l["schedule"].startswith("tuned") for l in compiled.layers] == [True, True]
-    best = TuningLog(log).lookup  # the knobs compiled are the log's best
-    task = extract_tasks(model, (x,), "llvm")[1]
-    assert compiled.layers[1]["config"] == dict(vars(best(task.spec, task.weight, task.epilogue,
-                                                          resolve_target("llvm"))[0]))
+    task = extract_tasks(model, (x,), "llvm")[1]  # the knobs compiled are the log's best
+    best = TuningLog(log).best(task.workload, resolve_target("llvm"), task.decode)
+    assert compiled.layers[1]["config"] == dict(vars(best[0]))
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
 
@@ -332,8 +336,9 @@ import sys, warnings
 warnings.simplefilter("ignore")
 import torch, escoin_tvm
 from escoin_tvm import prune
-from escoin_tvm.target import resolve_target
-from escoin_tvm.tuning import TuningLog, extract_tasks
+from escoin_tvm.support.target import resolve_target
+from escoin_tvm.tuning import TuningLog
+from escoin_tvm.tuning.relax_integration import extract_tasks
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
                             torch.nn.Conv2d(16, 12, 3, padding=1, stride=2))
@@ -345,7 +350,7 @@ for path in sys.stdin.read().split():
     try:
         log = TuningLog(path)
         for task in tasks:
-            log.lookup(task.spec, task.weight, task.epilogue, target)
+            log.best(task.workload, target, task.decode)
         print("read", path, flush=True)
     except escoin_tvm.EscoinError:
         print("refused", path, flush=True)
@@ -454,7 +459,7 @@ def test_tuning_through_an_rpc_tracker(tmp_path):
         results = tune(model, (x[:1],), log=tmp_path / "rpc", target="llvm", trials=2,
                        trials_per_iter=2, rpc_tracker=tracker, rpc_key="escoin-ci", out=None)
         assert [r.trials for r in results] == [2, 2] and all(r.best_seconds for r in results)
-        if not escoin_tvm.target.has_gpu():  # else the server could run the CUDA kernels
+        if not escoin_tvm.support.target.has_gpu():  # else the server could run the CUDA kernels
             # trials that all fail on the servers (CUDA kernels, a CPU server) are reported
             # with their error, not just left out of the summary
             with pytest.warns(UserWarning, match="(?s)task 0: none of its trials built and ran on "
@@ -464,7 +469,7 @@ def test_tuning_through_an_rpc_tracker(tmp_path):
             assert [r.best_seconds for r in failed] == [None, None]
 
 
-@pytest.mark.skipif(escoin_tvm.target.has_gpu(), reason="needs a machine without a GPU")
+@pytest.mark.skipif(escoin_tvm.support.target.has_gpu(), reason="needs a machine without a GPU")
 def test_cuda_tuning_without_a_gpu_is_refused(tmp_path):
     model, x = small_model()
     with pytest.raises(EscoinError, match="measures the trials on a GPU and this machine has none"):
@@ -537,7 +542,7 @@ def test_trials_on_the_cpu_use_metaschedules_evaluator():
 @pytest.mark.gpu
 @pytest.mark.gpu_exclusive
 def test_trials_on_the_gpu_are_timed_from_a_cuda_graph():
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.support.timing import graph_time
     from escoin_tvm.tuning.evaluator import GraphEvaluator
 
     kernel, args, config = _evaluator_inputs("cuda")
@@ -572,8 +577,8 @@ def test_half_sums_kernels_tune_on_their_own_workload(dtype):
     import tvm_ffi
     from tvm import s_tir
 
-    from escoin_tvm.operator import sparse_conv2d_primfunc
-    from escoin_tvm.tuning.space import half_sums_point
+    from escoin_tvm.kernels.conv2d.operator import sparse_conv2d_primfunc
+    from escoin_tvm.kernels.conv2d.tuning_space import half_sums_point
 
     target = resolve_target("cuda")
     spec = Conv2dSpec.create((16, 64, 28, 28), (64, 64, 3, 3), padding=1)

@@ -39,21 +39,26 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from .. import dtypes
-from ..build_together import compile_together
 from ..errors import ArgumentError
-from ..operator import Epilogue
-from ..progress import CompileProgress
+from ..kernels import conv2d, linear
+from ..kernels.build_together import compile_together
+from ..kernels.conv2d.operator import Epilogue
+from ..kernels.eligibility import (DEFAULT_SPARSITY_THRESHOLD, LayerFacts, checked_threshold,
+                                   sparse_enough)
+from ..kernels.family import choose
 from ..runtime import format_report
-from ..target import resolve_target
-from ..transform.policy import MAX_LINEAR_BATCH, LayerDecision, distinct
+from ..support import dtypes
+from ..support.progress import CompileProgress
+from ..support.target import resolve_target
+from ..transform.policy import LayerDecision
 from . import graph, ops
 
-DEFAULT_THRESHOLD = 0.7
 # Measured dispatch keeps an Escoin kernel only when it beats PyTorch's operator by this much:
 # in the graph a replaced layer also costs inductor the fusions around it, and each timing
 # carries a percent or two of noise, so a near tie is worth less than it measures.
 MEASURED_MARGIN = 0.05
+# The kernel families the backend sends layers to, per operator, in order of preference.
+FAMILIES = {"conv2d": (conv2d.FAMILY,), "linear": (linear.FAMILY,)}
 OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress")
 REPORTS: List[List[LayerDecision]] = []  # one per graph compiled, in order
 
@@ -73,9 +78,8 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
     """The backend function: Dynamo calls it with each graph it captures."""
     options = dict(options or {})
     ours = {key: options.pop(key) for key in OUR_OPTIONS if key in options}
-    threshold = float(ours.get("threshold", DEFAULT_THRESHOLD))
-    if not 0.0 <= threshold <= 1.0:
-        raise ArgumentError(f"options['threshold'] must be in [0, 1], got {threshold}")
+    threshold = checked_threshold(ours.get("threshold", DEFAULT_SPARSITY_THRESHOLD),
+                                  "options['threshold']")
     dense = ours.get("dense", "inductor")
     if dense not in ("inductor", "eager"):
         raise ArgumentError(f"options['dense'] must be 'inductor' or 'eager', got {dense!r}")
@@ -166,27 +170,19 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
     device = candidate.device
     reason = None
+    family, problem = choose(FAMILIES[candidate.op], _facts(candidate))
     if dispatch == "none":
         reason = "Escoin off (dispatch='none')"
-    elif len(candidate.input_shape) != (2 if linear else 4):
-        reason = "input is not a (batch, features) matrix" if linear else \
-            "input is not a batched NCHW tensor"
-    elif linear and isinstance(_hint(candidate.input_shape[0]), int) and \
-            _hint(candidate.input_shape[0]) > MAX_LINEAR_BATCH:
-        reason = (f"batch {_hint(candidate.input_shape[0])} > {MAX_LINEAR_BATCH}: a dense GEMM "
-                  "reuses the weight more")
-    elif dtypes.name_of(candidate.input_dtype) not in dtypes.SUPPORTED or \
-            weight.dtype != candidate.input_dtype:
-        reason = (f"dtype {dtypes.name_of(candidate.input_dtype)} x "
-                  f"{dtypes.name_of(weight.dtype)} (Escoin kernels take "
-                  f"{', '.join(dtypes.SUPPORTED)}, one for all)")
+    elif problem is not None:
+        reason = problem
     elif device is None or device.type not in ("cpu", "cuda"):
         reason = f"device {device} (Escoin kernels run on the CPU and CUDA GPUs)"
     elif torch.is_grad_enabled() and candidate.trainable:
         reason = ("gradients are on and the weight requires them: the backend runs inference "
                   "(call the model under torch.no_grad() or torch.inference_mode())")
-    elif decision.sparsity < threshold:
-        reason = "sparsity {} < threshold {}".format(*distinct(decision.sparsity, threshold))
+    else:
+        taken, why = sparse_enough(decision.sparsity, threshold)
+        reason = None if taken else why
     if reason is not None:
         decision.reason = reason
         return decision, None
@@ -194,16 +190,25 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     bias = candidate.bias.detach().float().cpu().numpy() if candidate.bias is not None else None
     if linear:
         layer = ops.SparseLinearLayer(candidate.name, dtypes.to_numpy(weight), bias,
-                                      candidate.relu, target, tuning_log(target))
+                                      candidate.relu, target, tuning_log(target), family)
     else:
         layer = ops.SparseLayer(candidate.name, dtypes.to_numpy(weight), bias, candidate.stride,
                                 candidate.padding, candidate.dilation, candidate.groups,
-                                candidate.relu, target, tuning_log(target))
+                                candidate.relu, target, tuning_log(target), family)
     decision.epilogue = Epilogue(bias=bias is not None, relu=candidate.relu).name + \
         ("; batch norm folded" if candidate.batch_norm else "")
-    decision.kernel = "escoin"
-    decision.reason = "sparsity {} >= threshold {}".format(*distinct(decision.sparsity, threshold))
+    decision.kernel = family.name
+    decision.reason = sparse_enough(decision.sparsity, threshold)[1]
     return decision, layer
+
+
+def _facts(candidate: graph.Candidate) -> LayerFacts:
+    """The candidate as the kernel families' checks read it: its sizes as Dynamo saw them
+    (the backend builds a kernel per input shape), NCHW (a channels-last input is converted
+    around the kernel)."""
+    return LayerFacts(candidate.op, tuple(_hint(d) for d in candidate.input_shape),
+                      tuple(candidate.weight.shape), dtypes.name_of(candidate.input_dtype),
+                      dtypes.name_of(candidate.weight.dtype))
 
 
 def _static_shape(candidate: graph.Candidate) -> Optional[tuple]:
@@ -281,7 +286,7 @@ def _time_both(layer, shape, device, channels_last: bool = False, graphs: bool =
     Otherwise each is timed as calls made back to back (``timing.call_time``), the Escoin side
     through its custom operator as the compiled graph calls it, PyTorch's dispatch and the
     operator's included."""
-    from ..timing import call_time, graph_time
+    from ..support.timing import call_time, graph_time
 
     dtype = dtypes.torch_dtype(dtypes.name_of(layer.weight.dtype))
     x = torch.randn(shape, device=device, dtype=dtype)

@@ -18,13 +18,15 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..conv2d import SparseConv2dKernel, build_sparse_conv2d
-from ..target import device_for
+from ..kernels import conv2d, linear
+from ..kernels.family import KernelFamily
+from ..support.target import device_for
 
 
 @dataclass
 class SparseLayer:
-    """A convolution the backend sends to Escoin kernels, with its weights frozen."""
+    """A convolution the backend sends to a kernel family (``family``, which builds its
+    kernel per input shape), with its weights frozen."""
 
     name: str
     weight: np.ndarray  # OIHW float32, batch norm folded in
@@ -36,8 +38,9 @@ class SparseLayer:
     relu: bool
     target: object  # a TVM target
     tuning_log: object = None
-    kernels: Dict[tuple, SparseConv2dKernel] = field(default_factory=dict)
-    calls: Dict[tuple, SparseConv2dKernel] = field(default_factory=dict)  # by the call's device
+    family: KernelFamily = conv2d.FAMILY
+    kernels: Dict[tuple, object] = field(default_factory=dict)
+    calls: Dict[tuple, object] = field(default_factory=dict)  # by the call's device
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def output_shape(self, shape) -> tuple:
@@ -49,9 +52,9 @@ class SparseLayer:
         out_w = (w + left + right - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         return (n, self.weight.shape[0], out_h, out_w)
 
-    def kernel(self, shape: tuple, device: torch.device) -> SparseConv2dKernel:
+    def kernel(self, shape: tuple, device: torch.device):
         """The layer's kernel for inputs of ``shape`` on ``device``, built on first use."""
-        return _cached(self, shape, device, build)
+        return _cached(self, shape, device, self.family.torch_kernel)
 
     def torch_equivalent(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
         """What PyTorch computes for the layer (the dense baseline it is timed against)."""
@@ -67,7 +70,8 @@ class SparseLayer:
 
 @dataclass
 class SparseLinearLayer:
-    """A fully-connected layer the backend sends to Escoin's sparse linear kernel."""
+    """A fully-connected layer the backend sends to a kernel family (``family``), with its
+    weights frozen."""
 
     name: str
     weight: np.ndarray  # (out_features, in_features)
@@ -75,6 +79,7 @@ class SparseLinearLayer:
     relu: bool
     target: object
     tuning_log: object = None
+    family: KernelFamily = linear.FAMILY
     kernels: Dict[tuple, object] = field(default_factory=dict)
     calls: Dict[tuple, object] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,7 +88,7 @@ class SparseLinearLayer:
         return (shape[0], self.weight.shape[0])
 
     def kernel(self, shape: tuple, device: torch.device):
-        return _cached(self, shape, device, build_linear)
+        return _cached(self, shape, device, self.family.torch_kernel)
 
     def torch_equivalent(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
         y = torch.nn.functional.linear(x, weight, bias)
@@ -105,43 +110,6 @@ def _cached(layer, shape: tuple, device: torch.device, make):
                 kernel = layer.kernels[key] = make(layer, shape, device)
             layer.calls[(shape, device)] = kernel
     return kernel
-
-
-def build_linear(layer: SparseLinearLayer, shape: tuple, device: torch.device):
-    """A sparse linear kernel for ``layer`` at input ``shape``, with the knobs of the layer's
-    tuning log where it has them (else the shipped or heuristic ones)."""
-    from ..linear import SparseLinearWeight
-    from ..linear_kernel import build_sparse_linear, linear_schedule_choice
-
-    config, tuned = None, False
-    if layer.tuning_log is not None:
-        config, tuned, _ = linear_schedule_choice(
-            shape[0], SparseLinearWeight.from_dense(layer.weight), layer.bias is not None,
-            layer.relu, layer.target, layer.tuning_log)
-    return build_sparse_linear(layer.weight, shape[0], bias=layer.bias, relu=layer.relu,
-                               target=layer.target, config=config, tuned=tuned, device=device)
-
-
-def build(layer: SparseLayer, shape: tuple, device: torch.device) -> SparseConv2dKernel:
-    """An Escoin kernel for ``layer`` at input ``shape``, with the knobs of the layer's tuning
-    log where it has them (else the shipped or heuristic ones)."""
-    config, tuned = None, False
-    if layer.tuning_log is not None:
-        from ..kernel import schedule_choice
-        from ..operator import Epilogue
-        from ..spec import Conv2dSpec
-        from ..weight_format import EscoinWeight
-
-        spec = Conv2dSpec.create(shape, layer.weight.shape, stride=layer.stride,
-                                 padding=layer.padding, dilation=layer.dilation,
-                                 groups=layer.groups)
-        epilogue = Epilogue(bias=layer.bias is not None, relu=layer.relu)
-        config, tuned, _ = schedule_choice(spec, EscoinWeight.from_dense(layer.weight, spec),
-                                           epilogue, layer.target, None, layer.tuning_log)
-    return build_sparse_conv2d(layer.weight, shape, bias=layer.bias, stride=layer.stride,
-                               padding=layer.padding, dilation=layer.dilation,
-                               groups=layer.groups, relu=layer.relu, target=layer.target,
-                               config=config, tuned=tuned, device=device)
 
 
 LAYERS: List[object] = []  # SparseLayer and SparseLinearLayer

@@ -41,7 +41,7 @@ def decide_calls(mod: tvm.IRModule, op: tvm.ir.Op, decide: Callable, report: lis
         if not (isinstance(call, relax.Call) and call.op.same_as(op)):
             continue
         decision = decide(call, len(report))
-        if decision.kernel == "escoin":
+        if decision.kernel != "dense":
             if isinstance(block, relax.DataflowBlock):
                 chosen[call] = len(report)
             else:

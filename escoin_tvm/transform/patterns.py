@@ -23,7 +23,7 @@ from tvm import relax
 from tvm.ir import Constant
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 
-from ..operator import Epilogue
+from ..kernels.conv2d.operator import Epilogue
 from .matching import FunctionIndex, claim
 from .tensor_types import dtype, static_shape
 

@@ -1,21 +1,24 @@
 """Which convolutions go sparse: the dispatch policy of the Escoin pass.
 
-A conv2d goes to an Escoin kernel when the kernels implement it (NCHW/OIHW; float32, float16 or
-bfloat16; static shapes; a constant weight) and its weight's sparsity reaches the threshold. With a
+A conv2d goes to an Escoin kernel when its weight is a constant, the kernels implement it (the
+family's ``problem``: NCHW/OIHW; float32, float16 or bfloat16; static shapes) and its weight's
+sparsity reaches the threshold (``kernels/eligibility.py``, shared with the torch.compile
+backend). With a
 ``measure`` timer, such a layer is also timed both ways on the device and takes the faster path.
 Every convolution gets a ``LayerDecision``, taken or not: the pass's report.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 from tvm import relax
 from tvm.ir import Constant
 
-from ..dtypes import SUPPORTED
-from ..target import is_gpu
+from ..kernels.eligibility import LayerFacts, sparse_enough
+from ..kernels.family import KernelFamily, choose
+from ..support.target import is_gpu
 from .tensor_types import dtype, static_shape
 
 
@@ -42,28 +45,14 @@ class LayerDecision:
     op: str = "conv2d"  # or "linear"
 
 
-def distinct(a: float, b: float, digits: int = 2) -> Tuple[str, str]:
-    """``a`` and ``b`` printed with the fewest decimals (at least ``digits``) that tell them
-    apart, so that "0.699 < 0.7" never prints as "0.70 < 0.70"."""
-    while digits < 12 and a != b and f"{a:.{digits}f}" == f"{b:.{digits}f}":
-        digits += 1
-    return f"{a:.{digits}f}", f"{b:.{digits}f}"
-
-
 def _count_zeros(decision: LayerDecision, weight: Constant) -> None:
     dense = weight.value.numpy()
     decision.nnz = int(np.count_nonzero(dense))
     decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
 
 
-def _dtype_problem(data, weight, out_dtype: str, wider=()) -> str:
-    """Why the Escoin kernels cannot take these dtypes (out_dtype may also be one of
-    ``wider``), else ""."""
-    if dtype(data) in SUPPORTED and dtype(weight) == dtype(data) and \
-            out_dtype in (dtype(data), *wider, "", "void", "None"):
-        return ""
-    return (f"dtype {dtype(data)} x {dtype(weight)} -> {out_dtype or 'same'} (Escoin kernels "
-            f"take {', '.join(SUPPORTED)}, one for all)")
+def _out_dtype(call: relax.Call) -> str:
+    return "" if call.attrs.out_dtype is None else str(call.attrs.out_dtype)
 
 
 def dense_is_wrong(target, weight_shape) -> bool:
@@ -75,45 +64,59 @@ def dense_is_wrong(target, weight_shape) -> bool:
 class DispatchPolicy:
     """``policy.decide(conv_call, index)`` -> the LayerDecision of the ``index``-th conv2d.
 
-    ``layer_names`` ((module path, weight shape) pairs, in program order) names the layers;
-    ``report_only`` keeps every layer dense (the plain-TVM baseline); ``measure`` (a
-    ``measure.LayerTimer``) times a layer that passes the threshold both ways, the Escoin side
-    built by the pass ``make_escoin_pass()`` returns."""
+    ``families`` are the kernel families the layers may go to, in order of preference: a layer
+    goes to the first that takes it (``chosen[index]``). ``layer_names`` ((module path, weight
+    shape) pairs, in program order) names the layers; ``report_only`` keeps every layer dense
+    (the plain-TVM baseline); ``measure`` (a ``measure.LayerTimer``) times a layer that passes
+    the threshold both ways, the Escoin side built by the pass ``make_escoin_pass()``
+    returns."""
 
-    def __init__(self, target, threshold: float, layer_names: Sequence = (),
-                 report_only: bool = False, measure=None,
+    def __init__(self, target, threshold: float, families: Sequence[KernelFamily],
+                 layer_names: Sequence = (), report_only: bool = False, measure=None,
                  make_escoin_pass: Optional[Callable] = None):
         self.target = target
         self.threshold = threshold
+        self.families = tuple(families)
         self.layer_names = list(layer_names)
         self.report_only = report_only
         self.measure = measure
         self.make_escoin_pass = make_escoin_pass
+        self.chosen: Dict[int, KernelFamily] = {}
 
     def decide(self, call: relax.Call, index: int) -> LayerDecision:
         decision = self._static_decision(call, index)
-        if decision.kernel == "escoin" and self.measure is not None \
-                and not self._must_stay_sparse(decision):
+        if decision.kernel != "dense" and self.measure is not None \
+                and not self._must_take(decision):
             self._measure(call, decision)
         return decision
-
-    def _must_stay_sparse(self, decision: LayerDecision) -> bool:
-        return dense_is_wrong(self.target, decision.weight_shape)
 
     def _name(self, index: int, weight_shape, prefix: str = "conv2d") -> str:
         if index < len(self.layer_names) and self.layer_names[index][1] == weight_shape:
             return self.layer_names[index][0]
         return f"{prefix}_{index}"
 
-    def _threshold_decision(self, decision: LayerDecision) -> LayerDecision:
-        if decision.sparsity < self.threshold:
-            decision.reason = "sparsity {} < threshold {}".format(
-                *distinct(decision.sparsity, self.threshold))
+    def _family_decision(self, decision: LayerDecision, index: int,
+                         facts: LayerFacts) -> LayerDecision:
+        """The path's and the families' checks, then the threshold."""
+        family, problem = choose(self.families, facts)
+        if family is None:
+            decision.reason = problem
+        elif self.report_only:
+            decision.reason = "Escoin pass off (dispatch_by='none')"
+        elif self._must_take(decision):
+            decision.kernel = family.name
+            decision.reason = "one-tap convolution: TVM 0.27's dense CUDA code for it is wrong"
         else:
-            decision.kernel = "escoin"
-            decision.reason = "sparsity {} >= threshold {}".format(
-                *distinct(decision.sparsity, self.threshold))
+            taken, decision.reason = sparse_enough(decision.sparsity, self.threshold)
+            if taken:
+                decision.kernel = family.name
+        if decision.kernel != "dense":
+            self.chosen[index] = family
         return decision
+
+    def _must_take(self, decision: LayerDecision) -> bool:
+        """A layer that must not stay dense (``dense_is_wrong``)."""
+        return dense_is_wrong(self.target, decision.weight_shape)
 
     def _static_decision(self, call: relax.Call, index: int) -> LayerDecision:
         data, weight = call.args
@@ -127,22 +130,9 @@ class DispatchPolicy:
             decision.reason = "weight is not a constant"
             return decision
         _count_zeros(decision, weight)
-        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
-        out_dtype = "" if attrs.out_dtype is None else str(attrs.out_dtype)
-        if layouts != ("NCHW", "OIHW", "NCHW"):
-            decision.reason = f"layout {'/'.join(layouts)} (Escoin kernels are NCHW/OIHW)"
-        elif _dtype_problem(data, weight, out_dtype):
-            decision.reason = _dtype_problem(data, weight, out_dtype)
-        elif not decision.input_shape:
-            decision.reason = "input shape is not static"
-        elif self.report_only:
-            decision.reason = "Escoin pass off (dispatch_by='none')"
-        elif dense_is_wrong(self.target, decision.weight_shape):
-            decision.kernel = "escoin"
-            decision.reason = "one-tap convolution: TVM 0.27's dense CUDA code for it is wrong"
-        else:
-            return self._threshold_decision(decision)
-        return decision
+        return self._family_decision(decision, index, LayerFacts(
+            "conv2d", static_shape(data), decision.weight_shape, dtype(data), dtype(weight),
+            _out_dtype(call), (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)))
 
     def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
         escoin_s, dense_s = self.measure(conv, self.make_escoin_pass)
@@ -156,16 +146,11 @@ class DispatchPolicy:
                                f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
 
 
-MAX_LINEAR_BATCH = 64  # above it a dense GEMM reuses each weight more than the sparse kernel
-
-
 class LinearPolicy(DispatchPolicy):
     """The policy for ``relax.matmul(x, W.T)`` with a constant (K, N) right-hand side (what a
-    Linear becomes): x of static shape (M, K) with M at most MAX_LINEAR_BATCH, float32, float16
-    or bfloat16 (a half product computed to float32, as TVM's frontend and escoin-tvm's give it,
-    counts as half)."""
+    Linear becomes), the layers the sparse linear family implements (``linear.problem``)."""
 
-    def _must_stay_sparse(self, decision: LayerDecision) -> bool:
+    def _must_take(self, decision: LayerDecision) -> bool:
         return False
 
     def _static_decision(self, call: relax.Call, index: int) -> LayerDecision:
@@ -179,16 +164,6 @@ class LinearPolicy(DispatchPolicy):
             decision.reason = "weight is not a constant"
             return decision
         _count_zeros(decision, weight_t)
-        out_dtype = "" if call.attrs.out_dtype is None else str(call.attrs.out_dtype)
-        if len(decision.input_shape) != 2 or len(weight_shape) != 2:
-            decision.reason = "not a (batch, features) x (features, out) product"
-        elif _dtype_problem(data, weight_t, out_dtype, ("float32",)):
-            decision.reason = _dtype_problem(data, weight_t, out_dtype, ("float32",))
-        elif self.report_only:
-            decision.reason = "Escoin pass off (dispatch_by='none')"
-        elif decision.input_shape[0] > MAX_LINEAR_BATCH:
-            decision.reason = (f"batch {decision.input_shape[0]} > {MAX_LINEAR_BATCH}: a dense "
-                               "GEMM reuses the weight more")
-        else:
-            return self._threshold_decision(decision)
-        return decision
+        return self._family_decision(decision, index, LayerFacts(
+            "linear", static_shape(data), weight_shape, dtype(data), dtype(weight_t),
+            _out_dtype(call)))

@@ -3,39 +3,29 @@
 Three steps, as in TVM's own pattern passes: the policy decides for every ``relax.nn.conv2d``
 whether it goes sparse (``policy.py``; each decision is recorded in ``pass.report``); the
 patterns find the epilogue each accepted convolution absorbs (``patterns.py``: bias, residual
-add, relu); the rewriter below replaces each such chain by ``call_tir`` of a scheduled Escoin
-PrimFunc, with the ELL arrays as constants. Everything else stays on TVM's normal path. The pass
+add, relu); the rewriter below replaces each such chain by what the layer's kernel family
+emits for it (``FAMILIES``; the family's ``relax_call``: ``call_tir`` of a scheduled PrimFunc
+with the weight's arrays as constants). Everything else stays on TVM's normal path. The pass
 rewrites dataflow blocks, which is where the PyTorch frontend puts the model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import tvm
 from tvm import relax
 
 from ..errors import EscoinError
-from ..kernel import schedule_choice, scheduled_module
-from ..operator import Epilogue, kernel_input_shape, reads_in_place
-from ..spec import Conv2dSpec
-from ..weight_format import EscoinWeight
+from ..kernels import conv2d
+from ..kernels.conv2d.spec import Conv2dSpec
+from ..kernels.eligibility import checked_threshold
 from .matching import bindings, decide_calls, rewrite_chains
 from .patterns import Chain, match_chains
 from .policy import DispatchPolicy, LayerDecision
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
-OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps must leave the scheduled kernel alone
-
-
-@dataclass
-class EscoinKernel:
-    """A kernel the pass generated (what tuning extracts as a task)."""
-
-    layer: str
-    spec: Conv2dSpec
-    weight: EscoinWeight
-    epilogue: Epilogue
+# The kernel families this pass sends convolutions to, in order of preference.
+FAMILIES = (conv2d.FAMILY,)
 
 
 @tvm.transform.module_pass(opt_level=0, name="EscoinSparseConv2d")
@@ -53,18 +43,17 @@ class SparseConv2dDispatch:
                  config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None,
                  measure=None, report_only: bool = False,
                  on_layer: Optional[Callable[[], None]] = None):
-        if not 0.0 <= threshold <= 1.0:
-            raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
+        threshold = checked_threshold(threshold, "sparsity threshold")
         self.target = target
         self.on_layer = on_layer  # called after each conv2d's decision (progress)
         self.config_for = config_for
         self.tuning_log = tuning_log
         self.policy = DispatchPolicy(
-            target, threshold, layer_names, report_only, measure,
+            target, threshold, FAMILIES, layer_names, report_only, measure,
             lambda: SparseConv2dDispatch(target, 0.0, config_for=config_for,
                                          tuning_log=tuning_log))
         self.report: List[LayerDecision] = []
-        self.kernels: List[EscoinKernel] = []
+        self.kernels: list = []  # the families' kernel records (tuning tasks)
         self.error: Optional[EscoinError] = None
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
@@ -82,15 +71,20 @@ class SparseConv2dDispatch:
         layer_of, position = self._decide(mod)
         if not layer_of:
             return mod
-        kernels = []  # (report index, EscoinKernel)
+        kernels = []  # (report index, the family's kernel record)
 
         def lower(chain: Chain, rewriter) -> relax.Expr:
+            decision = self.report[chain.layer]
             residual = None if chain.residual is None else rewriter.visit_expr(chain.residual)
-            call, kernel = self.kernel_call(
-                rewriter.builder_, rewriter.visit_expr(chain.conv.args[0]), chain.conv,
-                chain.bias, residual, chain.epilogue, self.report[chain.layer])
-            kernels.append((chain.layer, kernel))
-            return call
+            bias = None if chain.bias is None else chain.bias.value.numpy()
+            lowered = self.policy.chosen[chain.layer].relax_call(
+                rewriter.builder_, rewriter.visit_expr(chain.conv.args[0]), chain.conv, bias,
+                residual, chain.epilogue, decision.name, decision.input_shape, self.target,
+                self.config_for, self.tuning_log)
+            decision.schedule, decision.config = lowered.schedule, lowered.config
+            decision.epilogue = lowered.epilogue
+            kernels.append((chain.layer, lowered.kernel))
+            return lowered.call
 
         mod = rewrite_chains(mod, lambda func: match_chains(func, layer_of.get, position), lower)
         self.kernels = [kernel for _, kernel in sorted(kernels, key=lambda p: p[0])]
@@ -98,48 +92,8 @@ class SparseConv2dDispatch:
 
     def _decide(self, mod: tvm.IRModule):
         """The policy's decision for every conv2d, in program order (``self.report``). Returns
-        the report index of each conv2d call that goes to an Escoin kernel, and the position of
+        the report index of each conv2d call that goes to a kernel family, and the position of
         every binding of the module."""
         layer_of = decide_calls(mod, CONV2D, self.policy.decide, self.report, self.on_layer)
         position = {binding.var: i for i, (_, binding) in enumerate(bindings(mod))}
         return layer_of, position
-
-    def kernel_call(self, builder, data, conv: relax.Call, bias, residual, epilogue: Epilogue,
-                    decision: LayerDecision):
-        """Emits what computes ``conv`` + epilogue with an Escoin kernel: a strided slice of
-        the input first when the layer is a strided 1x1 convolution (``Conv2dSpec.subsampled``),
-        a copy-free flattening reshape when the kernel reads its input in place, then the
-        kernel's call_tir (returned, not emitted). Returns (call, the EscoinKernel)."""
-        attrs = conv.attrs
-        weight = conv.args[1].value.numpy()
-        spec = Conv2dSpec.create(decision.input_shape, weight.shape,
-                                 stride=tuple(int(s) for s in attrs.strides),
-                                 padding=tuple(int(p) for p in attrs.padding),
-                                 dilation=tuple(int(d) for d in attrs.dilation),
-                                 groups=int(attrs.groups))
-        stride_one = spec.subsampled()
-        if stride_one is not None:
-            data = builder.emit(relax.op.strided_slice(
-                data, axes=[2, 3], begin=[0, 0], end=[spec.height, spec.width],
-                strides=list(spec.stride)), "subsampled")
-            spec = stride_one
-        escoin_weight = EscoinWeight.from_dense(weight, spec)
-        config, tuned, decision.schedule = schedule_choice(
-            spec, escoin_weight, epilogue, self.target,
-            self.config_for(spec) if self.config_for else None, self.tuning_log)
-        mod, offsets, values, config = scheduled_module(spec, escoin_weight, epilogue, self.target,
-                                                        config, tuned)
-        decision.epilogue, decision.config = epilogue.name, dict(vars(config))
-        func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
-                .with_attr("op_pattern", OPAQUE))
-        gvar = builder.add_func(func, "escoin_conv2d")
-        if reads_in_place(spec):
-            data = builder.emit(relax.op.reshape(data, kernel_input_shape(spec)), "input")
-        args = [data, relax.const(offsets), relax.const(values)]
-        if bias is not None:  # the epilogue adds it in float32
-            args.append(relax.const(bias.value.numpy().reshape(spec.out_channels)
-                                    .astype("float32")))
-        if residual is not None:
-            args.append(residual)
-        call = relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, escoin_weight.dtype))
-        return call, EscoinKernel(decision.name, spec, escoin_weight, epilogue)

@@ -5,7 +5,7 @@ A Linear reaches Relax as ``matmul(x, W.T)`` with the transposed weight a consta
 then a bias ``add`` and perhaps a ``relu``. The policy (``policy.LinearPolicy``) decides per
 matmul; the patterns below take the longest chain ``matmul [astype] [+ bias] [relu]`` whose
 intermediate values are used nowhere else (``matching.claim``); the rewriter replaces it by
-``call_tir`` of the scheduled sparse linear kernel with its ELL arrays as constants.
+what the layer's kernel family emits for it (``FAMILIES``; the family's ``relax_call``).
 """
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ from tvm.ir import Constant
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 
 from ..errors import EscoinError
-from ..linear import SparseLinearWeight
-from ..linear_kernel import linear_schedule_choice, scheduled_linear_module
+from ..kernels import linear
+from ..kernels.eligibility import checked_threshold
 from .matching import FunctionIndex, claim, decide_calls, rewrite_chains
 from .policy import LayerDecision, LinearPolicy
 from .tensor_types import dtype, static_shape
 
 MATMUL = tvm.ir.Op.get("relax.matmul")
-OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps must leave the scheduled kernel alone
+# The kernel families this pass sends linear layers to, in order of preference.
+FAMILIES = (linear.FAMILY,)
 
 
 @dataclass(frozen=True)
@@ -36,17 +37,6 @@ class LinearPattern:
     bias: Optional[DFPattern]
     relu: bool
     cast: bool
-
-
-@dataclass(frozen=True)
-class LinearKernel:
-    """A layer the pass put on a sparse linear kernel: what a tuning task needs of it."""
-
-    layer: str
-    batch: int
-    weight: SparseLinearWeight
-    bias: bool
-    relu: bool
 
 
 @dataclass
@@ -90,13 +80,12 @@ class SparseLinearDispatch:
 
     def __init__(self, target, threshold: float, layer_names: Sequence = (), measure=None,
                  report_only: bool = False, tuning_log=None):
-        if not 0.0 <= threshold <= 1.0:
-            raise EscoinError(f"sparsity threshold must be in [0, 1], got {threshold}")
+        threshold = checked_threshold(threshold, "sparsity threshold")
         self.target = target
         self.tuning_log = tuning_log
-        self.kernels: List[LinearKernel] = []
-        self.policy = LinearPolicy(target, threshold, layer_names, report_only, measure,
-                                   lambda: SparseLinearDispatch(target, 0.0))
+        self.kernels: list = []  # the families' kernel records (tuning tasks)
+        self.policy = LinearPolicy(target, threshold, FAMILIES, layer_names, report_only,
+                                   measure, lambda: SparseLinearDispatch(target, 0.0))
         self.report: List[LayerDecision] = []
         self.error: Optional[EscoinError] = None
 
@@ -120,26 +109,16 @@ class SparseLinearDispatch:
                                                rewriter.visit_expr(chain.matmul.args[0])))
 
     def kernel_call(self, builder, chain: LinearChain, data) -> relax.Expr:
-        """The call_tir that computes the chain with an Escoin kernel."""
+        """What computes the chain with the kernel family chosen for its layer."""
         decision = self.report[chain.layer]
-        weight = SparseLinearWeight.from_dense(chain.matmul.args[1].value.numpy().T)
-        batch, bias = decision.input_shape[0], chain.bias is not None
-        self.kernels.append(LinearKernel(decision.name, batch, weight, bias, chain.relu))
-        config, tuned, decision.schedule = linear_schedule_choice(
-            batch, weight, bias, chain.relu, self.target, self.tuning_log)
-        mod, columns, values, config = scheduled_linear_module(
-            batch, weight, bias, chain.relu, self.target, config, tuned)
-        decision.config = dict(vars(config))
-        decision.epilogue = "+".join(p for p, on in (("bias", bias), ("relu", chain.relu)) if on)
-        func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
-                .with_attr("op_pattern", OPAQUE))
-        gvar = builder.add_func(func, "escoin_linear")
-        args = [data, relax.const(columns), relax.const(values)]
-        if chain.bias is not None:  # the epilogue adds it in float32
-            args.append(relax.const(chain.bias.value.numpy().reshape(-1).astype("float32")))
-        call = relax.call_tir(gvar, args, relax.TensorType((batch, weight.shape[0]),
-                                                           weight.dtype))
-        return call
+        bias = None if chain.bias is None else chain.bias.value.numpy()
+        lowered = self.policy.chosen[chain.layer].relax_call(
+            builder, data, chain.matmul, bias, chain.relu, decision.name, decision.input_shape,
+            self.target, self.tuning_log)
+        decision.schedule, decision.config = lowered.schedule, lowered.config
+        decision.epilogue = lowered.epilogue
+        self.kernels.append(lowered.kernel)
+        return lowered.call
 
 
 def _match(func: relax.Function, layer_of: Dict[relax.Call, int]) -> Dict[relax.Var, LinearChain]:

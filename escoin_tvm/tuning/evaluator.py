@@ -23,7 +23,7 @@ class GraphEvaluator:
 
         if device.dlpack_device_type() != DLPACK_CUDA or not _torch_cuda():
             return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)
-        from ..timing import graph_times
+        from ..support.timing import graph_times
 
         func = rt_mod[rt_mod.entry_name]
         costs = []

@@ -19,13 +19,13 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from ..errors import EscoinError
-from ..target import TargetLike, has_gpu, is_gpu, resolve_target
+from ..support.target import TargetLike, has_gpu, is_gpu, resolve_target
 from .context import tune_context
 from .cost_model import job_cost_model
 from .log import TuningLog, mean_seconds
 from .progress import task_progress
 from .runners import builder as make_builder, rpc_hint, runner as make_runner
-from .tasks import AnyTask as Task, extract_tasks
+from .tasks import TuningTask as Task
 
 
 @dataclass
@@ -37,19 +37,6 @@ class TaskResult:
     best_seconds: Optional[float]
     config: Optional[dict]
     tuning_seconds: float = 0.0
-
-
-def tune(model, example_inputs, *, log, target: TargetLike = "cuda", trials: int = 64,
-         sparsity_threshold: Optional[float] = None, **options) -> List[TaskResult]:
-    """Tunes every Escoin kernel of ``model`` until ``log`` holds ``trials`` records for each
-    (on ``target``); returns one TaskResult per task. ``compile(..., tuning_log=log)`` then
-    uses the best records. ``options`` go to ``tune_tasks``."""
-    target = resolve_target(target)
-    tasks = extract_tasks(model, example_inputs, target, sparsity_threshold)
-    if not tasks:
-        raise EscoinError("the model has no convolution or linear layer that runs on an Escoin "
-                          "kernel: nothing to tune")
-    return tune_tasks(tasks, log=log, target=target, trials=trials, **options)
 
 
 def tune_tasks(tasks: List[Task], *, log, target: TargetLike = "cuda", trials: int = 64,

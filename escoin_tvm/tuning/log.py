@@ -5,8 +5,8 @@ The files are checked before MetaSchedule reads them, because its loader stops t
 line (a blank one included, as editors and ``cat a b > c`` leave them). Blank lines and a truncated
 last line (a job killed while writing) are left out with a warning: a job rewrites its log without
 them, a compile reads a cleaned copy and leaves the file as it is. Any other damage is an error
-naming the file and line. Records are looked up per kernel and per target; a log with no record for
-the compile target is reported, never silently ignored.
+naming the file and line. Records are looked up per workload and per target (``best``); a log
+with no record for the compile target is reported, never silently ignored.
 """
 from __future__ import annotations
 
@@ -22,10 +22,6 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from ..errors import EscoinError, first_line
-from ..operator import Epilogue
-from ..spec import Conv2dSpec
-from ..weight_format import EscoinWeight
-from .space import decode_config, tuned_row_length, workload
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -184,28 +180,16 @@ class TuningLog:
             return 0
         return sum(r.workload.same_as(entry) for r in self.all_records(target))
 
-    def lookup(self, spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target):
-        """(config, seconds) of the best record for this kernel, or None; build the config with
-        ``tuned=True`` (``kernel.scheduled_module``)."""
-        mod = workload(spec, tuned_row_length(weight, spec, target), epilogue, target,
-                       weight.dtype)
-        return self._best(mod, target, decode_config)
-
-    def lookup_linear(self, batch: int, weight, bias: bool, relu: bool, target):
-        """(config, seconds) of the best record for this sparse linear kernel, or None; build
-        the config with ``tuned=True`` (``linear_kernel.scheduled_linear_module``)."""
-        from .linear_space import decode_linear_config, linear_workload
-
-        return self._best(linear_workload(batch, weight, bias, relu, target), target,
-                          decode_linear_config)
-
-    def _best(self, mod: tvm.IRModule, target, decode):
-        """(config, seconds) of the workload's best record, its trace decoded by ``decode``."""
-        records = self.records(mod, target)
+    def best(self, workload: tvm.IRModule, target, decode):
+        """(config, seconds) of the workload's best record for ``target``, its trace decoded by
+        ``decode(trace)`` (the family's, as its task's ``decode``), or None: what MetaSchedule's
+        ``Database.query`` answers, with the knobs read back. A family builds the config's
+        kernel on the workload's own work (``tuned=True``)."""
+        records = self.records(workload, target)
         if not records:
             return None
         try:
-            config = decode(records[0].trace, target)
+            config = decode(records[0].trace)
         except ValueError as err:
             raise EscoinError(f"tuning log {self.path}: {err}") from None
         return config, mean_seconds(records[0])

@@ -9,7 +9,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from ..errors import EscoinError, first_line
 from .evaluator import GraphEvaluator
-from .tasks import Task
+from .tasks import TuningTask
 
 
 def builder() -> ms.builder.LocalBuilder:
@@ -37,7 +37,7 @@ def export_kernel(mod) -> str:
     return path
 
 
-def runner(task: Task, target, rpc_tracker: Optional[str], rpc_key: Optional[str],
+def runner(task: TuningTask, target, rpc_tracker: Optional[str], rpc_key: Optional[str],
             number: int, repeat: int):
     """Where the task's trials are measured: this machine's device (each trial timed from a
     CUDA graph on a GPU: ``evaluator.py``), or the servers of ``rpc_key`` registered with the

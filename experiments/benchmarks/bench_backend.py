@@ -49,7 +49,7 @@ def prepared(network: str, batch: int, sparsity: str, precision: str):
 def alternate_times(fns: dict, rounds: int, repeats: int = 50) -> dict:
     """{name: seconds}: each callable's median over ``repeats`` calls, the rounds alternating
     between the callables, the median of its rounds."""
-    from escoin_tvm.timing import median_time
+    from escoin_tvm.support.timing import median_time
 
     times = {name: [] for name in fns}
     for _ in range(rounds):

@@ -33,7 +33,7 @@ DEFAULT_LAYERS = "googlenet_4a_5x5,resnet50_layer4_3x3,alexnet_conv3,resnet50_la
 def loop_time(fn) -> float:
     """Seconds per call of ``fn`` called back to back (``timing.call_time``: CUDA events around
     loops of 200 calls, the median of 5 loops)."""
-    from escoin_tvm.timing import call_time
+    from escoin_tvm.support.timing import call_time
 
     return call_time(fn, "cuda", calls=200, repeats=5)
 
@@ -43,7 +43,7 @@ def measure(name, chw, wshape, stride, padding, groups, seed):
     import tvm_ffi
 
     from escoin_tvm import build_sparse_conv2d
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.support.timing import graph_time
     from escoin_tvm.torch_compile import ops
     from experiments.benchmarks.layers import pruned_weight
 

@@ -52,7 +52,7 @@ def cublas_times(x, w, b=None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.support.timing import graph_time
 
     times = {}
     for label, dtype, tf32 in (("cublas_fp32", torch.float32, False),
@@ -76,12 +76,12 @@ def main(argv=None):
     import torch
     import torch.nn.functional as F
 
-    from escoin_tvm.linear import SparseLinearWeight
-    from escoin_tvm.linear_kernel import (build_sparse_linear, heuristic_linear_config,
-                                         shipped_linear_config)
-    from escoin_tvm.target import resolve_target
+    from escoin_tvm.kernels.linear.weight_format import SparseLinearWeight
+    from escoin_tvm.kernels.linear.kernel import build_sparse_linear
+    from escoin_tvm.kernels.linear.knobs import heuristic_linear_config, shipped_linear_config
+    from escoin_tvm.support.target import resolve_target
     from escoin_tvm.prune import prune_array
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.support.timing import graph_time
 
     env = environment()
     target = resolve_target("cuda")

@@ -34,9 +34,9 @@ import numpy as np
 from experiments.benchmarks.layers import LAYER_SETS, pruned_weight
 from experiments.common import (RESULTS, environment, export_kernel, geomean, gpu_short_name,
                                 load_kernel, result_path)
-from escoin_tvm.operator import kernel_input_shape
-from escoin_tvm.spec import Conv2dSpec
-from escoin_tvm.timing import graph_time, median_time
+from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
+from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.support.timing import graph_time, median_time
 
 FP32_PEAK = {"H100": 66.9e12, "H200": 66.9e12}  # non-tensor fp32 FMA peak, SXM datasheets
 
@@ -46,7 +46,7 @@ def build_escoin(job):
     (name, batch, sparsity, input_chw, wshape, stride, padding, groups, seed, workdir, config,
      dtype) = job
     import escoin_tvm
-    from escoin_tvm.schedule import GpuConfig
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
 
     weight = pruned_weight(wshape, sparsity, seed).astype(dtype)
     start = time.time()
@@ -126,7 +126,7 @@ def build_tvm_dense(job):
     name, batch, input_chw, wshape, stride, padding, groups, seed, workdir = job
     import tvm
     from tvm import relax
-    from escoin_tvm.target import resolve_target
+    from escoin_tvm.support.target import resolve_target
 
     weight = pruned_weight(wshape, 0.0, seed)  # dense: the path does not look at zeros
     bb = relax.BlockBuilder()

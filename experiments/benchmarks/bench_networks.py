@@ -152,7 +152,7 @@ def graph_variants(network, batch, sparsity):
     """{variant: seconds} of dense PyTorch with its launches captured in one CUDA graph."""
     import torch
 
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.support.timing import graph_time
 
     model = pruned_model(network, sparsity).cuda()
     x = example(batch).cuda()
@@ -210,7 +210,7 @@ def main(argv=None):
 
     import escoin_tvm
     from experiments.common import environment, gpu_short_name, result_path
-    from escoin_tvm.timing import median_time
+    from escoin_tvm.support.timing import median_time
 
     networks = args.networks.split(",")
     batches = [int(b) for b in args.batches.split(",")]

@@ -53,7 +53,7 @@ def add_layer_arguments(parser) -> None:
 
 def sparse_layer(name, weight, module, dtype: str, target):
     """The backend's SparseLayer of a convolution (no bias, no ReLU), its weight in ``dtype``."""
-    from escoin_tvm import dtypes
+    from escoin_tvm.support import dtypes
     from escoin_tvm.torch_compile import ops
 
     return ops.SparseLayer(name, weight.astype(dtypes.numpy_dtype(dtype)), None, module.stride,
@@ -66,7 +66,7 @@ def max_error_against_cudnn(layers, kernels, device, dtype: str) -> float:
     against cuDNN fp32 with TF32 off, each on random input of its layer's shape."""
     import torch
 
-    from escoin_tvm import dtypes
+    from escoin_tvm.support import dtypes
 
     torch.backends.cudnn.allow_tf32 = False  # the reference in fp32
     errors = []
@@ -100,9 +100,9 @@ def main(argv=None):
     import torch
     import tvm.support.nvcc as nvcc
 
-    from escoin_tvm import dtypes
-    from escoin_tvm.build_together import compile_together
-    from escoin_tvm.target import resolve_target
+    from escoin_tvm.support import dtypes
+    from escoin_tvm.kernels.build_together import compile_together
+    from escoin_tvm.support.target import resolve_target
     from escoin_tvm.torch_compile import backend
 
     cuda_seconds = []

@@ -28,8 +28,8 @@ from experiments.common import load_kernel
 
 
 def configs(spec):
-    from escoin_tvm.kernel import untuned_config
-    from escoin_tvm.schedule.gpu import GpuConfig, pow2_at_least
+    from escoin_tvm.kernels.conv2d.knobs import untuned_config
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig, pow2_at_least
     import tvm
 
     shipped = untuned_config(spec, tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
@@ -52,7 +52,7 @@ def main():
     parser.add_argument("--sparsity", type=float, default=0.9)
     args = parser.parse_args()
 
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     workdir = "/tmp/escoin_channel_tiles"
     os.makedirs(workdir, exist_ok=True)

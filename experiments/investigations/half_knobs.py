@@ -23,12 +23,13 @@ def kernels(spec, dtypes):
     dtype untuned and, if the layer has one, the float32 record."""
     import tvm
 
-    from escoin_tvm.kernel import untuned_config
-    from escoin_tvm.schedule import pretuned
-    from escoin_tvm.schedule.gpu import default_gpu_config
+    from escoin_tvm.kernels.conv2d.knobs import untuned_config
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
+    from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
 
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
-    record = pretuned.lookup(spec, "sm_90", "float32")
+    record = conv_knobs.lookup(spec, "sm_90", "float32")
     out = [("float32", "untuned", untuned_config(spec, target, "float32"))]
     if record is not None:
         out.append(("float32", "heuristic", default_gpu_config(spec, "float32")))

@@ -24,7 +24,7 @@ def kernels(spec, dtypes):
     """(dtype, label, GpuConfig) triples for one layer: fp32 untuned; per half dtype the untuned
     kernel (half sums where the heuristic blocks images), the same blocked tile without them
     (the previous default), and the default with chunks of 32."""
-    from escoin_tvm.schedule.gpu import default_gpu_config
+    from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
 
     out = []
     for dtype, label, untuned in untuned_kernels(spec, dtypes):

@@ -32,7 +32,7 @@ def variants(spec, dtype):
 
     import tvm
 
-    from escoin_tvm.kernel import untuned_config
+    from escoin_tvm.kernels.conv2d.knobs import untuned_config
 
     base = untuned_config(spec, tvm.target.Target({"kind": "cuda", "arch": "sm_90"}), dtype)
     out = [("untuned", base)]
@@ -54,8 +54,8 @@ def build(job):
     """Worker: compile one kernel and export it with its constants."""
     name, batch, chw, wshape, stride, pad, groups, seed, sparsity, dtype, label, knobs, workdir = job
     import escoin_tvm
-    from escoin_tvm.dtypes import numpy_dtype
-    from escoin_tvm.schedule import GpuConfig
+    from escoin_tvm.support.dtypes import numpy_dtype
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
 
     weight = pruned_weight(wshape, sparsity, seed).astype(numpy_dtype(dtype))
     try:
@@ -93,7 +93,7 @@ def untuned_kernels(spec, dtypes) -> list:
     compares its variants with."""
     import tvm
 
-    from escoin_tvm.kernel import untuned_config
+    from escoin_tvm.kernels.conv2d.knobs import untuned_config
 
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
     return [(dtype, "untuned", untuned_config(spec, target, dtype))
@@ -112,7 +112,7 @@ def run(args, kernels, result_name: str):
     """Builds ``kernels(spec)`` -- (dtype, label, GpuConfig) triples -- for every layer of both
     layer sets at ``args.batch`` in parallel workers, then times each from CUDA graphs and
     checks it against cuDNN fp32 (TF32 off). Writes and returns one row per kernel."""
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     workdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"escoin_{result_name}")
     os.makedirs(workdir, exist_ok=True)
@@ -135,8 +135,8 @@ def run(args, kernels, result_name: str):
     import torch.nn.functional as F
     import tvm
 
-    from escoin_tvm.operator import kernel_input_shape
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
+    from escoin_tvm.support.timing import graph_time
 
     torch.backends.cudnn.allow_tf32 = False
     dev = tvm.cuda(0)

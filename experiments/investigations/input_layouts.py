@@ -22,7 +22,7 @@ from experiments.benchmarks.layers import LAYERS
 
 
 def aligned(width):
-    from escoin_tvm.schedule.gpu import pow2_at_least
+    from escoin_tvm.kernels.conv2d.schedule_gpu import pow2_at_least
     unit = pow2_at_least(width, 32)
     return -(-width // unit) * unit
 
@@ -44,7 +44,7 @@ def build(spec, weight, config, layout):
     import tvm
     from tvm import s_tir, te, tirx
 
-    from escoin_tvm.schedule.gpu import schedule_gpu
+    from escoin_tvm.kernels.conv2d.schedule_gpu import schedule_gpu
 
     n_, c_, h_, w_ = spec.input_shape
     top, left = spec.padding[0], spec.padding[1]
@@ -109,9 +109,9 @@ def main():
     import torch.nn.functional as F
     import tvm
 
-    from escoin_tvm.kernel import untuned_config
+    from escoin_tvm.kernels.conv2d.knobs import untuned_config
     from experiments.tuning.sweep_configs import candidate_configs
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     torch.backends.cudnn.allow_tf32 = False
     dev = tvm.cuda(0)

@@ -65,11 +65,12 @@ def main(argv=None):
     import torch
     import torch.nn.functional as F
 
-    from escoin_tvm.linear import SparseLinearWeight
-    from escoin_tvm.linear_kernel import SparseLinearKernel, heuristic_linear_config
+    from escoin_tvm.kernels.linear.weight_format import SparseLinearWeight
+    from escoin_tvm.kernels.linear.kernel import SparseLinearKernel
+    from escoin_tvm.kernels.linear.knobs import heuristic_linear_config
     from escoin_tvm.prune import prune_array
-    from escoin_tvm.target import resolve_target
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.support.target import resolve_target
+    from escoin_tvm.support.timing import graph_time
 
     target = resolve_target("cuda")
     dtype_names = args.dtypes.split(",")

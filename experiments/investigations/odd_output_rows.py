@@ -25,9 +25,9 @@ def build(spec, weight, config, domain):
     import tvm
     from tvm import s_tir
 
-    from escoin_tvm.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
-    from escoin_tvm.schedule import schedule_gpu
-    from escoin_tvm.weight_format import EscoinWeight
+    from escoin_tvm.kernels.conv2d.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
+    from escoin_tvm.kernels.conv2d.schedule_gpu import schedule_gpu
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec), config.chunk)
     func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(), domain)
@@ -55,9 +55,9 @@ def main():
 
     import tvm
 
-    from escoin_tvm.kernel import extents
-    from escoin_tvm.schedule import default_gpu_config
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.knobs import extents
+    from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     torch.backends.cudnn.allow_tf32 = False
     path = result_path("odd-rows", out=args.out)

@@ -39,7 +39,7 @@ from experiments.investigations.build_time import (add_layer_arguments, conv_lay
 
 def chunks(items, parts: int):
     """``items`` in about ``parts`` consecutive runs of nearly equal length."""
-    from escoin_tvm.build_together import parts as runs
+    from escoin_tvm.kernels.build_together import parts as runs
 
     return runs(items, -(-len(items) // max(1, parts)))
 
@@ -49,7 +49,7 @@ def compile_in_worker(module_json: str, target: str, cache: str) -> float:
     os.environ["ESCOIN_TVM_CACHE_DIR"] = cache
     import tvm
 
-    from escoin_tvm.build_together import compile_module
+    from escoin_tvm.kernels.build_together import compile_module
 
     start = time.perf_counter()
     compile_module(tvm.ir.load_json(module_json), parse_target(target))
@@ -57,7 +57,7 @@ def compile_in_worker(module_json: str, target: str, cache: str) -> float:
 
 
 def parse_target(text: str):
-    from escoin_tvm.target import resolve_target
+    from escoin_tvm.support.target import resolve_target
 
     return resolve_target(json.loads(text) if text.startswith("{") else text)
 
@@ -75,7 +75,7 @@ def main(argv=None):
     import torch
     import tvm
 
-    from escoin_tvm import build_together
+    from escoin_tvm.kernels import build_together
 
     target = parse_target(args.target)
     on_gpu = torch.cuda.is_available() and args.target == "cuda"

@@ -26,7 +26,7 @@ from experiments.investigations.image_blocks import run_main, untuned_kernels
 
 def kernels(spec, dtypes):
     """(dtype, label, GpuConfig) triples for one layer."""
-    from escoin_tvm.schedule.gpu import with_half_sums
+    from escoin_tvm.kernels.conv2d.schedule_gpu import with_half_sums
 
     out = []
     for dtype, label, untuned in untuned_kernels(spec, dtypes):

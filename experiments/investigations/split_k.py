@@ -14,16 +14,16 @@ import argparse
 
 
 from experiments.benchmarks.layers import pruned_weight
-from escoin_tvm.timing import graph_time
+from escoin_tvm.support.timing import graph_time
 from experiments.benchmarks.layers import LAYERS
 
 
 def build(spec, weight, config, split):
     import tvm
 
-    from escoin_tvm.kernel import scheduled_module
-    from escoin_tvm.operator import Epilogue
-    from escoin_tvm.weight_format import EscoinWeight
+    from escoin_tvm.kernels.conv2d.kernel import scheduled_module
+    from escoin_tvm.kernels.conv2d.operator import Epilogue
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
     mod, offsets, values, _ = scheduled_module(spec, EscoinWeight.from_dense(weight, spec),
@@ -43,9 +43,9 @@ def main():
     import torch.nn.functional as F
     import tvm
 
-    from escoin_tvm.kernel import untuned_config
-    from escoin_tvm.operator import kernel_input_shape
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.knobs import untuned_config
+    from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     torch.backends.cudnn.allow_tf32 = False
     dev = tvm.cuda(0)

@@ -15,9 +15,9 @@ import sys
 import torch
 
 import escoin_tvm
-from escoin_tvm.kernel import untuned_config
-from escoin_tvm.spec import Conv2dSpec
-from escoin_tvm.target import resolve_target
+from escoin_tvm.kernels.conv2d.knobs import untuned_config
+from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.support.target import resolve_target
 from experiments.benchmarks.layers import LAYERS, UNSEEN_LAYERS, pruned_weight
 
 name, batch, sparsity = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])

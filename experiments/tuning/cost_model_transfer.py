@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
 
-    from escoin_tvm.target import resolve_target
+    from escoin_tvm.support.target import resolve_target
     from escoin_tvm.tuning import TuningLog
     from escoin_tvm.tuning.context import tune_context
     from escoin_tvm.tuning.cost_model import logged_samples, new_model

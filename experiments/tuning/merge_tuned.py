@@ -22,8 +22,10 @@ from experiments.reports.report_tuning import task_rows
 def winning_records(rows, min_gain: float = 1.02) -> list:
     """pretuned.record entries for the rows (``task_rows``) whose tuned kernel beat the shipped
     config."""
-    from escoin_tvm.schedule import GpuConfig, pretuned
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     shapes = {name: rest for name, *rest in LAYERS}
     records = []
@@ -34,7 +36,7 @@ def winning_records(rows, min_gain: float = 1.02) -> list:
         chw, wshape, stride, pad, groups = shapes[row["layer"]]
         spec = Conv2dSpec.create((row["batch"], *chw), wshape, stride=stride, padding=pad,
                                  groups=groups)
-        records.append(pretuned.record(
+        records.append(conv_knobs.record(
             f"{row['layer']}_b{row['batch']}", spec, GpuConfig(**tuned), row["tuned_us"],
             pretuned_us=row.get("pretuned_us"),
             source=f"tune_layers, {row['run']} ({row['trials']} trials)"))
@@ -48,7 +50,8 @@ def last_rows(runs) -> list:
 
 
 def main(argv=None):
-    from escoin_tvm.schedule import pretuned
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
@@ -59,9 +62,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = last_rows(args.runs)
     records = winning_records(rows, args.min_gain)
-    pretuned.write_table(Path(args.out or args.table),
-                         pretuned.merge(records, args.table, replace=True),
-                         **pretuned.table_header(args.table))
+    knob_table.write_table(Path(args.out or args.table), {conv_knobs.SECTION: conv_knobs.merge(records, args.table, replace=True)},
+                         **knob_table.table_header(args.table))
     for r in records:
         shipped = f"{r['pretuned_us']:.1f}" if r["pretuned_us"] else "not in the table"
         print(f"{r['layer']}: {shipped} -> {r['time_us']:.1f} us")

@@ -35,8 +35,10 @@ def sweep_rows(runs) -> dict:
 def winning_records(rows, min_gain: float = 1.05) -> list:
     """pretuned.linear_record entries: per row and dtype, the sweep's fastest config where it
     beat the heuristic by more than ``min_gain``."""
-    from escoin_tvm.schedule import pretuned
-    from escoin_tvm.schedule.linear import LinearGpuConfig
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
+    from escoin_tvm.kernels.linear import knobs as linear_knobs
+    from escoin_tvm.kernels.linear.schedule_gpu import LinearGpuConfig
 
     records = []
     for row in rows.values():
@@ -49,7 +51,7 @@ def winning_records(rows, min_gain: float = 1.05) -> list:
                               key=lambda kv: kv[1]["us"])
             if best["us"] * min_gain >= heuristic:
                 continue
-            records.append(pretuned.linear_record(
+            records.append(linear_knobs.record(
                 f"{row['layer']}_b{row['batch']}", row["in"], row["out"], row["batch"], dtype,
                 LinearGpuConfig(**best["config"]), best["us"], heuristic_us=heuristic,
                 source=f"linear_tiles, {row['run']} ({label.split('_', 1)[1]})"))
@@ -57,7 +59,9 @@ def winning_records(rows, min_gain: float = 1.05) -> list:
 
 
 def main(argv=None):
-    from escoin_tvm.schedule import pretuned
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
+    from escoin_tvm.kernels.linear import knobs as linear_knobs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
@@ -66,9 +70,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = sweep_rows(args.runs)
     records = winning_records(rows, args.min_gain)
-    conv_records = json.loads(Path(args.table).read_text())["records"]
-    pretuned.write_table(Path(args.table), conv_records, linear_records=records,
-                         **pretuned.table_header(args.table))
+    knob_table.write_table(Path(args.table), {linear_knobs.SECTION: records},
+                           **knob_table.table_header(args.table))
     for r in records:
         print(f"{r['layer']} {r['dtype']}: {r['heuristic_us']:.1f} -> {r['time_us']:.1f} us "
               f"({r['source']})")

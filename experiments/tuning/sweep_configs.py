@@ -28,14 +28,16 @@ from pathlib import Path
 from experiments.benchmarks.layers import pruned_weight
 from experiments.common import (RESULTS, environment, export_kernel, gpu_short_name, load_kernel,
                                 result_path)
-from escoin_tvm.timing import graph_time
-from escoin_tvm.operator import kernel_input_shape
+from escoin_tvm.support.timing import graph_time
+from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
 from experiments.benchmarks.layers import LAYERS, network_layers
 
 
 def candidate_configs(spec, samples, seed):
-    from escoin_tvm.schedule import pretuned
-    from escoin_tvm.schedule.gpu import GpuConfig, default_gpu_config, pow2_at_least
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig, pow2_at_least
+    from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
 
     tx = pow2_at_least(spec.out_w, 32)
     grid = []
@@ -52,14 +54,14 @@ def candidate_configs(spec, samples, seed):
                               chunk=chunk, stage_weights=stage))
     random.Random(seed).shuffle(grid)
     # the heuristic default, and the shipped config re-measured (kernels change between sweeps)
-    known = [default_gpu_config(spec)] + [c for c in [pretuned.lookup(spec, "sm_90")] if c]
+    known = [default_gpu_config(spec)] + [c for c in [conv_knobs.lookup(spec, "sm_90")] if c]
     return known + [c for c in grid[:samples] if c not in known]
 
 
 def build(job):
     name, batch, sparsity, chw, wshape, stride, pad, groups, seed, workdir, index, config = job
     import escoin_tvm
-    from escoin_tvm.schedule import GpuConfig
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
 
     weight = pruned_weight(wshape, sparsity, seed)
     try:
@@ -88,8 +90,10 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     args = parser.parse_args(argv)
 
-    from escoin_tvm.schedule import GpuConfig, pretuned
-    from escoin_tvm.spec import Conv2dSpec
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
 
     layers = LAYERS
     if args.networks:
@@ -160,11 +164,10 @@ def main(argv=None):
         spec = rec["spec"]
         default_t = defaults.get((name, batch), float("nan"))
         print(f"{name:24s} {batch:5d} {default_t*1e6:11.1f} {rec['time_s']*1e6:9.1f}  {rec['config']}")
-        records.append(pretuned.record(name, spec, GpuConfig(**rec["config"]),
+        records.append(conv_knobs.record(name, spec, GpuConfig(**rec["config"]),
                                        rec["time_s"] * 1e6, default_time_us=default_t * 1e6))
     arch = "sm_%d%d" % torch.cuda.get_device_capability()
-    pretuned.write_table(Path(args.out) / f"pretuned-{arch}.json",
-                         pretuned.merge(records, args.merge or None, replace=True), arch=arch,
+    knob_table.write_table(Path(args.out) / f"pretuned-{arch}.json", {conv_knobs.SECTION: conv_knobs.merge(records, args.merge or None, replace=True)}, arch=arch,
                          gpu=env["gpu"], sparsity=args.sparsity, source="experiments/tuning/sweep_configs.py",
                          date=env["date"])
 

@@ -34,13 +34,13 @@ def main(argv=None):
     import torch
     import torch.nn.functional as F
 
-    from escoin_tvm.linear import SparseLinearWeight
-    from escoin_tvm.linear_kernel import build_sparse_linear
+    from escoin_tvm.kernels.linear.weight_format import SparseLinearWeight
+    from escoin_tvm.kernels.linear.kernel import build_sparse_linear
     from escoin_tvm.prune import prune_array
-    from escoin_tvm.target import resolve_target
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.support.target import resolve_target
+    from escoin_tvm.support.timing import graph_time
     from escoin_tvm.tuning import TuningLog, tune_tasks
-    from escoin_tvm.tuning.linear_space import LinearTask
+    from escoin_tvm.kernels.linear.tuning_space import LinearTask
 
     target = resolve_target("cuda")
     env = environment()
@@ -59,7 +59,7 @@ def main(argv=None):
                 task = LinearTask(batch, sparse, True, relu, target, [f"{name}_b{batch}"])
                 [result] = tune_tasks([task], log=args.log, target=target, trials=args.trials,
                                       trials_per_iter=args.trials_per_iter)
-                found = TuningLog(args.log).lookup_linear(batch, sparse, True, relu, target)
+                found = TuningLog(args.log).best(task.workload, target, task.decode)
                 x = torch.randn(batch, k, device="cuda")
                 torch.backends.cuda.matmul.allow_tf32 = False
                 ref = F.linear(x, torch.from_numpy(weight).cuda(), torch.from_numpy(bias).cuda())

@@ -39,8 +39,8 @@ def kernel_seconds(kernel, x) -> float:
     """The kernel timed as bench_layers.py times it, on the torch tensor ``x``."""
     import tvm
 
-    from escoin_tvm.operator import kernel_input_shape
-    from escoin_tvm.timing import graph_time
+    from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
+    from escoin_tvm.support.timing import graph_time
 
     constants = [tvm.runtime.tensor(a, kernel.device) for a in kernel.host_constants]
     data = tvm.runtime.from_dlpack(x.reshape(kernel_input_shape(kernel.spec)))
@@ -76,13 +76,16 @@ def main(argv=None):
     import torch.nn.functional as F
 
     import escoin_tvm
-    from escoin_tvm.operator import Epilogue
-    from escoin_tvm.schedule import default_gpu_config, pretuned
-    from escoin_tvm.spec import Conv2dSpec
-    from escoin_tvm.target import resolve_target
-    from escoin_tvm.tuning import Task, TuningLog, tune_tasks
+    from escoin_tvm.kernels.conv2d.operator import Epilogue
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
+    from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.support.target import resolve_target
+    from escoin_tvm.kernels.conv2d.tuning_space import Task
+    from escoin_tvm.tuning import TuningLog, tune_tasks
     from escoin_tvm.tuning.log import RECORDS
-    from escoin_tvm.weight_format import EscoinWeight
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     torch.backends.cudnn.allow_tf32 = False
     target = resolve_target("cuda")
@@ -115,9 +118,9 @@ def main(argv=None):
                                 trials_per_iter=args.trials_per_iter)[0]
             tuning_s = time.time() - t0
             curve = record_times(log.path / RECORDS, lines_before)
-            tuned = log.lookup(spec, task.weight, task.epilogue, target)
+            tuned = log.best(task.workload, target, task.decode)
             configs = {"default": (default_gpu_config(spec), False),
-                       "pretuned": (pretuned.lookup(spec, "sm_90"), False),
+                       "pretuned": (conv_knobs.lookup(spec, "sm_90"), False),
                        "tuned": (tuned[0] if tuned else None, True)}
             x = torch.randn(batch, *chw, device="cuda")
             reference = F.conv2d(x, torch.from_numpy(dense).cuda(), stride=stride,
@@ -151,8 +154,7 @@ def main(argv=None):
     print(f"wrote {out}")
     if args.merge:
         arch = str(target.attrs.get("arch", "sm_90"))
-        pretuned.write_table(out.parent / f"pretuned-{arch}.json",
-                             pretuned.merge(tuned_records, args.merge, replace=True), arch=arch,
+        knob_table.write_table(out.parent / f"pretuned-{arch}.json", {conv_knobs.SECTION: conv_knobs.merge(tuned_records, args.merge, replace=True)}, arch=arch,
                              gpu=env["gpu"],
                              sparsity=args.sparsity, source="experiments/tuning/tune_layers.py (merged)",
                              date=env["date"])

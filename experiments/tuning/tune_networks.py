@@ -34,8 +34,8 @@ def kernel_seconds(task, target, tuned=None) -> float:
     import numpy as np
     import tvm
 
-    from escoin_tvm.kernel import scheduled_module
-    from escoin_tvm.operator import kernel_input_shape
+    from escoin_tvm.kernels.conv2d.kernel import scheduled_module
+    from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
 
     mod, offsets, values, _ = scheduled_module(task.spec, task.weight, task.epilogue, target,
                                                tuned, tuned is not None)
@@ -65,10 +65,10 @@ def main(argv=None):
                         "this many seconds (0: no limit)")
     args = parser.parse_args(argv)
 
-    from escoin_tvm.kernel import schedule_source
-    from escoin_tvm.target import resolve_target
+    from escoin_tvm.kernels.conv2d.knobs import schedule_source
+    from escoin_tvm.support.target import resolve_target
     from escoin_tvm.tuning import TuningLog, tune_tasks
-    from escoin_tvm.tuning.tasks import extract_tasks
+    from escoin_tvm.tuning.relax_integration import extract_tasks
 
     target = resolve_target("cuda")
     log = TuningLog(args.log, create=True)
@@ -96,7 +96,7 @@ def main(argv=None):
                            "tuning_s": time.time() - t0, "config": result.config,
                            "schedule_untuned": schedule_source(task.spec, target),
                            "untuned_us": kernel_seconds(task, target) * 1e6}
-                    tuned = log.lookup(task.spec, task.weight, task.epilogue, target)
+                    tuned = log.best(task.workload, target, task.decode)
                     if tuned is not None:
                         row["tuned_us"] = kernel_seconds(task, target, tuned[0]) * 1e6
                     sink.write(json.dumps(row) + "\n")

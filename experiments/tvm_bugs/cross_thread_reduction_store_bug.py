@@ -17,8 +17,9 @@ import numpy as np
 import tvm
 from tvm import s_tir
 
-from escoin_tvm.linear import SparseLinearWeight, sparse_linear_primfunc
-from escoin_tvm.schedule.linear import LinearGpuConfig, schedule_linear_gpu
+from escoin_tvm.kernels.linear.weight_format import SparseLinearWeight
+from escoin_tvm.kernels.linear.operator import sparse_linear_primfunc
+from escoin_tvm.kernels.linear.schedule_gpu import LinearGpuConfig, schedule_linear_gpu
 
 config = LinearGpuConfig(lanes=8, rows=2, batch_tile=3, chunk=4)
 weight = SparseLinearWeight.from_dense(np.ones((3, 1), np.float32))

@@ -1,4 +1,4 @@
-"""The sparse linear template as a MetaSchedule design space (the convolution's: ``space.py``).
+"""The sparse linear template as a MetaSchedule design space, and its tuning task.
 
 Every integer knob of ``LinearGpuConfig`` / ``LinearCpuConfig`` is a ``sample_categorical``
 decision feeding the template's splits. ``transposed_input`` changes the PrimFunc (a transpose
@@ -13,19 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import tvm
 from tvm import s_tir
 
-from ..linear import SUM_BLOCK, SparseLinearWeight, sparse_linear_primfunc
-from ..linear_kernel import heuristic_linear_config, tuned_row_multiple, untuned_linear_config
-from ..schedule.linear import (LinearCpuConfig, LinearGpuConfig, schedule_linear_cpu,
-                               schedule_linear_gpu)
-from ..target import is_gpu
-from .space import _pow2_up_to, _sample, decode, generator
-
-LinearConfig = Union[LinearGpuConfig, LinearCpuConfig]
+from ...support.target import is_gpu
+from ..template import KernelArguments, decode, generator, module, pow2_up_to, sample
+from .knobs import LinearConfig, heuristic_linear_config, tuned_row_multiple, untuned_linear_config
+from .operator import SUM_BLOCK, sparse_linear_primfunc
+from .schedule_cpu import LinearCpuConfig, schedule_linear_cpu
+from .schedule_gpu import LinearGpuConfig, schedule_linear_gpu
+from .weight_format import SparseLinearWeight
 
 
 def tuned_row_length(batch: int, weight: SparseLinearWeight, target) -> int:
@@ -37,10 +36,9 @@ def linear_workload(batch: int, weight: SparseLinearWeight, bias: bool, relu: bo
                     target) -> tvm.IRModule:
     """The unscheduled kernel a tuning record of this layer is keyed on."""
     gpu = is_gpu(target)
-    func = sparse_linear_primfunc(
+    return module(sparse_linear_primfunc(
         batch, weight, tuned_row_length(batch, weight, target), bias, relu, output_block=gpu,
-        transposed_input=gpu and heuristic_linear_config(batch, weight, target).transposed_input)
-    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        transposed_input=gpu and heuristic_linear_config(batch, weight, target).transposed_input))
 
 
 def linear_candidates(batch: int, weight: SparseLinearWeight, target) -> Dict[str, Tuple[int, ...]]:
@@ -50,8 +48,8 @@ def linear_candidates(batch: int, weight: SparseLinearWeight, target) -> Dict[st
         return {"features": tuple(v for v in (4, 8, 16, 32, 64) if v <= max(4, out_features))}
     length = tuned_row_length(batch, weight, target)
     return {"lanes": tuple(v for v in (1, 2, 4, 8, 16, 32) if length % v == 0),
-            "rows": _pow2_up_to(out_features, 32),
-            "batch_tile": _pow2_up_to(batch, 16),
+            "rows": pow2_up_to(out_features, 32),
+            "batch_tile": pow2_up_to(batch, 16),
             "chunk": tuple(v for v in (1, 2, 4, 8) if length % v == 0)}
 
 
@@ -72,13 +70,13 @@ def linear_design_spaces(batch: int, weight: SparseLinearWeight, target,
 
     def spaces(sch: s_tir.Schedule) -> List[s_tir.Schedule]:
         space = sch.copy()
-        knobs = {name: _sample(space, values, getattr(fixed, name) if fixed else None)
+        knobs = {name: sample(space, values, getattr(fixed, name) if fixed else None)
                  for name, values in candidates.items()}
         if transposed is None:
             schedule_linear_cpu(space, LinearCpuConfig(**knobs))
         else:
             space.annotate(space.get_sblock(SUM_BLOCK), "escoin.transposed_input",
-                           _sample(space, [int(transposed)]))
+                           sample(space, [int(transposed)]))
             schedule_linear_gpu(space, LinearGpuConfig(**knobs, transposed_input=transposed))
         return [space]
 
@@ -104,7 +102,7 @@ def decode_linear_config(trace: s_tir.Trace, target) -> LinearConfig:
 @dataclass
 class LinearTask:
     """One sparse linear kernel to tune: a layer's batch, weight and epilogue. Layers with the
-    same workload share the task. The interface of ``tasks.Task``, which the jobs use."""
+    same workload share the task. The interface every family's task has (the convolution's ``Task``), which the jobs use."""
 
     batch: int
     weight: SparseLinearWeight
@@ -127,8 +125,6 @@ class LinearTask:
         return linear_workload(self.batch, self.weight, self.bias, self.relu, self.target)
 
     def arguments(self, seed: int = 0):
-        from .tasks import KernelArguments
-
         columns, values = self.weight.to_ell(tuned_row_multiple(self.batch, self.weight,
                                                                 self.target))
         return KernelArguments({1: columns, 2: values}, seed)

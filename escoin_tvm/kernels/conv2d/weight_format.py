@@ -12,51 +12,9 @@ from typing import Tuple
 
 import numpy as np
 
-from . import dtypes
-from .errors import ShapeError
+from ...errors import ShapeError
+from ..csr import CsrValues, as_numpy_weight, csr_rows
 from .spec import Conv2dSpec
-
-
-def as_numpy_weight(weight, name: str = "weight") -> np.ndarray:
-    """A torch tensor or array-like -> numpy array of one of the dtypes Escoin kernels take
-    (float32, float16, bfloat16), refusing others loudly (``name`` is the argument the message
-    names)."""
-    if hasattr(weight, "detach"):  # torch.Tensor, without importing torch here
-        dtypes.check(weight.dtype, name)
-        return dtypes.to_numpy(weight)
-    weight = np.asarray(weight)
-    dtypes.check(weight.dtype, name)
-    return weight
-
-
-def csr_rows(matrix: np.ndarray):
-    """(indptr, rows, columns) of the non-zeros of a 2-D ``matrix``, in row-major order."""
-    rows, cols = np.nonzero(matrix)
-    indptr = np.zeros(matrix.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=matrix.shape[0]), out=indptr[1:])
-    return indptr, rows, cols
-
-
-class CsrValues:
-    """What the convolution's and the linear layer's CSR weights share: their non-zero
-    ``values`` and the shape of the dense weight they came from (``dense_shape``)."""
-
-    values: np.ndarray
-    dense_shape: Tuple[int, ...]
-
-    @property
-    def dtype(self) -> str:
-        """The weights' element type: float32, float16 or bfloat16."""
-        return dtypes.name_of(self.values.dtype)
-
-    @property
-    def nnz(self) -> int:
-        return int(self.values.size)
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of zero weights, in [0, 1]."""
-        return 1.0 - self.nnz / float(np.prod(self.dense_shape))
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 from tvm import te, tirx
 
-from .errors import ShapeError
+from ...errors import ShapeError
 from .spec import Conv2dSpec
 from .weight_format import EscoinWeight
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import tvm
 
-from .errors import ArgumentError, DTypeError, ShapeError
+from ..errors import ArgumentError, DTypeError, ShapeError
 
 
 ALIGNMENT = 64  # bytes; TVM's buffers (and its DLPack import) require it

@@ -7,7 +7,7 @@ from typing import Union
 
 import tvm
 
-from .errors import ArgumentError, TargetError, first_line
+from ..errors import ArgumentError, TargetError, first_line
 
 SUPPORTED_KINDS = ("llvm", "cuda")
 DEFAULT_CUDA_ARCH = "sm_90"  # Hopper, the GPU we tune for; used when no GPU is visible

@@ -1,26 +1,21 @@
 """Helpers shared by the CPU and GPU schedules."""
 from tvm import s_tir
 
-from ..operator import CONV_BLOCK, EPILOGUE_BLOCK, PAD_BLOCK, PARTIAL_BLOCK, TAP_BLOCK
-
-
-def _block(sch: s_tir.Schedule, name: str):
-    try:
-        return sch.get_sblock(name)
-    except s_tir.ScheduleError:
-        return None
+from ..template import optional_block
+from .operator import CONV_BLOCK, EPILOGUE_BLOCK, PAD_BLOCK, PARTIAL_BLOCK, TAP_BLOCK
 
 
 def blocks(sch: s_tir.Schedule):
     """(pad or None, conv, epilogue or None) block handles of a sparse_conv2d PrimFunc: a kernel
     that reads its input in place has no pad block, one with no epilogue no epilogue block."""
-    return _block(sch, PAD_BLOCK), sch.get_sblock(CONV_BLOCK), _block(sch, EPILOGUE_BLOCK)
+    return (optional_block(sch, PAD_BLOCK), sch.get_sblock(CONV_BLOCK),
+            optional_block(sch, EPILOGUE_BLOCK))
 
 
 def chunk_sum_blocks(sch: s_tir.Schedule):
     """(tap, partial_sum) block handles of a PrimFunc that sums chunks in half precision first
     (``half_chunk``), else None."""
-    partial = _block(sch, PARTIAL_BLOCK)
+    partial = optional_block(sch, PARTIAL_BLOCK)
     return None if partial is None else (sch.get_sblock(TAP_BLOCK), partial)
 
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 from tvm import s_tir
 
-from ..errors import ArgumentError
-from ..spec import Conv2dSpec
-from .common import blocks, write_back
+from ...errors import ArgumentError
+from .schedule_common import blocks, write_back
 
 
 @dataclass(frozen=True)
@@ -28,10 +27,6 @@ class CpuConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ArgumentError(f"CpuConfig.{name} must be an int >= 1, got {value!r}")
         return self
-
-
-def default_cpu_config(spec: Conv2dSpec) -> CpuConfig:
-    return CpuConfig(vector=8 if spec.out_w >= 8 else 4)
 
 
 def schedule_cpu(sch: s_tir.Schedule, config: CpuConfig) -> s_tir.Schedule:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DTypeError
+from ..errors import DTypeError
 
 SUPPORTED = ("float32", "float16", "bfloat16")
 

@@ -1,6 +1,6 @@
-"""Schedules of the sparse linear operator (``escoin_tvm.linear``): CPU, and a GPU template.
+"""The sparse linear layer's GPU schedule (CUDA), a template whose knobs tuning searches.
 
-GPU mapping: a thread block owns ``rows`` output features (threadIdx.y); the non-zeros of a
+Mapping: a thread block owns ``rows`` output features (threadIdx.y); the non-zeros of a
 feature's row are split over ``lanes`` threads of a warp (threadIdx.x), each walking ``chunk``
 consecutive ones per step (the loads of values and column indices coalesce and can be
 vectorised); each thread keeps ``batch_tile`` accumulators, one per input row, so that every
@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from tvm import s_tir
 
-from ..errors import ArgumentError
-from ..linear import EPILOGUE_BLOCK, SUM_BLOCK, TRANSPOSE_BLOCK
+from ...errors import ArgumentError
+from ..template import optional_block
+from .operator import EPILOGUE_BLOCK, SUM_BLOCK, TRANSPOSE_BLOCK
 
 MAX_THREADS = 1024
 
@@ -52,40 +53,12 @@ class LinearGpuConfig:
         return self.lanes * self.chunk
 
 
-@dataclass(frozen=True)
-class LinearCpuConfig:
-    features: int = 16  # output features per parallel task
-
-    def validate(self) -> "LinearCpuConfig":
-        if not isinstance(self.features, int) or self.features < 1:
-            raise ArgumentError(f"LinearCpuConfig.features must be an int >= 1, got "
-                                f"{self.features!r}")
-        return self
-
-    @property
-    def row_multiple(self) -> int:
-        return 1
-
-
-def default_linear_gpu_config(batch: int, out_features: int, row_length: int) -> LinearGpuConfig:
-    """An untuned choice: lanes to cover a row in a few steps of 4, 128 threads per block, and
-    a register tile of the whole batch up to 8 rows (more rows walk the weight again). Each
-    lane takes one non-zero per step (chunk 1), so a warp's loads of values and indices are
-    consecutive: tuning chose it on each of VGG-16's fc6 and fc7 records (docs/findings.md,
-    "Sparse fully-connected layers")."""
-    lanes = 1
-    while lanes < 32 and lanes * 4 * 4 < row_length:
-        lanes *= 2
-    rows = max(1, min(128 // lanes, out_features))
-    return LinearGpuConfig(lanes=lanes, rows=rows, batch_tile=min(batch, 8), chunk=1).validate()
-
-
 def schedule_linear_gpu(sch: s_tir.Schedule, config: LinearGpuConfig) -> s_tir.Schedule:
     """The GPU mapping of the module docstring, on a PrimFunc whose rows are padded to
     ``config.row_multiple``."""
     total = sch.get_sblock(SUM_BLOCK)
-    epilogue = _block(sch, EPILOGUE_BLOCK)
-    transpose = _block(sch, TRANSPOSE_BLOCK)
+    epilogue = optional_block(sch, EPILOGUE_BLOCK)
+    transpose = optional_block(sch, TRANSPOSE_BLOCK)
     if transpose is not None:  # its own kernel, a thread per element, writes coalesced
         block, thread = sch.split(sch.fuse(*sch.get_loops(transpose)), [None, 256])
         sch.bind(block, "blockIdx.x")
@@ -116,27 +89,3 @@ def schedule_linear_gpu(sch: s_tir.Schedule, config: LinearGpuConfig) -> s_tir.S
         _, lane_loop = sch.split(batch_loop, [None, config.lanes])
         sch.bind(lane_loop, "threadIdx.x")
     return sch
-
-
-def schedule_linear_cpu(sch: s_tir.Schedule, config: LinearCpuConfig) -> s_tir.Schedule:
-    """Parallel over blocks of output features; each accumulates its input rows in registers
-    while it walks its row's non-zeros."""
-    total = sch.get_sblock(SUM_BLOCK)
-    epilogue = _block(sch, EPILOGUE_BLOCK)
-    m, n, j = sch.get_loops(total)
-    n_task, n_in = sch.split(n, [None, config.features])
-    sch.reorder(n_task, n_in, m, j)
-    sch.parallel(n_task)
-    if epilogue is not None:
-        local = sch.cache_write(total, 0, "local")
-        sch.reverse_compute_at(local, n_task, preserve_unit_loops=True)
-        sch.reverse_compute_inline(epilogue)
-    sch.decompose_reduction(total, j)
-    return sch
-
-
-def _block(sch: s_tir.Schedule, name: str):
-    try:
-        return sch.get_sblock(name)
-    except s_tir.ScheduleError:
-        return None

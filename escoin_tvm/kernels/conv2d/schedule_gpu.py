@@ -17,10 +17,10 @@ from typing import Optional
 
 from tvm import s_tir
 
-from ..errors import ArgumentError
-from ..operator import reads_in_place
-from ..spec import Conv2dSpec
-from .common import blocks, chunk_sum_blocks, loops_below, read_index, write_back
+from ...errors import ArgumentError
+from .operator import reads_in_place
+from .spec import Conv2dSpec
+from .schedule_common import blocks, chunk_sum_blocks, loops_below, read_index, write_back
 from .packed_half import LANES, intrinsic_name
 
 MAX_THREADS = 1024
@@ -49,6 +49,10 @@ class GpuConfig:
     #                          (HFMA2, the default from batch 4), with one image per thread as
     #                          scalar ones (an option: 1.04x at batch 1, docs/findings.md)
 
+    # traces of templates without half sums, and without blocked images, recorded no decision
+    # for these last knobs (``template.decode`` reads them as off)
+    OPTIONAL_TRAILING = 2
+
     @property
     def threads(self) -> int:
         return self.threads_x * self.threads_y * self.channel_threads
@@ -73,43 +77,6 @@ def pow2_at_least(value: int, cap: int) -> int:
     while p < value and p < cap:
         p *= 2
     return p
-
-
-def default_gpu_config(spec: Conv2dSpec, dtype: str = "float32",
-                       half_sums: bool = True) -> GpuConfig:
-    """An untuned choice from the layer's shape. Occupancy first: a register tile only as large
-    as leaves about 64K threads (2K warps, 16 per SM of an H100) to hide the latency of the
-    non-zero walk; then about 128 threads per block, a warp covering an output row.
-
-    In half precision from batch 4, a tile of at least 4 accumulators goes to 4 images blocked
-    in the input copy (one aligned 8-byte load per tap): measured on 27 layer shapes at batch 16
-    it was faster than this heuristic's plain tile on 24 of the 25 with such a tile (1.20x on
-    the benchmark's 15 layers), and slower on both whose tile it would have grown from 2. In
-    float32 it was about even with the plain kernels, and two blocked images lost
-    (docs/findings.md, "Blocked images"). Those blocked tiles then sum in half precision
-    (``with_half_sums``; ``half_sums=False`` leaves them plain) where their blocks can tile
-    the output exactly (docs/findings.md, "Half sums")."""
-    threads_x = pow2_at_least(spec.out_w, 32)
-    outputs = spec.batch * spec.out_channels * spec.out_h * spec.out_w
-    tile = 1
-    while tile * 2 <= min(16, outputs // 65536):
-        tile *= 2
-    images = 2 if spec.batch >= 2 and tile >= 4 else 1
-    tile //= images
-    rows = 2 if tile >= 2 and spec.out_h >= 8 else 1
-    channels = min(4, max(1, tile // rows))
-    blocked, accumulators = False, images * channels * rows
-    if dtype != "float32" and spec.batch >= 4 and accumulators >= 4:
-        block_rows = min(rows, max(1, accumulators // 4))
-        candidate = GpuConfig(images_per_thread=4, block_images=True)
-        if blocks_images(spec, candidate):
-            images, rows, blocked = 4, block_rows, True
-            channels = max(1, accumulators // (4 * rows))
-    threads_y = max(1, min(pow2_at_least(-(-spec.out_h // rows), 16), 128 // threads_x))
-    config = GpuConfig(threads_x=threads_x, threads_y=threads_y, rows_per_thread=rows,
-                       channels_per_thread=channels, images_per_thread=images,
-                       block_images=blocked).validate()
-    return (with_half_sums(spec, config, dtype) if blocked and half_sums else None) or config
 
 
 def blocks_images(spec: Conv2dSpec, config: GpuConfig) -> bool:

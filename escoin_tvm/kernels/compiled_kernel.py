@@ -16,10 +16,11 @@ from typing import Sequence
 import numpy as np
 import tvm
 
-from . import build_together, dtypes
-from .errors import ArgumentError, DTypeError, ShapeError
-from .target import device_for, is_gpu, require_device
-from .tensors import ALIGNMENT, from_tvm, is_torch, to_tvm
+from ..errors import ArgumentError, DTypeError, ShapeError
+from ..support import dtypes
+from ..support.target import device_for, is_gpu, require_device
+from ..support.tensors import ALIGNMENT, from_tvm, is_torch, to_tvm
+from . import build_together
 
 
 class CompiledKernel:

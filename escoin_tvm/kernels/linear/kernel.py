@@ -1,59 +1,23 @@
-"""The scheduled sparse linear kernel of one fully-connected layer, and ``build_sparse_linear``.
-
-Knobs come from ``config`` (given, or a tuning log's best record), else the shipped table's
-record for the layer's shape, batch and dtype (``schedule.pretuned``), else the heuristic
-(``schedule.linear``).
-"""
+"""The sparse linear kernel built: its knobs chosen (given, tuned, shipped or the heuristic),
+the scheduled IRModule with its ELL arrays, and ``build_sparse_linear``."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from functools import partial
+from typing import Optional
 
 import numpy as np
 from tvm import s_tir
 
-from .compiled_kernel import CompiledKernel
-from .errors import ArgumentError, ShapeError
-from .linear import SparseLinearWeight, sparse_linear_primfunc
-from .schedule import pretuned
-from .schedule.linear import (LinearCpuConfig, LinearGpuConfig, default_linear_gpu_config,
-                              schedule_linear_cpu, schedule_linear_gpu)
-from .target import TargetLike, is_gpu, resolve_target
-from .weight_format import as_numpy_weight
-
-LinearConfig = Union[LinearGpuConfig, LinearCpuConfig]
-
-
-def heuristic_linear_config(batch: int, weight: SparseLinearWeight, target) -> LinearConfig:
-    """The heuristic knobs (``default_linear_gpu_config``; on the CPU the defaults). A tuning
-    record is keyed on the work these knobs do, so that records keep matching whatever the
-    shipped table holds."""
-    if is_gpu(target):
-        return default_linear_gpu_config(batch, weight.shape[0], weight.ell_width())
-    return LinearCpuConfig()
-
-
-def shipped_linear_config(batch: int, weight: SparseLinearWeight,
-                          target) -> Optional[LinearGpuConfig]:
-    """The shipped table's knobs for this layer's shape, batch and dtype on a GPU ``target``,
-    or None. A record is kept only where it beat the heuristic on its shape; the heuristic is
-    the one that generalises (docs/findings.md, "Sparse fully-connected layers")."""
-    if not is_gpu(target):
-        return None
-    out_features, in_features = weight.shape
-    return pretuned.lookup_linear(in_features, out_features, batch,
-                                  str(target.attrs.get("arch", "")), weight.dtype)
-
-
-def untuned_linear_config(batch: int, weight: SparseLinearWeight, target) -> LinearConfig:
-    """The knobs a kernel gets without a tuning log: shipped, else the heuristic."""
-    return shipped_linear_config(batch, weight, target) or \
-        heuristic_linear_config(batch, weight, target)
-
-
-def tuned_row_multiple(batch: int, weight: SparseLinearWeight, target) -> int:
-    """The multiple a tuned kernel's rows are padded to: the heuristic kernel's, so that a
-    tuned kernel does the work it was tuned on (``kernel.tuned_extents`` for the convolution)."""
-    return heuristic_linear_config(batch, weight, target).row_multiple
+from ...errors import ArgumentError, ShapeError
+from ...support.target import TargetLike, is_gpu, resolve_target
+from ..compiled_kernel import CompiledKernel
+from ..csr import as_numpy_weight
+from .knobs import LinearConfig, shipped_linear_config, tuned_row_multiple, untuned_linear_config
+from .operator import sparse_linear_primfunc
+from .schedule_cpu import LinearCpuConfig, schedule_linear_cpu
+from .schedule_gpu import LinearGpuConfig, schedule_linear_gpu
+from .tuning_space import decode_linear_config, linear_workload
+from .weight_format import SparseLinearWeight
 
 
 def linear_schedule_choice(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
@@ -61,8 +25,9 @@ def linear_schedule_choice(batch: int, weight: SparseLinearWeight, bias: bool, r
     """The knobs of a sparse linear kernel: the best record of ``tuning_log`` (a
     ``tuning.TuningLog``) for it, else the untuned ones (``scheduled_linear_module`` picks
     those when the config is None). Returns (config or None, tuned, where from)."""
-    found = None if tuning_log is None else \
-        tuning_log.lookup_linear(batch, weight, bias, relu, target)
+    found = None if tuning_log is None else tuning_log.best(
+        linear_workload(batch, weight, bias, relu, target), target,
+        partial(decode_linear_config, target=target))
     if found is None:
         shipped = shipped_linear_config(batch, weight, target)
         return shipped, False, "default" if shipped is None else "pre-tuned"
@@ -73,7 +38,7 @@ def linear_schedule_choice(batch: int, weight: SparseLinearWeight, bias: bool, r
 def scheduled_linear_module(batch: int, weight: SparseLinearWeight, bias: bool, relu: bool,
                             target, config: Optional[LinearConfig] = None, tuned: bool = False):
     """(scheduled IRModule, columns, values, config) of the layer at ``batch`` rows. A
-    ``tuned`` config (``TuningLog.lookup_linear``'s) runs on the work it was tuned on: rows
+    ``tuned`` config (a tuning record's) runs on the work it was tuned on: rows
     padded as the untuned kernel's."""
     config = config or untuned_linear_config(batch, weight, target)
     wanted = LinearGpuConfig if is_gpu(target) else LinearCpuConfig
@@ -111,7 +76,7 @@ def build_sparse_linear(weight, batch: int, *, bias=None, relu: bool = False,
     """Compiles ``y = relu?(x @ weight.T + bias)`` for x of shape (batch, in_features), with
     ``weight`` a pruned (out_features, in_features) matrix (numpy or torch; float32, float16 or
     bfloat16, which the kernel's input and output share; sums in float32). ``tuned``: the
-    config is a tuning record's (``TuningLog.lookup_linear``), run on the work it was tuned on."""
+    config is a tuning record's (``linear_schedule_choice``), run on the work it was tuned on."""
     target = resolve_target(target)
     sparse = SparseLinearWeight.from_dense(weight)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

@@ -1,0 +1,66 @@
+"""A kernel family as the dispatch paths see it.
+
+Each family's package defines one ``KernelFamily`` (``FAMILY`` in its ``__init__.py``); the
+Relax pass (``transform/``) and the torch.compile backend each list, per operator, the families
+they dispatch to, in order of preference, and a layer goes to the first whose ``problem`` has
+nothing against it. A new family is a new folder with its ``FAMILY``, plus a line in each of
+those two lists; its shipped knobs are a section of its own in the knob table
+(``knob_table.py``), which needs no change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+from .eligibility import LayerFacts
+
+OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps must leave a scheduled kernel alone
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    """``name``: the report's kernel column for the family's layers; ``op``: the operator it
+    computes ("conv2d" or "linear"); ``problem(facts)``: why a layer is not for it (None: it
+    is); ``relax_call(builder, ...) -> Lowered``: the Relax pass's lowering of a matched layer
+    (the arguments are the operator's: ``transform/sparse_conv2d.py`` and ``sparse_linear.py``
+    give them); ``torch_kernel(layer, shape, device)``: the callable kernel of a backend layer
+    (``torch_compile/ops.py``) for an input shape."""
+
+    name: str
+    op: str
+    problem: Callable[[LayerFacts], Optional[str]]
+    relax_call: Callable[..., "Lowered"]
+    torch_kernel: Callable
+
+
+@dataclass
+class Lowered:
+    """A layer as a family lowered it for the Relax pass: the expression that computes it
+    (bindings it needs emitted before it), the kernel's record (its ``layer`` name and
+    ``task(target)``, the tuning task), and what the report says of it."""
+
+    call: object
+    kernel: object
+    schedule: str  # where the knobs came from: tuned, pre-tuned, default, given
+    config: dict
+    epilogue: str
+
+
+def choose(families: Sequence[KernelFamily], facts: LayerFacts
+           ) -> Tuple[Optional[KernelFamily], Optional[str]]:
+    """(the first of ``families`` that takes the layer, None) or (None, the first family's
+    reason)."""
+    reasons = []
+    for family in families:
+        reason = family.problem(facts)
+        if reason is None:
+            return family, None
+        reasons.append(reason)
+    return None, reasons[0] if reasons else f"no kernel family computes {facts.op}"
+
+
+def relax_function(mod):
+    """The scheduled PrimFunc of a kernel's IRModule as the pass adds it to the model's
+    module: private, marked scheduled, and opaque to operator fusion."""
+    return (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+            .with_attr("op_pattern", OPAQUE))
