@@ -7,6 +7,7 @@ every call) is pruned through its mask, so the pruning stays visible to the hook
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -19,17 +20,19 @@ def zero_count(sparsity: float, size: int) -> int:
     return min(size, math.ceil(round(sparsity * size, 6)))
 
 
-def check_sparsity(sparsity) -> None:
-    """Refuses a sparsity that is not a number in [0, 1]."""
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or \
-            not 0.0 <= sparsity <= 1.0:
+def check_sparsity(sparsity) -> float:
+    """``sparsity`` as a float: a real number (Python, numpy or torch scalar) in [0, 1], else
+    an ArgumentError."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or \
+            not 0.0 <= float(sparsity) <= 1.0:
         raise ArgumentError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
+    return float(sparsity)
 
 
 def prune_array(weight: np.ndarray, sparsity: float) -> np.ndarray:
     """A copy of ``weight`` with its ``zero_count(sparsity, size)`` smallest-magnitude entries
     zeroed."""
-    check_sparsity(sparsity)
+    sparsity = check_sparsity(sparsity)
     flat = np.array(weight, dtype=weight.dtype).reshape(-1)
     n_zero = zero_count(sparsity, flat.size)
     if n_zero:
@@ -65,27 +68,39 @@ def magnitude(model, sparsity: float, *, scope: str = "layer", min_params: int =
     (``"all"``).
 
     ``scope="layer"`` prunes each layer to ``sparsity``; ``scope="global"`` ranks the weights of
-    all of them together, so layers end at different sparsities. Layers with fewer than
-    ``min_params`` weights (e.g. a network's first layer) are left dense."""
+    all of them together, so layers end at different sparsities. Either way exactly
+    ``zero_count`` weights are zeroed, the smallest magnitudes first and, among equal ones, the
+    first in order (of the layers, then within a layer). Layers with fewer than ``min_params``
+    weights (e.g. a network's first layer) are left dense. Any floating dtype is pruned
+    (magnitudes are ranked in float32, exactly as in the layer's own dtype)."""
     import torch
 
     if scope not in ("layer", "global"):
         raise ArgumentError(f"scope must be 'layer' or 'global', got {scope!r}")
-    check_sparsity(sparsity)
+    sparsity = check_sparsity(sparsity)
+    min_params = _count(min_params, "min_params")
     convs = [m for m in _layers(model, layers) if m.weight.numel() >= min_params]
     with torch.no_grad():
-        if scope == "layer":
-            for conv in convs:
-                pruned = prune_array(conv.weight.detach().cpu().numpy(), sparsity)
-                _keep(conv, torch.from_numpy(pruned != 0).to(conv.weight.device))
-        elif convs:
-            magnitudes = torch.cat([c.weight.detach().abs().reshape(-1).cpu() for c in convs])
-            n_zero = zero_count(sparsity, magnitudes.numel())
-            if n_zero:
-                threshold = torch.kthvalue(magnitudes, n_zero).values
-                for conv in convs:
-                    _keep(conv, conv.weight.detach().abs() > threshold.to(conv.weight.device))
+        groups = [[conv] for conv in convs] if scope == "layer" else [convs] if convs else []
+        for group in groups:
+            weights = [_magnitudes(conv) for conv in group]
+            kept = prune_array(np.concatenate(weights), sparsity) != 0
+            for conv, mask in zip(group, np.split(kept, np.cumsum([w.size for w in weights])[:-1])):
+                _keep(conv, torch.from_numpy(mask.reshape(conv.weight.shape))
+                      .to(conv.weight.device))
     return model
+
+
+def _magnitudes(conv) -> np.ndarray:
+    """The layer's weights as float32 magnitudes, flattened (float16 and bfloat16 convert
+    exactly; numpy has no bfloat16)."""
+    return conv.weight.detach().abs().float().reshape(-1).cpu().numpy()
+
+
+def _count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ArgumentError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
 
 
 def _keep(conv, mask) -> None:
@@ -136,6 +151,6 @@ def deep_compression(model, network: str, layers: str = "conv"):
 
     with torch.no_grad():
         for conv, density in pairs:
-            pruned = prune_array(conv.weight.detach().cpu().numpy(), 1.0 - density)
-            _keep(conv, torch.from_numpy(pruned != 0).to(conv.weight.device))
+            kept = prune_array(_magnitudes(conv), 1.0 - density) != 0
+            _keep(conv, torch.from_numpy(kept.reshape(conv.weight.shape)).to(conv.weight.device))
     return model
