@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 from tvm import te, tirx
 
 from ...errors import ShapeError
+from ..epilogue import fused_relu
 from .spec import Conv2dSpec
 from .weight_format import EscoinWeight
 
@@ -167,7 +168,7 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         if residual is not None:
             value = value + wide(residual[n, k, y, x])
         if epilogue.relu:
-            value = tirx.max(value, tirx.const(0.0, "float32"))
+            value = fused_relu(value)
         return value.astype(dtype) if half else value
 
     out = te.compute(spec.output_shape, finish, name=EPILOGUE_BLOCK)

