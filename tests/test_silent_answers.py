@@ -92,3 +92,66 @@ def test_a_fused_relu_keeps_nan_in_the_backend():
     assert sum(d.kernel == "escoin" for d in backend.REPORTS[-1]) == 2
     with torch.no_grad():
         same_nans_and_close(out.numpy(), model(x).numpy(), rtol=1e-4)
+
+
+# ---- the backend freezes only the model's own weights, and copies them ----
+def backend_calls(fn, *calls):
+    from escoin_tvm.torch_compile import backend
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="escoin", options={"threshold": 0.5})
+    with torch.no_grad():
+        return [compiled(*args) for args in calls], backend.REPORTS[-1]
+
+
+def sparse(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.from_numpy(prune_array(torch.randn(shape, generator=generator).numpy(), 0.9))
+
+
+@pytest.mark.parametrize("op", ["conv2d", "linear"])
+def test_a_weight_passed_as_an_argument_stays_with_pytorch(op):
+    """Another call may pass other values to the same graph: the first call's weights must
+    not answer for them."""
+    if op == "conv2d":
+        fn, x, w1, w2 = (lambda x, w: F.conv2d(x, w, padding=1)), torch.randn(2, 8, 6, 6), \
+            sparse((16, 8, 3, 3), 1), sparse((16, 8, 3, 3), 2)
+    else:
+        fn, x, w1, w2 = F.linear, torch.randn(2, 32), sparse((16, 32), 1), sparse((16, 32), 2)
+    (out1, out2), report = backend_calls(fn, (x, w1), (x, w2))
+    torch.testing.assert_close(out1, fn(x, w1))
+    torch.testing.assert_close(out2, fn(x, w2))
+    assert [d.kernel for d in report] == ["dense"]
+    assert "not a parameter or buffer" in report[0].reason
+
+
+def test_functional_call_with_plain_tensors_stays_with_pytorch():
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 8, 6, 6)
+    first = {"0.weight": sparse((16, 8, 3, 3), 1), "0.bias": torch.zeros(16)}
+    second = {"0.weight": sparse((16, 8, 3, 3), 2), "0.bias": torch.ones(16)}
+
+    def fn(params, x):
+        return torch.func.functional_call(model, params, (x,))
+
+    (out1, out2), report = backend_calls(fn, (first, x), (second, x))
+    torch.testing.assert_close(out2, fn(second, x))
+    assert [d.kernel for d in report] == ["dense"]
+
+
+def test_the_backend_keeps_the_weights_of_its_compile_for_every_batch_size():
+    """Kernels built after a weight changed in place (a new batch size) use the weights of the
+    compile, as the ones built before do: the answer does not depend on the call history."""
+    torch.manual_seed(0)
+    model = prune.magnitude(torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1)), 0.9)
+    model.eval()
+    frozen = [p.detach().clone() for p in model[0].parameters()]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="escoin", dynamic=True)
+    x2, x3 = torch.randn(2, 8, 6, 6), torch.randn(3, 8, 6, 6)
+    with torch.no_grad():
+        compiled(x2)
+        model[0].weight.mul_(2.0)  # in place, after the compile
+        outs = [compiled(x2), compiled(x3)]
+    for x, out in zip((x2, x3), outs):
+        torch.testing.assert_close(out, F.conv2d(x, *frozen, padding=1), rtol=1e-4, atol=1e-5)

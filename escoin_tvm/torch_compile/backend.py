@@ -163,7 +163,8 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
                              dtypes.name_of(candidate.input_dtype), op=candidate.op)
     linear = candidate.op == "linear"
     if weight is None:
-        decision.reason = "weight is not a parameter or buffer of the model"
+        decision.reason = ("weight is not a parameter or buffer of the model (a tensor passed to "
+                           "the call may change from call to call: it stays with PyTorch)")
         return decision, None
     dense = weight.detach().float().cpu().numpy()
     decision.nnz = int(np.count_nonzero(dense))
@@ -187,12 +188,16 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
         decision.reason = reason
         return decision, None
     target = resolve_target("cuda" if device.type == "cuda" else "llvm")
-    bias = candidate.bias.detach().float().cpu().numpy() if candidate.bias is not None else None
+    # copies: a kernel built later (a new batch size) must see the weights of this compile,
+    # as the ones built now do, whatever happens to the parameters in the meantime
+    bias = None if candidate.bias is None else \
+        candidate.bias.detach().float().cpu().numpy().copy()
+    weight = dtypes.to_numpy(weight).copy()
     if linear:
-        layer = ops.SparseLinearLayer(candidate.name, dtypes.to_numpy(weight), bias,
+        layer = ops.SparseLinearLayer(candidate.name, weight, bias,
                                       candidate.relu, target, tuning_log(target), family)
     else:
-        layer = ops.SparseLayer(candidate.name, dtypes.to_numpy(weight), bias, candidate.stride,
+        layer = ops.SparseLayer(candidate.name, weight, bias, candidate.stride,
                                 candidate.padding, candidate.dilation, candidate.groups,
                                 candidate.relu, target, tuning_log(target), family)
     decision.epilogue = Epilogue(bias=bias is not None, relu=candidate.relu).name + \

@@ -84,12 +84,27 @@ def _module_path(node: fx.Node) -> str:
     return node.name
 
 
+def is_model_state(node: fx.Node, value) -> bool:
+    """Whether a graph input is a parameter or a buffer of a module (what stays the same from
+    call to call, and what Dynamo treats as the model's), not a tensor the caller passes (a
+    weight given as an argument, or ``torch.func.functional_call``'s plain tensors: another
+    call may pass other values to the same graph)."""
+    if isinstance(value, torch.nn.Parameter):
+        return True
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    return isinstance(value, torch.Tensor) and source is not None and \
+        "._buffers[" in source.name
+
+
 def candidates(gm: fx.GraphModule, example_inputs: Sequence) -> List[Candidate]:
-    """The conv2d and linear calls of ``gm``, in graph order."""
+    """The conv2d and linear calls of ``gm``, in graph order. The weights, biases and batch-norm
+    values a candidate folds in must be the model's state (``is_model_state``); a layer whose
+    weight is passed in another way has none (it stays with PyTorch)."""
     inputs: Dict[fx.Node, object] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, value in zip(placeholders, example_inputs):
-        inputs[node] = value
+        if is_model_state(node, value):
+            inputs[node] = value
     found = []
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target in LINEAR:
