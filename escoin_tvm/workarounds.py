@@ -138,7 +138,11 @@ def fold_half_batch_norms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     float32 and stored in the tensor's dtype (rounded once):
     ``batch_norm(conv2d(x, W) [+ b])[0]`` -> ``conv2d(x, W * s) + (b - mean) * s + beta`` and
     any other ``batch_norm(y)[0]`` -> ``y * s + (beta - mean * s)``, ``s = gamma / sqrt(var +
-    eps)``. Float32 graphs are left to ``FoldBatchnormToConv2D`` and TVM's own legalization."""
+    eps)``. A convolution whose folded weight or shift would not be finite in its dtype (a
+    large weight over a tiny variance: 300 / sqrt(1e-5) is Inf in float16) keeps its weight,
+    and its batch norm becomes the scale and shift after it; a scale or shift that is not
+    finite itself is applied in float32. Float32 graphs are left to ``FoldBatchnormToConv2D``
+    and TVM's own legalization."""
     from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
 
     data, weight, conv_bias, other = wildcard(), is_const(), is_const(), wildcard()
@@ -167,10 +171,13 @@ def fold_half_batch_norms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
                 return expr
             shift = shift + bias.reshape(-1) * scale
         like = matches[weight].value.numpy().dtype
-        folded = _float32(matches[weight]) * scale.reshape(-1, 1, 1, 1)
-        new_conv = relax.Call(conv_call.op, [matches[data], relax.const(folded.astype(like))],
+        folded = (_float32(matches[weight]) * scale.reshape(-1, 1, 1, 1)).astype(like)
+        shift = shift.reshape(1, -1, 1, 1).astype(like)
+        if not (np.isfinite(folded).all() and np.isfinite(shift).all()):
+            return expr  # left to ``affine``, after the convolution
+        new_conv = relax.Call(conv_call.op, [matches[data], relax.const(folded)],
                               conv_call.attrs)
-        return relax.op.add(new_conv, relax.const(shift.reshape(1, -1, 1, 1).astype(like)))
+        return relax.op.add(new_conv, relax.const(shift))
 
     def affine(expr, matches):
         norm_call = matches[other_norm]
@@ -181,8 +188,13 @@ def fold_half_batch_norms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             return expr
         channels = tuple(-1 if i == axis else 1 for i in range(rank))
         scale, shift = scale_and_shift(norm_call, channels)
-        return relax.op.add(relax.op.multiply(matches[other], relax.const(scale.astype(dtype))),
-                            relax.const(shift.astype(dtype)))
+        if np.isfinite(scale.astype(dtype)).all() and np.isfinite(shift.astype(dtype)).all():
+            return relax.op.add(relax.op.multiply(matches[other],
+                                                  relax.const(scale.astype(dtype))),
+                                relax.const(shift.astype(dtype)))
+        wide = relax.op.astype(matches[other], "float32")
+        return relax.op.astype(relax.op.add(relax.op.multiply(wide, relax.const(scale)),
+                                            relax.const(shift)), dtype)
 
     for gvar, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):

@@ -155,3 +155,41 @@ def test_the_backend_keeps_the_weights_of_its_compile_for_every_batch_size():
         outs = [compiled(x2), compiled(x3)]
     for x, out in zip((x2, x3), outs):
         torch.testing.assert_close(out, F.conv2d(x, *frozen, padding=1), rtol=1e-4, atol=1e-5)
+
+
+# ---- half-precision batch norms that would fold to Inf ----
+def overflowing_batch_norm_model(dtype=torch.float16):
+    """A pruned convolution with a weight of 300 and a batch norm of variance 0: folded, the
+    weight is 300 / sqrt(1e-5) = 94,868, Inf in float16; PyTorch's fp16 model stays finite."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+    prune.magnitude(torch.nn.Sequential(conv), 0.9)
+    with torch.no_grad():
+        conv.weight[0, 0, 1, 1] = 300.0
+    norm = torch.nn.BatchNorm2d(8)
+    norm.running_var.zero_()
+    model = torch.nn.Sequential(conv, norm, torch.nn.ReLU()).eval().to(dtype)
+    return model, torch.full((1, 8, 6, 6), 0.01, dtype=dtype)
+
+
+@pytest.mark.parametrize("dispatch_by", ["threshold", "measure"])
+def test_a_half_batch_norm_that_would_fold_to_inf_stays_finite_through_compile(dispatch_by):
+    model, x = overflowing_batch_norm_model()
+    with torch.no_grad():
+        expected = model(x).float()
+    assert torch.isfinite(expected).all() and expected.max() > 900
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by=dispatch_by)
+    out = torch.from_numpy(np.asarray(compiled(x.numpy()), np.float32))
+    torch.testing.assert_close(out, expected, rtol=2e-3, atol=1e-2)
+
+
+def test_a_half_batch_norm_that_would_fold_to_inf_stays_with_pytorch_in_the_backend():
+    from escoin_tvm.torch_compile import backend
+
+    model, x = overflowing_batch_norm_model()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        expected = model(x).float()
+        out = torch.compile(model, backend="escoin")(x).float()
+    torch.testing.assert_close(out, expected, rtol=2e-3, atol=1e-2)
+    assert "batch norm folded" not in backend.REPORTS[-1][0].epilogue

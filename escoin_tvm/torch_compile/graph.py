@@ -169,7 +169,10 @@ def _linear_candidate(node: fx.Node, inputs) -> Candidate:
 
 
 def _absorb_followers(candidate: Candidate, inputs) -> None:
-    """Adds an eval-mode batch norm of graph inputs, then a relu, that follow the conv2d."""
+    """Adds an eval-mode batch norm of graph inputs, then a relu, that follow the conv2d; a
+    batch norm whose folded weight or bias would not be finite in the layer's dtype (Inf in
+    float16 where PyTorch's own batch norm stays finite) is left in the graph, and the relu
+    after it with it."""
     user = _only_user(candidate.nodes[-1])
     if user is not None and user.op == "call_function" and user.target in BATCH_NORM:
         names = ("input", "running_mean", "running_var", "weight", "bias", "training",
@@ -190,7 +193,10 @@ def _absorb_followers(candidate: Candidate, inputs) -> None:
                 wide(values["running_var"]), float(args["eps"]), wide(values["weight"]),
                 wide(values["bias"]))
             dtype = candidate.weight.dtype
-            candidate.weight, candidate.bias = (t.detach().to(dtype) for t in folded)
+            weight, bias = (t.detach().to(dtype) for t in folded)
+            if not (weight.isfinite().all() and bias.isfinite().all()):
+                return  # the folded weight overflows the dtype: the batch norm stays after it
+            candidate.weight, candidate.bias = weight, bias
             candidate.nodes.append(user)
             candidate.batch_norm = True
             user = _only_user(user)
