@@ -124,3 +124,72 @@ def test_rebuilding_a_kernel_skips_the_cuda_compiler(monkeypatch, tmp_path):
         outputs.append(kernel(x))
     assert len(calls) == 1
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def one_entry(tmp_path):
+    [entry] = (tmp_path / "cuda").glob("*.bin")
+    return entry
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "empty", "foreign", "other key",
+                                    "link", "folder"])
+def test_a_bad_entry_is_dropped_with_a_warning_and_compiled_again(compiles, tmp_path, damage):
+    """What the cache reads is what runs, and what an exported module embeds: an entry that is
+    not exactly the binary its key compiled is never used."""
+    calls, compile_cuda = compiles
+    with cuda_cache.cached_cuda_compiles():
+        compile_cuda("kernel b", target_format="cubin", arch="sm_90")
+        other = one_entry(tmp_path).read_bytes()
+        one_entry(tmp_path).unlink()
+        compile_cuda("kernel a", target_format="cubin", arch="sm_90")
+    entry = one_entry(tmp_path)
+    data = entry.read_bytes()
+    entry.unlink()
+    if damage == "truncated":
+        entry.write_bytes(data[:-3])
+    elif damage == "flipped":
+        entry.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    elif damage == "empty":
+        entry.write_bytes(b"")
+    elif damage == "foreign":
+        entry.write_bytes(b"\x7fELF" + bytes(200))
+    elif damage == "other key":  # another kernel's valid entry under this key's name
+        entry.write_bytes(other)
+    elif damage == "link":
+        (tmp_path / "elsewhere").write_bytes(data)
+        entry.symlink_to(tmp_path / "elsewhere")
+    else:
+        entry.mkdir()
+    with pytest.warns(UserWarning, match="dropping the CUDA binary cache entry"):
+        with cuda_cache.cached_cuda_compiles():
+            again = compile_cuda("kernel a", target_format="cubin", arch="sm_90")
+    assert again == bytearray(b"binary of kernel a for sm_90")
+    assert calls == ["kernel b", "kernel a", "kernel a"]
+    if damage != "folder":  # rewritten valid: the next compile reads it
+        with cuda_cache.cached_cuda_compiles():
+            compile_cuda("kernel a", target_format="cubin", arch="sm_90")
+        assert len(calls) == 3
+
+
+def test_entries_are_private_and_a_folder_others_can_write_is_not_used(compiles, tmp_path):
+    import stat
+
+    calls, compile_cuda = compiles
+    with cuda_cache.cached_cuda_compiles():
+        compile_cuda("kernel a", target_format="cubin", arch="sm_90")
+    assert stat.S_IMODE(one_entry(tmp_path).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "cuda").stat().st_mode) == 0o700
+    (tmp_path / "cuda").chmod(0o777)  # a shared folder: anyone could plant a binary
+    with pytest.warns(UserWarning, match="not a folder of this user's that only it may write"):
+        with cuda_cache.cached_cuda_compiles():
+            compile_cuda("kernel a", target_format="cubin", arch="sm_90")
+    assert len(calls) == 2
+
+
+def test_another_compiler_misses_the_cache(compiles, monkeypatch):
+    calls, compile_cuda = compiles
+    with cuda_cache.cached_cuda_compiles():
+        compile_cuda("kernel a", target_format="cubin", arch="sm_90", compiler="nvcc")
+        monkeypatch.setattr(cuda_cache, "compiler_identity", lambda *_: "nvcc 99.9")
+        compile_cuda("kernel a", target_format="cubin", arch="sm_90", compiler="nvcc")
+    assert len(calls) == 2
