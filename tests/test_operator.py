@@ -300,9 +300,9 @@ def _split_k_kernel(case, split, target):
     config = GpuConfig(threads_x=8, threads_y=2, channel_threads=2, rows_per_thread=2,
                        channels_per_thread=2, images_per_thread=2 if spec.batch > 1 else 1, chunk=8)
     target = resolve_target(target)
-    mod, offsets, values, _ = scheduled_module(spec, EscoinWeight.from_dense(weight, spec),
-                                               Epilogue(case.bias, case.relu), target, config,
-                                               split_k=split)
+    mod, (offsets, values), _ = scheduled_module(spec, EscoinWeight.from_dense(weight, spec),
+                                                 Epilogue(case.bias, case.relu), target, config,
+                                                 split_k=split)
     exe = tvm.compile(mod, target=target)
     return exe, weight, bias, spec, [offsets, values] + ([bias] if case.bias else [])
 
@@ -443,21 +443,22 @@ def test_half_sums_on_the_cpu_operator_match_float64(dtype):
     import tvm
 
     from escoin_tvm.support import dtypes as dt
-    from escoin_tvm.kernels.conv2d.operator import Epilogue, ell_arrays, sparse_conv2d_primfunc
+    from escoin_tvm.kernels.conv2d.operator import (Epilogue, sparse_conv2d_primfunc,
+                                                    weight_arrays)
     from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
     from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     rng = np.random.default_rng(4)
     spec = Conv2dSpec.create((3, 6, 7, 9), (5, 6, 3, 3), padding=1, stride=(1, 2))
     weight = random_weight(rng, spec.weight_shape, 0.6).astype(dt.numpy_dtype(dtype))
-    offsets, values = ell_arrays(spec, EscoinWeight.from_dense(weight, spec), 4)
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], Epilogue(relu=True), dtype=dtype,
+    arrays = weight_arrays(spec, EscoinWeight.from_dense(weight, spec), 4, half_chunk=4)
+    func = sparse_conv2d_primfunc(spec, arrays[0].shape[1], Epilogue(relu=True), dtype=dtype,
                                   half_chunk=4)
     exe = tvm.compile(func, target="llvm")
     x = rng.standard_normal(spec.input_shape).astype(dt.numpy_dtype(dtype))
     dev = tvm.cpu()
     out = tvm.runtime.empty(spec.output_shape, dtype, dev)
-    exe["main"](*[tvm.runtime.tensor(a, dev) for a in (x, offsets, values)], out)
+    exe["main"](*[tvm.runtime.tensor(a, dev) for a in (x, *arrays)], out)
     assert_conv_close(out.numpy().astype(np.float64), x.astype(np.float64),
                       weight.astype(np.float64), dtype=dtype, half_chunk=4, relu=True,
                       padding=1, stride=(1, 2))

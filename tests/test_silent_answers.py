@@ -10,6 +10,7 @@ import escoin_tvm
 from escoin_tvm import prune
 from escoin_tvm.kernels.linear.kernel import build_sparse_linear
 from escoin_tvm.prune import prune_array
+from helpers import assert_conv_close
 
 TARGETS = ["llvm", pytest.param({"kind": "cuda", "arch": "sm_90"}, marks=pytest.mark.gpu)]
 
@@ -193,3 +194,69 @@ def test_a_half_batch_norm_that_would_fold_to_inf_stays_with_pytorch_in_the_back
         out = torch.compile(model, backend="escoin")(x).float()
     torch.testing.assert_close(out, expected, rtol=2e-3, atol=1e-2)
     assert "batch norm folded" not in backend.REPORTS[-1][0].epilogue
+
+
+# ---- half sums that would overflow where the float32 sum is finite ----
+def cancelling_weight(dtype=np.float16):
+    """Runs of +100 and -100: against inputs of 1000 their products (1e5) pass 65504 before
+    they cancel, Inf in a float16 running sum; the float32 sum is 0 (channel 0) or small."""
+    w = np.zeros((4, 16, 1, 1), dtype)
+    w[0, :, 0, 0] = [100, -100] * 8
+    w[1, :, 0, 0] = [100, -100, 1, 0] * 4
+    w[2, :8, 0, 0] = 0.5
+    w[3, 0, 0, 0] = 30
+    return w
+
+
+def test_chunk_scaling_bounds_every_half_sum_and_is_exact():
+    from escoin_tvm.kernels.conv2d.operator import chunk_scaled
+
+    values = np.concatenate([cancelling_weight()[:, :, 0, 0],
+                             np.full((4, 8), 1e-3, np.float16)], axis=1)
+    scaled, factors = chunk_scaled(values, 8)
+    chunk_sums = np.abs(scaled.astype(np.float32)).reshape(4, 3, 8).sum(axis=2)
+    assert (chunk_sums <= 0.5).all()
+    assert factors.dtype == np.float32 and (factors >= 1).all()
+    restored = scaled.astype(np.float32).reshape(4, 3, 8) * factors[:, :, None]
+    np.testing.assert_array_equal(restored.reshape(4, 24), values.astype(np.float32))
+    assert (factors[:, 2] == 1).all()  # small runs keep their values as they are
+
+
+def test_half_sums_of_the_operator_stay_finite_where_float32_is():
+    """The operator with half sums (its TE on LLVM; the GPU kernel has its test below)."""
+    import tvm
+
+    from escoin_tvm.kernels.conv2d.operator import (Epilogue, sparse_conv2d_primfunc,
+                                                    weight_arrays)
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
+
+    w = cancelling_weight()
+    spec = Conv2dSpec.create((1, 16, 3, 3), w.shape)
+    x = np.full(spec.input_shape, 1000, np.float16)
+    arrays = weight_arrays(spec, EscoinWeight.from_dense(w, spec), 8, half_chunk=8)
+    exe = tvm.compile(sparse_conv2d_primfunc(spec, arrays[0].shape[1], Epilogue(),
+                                             dtype="float16", half_chunk=8), target="llvm")
+    dev = tvm.cpu()
+    out = tvm.runtime.empty(spec.output_shape, "float16", dev)
+    exe["main"](*[tvm.runtime.tensor(a, dev) for a in (x.reshape(1, -1), *arrays)], out)
+    assert_conv_close(out.numpy(), x, w, dtype="float16", half_chunk=8)  # finite, and close
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("images", [4, 1])
+def test_half_sums_on_the_gpu_stay_finite_where_float32_is(images):
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig, with_half_sums
+    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+
+    w = cancelling_weight()
+    shape = (8, 16, 4, 4)
+    spec = Conv2dSpec.create(shape, w.shape)
+    config = with_half_sums(spec, GpuConfig(threads_x=4, threads_y=4, channels_per_thread=2,
+                                            images_per_thread=images, chunk=8,
+                                            block_images=images > 1), "float16")
+    assert config is not None and config.half_sums
+    kernel = escoin_tvm.build_sparse_conv2d(w, shape, target="cuda", config=config)
+    x = torch.full(shape, 1000, dtype=torch.float16)
+    out = kernel(x.cuda()).float().cpu().numpy()
+    assert_conv_close(out, x.float().numpy(), w, dtype="float16", half_chunk=8)

@@ -352,7 +352,7 @@ def _graph_layout(model, x):
     return found["layout"]
 
 
-def test_measured_dispatch_asks_inductor_which_layout_its_convolutions_get(monkeypatch):
+def test_measured_dispatch_asks_inductor_which_layout_its_convolutions_get():
     # inductor runs a CNN's convolutions channels-last on a GPU, NCHW model or not; a grouped
     # convolution (more than one channel per group) makes it keep NCHW
     x = torch.randn(1, 3, 16, 16)
@@ -364,5 +364,6 @@ def test_measured_dispatch_asks_inductor_which_layout_its_convolutions_get(monke
                                   torch.nn.Conv2d(128, 128, 3, groups=4)).eval()
     assert not _graph_layout(grouped, x)
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._inductor.config, "layout_optimization", False)
-    assert not _graph_layout(cnn, x)
+    # (config.patch, not monkeypatch: undoing a setattr deletes an inductor config key)
+    with torch._inductor.config.patch(layout_optimization=False):
+        assert not _graph_layout(cnn, x)

@@ -40,7 +40,7 @@ def build(body, shape=SHAPE):
 def escoin_call(bb, data, weight, spec, epilogue=Epilogue(), bias=None, residual=None):
     """What the pass should emit for one kernel: its PrimFunc and its call_tir."""
     escoin_weight = EscoinWeight.from_dense(weight, spec)
-    mod, offsets, values, _ = scheduled_module(spec, escoin_weight, epilogue, LLVM)
+    mod, (offsets, values), _ = scheduled_module(spec, escoin_weight, epilogue, LLVM)
     func = (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
             .with_attr("op_pattern", 8))
     gvar = bb.add_func(func, "escoin_conv2d")

@@ -26,8 +26,8 @@ def build(spec, weight, config, split):
     from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
-    mod, offsets, values, _ = scheduled_module(spec, EscoinWeight.from_dense(weight, spec),
-                                               Epilogue(), target, config, split_k=split)
+    mod, (offsets, values), _ = scheduled_module(spec, EscoinWeight.from_dense(weight, spec),
+                                                 Epilogue(), target, config, split_k=split)
     return tvm.compile(mod, target=target), offsets, values
 
 

@@ -37,11 +37,11 @@ def kernel_seconds(task, target, tuned=None) -> float:
     from escoin_tvm.kernels.conv2d.kernel import scheduled_module
     from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
 
-    mod, offsets, values, _ = scheduled_module(task.spec, task.weight, task.epilogue, target,
-                                               tuned, tuned is not None)
+    mod, weight_arrays, _ = scheduled_module(task.spec, task.weight, task.epilogue, target,
+                                             tuned, tuned is not None)
     lib, dev, rng = tvm.compile(mod, target=target).mod, tvm.cuda(0), np.random.default_rng(0)
     spec = task.spec
-    arrays = [rng.standard_normal(kernel_input_shape(spec)), offsets, values]
+    arrays = [rng.standard_normal(kernel_input_shape(spec)), *weight_arrays]
     if task.epilogue.bias:
         arrays.append(rng.standard_normal(spec.out_channels))
     if task.epilogue.residual:

@@ -15,7 +15,7 @@ from ...support.target import TargetLike, is_gpu, resolve_target
 from ..compiled_kernel import CompiledKernel
 from ..csr import as_numpy_weight
 from .knobs import ScheduleConfig, extents, schedule_source, tuned_extents, untuned_config
-from .operator import Epilogue, ell_arrays, kernel_input_shape, sparse_conv2d_primfunc
+from .operator import Epilogue, kernel_input_shape, sparse_conv2d_primfunc, weight_arrays
 from .schedule_cpu import CpuConfig, schedule_cpu
 from .schedule_gpu import GpuConfig, half_sums_apply, schedule_gpu
 from .spec import Conv2dSpec, IntOrPair
@@ -43,12 +43,14 @@ def schedule_choice(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, 
 def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue, target,
                      config: Optional[ScheduleConfig] = None, tuned: bool = False,
                      split_k: int = 1):
-    """The scheduled IRModule for ``target`` and the ELL arrays it expects. A ``tuned`` config
+    """The scheduled IRModule for ``target`` and the weight's arrays it expects. A ``tuned`` config
     (a tuning record's) runs on the work it was tuned on (``tuned_extents``), any other on
     its own ``extents``. ``split_k`` > 1 (GPU only, opt-in: ``schedule_gpu``) pads the rows to
     ``split_k`` times the multiple and splits each over that many blocks.
 
-    Returns (mod, offsets, values, config)."""
+    Returns (mod, arrays, config): ``arrays`` are the weight's (``operator.weight_arrays``:
+    offsets, values and, for half sums, the chunks' factors), the kernel's parameters after
+    its input."""
     config = config or untuned_config(spec, target, weight.dtype)
     wanted = GpuConfig if is_gpu(target) else CpuConfig
     if not isinstance(config, wanted):
@@ -64,7 +66,6 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
                          f"padded to a multiple of {multiple}")
     if split_k > 1 and not isinstance(config, GpuConfig):
         raise ArgumentError(f"split_k={split_k} needs a GPU target, got {target.kind.name}")
-    offsets, values = ell_arrays(spec, weight, multiple * split_k)
     half_chunk = None
     if isinstance(config, GpuConfig) and config.half_sums:
         if not half_sums_apply(spec, config, weight.dtype) or split_k > 1:
@@ -75,12 +76,13 @@ def scheduled_module(spec: Conv2dSpec, weight: EscoinWeight, epilogue: Epilogue,
                 f"(images_per_thread=1), and no split_k: {config} "
                 "(schedule.gpu.with_half_sums makes such a config)")
         half_chunk = config.chunk
-    func = sparse_conv2d_primfunc(spec, offsets.shape[1], epilogue, domain, weight.dtype,
+    arrays = weight_arrays(spec, weight, multiple * split_k, half_chunk)
+    func = sparse_conv2d_primfunc(spec, arrays[0].shape[1], epilogue, domain, weight.dtype,
                                   half_chunk)
     sch = s_tir.Schedule(func)
     sch = schedule_gpu(sch, config, split_k) if isinstance(config, GpuConfig) else \
         schedule_cpu(sch, config)
-    return sch.mod, offsets, values, config
+    return sch.mod, arrays, config
 
 
 class SparseConv2dKernel(CompiledKernel):
@@ -95,12 +97,11 @@ class SparseConv2dKernel(CompiledKernel):
                  epilogue: Epilogue, target, config: ScheduleConfig, tuned: bool = False,
                  device=None):
         self.spec, self.weight, self.epilogue = spec, weight, epilogue
-        mod, offsets, values, self.config = scheduled_module(spec, weight, epilogue, target, config,
-                                                             tuned)
+        mod, arrays, self.config = scheduled_module(spec, weight, epilogue, target, config, tuned)
         # a kernel that reads in place takes the input as (N, C*H*W): a view, no copy
         super().__init__(mod, target, device, spec.input_shape, kernel_input_shape(spec),
                          spec.output_shape, weight.dtype,
-                         [a for a in (offsets, values, bias) if a is not None])
+                         arrays + ([] if bias is None else [bias]))
 
 
 def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride: IntOrPair = 1,

@@ -55,12 +55,11 @@ def relax_call(builder, data, conv: relax.Call, bias: Optional[np.ndarray], resi
     config, tuned, schedule = schedule_choice(spec, escoin_weight, epilogue, target,
                                               config_for(spec) if config_for else None,
                                               tuning_log)
-    mod, offsets, values, config = scheduled_module(spec, escoin_weight, epilogue, target,
-                                                    config, tuned)
+    mod, arrays, config = scheduled_module(spec, escoin_weight, epilogue, target, config, tuned)
     gvar = builder.add_func(relax_function(mod), "escoin_conv2d")
     if reads_in_place(spec):
         data = builder.emit(relax.op.reshape(data, kernel_input_shape(spec)), "input")
-    args = [data, relax.const(offsets), relax.const(values)]
+    args = [data, *(relax.const(a) for a in arrays)]
     if bias is not None:  # the epilogue adds it in float32
         args.append(relax.const(bias.reshape(spec.out_channels).astype("float32")))
     if residual is not None:

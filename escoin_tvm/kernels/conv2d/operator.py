@@ -16,8 +16,9 @@ Relax pass pass them as constants.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
+import numpy as np
 from tvm import te, tirx
 
 from ...errors import ShapeError
@@ -71,11 +72,39 @@ def ell_arrays(spec: Conv2dSpec, weight: EscoinWeight, multiple: int = 1):
     return weight.to_ell(spec.in_channels, multiple, in_place=reads_in_place(spec))
 
 
+def chunk_scaled(values: np.ndarray, chunk: int) -> Tuple[np.ndarray, np.ndarray]:
+    """ELL ``values`` for half sums of ``chunk`` non-zeros, and the float32 factors of the
+    chunks' sums: each chunk whose sum of |weights| is above 1/2 is divided by the power of two
+    that brings it to at most 1/2 (exact, unless a weight becomes subnormal), and its sum is
+    multiplied back in float32. A half sum then stays within half the largest finite input
+    (|sum| <= sum |w| max |x| <= 65504 / 2 in float16), so it cannot overflow to Inf where
+    the float32 sum is finite: a run of large products of opposite signs (100 x 1000 and
+    -100 x 1000) no longer passes 65504 on its way to 0."""
+    rows, width = values.shape
+    blocks = values.astype(np.float32).reshape(rows, width // chunk, chunk)
+    sums = np.abs(blocks).sum(axis=2)
+    exponent = np.ceil(np.log2(np.maximum(2.0 * sums, 1.0))).astype(np.int32)
+    factors = np.ldexp(np.float32(1.0), exponent).astype(np.float32)
+    scaled = (blocks / factors[:, :, None]).reshape(rows, width).astype(values.dtype)
+    return scaled, factors
+
+
+def weight_arrays(spec: Conv2dSpec, weight: EscoinWeight, multiple: int = 1,
+                  half_chunk: Optional[int] = None) -> List[np.ndarray]:
+    """The weight's arrays in the order of the kernel's parameters after ``data``: offsets and
+    values, and for half sums (``half_chunk``) the chunks' factors (``chunk_scaled``)."""
+    offsets, values = ell_arrays(spec, weight, multiple)
+    if half_chunk is None:
+        return [offsets, values]
+    return [offsets, *chunk_scaled(values, half_chunk)]
+
+
 def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),
                      domain: Optional[Tuple[int, int]] = None, dtype: str = "float32",
                      half_chunk: Optional[int] = None):
     """Builds the TE graph. Returns (inputs, output): inputs are ``[data, offsets, values]``,
-    then ``bias`` (float32) and ``residual`` (output-shaped) when the epilogue has them.
+    ``chunk_factors`` with ``half_chunk``, then ``bias`` (float32) and ``residual``
+    (output-shaped) when the epilogue has them (``weight_arrays`` gives the weight's).
 
     ``dtype`` is the element type of the input, the weights, the residual and the output; the
     sum and the epilogue are computed in float32 whatever it is (a half-precision kernel
@@ -91,7 +120,9 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
     many consecutive non-zeros in the input's own dtype first (the ``partial_sum`` stage, which
     a GPU schedule computes with packed two-lane FMAs) and adds the runs' sums in float32: the
     conversions and the fp32 FMAs per non-zero become one packed FMA per two outputs, and the
-    rounding error grows with the run, not the row."""
+    rounding error grows with the run, not the row. Each run's sum is multiplied by its factor
+    (``chunk_factors``, (out_channels, runs) float32) as it is added: the values come scaled
+    down by it where a run could overflow the half dtype (``chunk_scaled``)."""
     n_, c_, h_, w_ = spec.input_shape
     top, left = spec.padding[0], spec.padding[1]
     hp, wp = spec.padded_h, spec.padded_w
@@ -149,10 +180,11 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
         i = te.reduce_axis((0, half_chunk), name="i")
         partial = te.compute((*space, chunks), lambda n, k, y, x, c: te.sum(
             values[k, c * half_chunk + i] * tap[n, k, y, x, c, i], axis=i), name=PARTIAL_BLOCK)
+        factors = te.placeholder((spec.out_channels, chunks), "float32", name="chunk_factors")
         c = te.reduce_axis((0, chunks), name="c")
         conv = te.compute(space, lambda n, k, y, x: te.sum(
-            partial[n, k, y, x, c].astype("float32"), axis=c), name=CONV_BLOCK)
-    inputs = [data, offsets, values]
+            partial[n, k, y, x, c].astype("float32") * factors[k, c], axis=c), name=CONV_BLOCK)
+    inputs = [data, offsets, values] + ([] if half_chunk is None else [factors])
     cropped = (images, rows) != (n_, spec.out_h)
     if not epilogue.any and not cropped and not half:
         return inputs, conv

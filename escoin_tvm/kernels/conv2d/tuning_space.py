@@ -24,7 +24,7 @@ from tvm import s_tir
 from ...support.target import is_gpu
 from ..template import KernelArguments, decode, dividing, generator, module, pow2_up_to, sample
 from .knobs import tuned_extents, untuned_config
-from .operator import CONV_BLOCK, Epilogue, ell_arrays, sparse_conv2d_primfunc
+from .operator import CONV_BLOCK, Epilogue, sparse_conv2d_primfunc, weight_arrays
 from .schedule_cpu import CpuConfig, schedule_cpu
 from .schedule_gpu import GpuConfig, blocks_images, schedule_gpu
 from .spec import Conv2dSpec
@@ -203,8 +203,9 @@ class Task:
 
     def arguments(self, seed: int = 0) -> "KernelArguments":
         multiple = tuned_extents(self.spec, self.target, self.dtype)[1]
-        offsets, values = ell_arrays(self.spec, self.weight, multiple)
-        return KernelArguments({1: offsets, 2: values}, seed)
+        point = half_sums_point(self.spec, self.target, self.dtype)
+        arrays = weight_arrays(self.spec, self.weight, multiple, point.chunk if point else None)
+        return KernelArguments(dict(enumerate(arrays, 1)), seed)
 
     # the template's space for this task (every family's task has these methods)
     def untuned_config(self):
