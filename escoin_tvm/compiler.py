@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import asdict
 from typing import Optional
@@ -16,7 +17,7 @@ from typing import Optional
 import tvm
 from tvm import relax
 
-from .errors import EscoinError
+from .errors import ArgumentError, EscoinError
 from .kernels.eligibility import DEFAULT_SPARSITY_THRESHOLD, checked_threshold
 from .frontend import conv_layer_names, linear_layer_names, prepare, quiet_torch
 from .kernels.cuda_cache import cached_cuda_compiles
@@ -64,6 +65,15 @@ def _out_spec(exported) -> Optional[str]:
         return torch.utils._pytree.treespec_dumps(exported.call_spec.out_spec)
 
 
+def check_tuning_log_argument(tuning_log, name: str = "tuning_log") -> None:
+    """Refuses, naming the argument, a ``tuning_log`` that is neither a path nor a TuningLog."""
+    from .tuning.log import TuningLog
+
+    if not isinstance(tuning_log, (str, os.PathLike, TuningLog)):
+        raise ArgumentError(f"{name} must be the path of a tuning log (a folder written by "
+                            f"escoin_tvm.tune) or a TuningLog, got {tuning_log!r}")
+
+
 def open_tuning_log(tuning_log, target):
     """``(TuningLog, foreign)`` for ``tuning_log`` (a path or a TuningLog), checked, ``foreign``
     when it was recorded for other targets only (already warned about); ``(None, False)`` for
@@ -72,6 +82,7 @@ def open_tuning_log(tuning_log, target):
         return None, False
     from .tuning.log import TuningLog
 
+    check_tuning_log_argument(tuning_log)
     log = tuning_log if isinstance(tuning_log, TuningLog) else TuningLog(tuning_log)
     return log, log.warn_if_foreign(target)
 

@@ -22,7 +22,7 @@ from .workarounds import frontend_convert_map, refuse_known_tvm_crashes
 
 def example_tensors(example_inputs) -> tuple:
     """``example_inputs`` (a tensor, an array, or a non-empty tuple/list of them) as a tuple
-    of CPU torch tensors of a dtype escoin-tvm takes (float32, float16, bfloat16)."""
+    of CPU torch tensors of a dtype a compiled model takes (``dtypes.check_model_input``)."""
     if is_torch(example_inputs) or isinstance(example_inputs, np.ndarray):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
@@ -36,7 +36,7 @@ def example_tensors(example_inputs) -> tuple:
         if not is_torch(x):
             raise EscoinError(f"example input {i} must be a torch tensor or numpy array, "
                               f"got {type(x).__name__}")
-        dtypes.check(x.dtype, f"example input {i}")
+        dtypes.check_model_input(x.dtype, f"example input {i}")
         if x.numel() == 0:
             raise EscoinError(f"example input {i} is empty (shape {tuple(x.shape)}): give "
                               "inputs of the shape the model will run on")
@@ -124,6 +124,22 @@ def to_relax(exported):
                           f"{first_line(err)}") from err
 
 
+def refuse_dynamic_shapes(exported) -> None:
+    """An EscoinError naming the input and dimension of an exported program exported with a
+    dynamic size (``torch.export.Dim``): escoin-tvm compiles a model for static shapes."""
+    for node in exported.graph.nodes:
+        if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs:
+            shape = getattr(node.meta.get("val"), "shape", ())
+            dynamic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+            if dynamic:
+                raise EscoinError(
+                    f"input {node.name!r} of the exported program has dynamic size(s) in "
+                    f"dimension(s) {dynamic} ({tuple(str(d) for d in shape)}): escoin-tvm "
+                    "compiles for static shapes; export with example inputs of the shape it "
+                    "will run on and no dynamic_shapes (one module per batch size), or use "
+                    "torch.compile(backend='escoin'), which builds a kernel per shape")
+
+
 def prepare(model, example_inputs, target):
     """torch.export and conversion to Relax, checked against the example inputs.
     Returns (exported program, example tensors, Relax module)."""
@@ -131,6 +147,7 @@ def prepare(model, example_inputs, target):
 
     if isinstance(model, torch.export.ExportedProgram):
         exported = model
+        refuse_dynamic_shapes(exported)
         example = example_tensors(example_inputs) if example_inputs is not None else tuple(
             torch.zeros(tuple(n.meta["val"].shape), dtype=n.meta["val"].dtype)
             for n in exported.graph.nodes

@@ -205,6 +205,8 @@ def build(name: str, *, seed: int = 0, num_classes: int = 1000, **kwargs) -> nn.
     take ``hidden``, the classifier width (4096; tests use less to stay small)."""
     if name not in MODELS:
         raise ArgumentError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ArgumentError(f"num_classes must be an int >= 1, got {num_classes!r}")
     torch.manual_seed(seed)
     model = MODELS[name](num_classes=num_classes, **kwargs)
     with torch.no_grad():

@@ -90,8 +90,8 @@ class CompiledModule:
     def time(self, number: int = 20, repeat: int = 5) -> float:
         """Median end-to-end latency (s) on random inputs, timed by TVM's time_evaluator."""
         rng = np.random.default_rng(0)
-        args = [tvm.runtime.tensor(rng.standard_normal(shape).astype(dtypes.numpy_dtype(dtype)),
-                                   self.device) for shape, dtype in self.metadata["inputs"]]
+        args = [tvm.runtime.tensor(_random_input(rng, shape, dtype), self.device)
+                for shape, dtype in self.metadata["inputs"]]
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
         return float(np.median(timer(*args).results))
 
@@ -124,6 +124,14 @@ class CompiledModule:
             self.executable.export_library(path)
         append_integrity_record(path)
         return path
+
+
+def _random_input(rng, shape, dtype: str) -> np.ndarray:
+    """A timing input: normal values, or zeros for an integer input (token ids, indices must
+    stay in range)."""
+    if dtype in dtypes.SUPPORTED:
+        return rng.standard_normal(shape).astype(dtypes.numpy_dtype(dtype))
+    return np.zeros(shape, dtypes.numpy_dtype(dtype))
 
 
 def check_output_path(path, suffix: str = "", what: str = "the output") -> str:

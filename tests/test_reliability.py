@@ -97,10 +97,17 @@ def test_an_escoin_error_inside_the_pass_reaches_the_user_as_itself(monkeypatch)
         escoin_tvm.compile(model.eval(), (x,), target="llvm")
 
 
-def test_a_float64_bias_is_named_as_the_bias():
-    w = prune_array(np.random.default_rng(0).standard_normal((4, 2, 3, 3), np.float32), 0.5)
-    with pytest.raises(DTypeError, match="bias is float64; Escoin kernels take"):
-        escoin_tvm.build_sparse_conv2d(w, (1, 2, 5, 5), bias=np.zeros(4))
+def test_a_float64_bias_is_taken_and_an_integer_one_or_weight_is_named():
+    """As PyTorch takes a float64 bias, so does a kernel (its epilogue adds it in float32)."""
+    rng = np.random.default_rng(0)
+    w = prune_array(rng.standard_normal((4, 2, 3, 3), np.float32), 0.5)
+    x, bias = rng.standard_normal((1, 2, 5, 5)).astype(np.float32), rng.standard_normal(4)
+    out = escoin_tvm.build_sparse_conv2d(w, (1, 2, 5, 5), bias=bias)(x)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x).double(),
+                                          torch.from_numpy(w).double(), torch.from_numpy(bias))
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(DTypeError, match="bias is int64; a bias is a floating-point tensor"):
+        escoin_tvm.build_sparse_conv2d(w, (1, 2, 5, 5), bias=np.zeros(4, np.int64))
     with pytest.raises(DTypeError, match="weight is int64; Escoin kernels take"):
         escoin_tvm.build_sparse_conv2d(torch.from_numpy(w).long(), (1, 2, 5, 5))
 

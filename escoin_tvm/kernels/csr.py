@@ -7,6 +7,7 @@ from typing import Tuple
 
 import numpy as np
 
+from ..errors import DTypeError
 from ..support import dtypes
 
 
@@ -20,6 +21,18 @@ def as_numpy_weight(weight, name: str = "weight") -> np.ndarray:
     weight = np.asarray(weight)
     dtypes.check(weight.dtype, name)
     return weight
+
+
+def as_float32_bias(bias, name: str = "bias") -> np.ndarray:
+    """A bias (numpy or torch, of any floating dtype: float64 too, as PyTorch takes it) as the
+    float32 array the fused epilogues add; other dtypes are refused naming ``name``."""
+    if hasattr(bias, "detach"):  # torch.Tensor
+        bias = bias.detach().cpu().float().numpy()
+    bias = np.asarray(bias)
+    if bias.dtype.kind != "f" and dtypes.name_of(bias.dtype) not in dtypes.SUPPORTED:
+        raise DTypeError(f"{name} is {dtypes.name_of(bias.dtype)}; a bias is a "
+                         "floating-point tensor (added in float32)")
+    return bias.astype(np.float32)
 
 
 def csr_rows(matrix: np.ndarray):

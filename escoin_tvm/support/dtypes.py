@@ -7,6 +7,9 @@ import numpy as np
 from ..errors import DTypeError
 
 SUPPORTED = ("float32", "float16", "bfloat16")
+# What a compiled model's inputs may be besides: integer tensors (token ids, indices), which
+# reach no Escoin kernel
+INTEGER_INPUTS = ("int64", "int32", "int16", "int8", "uint8", "bool")
 
 
 def name_of(dtype) -> str:
@@ -19,6 +22,17 @@ def check(dtype, what: str) -> str:
     name = name_of(dtype)
     if name not in SUPPORTED:
         raise DTypeError(f"{what} is {name}; Escoin kernels take {', '.join(SUPPORTED)}")
+    return name
+
+
+def check_model_input(dtype, what: str) -> str:
+    """The dtype's name when a compiled model takes it as an input (``SUPPORTED``, or an
+    integer type), else a DTypeError naming ``what``."""
+    name = name_of(dtype)
+    if name not in SUPPORTED + INTEGER_INPUTS:
+        raise DTypeError(f"{what} is {name}; a compiled model takes inputs of "
+                         f"{', '.join(SUPPORTED)} (its Escoin kernels' dtypes), or integer "
+                         "inputs that reach no kernel (token ids)")
     return name
 
 

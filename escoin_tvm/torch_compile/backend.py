@@ -34,6 +34,7 @@ Any other option goes to inductor, as it would without this backend.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional
 
 import numpy as np
@@ -61,6 +62,8 @@ MEASURED_MARGIN = 0.05
 FAMILIES = {"conv2d": (conv2d.FAMILY,), "linear": (linear.FAMILY,)}
 OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress")
 REPORTS: List[List[LayerDecision]] = []  # one per graph compiled, in order
+GRADIENTS_ON = ("the backend runs inference (call the model under torch.no_grad() or "
+                "torch.inference_mode())")
 
 
 def last_report() -> str:
@@ -78,6 +81,11 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
     """The backend function: Dynamo calls it with each graph it captures."""
     options = dict(options or {})
     ours = {key: options.pop(key) for key in OUR_OPTIONS if key in options}
+    _check_inductor_options(options)
+    if ours.get("tuning_log") is not None:
+        from ..compiler import check_tuning_log_argument
+
+        check_tuning_log_argument(ours["tuning_log"], "options['tuning_log']")
     threshold = checked_threshold(ours.get("threshold", DEFAULT_SPARSITY_THRESHOLD),
                                   "options['threshold']")
     dense = ours.get("dense", "inductor")
@@ -128,6 +136,7 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
                 graph.replace(gm, candidate, ops.register(layer))
             decisions.append(decision)
             shown.layer()
+        _warn_if_gradients_kept_every_layer(decisions)
         shown.stage("the rest" if dense == "eager" else "inductor")
         gm.graph.lint()
         gm.recompile()
@@ -135,6 +144,32 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         return _dense_backend(gm, example_inputs, dense, mode, options)
     finally:
         shown.close()
+
+
+def _check_inductor_options(options: dict) -> None:
+    """Options that are neither the backend's nor inductor's are an ArgumentError naming them
+    (a typo would otherwise fail inside inductor, or not at all)."""
+    import difflib
+
+    known = set(torch._inductor.list_options())
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        hints = [f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+                 for key in unknown
+                 for close in [difflib.get_close_matches(key, [*OUR_OPTIONS, *known], 1)]]
+        raise ArgumentError(f"unknown option(s) {', '.join(hints)}: the escoin backend takes "
+                            f"{', '.join(OUR_OPTIONS)}, and passes inductor's own "
+                            "(torch._inductor.list_options()) on to it")
+
+
+def _warn_if_gradients_kept_every_layer(decisions: List[LayerDecision]) -> None:
+    """A graph whose every sparse-enough layer stayed with PyTorch because gradients are on
+    says so: the model runs, and the user sees why nothing got faster."""
+    kept = [d for d in decisions if GRADIENTS_ON in d.reason]
+    if kept and not any(d.kernel != "dense" for d in decisions):
+        warnings.warn(f"torch.compile(backend='escoin'): gradients are on, so none of the "
+                      f"graph's {len(kept)} candidate layer(s) runs on an Escoin kernel; "
+                      f"{GRADIENTS_ON}")
 
 
 def _dense_backend(gm, example_inputs, dense: str, mode: Optional[str], options: dict):
@@ -178,9 +213,9 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
         reason = problem
     elif device is None or device.type not in ("cpu", "cuda"):
         reason = f"device {device} (Escoin kernels run on the CPU and CUDA GPUs)"
-    elif torch.is_grad_enabled() and candidate.trainable:
-        reason = ("gradients are on and the weight requires them: the backend runs inference "
-                  "(call the model under torch.no_grad() or torch.inference_mode())")
+    elif torch.is_grad_enabled() and (candidate.trainable or candidate.input_requires_grad):
+        reason = (f"gradients are on and the {'weight' if candidate.trainable else 'input'} "
+                  f"requires them: {GRADIENTS_ON}")
     else:
         taken, why = sparse_enough(decision.sparsity, threshold)
         reason = None if taken else why

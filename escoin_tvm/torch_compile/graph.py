@@ -45,11 +45,14 @@ class Candidate:
     relu: bool = False
     batch_norm: bool = False
     trainable: bool = False  # the weight (or bias) requires gradients
+    input_requires_grad: bool = False  # the input does (a gradient would flow through it)
     channels_last: bool = False  # the input is laid out NHWC (``ops.is_channels_last``)
 
 
 def _pair(value) -> Tuple[int, int]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (int(value), int(value))
+    """An int or a sequence of one or two ints (as ``F.conv2d`` takes them) as a pair."""
+    values = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+    return values * 2 if len(values) == 1 else values
 
 
 def _padding(padding, weight_shape, dilation) -> Optional[Tuple[int, int, int, int]]:
@@ -133,6 +136,7 @@ def candidates(gm: fx.GraphModule, example_inputs: Sequence) -> List[Candidate]:
         if weight is not None:
             candidate.trainable = weight.requires_grad or bool(
                 bias is not None and bias.requires_grad)
+            candidate.input_requires_grad = bool(example.requires_grad)
             candidate.channels_last = is_channels_last(example)
             _absorb_followers(candidate, inputs)
         found.append(candidate)
@@ -161,6 +165,7 @@ def _linear_candidate(node: fx.Node, inputs) -> Candidate:
     if weight is not None:
         candidate.trainable = weight.requires_grad or bool(bias is not None and
                                                            bias.requires_grad)
+        candidate.input_requires_grad = bool(example.requires_grad)
         user = _only_user(node)
         if user is not None and user.op == "call_function" and user.target in RELU:
             candidate.nodes.append(user)

@@ -13,7 +13,7 @@ from tvm import s_tir
 from ...errors import ArgumentError, ShapeError
 from ...support.target import TargetLike, is_gpu, resolve_target
 from ..compiled_kernel import CompiledKernel
-from ..csr import as_numpy_weight
+from ..csr import as_float32_bias, as_numpy_weight
 from .knobs import ScheduleConfig, extents, schedule_source, tuned_extents, untuned_config
 from .operator import Epilogue, kernel_input_shape, sparse_conv2d_primfunc, weight_arrays
 from .schedule_cpu import CpuConfig, schedule_cpu
@@ -121,7 +121,7 @@ def build_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None, stride
     spec = Conv2dSpec.create(input_shape, weight.shape, stride=stride, padding=padding,
                              dilation=dilation, groups=groups)
     if bias is not None:
-        bias = as_numpy_weight(bias, "bias").astype(np.float32)  # the epilogue is float32
+        bias = as_float32_bias(bias)  # the epilogue is float32
         if bias.shape != (spec.out_channels,):
             raise ShapeError(f"bias must have shape ({spec.out_channels},), got {bias.shape}")
     epilogue = Epilogue(bias=bias is not None, relu=bool(relu))

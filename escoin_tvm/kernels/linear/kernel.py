@@ -11,7 +11,7 @@ from tvm import s_tir
 from ...errors import ArgumentError, ShapeError
 from ...support.target import TargetLike, is_gpu, resolve_target
 from ..compiled_kernel import CompiledKernel
-from ..csr import as_numpy_weight
+from ..csr import as_float32_bias
 from .knobs import LinearConfig, shipped_linear_config, tuned_row_multiple, untuned_linear_config
 from .operator import sparse_linear_primfunc
 from .schedule_cpu import LinearCpuConfig, schedule_linear_cpu
@@ -82,7 +82,7 @@ def build_sparse_linear(weight, batch: int, *, bias=None, relu: bool = False,
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ShapeError(f"batch must be an int >= 1, got {batch!r}")
     if bias is not None:
-        bias = as_numpy_weight(bias, "bias").astype(np.float32)
+        bias = as_float32_bias(bias)
         if bias.shape != (sparse.shape[0],):
             raise ShapeError(f"bias must have shape ({sparse.shape[0]},), got {bias.shape}")
     return SparseLinearKernel(sparse, batch, bias, bool(relu), target, config, device, tuned)
