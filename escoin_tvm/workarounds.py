@@ -68,9 +68,13 @@ def refuse_known_tvm_crashes(mod: tvm.IRModule, target) -> None:
 def frontend_convert_map() -> dict:
     """``custom_convert_map`` entries for ``from_exported_program``: convolutions (2-D, not
     transposed) of half-precision tensors keep their dtype, linear layers and matrix products
-    accumulate in float32 and round to it; everything else converts as TVM converts it."""
+    accumulate in float32 and round to it, a max pool without a stride takes its kernel size,
+    a half-precision batch norm with float32 parameters runs in float32; everything else
+    converts as TVM converts it."""
     from functools import partial
     import operator
+
+    from torch import fx
 
     matmul32 = partial(relax.op.linear_algebra.matmul, out_dtype="float32")
 
@@ -126,10 +130,43 @@ def frontend_convert_map() -> dict:
         out = product(importer, lhs, rhs, str(lhs.ty.dtype))
         return importer.block_builder.emit(relax.op.add(bias, out))
 
+    def max_pool2d(node, importer, with_indices=False):
+        """As TVM converts it, but an empty stride (what ``F.max_pool2d(x, k)`` exports,
+        with ``ceil_mode=True`` among others) is the kernel size, as in PyTorch: TVM passes
+        it on empty and its operator fails."""
+        args = importer.retrieve_args(node)
+        stride = args[2] if len(args) > 2 and len(args[2] or ()) else args[1]
+        padding, dilation, ceil_mode = (args[i] if len(args) > i else d
+                                        for i, d in ((3, 0), (4, 1), (5, False)))
+        out = importer._max_pool2d_impl(args[0], args[1], stride, padding, dilation, ceil_mode)
+        if not with_indices:
+            return out
+        return importer.block_builder.emit(relax.Tuple([out, relax.op.zeros_like(out)]))
+
+    def batch_norm(node, importer):
+        """As TVM converts it, but a half-precision input with float32 parameters (a batch
+        norm left in float32 after ``model.half()`` of the rest, which PyTorch runs) is
+        normalized in float32 and rounded back: TVM's operator refuses mixed dtypes."""
+        x = importer.env[node.args[0]]
+        params = [importer.env.get(a) for a in node.args[1:5] if isinstance(a, fx.Node)]
+        if not half(x) or all(str(p.ty.dtype) == str(x.ty.dtype) for p in params
+                              if p is not None):
+            return importer._batch_norm_legit_no_training(node)
+        importer.env[node.args[0]] = importer.block_builder.emit(relax.op.astype(x, "float32"))
+        try:
+            out = importer._batch_norm_legit_no_training(node)
+        finally:
+            importer.env[node.args[0]] = x
+        return importer.block_builder.emit(relax.op.astype(out, str(x.ty.dtype)))
+
     return {"convolution.default": lambda node, importer: convolution(node, importer, 6),
             "conv2d.default": lambda node, importer: convolution(node, importer, None),
             "linear.default": linear, "addmm.default": addmm, "matmul.default": matmul,
-            "mm.default": matmul, "bmm.default": matmul}
+            "mm.default": matmul, "bmm.default": matmul, "max_pool2d.default": max_pool2d,
+            "max_pool2d_with_indices.default": lambda node, importer: max_pool2d(
+                node, importer, with_indices=True),
+            "batch_norm.default": batch_norm,
+            "_native_batch_norm_legit_no_training.default": batch_norm}
 
 
 @tvm.transform.module_pass(opt_level=0, name="EscoinFoldHalfBatchNorms")

@@ -134,3 +134,42 @@ def test_model_numbers_are_checked():
     compiled = escoin_tvm.compile(model, (x,), target="llvm",
                                   sparsity_threshold=np.float32(0.8))
     assert compiled.layers[0]["kernel"] == "escoin"
+
+
+def test_max_pools_without_a_stride_and_with_ceil_mode_convert():
+    class Pools(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return (F.max_pool2d(y, 2, ceil_mode=True), torch.nn.MaxPool2d(3, 2, ceil_mode=True)(y),
+                    F.max_pool2d(y, 2))
+
+    model = prune.magnitude(Pools().eval(), 0.9)
+    x = torch.randn(1, 3, 10, 10)
+    compiled = escoin_tvm.compile(model, (x,), target="llvm")
+    with torch.no_grad():
+        for out, expected in zip(compiled(x), model(x)):
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_float32_batch_norm_after_a_half_convolution_runs_as_pytorch_runs_it():
+    """``model.half()`` of the convolutions only: PyTorch runs the float32 batch norm on the
+    half input; so does the compiled model (in float32, rounded back)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3), torch.nn.BatchNorm2d(16),
+                                torch.nn.ReLU()).eval()
+    prune.magnitude(model, 0.9)
+    model[0].half()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 1.5)
+        model[1].running_mean.uniform_(-0.1, 0.1)
+    x = torch.randn(1, 8, 9, 9).half()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm")
+    with torch.no_grad():
+        out, expected = compiled(x), model(x)
+    assert out.dtype == expected.dtype == torch.float16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-3, atol=2e-3)
+    assert compiled.layers[0]["kernel"] == "escoin"
