@@ -260,3 +260,47 @@ def test_half_sums_on_the_gpu_stay_finite_where_float32_is(images):
     x = torch.full(shape, 1000, dtype=torch.float16)
     out = kernel(x.cuda()).float().cpu().numpy()
     assert_conv_close(out, x.float().numpy(), w, dtype="float16", half_chunk=8)
+
+
+# ---- the backend decides per shape, and frees its layers with the graph ----
+def test_a_dynamic_batch_past_the_linear_limit_runs_dense():
+    """A graph with a dynamic batch is dispatched at its first shape: a linear layer taken at
+    batch 2 runs PyTorch's operator at batch 100, past the sparse kernel's limit of 64."""
+    from escoin_tvm.torch_compile import ops
+
+    torch.manual_seed(0)
+    model = prune.magnitude(torch.nn.Sequential(torch.nn.Linear(64, 32)).eval(), 0.9,
+                            layers="linear")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="escoin", dynamic=True)
+    with torch.no_grad():
+        for batch in (2, 100):
+            x = torch.randn(batch, 64)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+    [layer] = [layer for layer in ops.LAYERS if isinstance(layer, ops.SparseLinearLayer)
+               and layer.weight.shape == (32, 64)][-1:]
+    kinds = {shape[0][0]: type(kernel).__name__ for shape, kernel in layer.calls.items()}
+    assert kinds == {2: "SparseLinearKernel", 100: "DenseFallback"}
+    assert "batch 100 > 64" in next(k.reason for k in layer.calls.values()
+                                    if isinstance(k, ops.DenseFallback))
+
+
+def test_the_backend_frees_its_layers_when_dynamo_drops_the_graph():
+    import gc
+
+    from escoin_tvm.torch_compile import ops
+
+    model, x = nan_model()
+    x = torch.nan_to_num(x)
+    torch._dynamo.reset()
+    gc.collect()  # the graphs of earlier tests go first
+    before = sum(layer is not None for layer in ops.LAYERS)
+    for _ in range(3):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="escoin")
+        with torch.no_grad():
+            compiled(x)
+        del compiled
+    torch._dynamo.reset()
+    gc.collect()
+    assert sum(layer is not None for layer in ops.LAYERS) == before

@@ -35,6 +35,7 @@ Any other option goes to inductor, as it would without this backend.
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import List, Optional
 
 import numpy as np
@@ -115,7 +116,7 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
     progress = ours.get("progress")
     if progress is not None and not isinstance(progress, bool):
         raise ArgumentError(f"options['progress'] must be True or False, got {progress!r}")
-    decisions = []
+    decisions, registered = [], []
     found = graph.candidates(gm, example_inputs)
     shown = CompileProgress(progress, stages=3)
     try:
@@ -133,7 +134,8 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
                 layer = _measure(decision, layer, candidate, shape,
                                  channels_last and candidate.device.type == "cuda", graphs)
             if layer is not None:
-                graph.replace(gm, candidate, ops.register(layer))
+                registered.append(ops.register(layer))
+                graph.replace(gm, candidate, registered[-1])
             decisions.append(decision)
             shown.layer()
         _warn_if_gradients_kept_every_layer(decisions)
@@ -141,9 +143,15 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         gm.graph.lint()
         gm.recompile()
         REPORTS.append(decisions)
+        if registered:
+            # released when Dynamo drops the graph (torch._dynamo.reset(), a recompile that
+            # replaces it): with the graph module, which Dynamo keeps while it can run the
+            # graph (the callable inductor returns is not kept)
+            weakref.finalize(gm, ops.release, *registered)
         return _dense_backend(gm, example_inputs, dense, mode, options)
     finally:
         shown.close()
+
 
 
 def _check_inductor_options(options: dict) -> None:

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from ..kernels import conv2d, linear
+from ..kernels.eligibility import LayerFacts
 from ..kernels.family import KernelFamily
+from ..support import dtypes
 from ..support.target import device_for
 
 
@@ -53,8 +55,9 @@ class SparseLayer:
         return (n, self.weight.shape[0], out_h, out_w)
 
     def kernel(self, shape: tuple, device: torch.device):
-        """The layer's kernel for inputs of ``shape`` on ``device``, built on first use."""
-        return _cached(self, shape, device, self.family.torch_kernel)
+        """The layer's kernel for inputs of ``shape`` on ``device``, built on first use (or
+        PyTorch's operator, where its family does not take that shape: ``kernel_or_dense``)."""
+        return _cached(self, shape, device, kernel_or_dense)
 
     def torch_equivalent(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
         """What PyTorch computes for the layer (the dense baseline it is timed against)."""
@@ -88,7 +91,7 @@ class SparseLinearLayer:
         return (shape[0], self.weight.shape[0])
 
     def kernel(self, shape: tuple, device: torch.device):
-        return _cached(self, shape, device, self.family.torch_kernel)
+        return _cached(self, shape, device, kernel_or_dense)
 
     def torch_equivalent(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
         y = torch.nn.functional.linear(x, weight, bias)
@@ -112,6 +115,34 @@ def _cached(layer, shape: tuple, device: torch.device, make):
     return kernel
 
 
+def kernel_or_dense(layer, shape: tuple, device: torch.device):
+    """The family's kernel for ``shape``, decided again for each shape a graph meets (a graph
+    with a dynamic batch is dispatched at its first one): where the family does not take the
+    shape (a linear layer past its batch limit), PyTorch's own operator on the frozen
+    weights (``DenseFallback``)."""
+    dtype = dtypes.name_of(layer.weight.dtype)
+    problem = layer.family.problem(LayerFacts(layer.family.op, tuple(int(d) for d in shape),
+                                              tuple(layer.weight.shape), dtype, dtype))
+    if problem is not None:
+        return DenseFallback(layer, device, problem)
+    return layer.family.torch_kernel(layer, shape, device)
+
+
+class DenseFallback:
+    """A layer's PyTorch operator on its frozen weights (on ``device``, in the layer's dtype),
+    called as a kernel is (``run_torch``); ``reason`` says why the shape did not go sparse."""
+
+    def __init__(self, layer, device: torch.device, reason: str):
+        self.layer, self.reason = layer, reason
+        self.weight = dtypes.to_torch(layer.weight).to(device)
+        self.bias = None if layer.bias is None else \
+            torch.from_numpy(layer.bias).to(device, self.weight.dtype)
+
+    def run_torch(self, x: torch.Tensor, out=None) -> torch.Tensor:
+        y = self.layer.torch_equivalent(x, self.weight, self.bias)
+        return y if out is None else out.copy_(y)
+
+
 LAYERS: List[object] = []  # SparseLayer and SparseLinearLayer
 _REGISTERING = threading.Lock()
 
@@ -128,11 +159,13 @@ def operator(kind: str):
     return torch.ops.escoin.sparse_linear if kind == "linear" else torch.ops.escoin.sparse_conv2d
 
 
-def release(index: int) -> None:
-    """Forgets the layer registered as ``index`` (one registered only to be timed), so that
-    its weights and kernels can be freed; the index is not reused."""
+def release(*indices: int) -> None:
+    """Forgets the layers registered as ``indices`` (one registered only to be timed, or a
+    compiled graph's once it is gone), so that their weights and kernels can be freed; an index
+    is not reused."""
     with _REGISTERING:
-        LAYERS[index] = None
+        for index in indices:
+            LAYERS[index] = None
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
