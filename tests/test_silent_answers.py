@@ -304,3 +304,20 @@ def test_the_backend_frees_its_layers_when_dynamo_drops_the_graph():
     torch._dynamo.reset()
     gc.collect()
     assert sum(layer is not None for layer in ops.LAYERS) == before
+
+
+def test_a_batch_norm_under_dynamic_shapes_is_folded_with_the_eps_dynamo_saw():
+    """Under ``dynamic=True`` Dynamo traces batch norm's eps as a symbolic float (a graph
+    value): the fold takes the value it saw (the compile failed on it)."""
+    from escoin_tvm.torch_compile import backend
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16))
+    prune.magnitude(model, 0.9).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="escoin", dynamic=True)
+    with torch.no_grad():
+        for batch in (2, 3):
+            x = torch.randn(batch, 8, 6, 6)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+    assert "batch norm folded" in backend.REPORTS[-1][0].epilogue

@@ -186,7 +186,8 @@ def _absorb_followers(candidate: Candidate, inputs) -> None:
                 **dict(zip(names, user.args)), **user.kwargs}
         values = {k: inputs.get(args[k]) if isinstance(args[k], fx.Node) else args[k]
                   for k in ("running_mean", "running_var", "weight", "bias")}
-        if not args["training"] and all(isinstance(values[k], torch.Tensor)
+        eps = _known_float(args["eps"])
+        if not args["training"] and eps is not None and all(isinstance(values[k], torch.Tensor)
                                         for k in ("running_mean", "running_var")) \
                 and all(values[k] is None or isinstance(values[k], torch.Tensor)
                         for k in ("weight", "bias")):
@@ -195,7 +196,7 @@ def _absorb_followers(candidate: Candidate, inputs) -> None:
 
             folded = torch.nn.utils.fusion.fuse_conv_bn_weights(
                 wide(candidate.weight), wide(candidate.bias), wide(values["running_mean"]),
-                wide(values["running_var"]), float(args["eps"]), wide(values["weight"]),
+                wide(values["running_var"]), eps, wide(values["weight"]),
                 wide(values["bias"]))
             dtype = candidate.weight.dtype
             weight, bias = (t.detach().to(dtype) for t in folded)
@@ -208,6 +209,17 @@ def _absorb_followers(candidate: Candidate, inputs) -> None:
     if user is not None and user.op == "call_function" and user.target in RELU:
         candidate.nodes.append(user)
         candidate.relu = True
+
+
+def _known_float(value) -> Optional[float]:
+    """A float argument's value: a number, or a graph value Dynamo traced as a symbolic float
+    (batch norm's ``eps`` under ``dynamic=True``) with the value it saw; None when unknown."""
+    if isinstance(value, fx.Node):
+        value = value.meta.get("example_value")
+        if isinstance(value, torch.SymFloat):
+            value = value.node.hint
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
 
 
 def replace(gm: fx.GraphModule, candidate: Candidate, layer: int) -> None:
