@@ -208,7 +208,12 @@ def build(name: str, *, seed: int = 0, num_classes: int = 1000, **kwargs) -> nn.
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ArgumentError(f"num_classes must be an int >= 1, got {num_classes!r}")
     torch.manual_seed(seed)
-    model = MODELS[name](num_classes=num_classes, **kwargs)
+    return with_random_batch_norms(MODELS[name](num_classes=num_classes, **kwargs))
+
+
+def with_random_batch_norms(model: nn.Module) -> nn.Module:
+    """``model`` with random batch-norm statistics and affine parameters (fresh ones are the
+    identity, which folding would not exercise), in eval mode."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):

@@ -30,6 +30,9 @@ PyTorch fp32 (TF32 off) in the same run (``rel_err``; fp16 variants round every 
 run in parallel worker processes while torch.compile warms up; all timing happens afterwards with
 the GPU otherwise idle.
 
+A network named ``tv:NAME`` is torchvision's ``NAME`` (random weights), where torchvision is
+installed: networks the project did not write (ResNeXt-50, MobileNetV2, DenseNet-121...).
+
 Usage: python -m experiments.benchmarks.bench_networks [--networks alexnet,googlenet,resnet50,vgg16]
     [--batches 1,16] [--sparsities 0.9] [--sweep resnet50:1:0.7,0.8,0.95] [--dc alexnet,vgg16]
     [--measured resnet50:1] [--out experiments/results] [--workers 12] [--deadline 540]
@@ -65,7 +68,15 @@ def pruned_model(network: str, sparsity):
 def _pruned_model(network: str, sparsity: str):
     from escoin_tvm import models, prune
 
-    model = models.build(network, seed=0)
+    if network.startswith("tv:"):  # a torchvision architecture (on machines that have it)
+        import torch
+        import torchvision
+
+        torch.manual_seed(0)
+        model = models.with_random_batch_norms(
+            torchvision.models.get_model(network[3:], weights=None))
+    else:
+        model = models.build(network, seed=0)
     sparsity = str(sparsity)
     layers = "all" if sparsity.endswith("+fc") else "conv"
     sparsity = sparsity.removesuffix("+fc")
