@@ -321,3 +321,21 @@ def test_a_batch_norm_under_dynamic_shapes_is_folded_with_the_eps_dynamo_saw():
             x = torch.randn(batch, 8, 6, 6)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
     assert "batch norm folded" in backend.REPORTS[-1][0].epilogue
+
+
+def test_odd_blocked_images_in_half_precision_build():
+    """TVM's CUDA code has no vector of an odd number of half-precision lanes (the compile
+    failed deep inside TVM): three blocked images are loaded one by one. (Found by the random run on
+    the GPU; ``test_operator`` runs such kernels there.)"""
+    import ml_dtypes
+
+    from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
+
+    w = prune_array(np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32),
+                    0.8)
+    for dtype, images in ((ml_dtypes.bfloat16, 3), (ml_dtypes.bfloat16, 2), (np.float16, 3)):
+        kernel = escoin_tvm.build_sparse_conv2d(
+            w.astype(dtype), (3, 4, 9, 9), padding=1, target={"kind": "cuda", "arch": "sm_90"},
+            config=GpuConfig(images_per_thread=images, block_images=True, threads_x=8,
+                             threads_y=2))
+        assert "__global__" in kernel.source

@@ -209,11 +209,14 @@ def schedule_gpu(sch: s_tir.Schedule, config: GpuConfig, split_k: int = 1) -> s_
             _, *lanes = sch.split(flat, [None, config.channel_threads, config.threads_y,
                                          config.threads_x])
             _bind_threads(sch, lanes, separate=partial is not None)
-    if blocked:  # the v images of a tap: one vector load, v FMAs
+    # the v images of a tap: one vector load, v FMAs (TVM's CUDA code has no vector of an odd
+    # number of half-precision lanes: those are loaded one by one)
+    vector = blocked and not (config.images_per_thread % 2 and _dtype(sch) != "float32")
+    if vector:
         sch.vectorize(n_reg)
     init = sch.decompose_reduction(conv, j_chunk)
     # The register tile must be fully unrolled, or its accumulators spill to local memory.
-    for loop in (k_reg, y_reg) if blocked else (n_reg, k_reg, y_reg):
+    for loop in (k_reg, y_reg) if vector else (n_reg, k_reg, y_reg):
         sch.unroll(loop)
     if config.unroll and j_inner:
         sch.unroll(j_inner[0])
@@ -298,6 +301,12 @@ def block_images(sch: s_tir.Schedule, pad, reader, v: int):
 def _domain(sch: s_tir.Schedule, conv):
     """(images, channels, rows, columns) the sum runs over."""
     return tuple(int(d) for d in sch.get(conv).writes[0].source.shape)
+
+
+def _dtype(sch: s_tir.Schedule) -> str:
+    """The kernel's element type: its first parameter's, the input."""
+    func = sch.mod["main"]
+    return str(func.params[0].dtype)
 
 
 def _input_batch(sch: s_tir.Schedule, conv) -> int:
