@@ -147,7 +147,7 @@ def corrupt_cache_entry(rng) -> str:
     how = str(rng.choice(["truncate", "flip", "empty", "swap"]))
     if how == "truncate":
         data = data[:max(0, len(data) - int(rng.integers(1, 64)))]
-    elif how == "flip":
+    elif how == "flip" and data:
         at = int(rng.integers(len(data)))
         data = data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1:]
     elif how == "empty":
