@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 from .errors import ArgumentError
+from .support.arguments import fraction
 
 
 def zero_count(sparsity: float, size: int) -> int:
@@ -23,10 +24,7 @@ def zero_count(sparsity: float, size: int) -> int:
 def check_sparsity(sparsity) -> float:
     """``sparsity`` as a float: a real number (Python, numpy or torch scalar) in [0, 1], else
     an ArgumentError."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or \
-            not 0.0 <= float(sparsity) <= 1.0:
-        raise ArgumentError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
-    return float(sparsity)
+    return fraction(sparsity, "sparsity")
 
 
 def prune_array(weight: np.ndarray, sparsity: float) -> np.ndarray:

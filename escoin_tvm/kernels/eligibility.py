@@ -7,12 +7,10 @@ constant, a backend weight a parameter, gradients off) and then the threshold.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..errors import ArgumentError
+from ..support.arguments import fraction
 from ..support.dtypes import SUPPORTED
 
 # Where the Escoin kernel starts to beat the dense path a layer would otherwise take
@@ -65,9 +63,4 @@ def sparse_enough(sparsity: float, threshold: float) -> Tuple[bool, str]:
 def checked_threshold(value, name: str = "sparsity_threshold") -> float:
     """``value`` as a sparsity threshold: a real number (Python, numpy or torch scalar) in
     [0, 1], else an ArgumentError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ArgumentError(f"{name} must be a number in [0, 1], got {value!r}")
-    value = float(value)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ArgumentError(f"{name} must be in [0, 1], got {value}")
-    return value
+    return fraction(value, name)
