@@ -27,7 +27,7 @@ pass (those whose weight is not a constant; the pass sends constant ones to Esco
 the final store of an rfactor + warp-shuffle reduction is guarded only by ``threadIdx.x == 0``,
 not by its block's predicate, so a thread block whose rows run past the output writes into the
 next row (a race: wrong on some runs only). The sparse linear GPU schedule reduces into a local
-buffer and stores through an epilogue block, which keeps its predicate (``linear.py``,
+buffer and stores through an epilogue block, which keeps its predicate (``kernels/linear/operator.py``,
 ``output_block``).
 """
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """What users pass that once raised a raw error (a TypeError, ValueError or a crash deep in TVM
 or inductor): each is now taken where PyTorch takes it, or refused as an EscoinError that
 names the argument, the option or the input."""
-import warnings
 
 import numpy as np
 import pytest

@@ -28,8 +28,8 @@ not both, so with options the mode is one of them):
   dense       "inductor" (default) or "eager": what runs the rest of the graph
   progress    True / False: a progress bar over the kernels and layers on stderr while a
               graph compiles (default: when stderr is a terminal; the candidate layers'
-              kernels compile together, in parts in parallel threads, ``build_together.py``,
-              and the binaries are cached on disk, ``cuda_cache.py``)
+              kernels compile together, in parts in parallel threads, ``kernels/build_together.py``,
+              and the binaries are cached on disk, ``kernels/cuda_cache.py``)
 Any other option goes to inductor, as it would without this backend.
 """
 from __future__ import annotations

@@ -24,7 +24,6 @@ def kernels(spec, dtypes):
     import tvm
 
     from escoin_tvm.kernels.conv2d.knobs import untuned_config
-    from escoin_tvm.kernels import knob_table
     from escoin_tvm.kernels.conv2d import knobs as conv_knobs
     from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
 

@@ -20,9 +20,8 @@ from experiments.reports.report_tuning import task_rows
 
 
 def winning_records(rows, min_gain: float = 1.02) -> list:
-    """pretuned.record entries for the rows (``task_rows``) whose tuned kernel beat the shipped
+    """conv_knobs.record entries for the rows (``task_rows``) whose tuned kernel beat the shipped
     config."""
-    from escoin_tvm.kernels import knob_table
     from escoin_tvm.kernels.conv2d import knobs as conv_knobs
     from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
     from escoin_tvm.kernels.conv2d.spec import Conv2dSpec

@@ -1,5 +1,5 @@
 """Ship the best knobs of ``linear_tiles`` sweeps as the untuned defaults of the benchmark's FC
-layers: their ``linear_records`` in a schedules/ table.
+layers: their records in the linear section of a schedules/ table.
 
 For each benchmark FC layer (AlexNet's and VGG-16's fc6-fc8; the sweep's unseen and large
 shapes stay out, so that they keep judging the heuristic), batch and dtype of the sweeps, the
@@ -33,10 +33,8 @@ def sweep_rows(runs) -> dict:
 
 
 def winning_records(rows, min_gain: float = 1.05) -> list:
-    """pretuned.linear_record entries: per row and dtype, the sweep's fastest config where it
+    """linear_knobs.record entries: per row and dtype, the sweep's fastest config where it
     beat the heuristic by more than ``min_gain``."""
-    from escoin_tvm.kernels import knob_table
-    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
     from escoin_tvm.kernels.linear import knobs as linear_knobs
     from escoin_tvm.kernels.linear.schedule_gpu import LinearGpuConfig
 
@@ -60,7 +58,6 @@ def winning_records(rows, min_gain: float = 1.05) -> list:
 
 def main(argv=None):
     from escoin_tvm.kernels import knob_table
-    from escoin_tvm.kernels.conv2d import knobs as conv_knobs
     from escoin_tvm.kernels.linear import knobs as linear_knobs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -34,7 +34,6 @@ from experiments.benchmarks.layers import LAYERS, network_layers
 
 
 def candidate_configs(spec, samples, seed):
-    from escoin_tvm.kernels import knob_table
     from escoin_tvm.kernels.conv2d import knobs as conv_knobs
     from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig, pow2_at_least
     from escoin_tvm.kernels.conv2d.knobs import default_gpu_config

@@ -8,7 +8,7 @@ per output feature, padded to one length (ELL) so that the reduction has a stati
 """
 from __future__ import annotations
 
-from tvm import te, tirx
+from tvm import te
 
 from ...errors import ShapeError
 from ..epilogue import fused_relu
