@@ -29,11 +29,12 @@ def cmd_compile(args):
     check_output_path(args.output, ".so", "-o/--output is the shared library to write")
     exported = _load_pt2(args.model)
     compiled = compile_model(exported, None, target=args.target, sparsity_threshold=args.threshold,
-                             tuning_log=args.tuning_log, cuda_graph=args.cuda_graph,
-                             progress=False if args.quiet else None)
+                             tuning_log=args.tuning_log, dispatch_by=args.dispatch_by,
+                             cuda_graph=args.cuda_graph, progress=False if args.quiet else None)
     compiled.export_library(args.output)
-    print(compiled.report())
-    print(f"wrote {args.output}")
+    if not args.quiet:
+        print(compiled.report())
+        print(f"wrote {args.output}")
 
 
 def cmd_tune(args):
@@ -110,7 +111,12 @@ def build_parser():
     p.add_argument("--tuning-log", default=None, help="a log written by 'escoin tune'")
     p.add_argument("--cuda-graph", action="store_true", help="replay the kernels as CUDA graphs "
                    "(less launch overhead, mostly at batch 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dispatch-by", default="threshold", choices=("threshold", "measure", "none"),
+                   help="threshold (default): sparse enough layers go to Escoin kernels; "
+                   "measure: also time each such layer both ways on the device and keep the "
+                   "faster; none: plain TVM")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (no "
+                   "progress bar, no report)")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("tune", help="tune a model's Escoin kernels with MetaSchedule")
     p.add_argument("model", help="MODEL.pt2")

@@ -156,6 +156,13 @@ def test_cli_end_to_end(tmp_path, capsys):
     out_npy = str(tmp_path / "y.npy")
     assert cli(["run", so, "--input", str(tmp_path / "x.npy"), "-o", out_npy]) == 0
     assert_matches(torch.from_numpy(np.load(out_npy)), model(x).detach())
+    capsys.readouterr()
+    assert cli(["compile", str(tmp_path / "m.pt2"), "-o", so, "--target", "llvm", "--quiet",
+                "--dispatch-by", "none"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == ""
+    assert cli(["info", so]) == 0
+    assert "0 of 2 convolutions on Escoin kernels" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, words", [
