@@ -40,8 +40,11 @@ def dispatch(mod, exported, target, threshold: float, **options):
                                   measure=options.get("measure"),
                                   report_only=options.get("report_only", False),
                                   tuning_log=options.get("tuning_log"))
-    passes = [fold_half_batch_norms, relax.transform.FoldBatchnormToConv2D(),
-              relax.transform.FoldConstant(), escoin, linear]
+    # constants folded first: a weight computed from constants (a layer pruned with
+    # torch.nn.utils.prune: weight_orig * weight_mask) becomes one, and its batch norm folds
+    passes = [relax.transform.FoldConstant(), fold_half_batch_norms,
+              relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant(), escoin,
+              linear]
     if is_gpu(target):
         passes.append(trivial_reductions_to_multiply)
     try:

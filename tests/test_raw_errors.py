@@ -172,3 +172,32 @@ def test_a_float32_batch_norm_after_a_half_convolution_runs_as_pytorch_runs_it()
     assert out.dtype == expected.dtype == torch.float16
     torch.testing.assert_close(out.float(), expected.float(), rtol=2e-3, atol=2e-3)
     assert compiled.layers[0]["kernel"] == "escoin"
+
+
+def hooked_model():
+    """A layer pruned the usual PyTorch way: its hook computes weight_orig * weight_mask."""
+    import torch.nn.utils.prune as torch_prune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1, bias=False),
+                                torch.nn.BatchNorm2d(16), torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 1.5)
+    torch_prune.l1_unstructured(model[0], "weight", 0.9)
+    return model, torch.randn(1, 8, 8, 8)
+
+
+def test_a_layer_with_prune_hooks_is_taken_by_compile_with_its_batch_norm_folded():
+    model, x = hooked_model()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm")
+    assert [(l["kernel"], l["epilogue"]) for l in compiled.layers] == [("escoin", "bias+relu")]
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_layer_with_prune_hooks_is_taken_by_the_backend_with_its_batch_norm_folded():
+    model, x = hooked_model()
+    with torch.no_grad():
+        out, report = backend_report(model, x)
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+    assert report[0].kernel == "escoin" and "batch norm folded" in report[0].epilogue

@@ -11,6 +11,7 @@ a weight is a candidate likewise, with a ``relu`` after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import mul
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -99,6 +100,34 @@ def is_model_state(node: fx.Node, value) -> bool:
         "._buffers[" in source.name
 
 
+MULTIPLY = (mul, torch.mul, torch.ops.aten.mul.Tensor)
+
+
+def state_value(node, inputs: Dict[fx.Node, object]) -> Optional[torch.Tensor]:
+    """The value of a graph value computed from the model's state alone: a parameter or buffer
+    (``inputs``), or the product of two such values, each perhaps converted with ``.to`` (the
+    weight of a layer pruned with ``torch.nn.utils.prune``: ``weight_orig * weight_mask``,
+    which its hook computes before each call); None for anything else."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node in inputs:
+        return inputs[node]
+    if node.op == "call_method" and node.target == "to" and node.args:
+        value = state_value(node.args[0], inputs)
+        rest = node.args[1:]
+        if value is None or any(isinstance(a, fx.Node) for a in (*rest, *node.kwargs.values())):
+            return None
+        return value.to(*rest, **node.kwargs)
+    if node.op == "call_function" and node.target in MULTIPLY and len(node.args) == 2 and \
+            not node.kwargs:
+        left, right = (state_value(a, inputs) for a in node.args)
+        if left is None or right is None:
+            return None
+        with torch.no_grad():
+            return left.detach() * right.detach()
+    return None
+
+
 def candidates(gm: fx.GraphModule, example_inputs: Sequence) -> List[Candidate]:
     """The conv2d and linear calls of ``gm``, in graph order. The weights, biases and batch-norm
     values a candidate folds in must be the model's state (``is_model_state``); a layer whose
@@ -117,8 +146,7 @@ def candidates(gm: fx.GraphModule, example_inputs: Sequence) -> List[Candidate]:
         args = _conv_arguments(node)
         example = args["input"].meta.get("example_value") if isinstance(args["input"], fx.Node) \
             else None
-        weight = inputs.get(args["weight"]) if isinstance(args["weight"], fx.Node) else None
-        bias = inputs.get(args["bias"]) if isinstance(args["bias"], fx.Node) else None
+        weight, bias = state_value(args["weight"], inputs), state_value(args["bias"], inputs)
         if example is None or not isinstance(weight, torch.Tensor) or weight.ndim != 4:
             weight = None
         if args["bias"] is not None and not isinstance(bias, torch.Tensor):
@@ -151,8 +179,7 @@ def _linear_candidate(node: fx.Node, inputs) -> Candidate:
     args = _linear_arguments(node)
     example = args["input"].meta.get("example_value") if isinstance(args["input"], fx.Node) \
         else None
-    weight = inputs.get(args["weight"]) if isinstance(args["weight"], fx.Node) else None
-    bias = inputs.get(args["bias"]) if isinstance(args["bias"], fx.Node) else None
+    weight, bias = state_value(args["weight"], inputs), state_value(args["bias"], inputs)
     if example is None or not isinstance(weight, torch.Tensor) or weight.ndim != 2 or \
             (args["bias"] is not None and not isinstance(bias, torch.Tensor)):
         weight = None
