@@ -132,6 +132,8 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
                 d.schedule.startswith("tuned") for d in escoin.report):
             warnings.warn(f"tuning log {log.path} has no records for this model's kernels on "
                           f"{target.kind.name}: they use the pre-tuned or default schedules")
+        if dispatch_by != "none":
+            _warn_about_dense_layers(escoin.report)
         metadata = _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported,
                              escoin, linear)
         mod[METADATA_FUNC] = metadata_function(metadata)
@@ -140,6 +142,19 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     finally:
         shown.close()
     return CompiledModule(executable, run_on, metadata)
+
+
+def _warn_about_dense_layers(report) -> None:
+    """One line when convolutions stay dense: they run on TVM's own code, untuned, which was
+    2.5-9x slower than cuDNN on the GPU and far slower than PyTorch on the CPU
+    (docs/performance.md). The torch.compile backend keeps such layers on PyTorch's kernels."""
+    dense = [d for d in report if d.kernel == "dense"]
+    if dense:
+        warnings.warn(f"{len(dense)} of {len(report)} convolutions stay dense and run on TVM's "
+                      f"own untuned code, much slower than cuDNN or PyTorch's CPU kernels (the "
+                      f"first: {dense[0].name}, {dense[0].reason}); for a model with many such "
+                      "layers, torch.compile(model, backend='escoin') keeps them on PyTorch's",
+                      stacklevel=3)
 
 
 def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported, escoin,

@@ -271,3 +271,21 @@ def test_cuda_graph_option_is_ignored_on_cpu():
     assert not compiled.metadata["cuda_graph"]
     with torch.no_grad():
         assert_matches(compiled(x), model(x))
+
+
+def test_layers_left_on_tvms_dense_code_are_announced_in_one_line():
+    """A convolution that stays dense runs on TVM's untuned code: the compile says so, names
+    the first such layer, and points at the torch.compile backend; plain TVM (dispatch_by=
+    "none") was asked for and says nothing."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3)).eval()
+    prune.magnitude(model[1:], 0.9)  # the first stays dense
+    x = torch.randn(1, 3, 10, 10)
+    with pytest.warns(UserWarning, match=r"1 of 2 convolutions stay dense .* \(the first: 0, "
+                                         r"sparsity 0\.00 < threshold 0\.70\).*backend='escoin'"):
+        escoin_tvm.compile(model, (x,), target="llvm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="none")
