@@ -83,10 +83,16 @@ def test_half_precision_models_compile_run_and_export_in_their_dtype(dtype, tole
 
 
 def test_the_demo_runs_on_the_cpu_and_states_the_comparison(capsys):
+    """It says the result is a CPU one, names the baseline it ran, and prints each variant's
+    spread over its rounds (min, median, max), taken in turn."""
     assert cli(["demo", "--model", "resnet18", "--size", "16", "--sparsity", "0.9"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "-> OK" in next(l for l in lines if l.startswith("check against"))
-    assert "than the fastest dense PyTorch (eager fp32)" in lines[-1]
+    assert lines[-1].startswith("on the CPU, with ") and "escoin-tvm targets NVIDIA GPUs" in \
+        lines[-1] and "than the fastest dense PyTorch run here (eager fp32), by medians" in \
+        lines[-1]
+    rows = [l.split() for l in lines if l.startswith(("escoin-tvm, float32", "dense PyTorch"))]
+    assert len(rows) == 2 and all(float(r[-3]) <= float(r[-2]) <= float(r[-1]) for r in rows)
     assert cli(["demo", "--dtype", "float64"]) == 2
 
 
