@@ -4,7 +4,7 @@ from .errors import ArgumentError, DTypeError, EscoinError, ShapeError, TargetEr
 from .compiler import compile
 from .runtime import CompiledModule, load
 from .kernels.conv2d.kernel import SparseConv2dKernel, build_sparse_conv2d
-from .kernels.conv2d.spec import Conv2dSpec
+from .kernels.conv_spec import Conv2dSpec
 from .kernels.conv2d.weight_format import EscoinWeight
 from .kernels.linear.kernel import SparseLinearKernel, build_sparse_linear
 from . import torch_compile  # noqa: F401,E402  (registers the "escoin" torch.compile backend)

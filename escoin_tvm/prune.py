@@ -89,6 +89,69 @@ def magnitude(model, sparsity: float, *, scope: str = "layer", min_params: int =
     return model
 
 
+def vectors(model, sparsity: float, *, group: int = 16, scope: str = "layer",
+            min_params: int = 0, layers: str = "conv"):
+    """Prunes the layers of ``model`` in place, in whole vectors, and returns the model: a
+    vector is ``group`` consecutive output channels (within a convolution group; a last,
+    shorter one where ``group`` does not divide them) at one input position (a convolution's
+    tap (c, r, s), a Linear's input feature), the blocks of the vector-sparse kernels
+    (``kernels/vector_sparse``), so that each block's channels share their zero taps.
+
+    Vectors go smallest first by root-mean-square (their L2 norm over their length), ties in
+    order, until at least ``zero_count(sparsity, size)`` weights are zero in them (at most a
+    vector more): per layer (``scope="layer"``) or ranked over all of them (``"global"``).
+    ``layers`` and ``min_params`` as for ``magnitude``."""
+    import torch
+
+    if scope not in ("layer", "global"):
+        raise ArgumentError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if isinstance(group, bool) or not isinstance(group, numbers.Integral) or group < 1:
+        raise ArgumentError(f"group must be an int >= 1, got {group!r}")
+    sparsity = check_sparsity(sparsity)
+    min_params = _count(min_params, "min_params")
+    chosen = [m for m in _layers(model, layers) if m.weight.numel() >= min_params]
+    with torch.no_grad():
+        groups = [[m] for m in chosen] if scope == "layer" else [chosen] if chosen else []
+        for members in groups:
+            blocks = [_vector_blocks(m, int(group)) for m in members]
+            rms = np.concatenate([b[0] for b in blocks])
+            sizes = np.concatenate([b[1] for b in blocks])
+            target = zero_count(sparsity, int(sizes.sum()))
+            order = np.argsort(rms, kind="stable")
+            taken = order[:int(np.searchsorted(np.cumsum(sizes[order]), target)) + 1] \
+                if target else order[:0]
+            pruned = np.zeros(rms.size, bool)
+            pruned[taken] = True
+            start = 0
+            for m, (m_rms, _, block_of) in zip(members, blocks):
+                cut = pruned[start:start + m_rms.size].reshape(-1, block_of.shape[1])
+                start += m_rms.size
+                keep = ~np.take_along_axis(cut, block_of, axis=0)
+                _keep(m, torch.from_numpy(keep.reshape(m.weight.shape)).to(m.weight.device))
+    return model
+
+
+def _vector_blocks(layer, group: int):
+    """(rms, size) of each vector of ``layer`` (block-major, then input position), and the
+    block of each output channel ([channels, positions], for taking a block's verdict to its
+    channels)."""
+    weight = layer.weight.detach().float().cpu().numpy()
+    channels = weight.shape[0]
+    flat = weight.reshape(channels, -1)
+    convolution_groups = getattr(layer, "groups", 1)
+    per_group = channels // convolution_groups
+    blocks_per_group = -(-per_group // group)
+    channel = np.arange(channels)
+    block = (channel // per_group) * blocks_per_group + (channel % per_group) // group
+    blocks = convolution_groups * blocks_per_group
+    squares = np.zeros((blocks, flat.shape[1]))
+    np.add.at(squares, block, flat.astype(np.float64) ** 2)
+    sizes = np.bincount(block, minlength=blocks)
+    rms = np.sqrt(squares / sizes[:, None])
+    block_of = np.repeat(block[:, None], flat.shape[1], axis=1)
+    return rms.reshape(-1), np.repeat(sizes, flat.shape[1]), block_of
+
+
 def _magnitudes(conv) -> np.ndarray:
     """The layer's weights as float32 magnitudes, flattened (float16 and bfloat16 convert
     exactly; numpy has no bfloat16)."""

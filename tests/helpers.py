@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from escoin_tvm.prune import prune_array
-from escoin_tvm.kernels.conv2d.spec import normalize_padding
+from escoin_tvm.kernels.conv_spec import normalize_padding
 
 
 def random_weight(rng, shape, sparsity, scale=1.0):

@@ -141,7 +141,7 @@ def test_sum_over_a_larger_domain_stores_the_output_only(case):
                                                     sparse_conv2d_primfunc)
     from escoin_tvm.kernels.conv2d.knobs import default_cpu_config
     from escoin_tvm.kernels.conv2d.schedule_cpu import schedule_cpu
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
     from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     rng = np.random.default_rng(7)
@@ -223,7 +223,7 @@ def test_unpadded_convolution_reads_its_input_in_place(padding, in_place):
     """Without padding there is nothing to copy: no pad stage, the data parameter is the input
     flattened per image, and the ELL padding points at real taps instead of a zero channel."""
     from escoin_tvm.kernels.conv2d.operator import PAD_BLOCK, kernel_input_shape, reads_in_place
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     spec = Conv2dSpec.create((2, 4, 6, 6), (8, 4, 3, 3), padding=padding)
     assert reads_in_place(spec) == in_place
@@ -289,7 +289,7 @@ def _split_k_kernel(case, split, target):
     from escoin_tvm.kernels.conv2d.kernel import scheduled_module
     from escoin_tvm.kernels.conv2d.operator import Epilogue
     from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
     from escoin_tvm.support.target import resolve_target
     from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
@@ -340,7 +340,7 @@ def test_split_k_gpu_matches_pytorch(case, split):
 def test_split_k_needs_a_gpu_target():
     from escoin_tvm.kernels.conv2d.kernel import scheduled_module
     from escoin_tvm.kernels.conv2d.operator import Epilogue
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
     from escoin_tvm.support.target import resolve_target
     from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
@@ -357,7 +357,7 @@ def test_half_precision_defaults_block_four_images_from_batch_four():
     in-place kernel whose batch 4 does not divide)."""
     from escoin_tvm.kernels.conv2d.schedule_gpu import blocks_images
     from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     def config(batch, dtype, padding=1):
         return default_gpu_config(Conv2dSpec.create((batch, 64, 28, 28), (64, 64, 3, 3),
@@ -385,7 +385,7 @@ def _half_sums_kernel(case, dtype, target, batch=8, images=4, threads_x=None):
     by with_half_sums, or ``threads_x`` over columns), and its weight, bias and input."""
     from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
     from escoin_tvm.kernels.conv2d.schedule_gpu import with_half_sums
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     weight, bias, _ = half_case(case, dtype, np.random.default_rng(8))
     shape = (batch, *case.input_shape[1:])
@@ -445,7 +445,7 @@ def test_half_sums_on_the_cpu_operator_match_float64(dtype):
     from escoin_tvm.support import dtypes as dt
     from escoin_tvm.kernels.conv2d.operator import (Epilogue, sparse_conv2d_primfunc,
                                                     weight_arrays)
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
     from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     rng = np.random.default_rng(4)
@@ -476,7 +476,7 @@ def test_half_sums_on_the_gpu_match_float64(case, batch, images, threads_x, dtyp
     thread on blocks that tile the output or not, within the bound of their half-precision
     roundings."""
     from escoin_tvm.kernels.conv2d.operator import reads_in_place
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     spec = Conv2dSpec.create(case.input_shape, case.weight_shape, **case.conv_args())
     if batch % images and reads_in_place(spec):
@@ -505,7 +505,7 @@ def test_with_half_sums_fits_threads_to_tile_the_output(shape, weight_shape, con
 
     from escoin_tvm.kernels.conv2d.schedule_gpu import blocks_images, tiles_divide, with_half_sums
     from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     spec = Conv2dSpec.create(shape, weight_shape, **conv_args)
     base = default_gpu_config(spec, "float16")

@@ -9,7 +9,7 @@ from escoin_tvm.kernels import knob_table
 from escoin_tvm.kernels.conv2d import knobs as conv_knobs
 from escoin_tvm.kernels.linear import knobs as linear_knobs
 from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
-from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
 VGG_CONV3_2 = Conv2dSpec.create((16, 256, 56, 56), (256, 256, 3, 3), padding=1)
 HEADER = {"arch": "sm_90", "gpu": "test", "sparsity": 0.9, "source": "test", "date": "now"}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import escoin_tvm
 from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
-from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.kernels.conv_spec import Conv2dSpec
 from helpers import assert_conv_close, random_weight
 
 CI = settings(max_examples=100, deadline=None, derandomize=True,

@@ -13,7 +13,7 @@ import escoin_tvm
 from escoin_tvm import ArgumentError, DTypeError, EscoinError, ShapeError, models, prune
 from escoin_tvm.cli import main as cli
 from escoin_tvm.prune import prune_array
-from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
 
 def small(seed=0, padding_mode="zeros"):

@@ -228,7 +228,7 @@ def test_half_sums_of_the_operator_stay_finite_where_float32_is():
 
     from escoin_tvm.kernels.conv2d.operator import (Epilogue, sparse_conv2d_primfunc,
                                                     weight_arrays)
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
     from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     w = cancelling_weight()
@@ -247,7 +247,7 @@ def test_half_sums_of_the_operator_stay_finite_where_float32_is():
 @pytest.mark.parametrize("images", [4, 1])
 def test_half_sums_on_the_gpu_stay_finite_where_float32_is(images):
     from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig, with_half_sums
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     w = cancelling_weight()
     shape = (8, 16, 4, 4)

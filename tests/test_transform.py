@@ -173,6 +173,6 @@ def test_strided_pointwise_conv_runs_stride_one_on_the_subsampled_input(stride, 
 @pytest.mark.parametrize("weight, stride, padding", [((6, 4, 3, 3), 2, 0), ((6, 4, 1, 1), 2, 1),
                                                      ((6, 4, 1, 1), 1, 0)])
 def test_only_unpadded_strided_pointwise_convs_are_subsampled(weight, stride, padding):
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     assert Conv2dSpec.create((1, 4, 9, 9), weight, stride=stride, padding=padding).subsampled() is None

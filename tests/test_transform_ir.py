@@ -8,7 +8,7 @@ from tvm import relax
 from escoin_tvm.kernels.conv2d.kernel import scheduled_module
 from escoin_tvm.kernels.conv2d.operator import Epilogue, kernel_input_shape
 from escoin_tvm.prune import prune_array
-from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.kernels.conv_spec import Conv2dSpec
 from escoin_tvm.support.target import resolve_target
 from escoin_tvm.transform import SparseConv2dDispatch
 from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight

@@ -10,7 +10,7 @@ import torch
 import escoin_tvm
 from escoin_tvm import EscoinError, prune
 from escoin_tvm.kernels.conv2d.operator import Epilogue
-from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.kernels.conv_spec import Conv2dSpec
 from escoin_tvm.support.target import resolve_target
 from escoin_tvm.tuning import TuningLog, format_summary
 from escoin_tvm.tuning.relax_integration import extract_tasks, tune

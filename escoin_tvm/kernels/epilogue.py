@@ -1,5 +1,27 @@
-"""What the families' fused epilogues share (they compute in float32)."""
+"""What the families' fused epilogues share: which steps follow the sum (``Epilogue``), and a
+ReLU that keeps NaN (they compute in float32)."""
+from dataclasses import dataclass
+
 from tvm import tirx
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What is fused after the sum: a per-channel bias, a residual input added elementwise (a
+    ResNet shortcut), then a ReLU; each optional, applied in that order."""
+
+    bias: bool = False
+    relu: bool = False
+    residual: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.bias or self.relu or self.residual
+
+    @property
+    def name(self) -> str:
+        return "+".join(p for p, on in (("bias", self.bias), ("residual", self.residual),
+                                        ("relu", self.relu)) if on)
 
 
 def fused_relu(value):

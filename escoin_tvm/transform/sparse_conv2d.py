@@ -17,7 +17,7 @@ from tvm import relax
 
 from ..errors import EscoinError
 from ..kernels import conv2d
-from ..kernels.conv2d.spec import Conv2dSpec
+from ..kernels.conv_spec import Conv2dSpec
 from ..kernels.eligibility import checked_threshold
 from .matching import bindings, decide_calls, rewrite_chains
 from .patterns import Chain, match_chains

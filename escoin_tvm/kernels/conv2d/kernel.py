@@ -18,7 +18,7 @@ from .knobs import ScheduleConfig, extents, schedule_source, tuned_extents, untu
 from .operator import Epilogue, kernel_input_shape, sparse_conv2d_primfunc, weight_arrays
 from .schedule_cpu import CpuConfig, schedule_cpu
 from .schedule_gpu import GpuConfig, half_sums_apply, schedule_gpu
-from .spec import Conv2dSpec, IntOrPair
+from ..conv_spec import Conv2dSpec, IntOrPair
 from .tuning_space import decode_config, tuned_row_length, workload
 from .weight_format import EscoinWeight
 

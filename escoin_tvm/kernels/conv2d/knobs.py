@@ -9,7 +9,7 @@ from ...support.target import is_gpu
 from .. import knob_table
 from .schedule_cpu import CpuConfig
 from .schedule_gpu import GpuConfig, blocks_images, pow2_at_least, with_half_sums
-from .spec import Conv2dSpec
+from ..conv_spec import Conv2dSpec
 
 ScheduleConfig = Union[CpuConfig, GpuConfig]
 

@@ -11,7 +11,7 @@ from tvm import relax
 from ..family import Lowered, relax_function
 from .kernel import schedule_choice, scheduled_module
 from .operator import Epilogue, kernel_input_shape, reads_in_place
-from .spec import Conv2dSpec
+from ..conv_spec import Conv2dSpec
 from .tuning_space import Task
 from .weight_format import EscoinWeight
 

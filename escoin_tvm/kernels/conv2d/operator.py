@@ -15,15 +15,15 @@ Relax pass pass them as constants.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 from tvm import te, tirx
 
 from ...errors import ShapeError
-from ..epilogue import fused_relu
-from .spec import Conv2dSpec
+from ..epilogue import Epilogue, fused_relu
+from ..padded_input import padded_input
+from ..conv_spec import Conv2dSpec
 from .weight_format import EscoinWeight
 
 INT32_MAX = 2**31 - 1
@@ -34,25 +34,6 @@ CONV_BLOCK = "sparse_conv"
 PARTIAL_BLOCK = "partial_sum"
 TAP_BLOCK = "tap"
 EPILOGUE_BLOCK = "epilogue"
-
-
-@dataclass(frozen=True)
-class Epilogue:
-    """What is fused after the sum: a per-channel bias, a residual input added elementwise (a
-    ResNet shortcut), then a ReLU; each optional, applied in that order."""
-
-    bias: bool = False
-    relu: bool = False
-    residual: bool = False
-
-    @property
-    def any(self) -> bool:
-        return self.bias or self.relu or self.residual
-
-    @property
-    def name(self) -> str:
-        return "+".join(p for p, on in (("bias", self.bias), ("residual", self.residual),
-                                        ("relu", self.relu)) if on)
 
 
 def reads_in_place(spec: Conv2dSpec) -> bool:
@@ -123,8 +104,7 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
     rounding error grows with the run, not the row. Each run's sum is multiplied by its factor
     (``chunk_factors``, (out_channels, runs) float32) as it is added: the values come scaled
     down by it where a run could overflow the half dtype (``chunk_scaled``)."""
-    n_, c_, h_, w_ = spec.input_shape
-    top, left = spec.padding[0], spec.padding[1]
+    n_, c_ = spec.input_shape[:2]
     hp, wp = spec.padded_h, spec.padded_w
     sh, sw = spec.stride
     images, rows = domain or (n_, spec.out_h)
@@ -144,17 +124,8 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
     def wide(value):
         return value.astype("float32") if half else value
 
-    def pad(n, f):
-        c = f // (hp * wp)
-        yy = f % (hp * wp) // wp - top
-        xx = f % wp - left
-        inside = tirx.all(c < c_, yy >= 0, yy < h_, xx >= 0, xx < w_)
-        if images > n_:  # the extra images are zeros (the clamp keeps the read in bounds)
-            inside, n = tirx.all(n < n_, inside), tirx.min(n, n_ - 1)
-        return tirx.if_then_else(inside, data[n, c, yy, xx], tirx.const(0.0, dtype))
-
     in_place = reads_in_place(spec)
-    source = data if in_place else te.compute((images, flat), pad, name=PAD_BLOCK)
+    source = data if in_place else padded_input(spec, data, images, flat, PAD_BLOCK)
 
     def gather(n, k, y, x, j):
         if in_place:  # the extra images and rows of a larger domain read the last real ones

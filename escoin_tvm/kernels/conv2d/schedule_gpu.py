@@ -19,7 +19,7 @@ from tvm import s_tir
 
 from ...errors import ArgumentError
 from .operator import reads_in_place
-from .spec import Conv2dSpec
+from ..conv_spec import Conv2dSpec
 from .schedule_common import blocks, chunk_sum_blocks, loops_below, read_index, write_back
 from .packed_half import LANES, intrinsic_name
 

@@ -27,7 +27,7 @@ from .knobs import tuned_extents, untuned_config
 from .operator import CONV_BLOCK, Epilogue, sparse_conv2d_primfunc, weight_arrays
 from .schedule_cpu import CpuConfig, schedule_cpu
 from .schedule_gpu import GpuConfig, blocks_images, schedule_gpu
-from .spec import Conv2dSpec
+from ..conv_spec import Conv2dSpec
 from .weight_format import EscoinWeight
 
 TUNED_TILE = 4  # the largest images / rows register tile the space tries

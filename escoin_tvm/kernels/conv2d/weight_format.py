@@ -14,7 +14,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from ..csr import CsrValues, as_numpy_weight, csr_rows
-from .spec import Conv2dSpec
+from ..conv_spec import Conv2dSpec
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,7 +9,7 @@ import operator
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
-from ...errors import ShapeError
+from ..errors import ShapeError
 
 IntOrPair = Union[int, Sequence[int]]
 
