@@ -35,7 +35,7 @@ from experiments.benchmarks.layers import LAYER_SETS, pruned_weight
 from experiments.common import (RESULTS, environment, export_kernel, geomean, gpu_short_name,
                                 load_kernel, result_path)
 from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
-from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.kernels.conv_spec import Conv2dSpec
 from escoin_tvm.support.timing import graph_time, median_time
 
 FP32_PEAK = {"H100": 66.9e12, "H200": 66.9e12}  # non-tensor fp32 FMA peak, SXM datasheets

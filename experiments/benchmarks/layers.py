@@ -73,7 +73,7 @@ def network_layers(network: str, size: int = 224):
     import torch
 
     from escoin_tvm import models
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     inputs = conv_inputs(models.build(network).eval(), torch.zeros(1, 3, size, size))
     shapes = {name: (shape[1:], conv) for name, (shape, conv) in inputs.items()}

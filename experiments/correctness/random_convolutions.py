@@ -44,7 +44,7 @@ def draw(rng: np.random.Generator, target: str) -> dict:
     """One random configuration (a spec that is valid, with its data and knobs)."""
     from escoin_tvm import ShapeError
     from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     while True:
         depthwise = rng.random() < 0.2

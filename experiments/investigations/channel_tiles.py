@@ -52,7 +52,7 @@ def main():
     parser.add_argument("--sparsity", type=float, default=0.9)
     args = parser.parse_args()
 
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     workdir = "/tmp/escoin_channel_tiles"
     os.makedirs(workdir, exist_ok=True)

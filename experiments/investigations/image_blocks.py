@@ -112,7 +112,7 @@ def run(args, kernels, result_name: str):
     """Builds ``kernels(spec)`` -- (dtype, label, GpuConfig) triples -- for every layer of both
     layer sets at ``args.batch`` in parallel workers, then times each from CUDA graphs and
     checks it against cuDNN fp32 (TF32 off). Writes and returns one row per kernel."""
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     workdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"escoin_{result_name}")
     os.makedirs(workdir, exist_ok=True)

@@ -111,7 +111,7 @@ def main():
 
     from escoin_tvm.kernels.conv2d.knobs import untuned_config
     from experiments.tuning.sweep_configs import candidate_configs
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     torch.backends.cudnn.allow_tf32 = False
     dev = tvm.cuda(0)

@@ -57,7 +57,7 @@ def main():
 
     from escoin_tvm.kernels.conv2d.knobs import extents
     from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     torch.backends.cudnn.allow_tf32 = False
     path = result_path("odd-rows", out=args.out)

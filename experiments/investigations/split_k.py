@@ -45,7 +45,7 @@ def main():
 
     from escoin_tvm.kernels.conv2d.knobs import untuned_config
     from escoin_tvm.kernels.conv2d.operator import kernel_input_shape
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     torch.backends.cudnn.allow_tf32 = False
     dev = tvm.cuda(0)

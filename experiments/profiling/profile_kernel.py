@@ -16,7 +16,7 @@ import torch
 
 import escoin_tvm
 from escoin_tvm.kernels.conv2d.knobs import untuned_config
-from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+from escoin_tvm.kernels.conv_spec import Conv2dSpec
 from escoin_tvm.support.target import resolve_target
 from experiments.benchmarks.layers import LAYERS, UNSEEN_LAYERS, pruned_weight
 

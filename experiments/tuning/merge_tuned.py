@@ -24,7 +24,7 @@ def winning_records(rows, min_gain: float = 1.02) -> list:
     config."""
     from escoin_tvm.kernels.conv2d import knobs as conv_knobs
     from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     shapes = {name: rest for name, *rest in LAYERS}
     records = []

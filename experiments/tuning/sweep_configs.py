@@ -92,7 +92,7 @@ def main(argv=None):
     from escoin_tvm.kernels import knob_table
     from escoin_tvm.kernels.conv2d import knobs as conv_knobs
     from escoin_tvm.kernels.conv2d.schedule_gpu import GpuConfig
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     layers = LAYERS
     if args.networks:

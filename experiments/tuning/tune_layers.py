@@ -80,7 +80,7 @@ def main(argv=None):
     from escoin_tvm.kernels import knob_table
     from escoin_tvm.kernels.conv2d import knobs as conv_knobs
     from escoin_tvm.kernels.conv2d.knobs import default_gpu_config
-    from escoin_tvm.kernels.conv2d.spec import Conv2dSpec
+    from escoin_tvm.kernels.conv_spec import Conv2dSpec
     from escoin_tvm.support.target import resolve_target
     from escoin_tvm.kernels.conv2d.tuning_space import Task
     from escoin_tvm.tuning import TuningLog, tune_tasks
