@@ -73,14 +73,9 @@ def magnitude(model, sparsity: float, *, scope: str = "layer", min_params: int =
     (magnitudes are ranked in float32, exactly as in the layer's own dtype)."""
     import torch
 
-    if scope not in ("layer", "global"):
-        raise ArgumentError(f"scope must be 'layer' or 'global', got {scope!r}")
     sparsity = check_sparsity(sparsity)
-    min_params = _count(min_params, "min_params")
-    convs = [m for m in _layers(model, layers) if m.weight.numel() >= min_params]
     with torch.no_grad():
-        groups = [[conv] for conv in convs] if scope == "layer" else [convs] if convs else []
-        for group in groups:
+        for group in _ranked_together(model, layers, scope, min_params):
             weights = [_magnitudes(conv) for conv in group]
             kept = prune_array(np.concatenate(weights), sparsity) != 0
             for conv, mask in zip(group, np.split(kept, np.cumsum([w.size for w in weights])[:-1])):
@@ -103,16 +98,11 @@ def vectors(model, sparsity: float, *, group: int = 16, scope: str = "layer",
     ``layers`` and ``min_params`` as for ``magnitude``."""
     import torch
 
-    if scope not in ("layer", "global"):
-        raise ArgumentError(f"scope must be 'layer' or 'global', got {scope!r}")
     if isinstance(group, bool) or not isinstance(group, numbers.Integral) or group < 1:
         raise ArgumentError(f"group must be an int >= 1, got {group!r}")
     sparsity = check_sparsity(sparsity)
-    min_params = _count(min_params, "min_params")
-    chosen = [m for m in _layers(model, layers) if m.weight.numel() >= min_params]
     with torch.no_grad():
-        groups = [[m] for m in chosen] if scope == "layer" else [chosen] if chosen else []
-        for members in groups:
+        for members in _ranked_together(model, layers, scope, min_params):
             blocks = [_vector_blocks(m, int(group)) for m in members]
             rms = np.concatenate([b[0] for b in blocks])
             sizes = np.concatenate([b[1] for b in blocks])
@@ -129,6 +119,17 @@ def vectors(model, sparsity: float, *, group: int = 16, scope: str = "layer",
                 keep = ~np.take_along_axis(cut, block_of, axis=0)
                 _keep(m, torch.from_numpy(keep.reshape(m.weight.shape)).to(m.weight.device))
     return model
+
+
+def _ranked_together(model, layers: str, scope: str, min_params: int):
+    """The model's layers of kind ``layers`` with at least ``min_params`` weights, in the groups
+    whose weights are ranked together: each layer alone (``scope="layer"``), or all of them
+    (``"global"``)."""
+    if scope not in ("layer", "global"):
+        raise ArgumentError(f"scope must be 'layer' or 'global', got {scope!r}")
+    min_params = _count(min_params, "min_params")
+    chosen = [m for m in _layers(model, layers) if m.weight.numel() >= min_params]
+    return [[m] for m in chosen] if scope == "layer" else [chosen] if chosen else []
 
 
 def _vector_blocks(layer, group: int):

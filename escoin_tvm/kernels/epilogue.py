@@ -1,8 +1,8 @@
-"""What the families' fused epilogues share: which steps follow the sum (``Epilogue``), and a
-ReLU that keeps NaN (they compute in float32)."""
+"""What the families' fused epilogues share: which steps follow the sum (``Epilogue``), the
+stage that applies them (``epilogue_stage``), and a ReLU that keeps NaN (in float32)."""
 from dataclasses import dataclass
 
-from tvm import tirx
+from tvm import te, tirx
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,30 @@ class Epilogue:
     def name(self) -> str:
         return "+".join(p for p, on in (("bias", self.bias), ("residual", self.residual),
                                         ("relu", self.relu)) if on)
+
+
+def epilogue_stage(output_shape, sum_at, epilogue: "Epilogue", dtype: str,
+                   name: str = "epilogue"):
+    """The output of a convolution whose float32 sum is ``sum_at(n, k, y, x)``: plus a
+    per-channel ``bias`` (float32), plus a ``residual`` of the output's shape and dtype, then
+    ReLU, as ``epilogue`` asks, rounded once to ``dtype``. Returns (the placeholders it reads,
+    bias then residual, those present; the output)."""
+    bias = te.placeholder((output_shape[1],), "float32", name="bias") if epilogue.bias else None
+    residual = te.placeholder(output_shape, dtype, name="residual") if epilogue.residual \
+        else None
+
+    def finish(n, k, y, x):
+        value = sum_at(n, k, y, x)
+        if bias is not None:
+            value = value + bias[k]
+        if residual is not None:
+            value = value + residual[n, k, y, x].astype("float32")
+        if epilogue.relu:
+            value = fused_relu(value)
+        return value.astype(dtype)
+
+    return [t for t in (bias, residual) if t is not None], te.compute(output_shape, finish,
+                                                                    name=name)
 
 
 def fused_relu(value):

@@ -21,7 +21,7 @@ import numpy as np
 from tvm import te, tirx
 
 from ...errors import ShapeError
-from ..epilogue import Epilogue, fused_relu
+from ..epilogue import Epilogue, epilogue_stage
 from ..padded_input import padded_input
 from ..conv_spec import Conv2dSpec
 from .weight_format import EscoinWeight
@@ -160,23 +160,9 @@ def sparse_conv2d_te(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epi
     if not epilogue.any and not cropped and not half:
         return inputs, conv
 
-    bias = te.placeholder((spec.out_channels,), "float32", name="bias") if epilogue.bias else None
-    residual = te.placeholder(spec.output_shape, dtype, name="residual") \
-        if epilogue.residual else None
-
-    def finish(n, k, y, x):
-        value = conv[n, k, y, x]
-        if bias is not None:
-            value = value + bias[k]
-        if residual is not None:
-            value = value + wide(residual[n, k, y, x])
-        if epilogue.relu:
-            value = fused_relu(value)
-        return value.astype(dtype) if half else value
-
-    out = te.compute(spec.output_shape, finish, name=EPILOGUE_BLOCK)
-    inputs += [t for t in (bias, residual) if t is not None]
-    return inputs, out
+    extra, out = epilogue_stage(spec.output_shape, lambda n, k, y, x: conv[n, k, y, x], epilogue,
+                                dtype, EPILOGUE_BLOCK)
+    return inputs + extra, out
 
 
 def sparse_conv2d_primfunc(spec: Conv2dSpec, row_length: int, epilogue: Epilogue = Epilogue(),

@@ -15,7 +15,7 @@ from tvm import te
 
 from ...errors import ShapeError
 from ..conv_spec import Conv2dSpec
-from ..epilogue import Epilogue, fused_relu
+from ..epilogue import Epilogue, epilogue_stage
 from ..padded_input import padded_input
 
 PAD_BLOCK = "data_pad"
@@ -50,23 +50,10 @@ def vector_sparse_conv2d_te(spec: Conv2dSpec, blocks: int, width: int, group: in
     sums = te.compute((n_, blocks, group, spec.out_h, spec.out_w), lambda n, b, g, y, x: te.sum(
         wide(values[b, t, g]) * wide(source[n, offsets[b, t] + y * (sh * wp) + x * sw]),
         axis=t), name=SUM_BLOCK)
-    bias = te.placeholder((spec.out_channels,), "float32", name="bias") if epilogue.bias else None
-    residual = te.placeholder(spec.output_shape, dtype, name="residual") \
-        if epilogue.residual else None
-
-    def finish(n, k, y, x):
-        value = sums[n, slots[k] // group, slots[k] % group, y, x]
-        if bias is not None:
-            value = value + bias[k]
-        if residual is not None:
-            value = value + wide(residual[n, k, y, x])
-        if epilogue.relu:
-            value = fused_relu(value)
-        return value.astype(dtype) if half else value
-
-    out = te.compute(spec.output_shape, finish, name=EPILOGUE_BLOCK)
-    inputs = [data, offsets, values, slots] + [a for a in (bias, residual) if a is not None]
-    return inputs, out
+    extra, out = epilogue_stage(
+        spec.output_shape, lambda n, k, y, x: sums[n, slots[k] // group, slots[k] % group, y, x],
+        epilogue, dtype, EPILOGUE_BLOCK)
+    return [data, offsets, values, slots] + extra, out
 
 
 def vector_sparse_conv2d_primfunc(spec: Conv2dSpec, blocks: int, width: int, group: int,
