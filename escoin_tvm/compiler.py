@@ -23,7 +23,7 @@ from .frontend import conv_layer_names, linear_layer_names, prepare, quiet_torch
 from .kernels.cuda_cache import cached_cuda_compiles
 from .pipeline import relax_pipeline
 from .runtime import METADATA_FUNC, METADATA_VERSION, CompiledModule, metadata_function
-from .support import dtypes
+from .support import dtypes, tir_pipeline
 from .support.progress import CompileProgress
 from .support.target import TargetLike, device_for, is_gpu, resolve_target
 from .support.tvm_logs import without_tvm_noise
@@ -184,4 +184,5 @@ def _build(mod, target, cuda_graph: bool, stock: bool):
     config = {**dict(outer.config), "relax.backend.use_cuda_graph": cuda_graph}
     with target, tvm.transform.PassContext(opt_level=outer.opt_level, config=config), \
             without_tvm_noise(), cached_cuda_compiles():
-        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline,
+                           tir_pipeline=tir_pipeline.NAME)

@@ -6,13 +6,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from escoin_tvm import ArgumentError, TargetError, prune
+from escoin_tvm import ArgumentError, DTypeError, prune
 from escoin_tvm.kernels.conv_spec import Conv2dSpec
 from escoin_tvm.kernels.vector_sparse.kernel import build_vector_sparse_conv2d
+from escoin_tvm.kernels.vector_sparse.schedule_gpu import TensorCoreConfig
 from escoin_tvm.kernels.vector_sparse.weight_format import VectorSparseWeight
 from escoin_tvm.prune import prune_array
 from escoin_tvm.support import dtypes
 from helpers import assert_conv_close
+
+SM_90 = {"kind": "cuda", "arch": "sm_90"}
 
 
 def vector_pruned(rng, shape, sparsity, group, groups=1):
@@ -59,9 +62,15 @@ def test_bad_arguments_are_named():
     spec = Conv2dSpec.create((1, 4, 6, 6), (8, 4, 3, 3))
     with pytest.raises(ArgumentError, match="group must be one of"):
         VectorSparseWeight.from_dense(np.ones((8, 4, 3, 3), np.float32), spec, group=4)
-    with pytest.raises(TargetError, match="CPU schedule only"):
+    with pytest.raises(DTypeError, match="float16 or bfloat16, not float32"):
         build_vector_sparse_conv2d(np.ones((8, 4, 3, 3), np.float32), (1, 4, 6, 6),
-                                   target={"kind": "cuda", "arch": "sm_90"})
+                                   target=SM_90)
+    with pytest.raises(ArgumentError, match="blocks of 16 output channels.*group=8"):
+        build_vector_sparse_conv2d(np.ones((8, 4, 3, 3), np.float16), (1, 4, 6, 6),
+                                   target=SM_90, group=8)
+    with pytest.raises(ArgumentError, match="TensorCoreConfig.warps must be an int >= 1"):
+        build_vector_sparse_conv2d(np.ones((8, 4, 3, 3), np.float16), (1, 4, 6, 6),
+                                   target=SM_90, config=TensorCoreConfig(warps=0))
     with pytest.raises(ArgumentError, match="group must be an int"):
         prune.vectors(torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3)), 0.5, group=0)
 
@@ -86,15 +95,18 @@ def convolutions(draw):
             "vectors": draw(st.booleans()), "sparsity": draw(st.sampled_from([0.0, 0.5, 0.9, 1.0])),
             "bias": draw(st.booleans()), "relu": draw(st.booleans()),
             "dtype": draw(st.sampled_from(["float32", "float32", "float16", "bfloat16"])),
+            "config": draw(st.one_of(st.none(), tensor_core_configs())),
             "seed": draw(st.integers(0, 2**16))}
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(convolutions())
-def test_random_vector_sparse_convolutions_match_float64(case):
-    """Strides, asymmetric padding, dilation, groups, odd sizes, G not dividing the channels,
-    all-zero blocks, vector-pruned or unstructured weights, three dtypes."""
+def tensor_core_configs():
+    return st.builds(TensorCoreConfig, warps=st.sampled_from([1, 2, 3, 4]),
+                     fragments=st.sampled_from([1, 2, 3]), k_fragments=st.sampled_from([1, 2, 3]))
+
+
+def check_random_case(case, target=None):
+    """Builds ``case`` for ``target`` (the CPU by default), runs it and compares with PyTorch
+    in float64."""
     rng = np.random.default_rng(case["seed"])
     groups = case["args"]["groups"]
     if case["vectors"]:
@@ -109,12 +121,52 @@ def test_random_vector_sparse_convolutions_match_float64(case):
     bias = rng.standard_normal(case["weight"][0]).astype(np.float32) if case["bias"] else None
     kernel = build_vector_sparse_conv2d(weight, case["shape"], bias=bias, relu=case["relu"],
                                         group=case["group"], reorder=case["reorder"],
+                                        config=case["config"], target=target or "llvm",
                                         **case["args"])
-    given_x = dtypes.to_torch(x) if case["dtype"] == "bfloat16" else x
-    out = kernel(given_x)
-    out = dtypes.to_numpy(out) if case["dtype"] == "bfloat16" else out
-    assert_conv_close(out, x, weight, dtype=case["dtype"], bias=bias, relu=case["relu"],
-                      **case["args"])
+    device = "cuda" if target is not None else "cpu"
+    out = kernel(dtypes.to_torch(x).to(device)).cpu()
+    assert_conv_close(dtypes.to_numpy(out), x, weight, dtype=case["dtype"], bias=bias,
+                      relu=case["relu"], **case["args"])
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(convolutions())
+def test_random_vector_sparse_convolutions_match_float64(case):
+    """Strides, asymmetric padding, dilation, groups, odd sizes, G not dividing the channels,
+    all-zero blocks, vector-pruned or unstructured weights, three dtypes; with a GPU config,
+    its padding of pixels and taps."""
+    check_random_case(case)
+
+
+def on_tensor_cores(case):
+    """``case`` as the GPU kernels take it: float16 or bfloat16, blocks of 16."""
+    dtype = case["dtype"] if case["dtype"] != "float32" else "float16"
+    return {**case, "dtype": dtype, "group": 16}
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(convolutions())
+def test_the_tensor_core_schedule_builds_for_random_convolutions_and_configs(case):
+    """The GPU schedule applies and nvcc compiles it (no GPU needed) on random shapes, with
+    the default or a random config."""
+    case = on_tensor_cores(case)
+    weight = np.ones(case["weight"], dtypes.numpy_dtype(case["dtype"]))
+    kernel = build_vector_sparse_conv2d(weight, case["shape"], relu=case["relu"],
+                                        config=case["config"], target=SM_90, **case["args"])
+    assert kernel.compiled
+    source = kernel.executable.mod.imports[0].inspect_source()
+    assert "mma.sync.aligned.m16n8k16" in source and "ldmatrix.sync" in source
+    assert "_warp_ptr[256]" not in source  # the fragments are lowered to registers
+
+
+@pytest.mark.gpu
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(convolutions())
+def test_random_tensor_core_convolutions_match_float64_on_the_gpu(case):
+    check_random_case(on_tensor_cores(case), target="cuda")
 
 
 def test_vector_pruning_keeps_each_blocks_zero_taps_shared_and_reaches_its_sparsity():

@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional
 
 import tvm
 
+from ..support import tir_pipeline
 from .cuda_cache import cached_cuda_compiles
 
 _PENDING = threading.local()  # this thread's kernels waiting for their joint compile
@@ -38,7 +39,7 @@ def compile_module(mod: tvm.IRModule, target):
     """``tvm.compile(mod)`` for ``target`` with the target in scope (it names the architecture
     of the CUDA binaries, which the disk cache of ``cuda_cache`` keys by)."""
     with target, cached_cuda_compiles():
-        return tvm.compile(mod, target=target)
+        return tvm.compile(mod, target=target, tir_pipeline=tir_pipeline.NAME)
 
 
 def defer(kernel) -> bool:

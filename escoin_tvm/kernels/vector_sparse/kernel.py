@@ -1,6 +1,6 @@
 """The vector-sparse convolution built: ``build_vector_sparse_conv2d``, one pruned convolution
-compiled into a callable kernel (``compiled_kernel.py``). Only the CPU schedule exists yet (for
-correctness: the family's GPU schedule, a gathered GEMM on tensor cores, is the next step)."""
+compiled into a callable kernel (``compiled_kernel.py``): on a GPU the tensor-core schedule
+(float16 or bfloat16, blocks of 16 channels), elsewhere the CPU one (for correctness)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 import numpy as np
 from tvm import s_tir
 
-from ...errors import ShapeError, TargetError
+from ...errors import ShapeError
+from ...support import dtypes, tir_pipeline
 from ...support.target import TargetLike, is_gpu, resolve_target
 from ..compiled_kernel import CompiledKernel
 from ..conv_spec import Conv2dSpec, IntOrPair
@@ -16,6 +17,7 @@ from ..csr import as_float32_bias, as_numpy_weight
 from ..epilogue import Epilogue
 from .operator import vector_sparse_conv2d_primfunc
 from .schedule_cpu import schedule_cpu
+from .schedule_gpu import MMA, TensorCoreConfig, check_gpu, default_config, schedule_gpu
 from .weight_format import VectorSparseWeight
 
 
@@ -25,14 +27,25 @@ class VectorSparseConv2dKernel(CompiledKernel):
     the block); taps outside a block's union are skipped, as the Escoin kernels skip zeros."""
 
     def __init__(self, spec: Conv2dSpec, weight: VectorSparseWeight, bias: Optional[np.ndarray],
-                 epilogue: Epilogue, target, device=None):
+                 epilogue: Epilogue, target, device=None,
+                 config: Optional[TensorCoreConfig] = None):
+        self.spec, self.weight, self.epilogue, self.config = spec, weight, epilogue, config
+        width = weight.offsets.shape[1]
         if is_gpu(target):
-            raise TargetError("the vector-sparse kernels have a CPU schedule only, for now (their "
-                              "tensor-core GPU schedule is the next step); use target='llvm'")
-        self.spec, self.weight, self.epilogue = spec, weight, epilogue
-        func = vector_sparse_conv2d_primfunc(spec, weight.blocks, weight.offsets.shape[1],
-                                             weight.group, epilogue, weight.dtype)
-        mod = schedule_cpu(s_tir.Schedule(func)).mod
+            config = (config or default_config(spec, width)).validate()
+            if width % config.k_tile:
+                raise ShapeError(f"the tap lists ({width}) must be padded to a multiple of the "
+                                 f"config's {config.k_tile} taps per stage")
+            self.config = config
+            func = vector_sparse_conv2d_primfunc(spec, weight.blocks, width, weight.group,
+                                                 epilogue, weight.dtype, config.pixel_tile)
+            mod = tir_pipeline.with_warp_fragments(
+                schedule_gpu(s_tir.Schedule(func), config, weight.dtype).mod)
+        else:  # a config sets only the GPU's padding of pixels here (tests check it on a CPU)
+            func = vector_sparse_conv2d_primfunc(spec, weight.blocks, width, weight.group,
+                                                 epilogue, weight.dtype,
+                                                 config.pixel_tile if config else 1)
+            mod = schedule_cpu(s_tir.Schedule(func)).mod
         constants = [weight.offsets, weight.values, weight.slots]
         super().__init__(mod, target, device, spec.input_shape, spec.input_shape,
                          spec.output_shape, weight.dtype,
@@ -43,11 +56,14 @@ def build_vector_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None,
                                stride: IntOrPair = 1, padding: IntOrPair = 0,
                                dilation: IntOrPair = 1, groups: int = 1, relu: bool = False,
                                group: int = 16, reorder: bool = False,
-                               target: TargetLike = "llvm",
-                               device=None) -> VectorSparseConv2dKernel:
-    """Compiles the convolution of ``weight`` (dense OIHW; float32, float16 or bfloat16) in the
-    vector-sparse format (``VectorSparseWeight``: blocks of ``group`` output channels, reordered
-    by similarity with ``reorder``) for inputs of ``input_shape`` (NCHW)."""
+                               target: TargetLike = "llvm", device=None,
+                               config: Optional[TensorCoreConfig] = None
+                               ) -> VectorSparseConv2dKernel:
+    """Compiles the convolution of ``weight`` (dense OIHW; float32, float16 or bfloat16; on a
+    GPU float16 or bfloat16) in the vector-sparse format (``VectorSparseWeight``: blocks of
+    ``group`` output channels, 16 on a GPU, reordered by similarity with ``reorder``) for
+    inputs of ``input_shape`` (NCHW). ``config`` sets the GPU schedule's tiles
+    (``TensorCoreConfig``; by default ``default_config``)."""
     target = resolve_target(target)
     weight = as_numpy_weight(weight)
     spec = Conv2dSpec.create(input_shape, weight.shape, stride=stride, padding=padding,
@@ -56,6 +72,13 @@ def build_vector_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None,
         bias = as_float32_bias(bias)
         if bias.shape != (spec.out_channels,):
             raise ShapeError(f"bias must have shape ({spec.out_channels},), got {bias.shape}")
+    if is_gpu(target):
+        check_gpu(dtypes.name_of(weight.dtype), group)
+    encoded = VectorSparseWeight.from_dense(weight, spec, group, MMA, reorder)
+    if is_gpu(target):
+        config = config or default_config(spec, encoded.offsets.shape[1])
+    if config is not None:
+        encoded = encoded.padded_to(config.validate().k_tile)
     return VectorSparseConv2dKernel(
-        spec, VectorSparseWeight.from_dense(weight, spec, group, reorder=reorder), bias,
-        Epilogue(bias=bias is not None, relu=bool(relu)), target, device)
+        spec, encoded, bias, Epilogue(bias=bias is not None, relu=bool(relu)), target, device,
+        config)

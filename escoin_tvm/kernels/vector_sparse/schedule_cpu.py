@@ -1,16 +1,18 @@
 """The vector-sparse convolution's CPU (LLVM) schedule: correctness, not speed (the family is
-for tensor cores). Parallel over images and blocks, the block's channels in registers."""
+for tensor cores). The gather is inlined into the sum; parallel over blocks and images, the
+block's channels innermost."""
 from __future__ import annotations
 
 from tvm import s_tir
 
-from .operator import PAD_BLOCK, SUM_BLOCK
+from .operator import GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK
 
 
 def schedule_cpu(sch: s_tir.Schedule) -> s_tir.Schedule:
+    sch.compute_inline(sch.get_sblock(GATHER_BLOCK))
     block = sch.get_sblock(SUM_BLOCK)
-    n, b, g, y, x, t = sch.get_loops(block)
-    sch.reorder(n, b, y, x, t, g)
-    sch.parallel(sch.fuse(n, b))
+    b, n, p, g, t = sch.get_loops(block)
+    sch.reorder(b, n, p, t, g)
+    sch.parallel(sch.fuse(b, n))
     sch.parallel(sch.get_loops(sch.get_sblock(PAD_BLOCK))[0])
     return sch

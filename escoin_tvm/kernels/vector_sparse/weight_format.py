@@ -18,7 +18,7 @@ inverses. A group's channel count need not be a multiple of G: its last block ha
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Tuple
 
 import numpy as np
@@ -121,6 +121,21 @@ class VectorSparseWeight:
         """What the unions cost: stored weights per non-zero (1.0 for a weight pruned in
         vectors of the block size, more for any other)."""
         return self.stored / max(1, self.nnz)
+
+    def padded_to(self, multiple: int) -> "VectorSparseWeight":
+        """The same weight with its tap lists padded to a multiple of ``multiple`` (more taps
+        of value 0 at the zero channel)."""
+        width = self.offsets.shape[1]
+        extra = -(-width // multiple) * multiple - width
+        if not extra:
+            return self
+        hp, wp = self.padded_hw
+        zero_channel = self.weight_shape[1] * self.groups * hp * wp
+        offsets = np.concatenate(
+            [self.offsets, np.full((self.blocks, extra), zero_channel, np.int32)], axis=1)
+        values = np.concatenate(
+            [self.values, np.zeros((self.blocks, extra, self.group), self.values.dtype)], axis=1)
+        return replace(self, offsets=offsets, values=values)
 
     def to_dense(self) -> np.ndarray:
         """The dense OIHW weight back: the exact inverse of ``from_dense``."""

@@ -1,0 +1,154 @@
+"""The vector-sparse GPU schedule (CUDA): the gathered GEMM of ``operator.py`` on tensor cores.
+
+A thread block owns one block of G = 16 output channels, one image and a tile of
+``16 * fragments * warps`` output pixels (M). For each step of ``16 * k_fragments`` taps (K) it
+gathers the input at those taps for its pixels into shared memory ([taps, pixels], adjacent
+threads on adjacent pixels, so the loads coalesce), copies the block's values for those taps
+beside it, then each warp runs ``ldmatrix`` and ``mma.sync`` m16n8k16 over its own
+``fragments`` 16 x 16 output tiles, accumulating in float32 registers
+(``tensor_intrin.py``). The sums go to global memory once, and the epilogue (a kernel of its
+own) puts each channel in its place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from tvm import s_tir
+
+from ...errors import ArgumentError, DTypeError
+from ..conv_spec import Conv2dSpec
+from . import tensor_intrin
+from .operator import EPILOGUE_BLOCK, GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK, padded_pixels
+
+MMA = 16  # the M, N and K of one tensor-core tile
+MAX_WARPS = 32
+GPU_GROUP = 16  # the N of the tiles: the only block size the GPU schedule takes
+PAD_ROW = 8  # halves added to each shared-memory row: ldmatrix's rows then hit distinct banks
+
+
+@dataclass(frozen=True)
+class TensorCoreConfig:
+    warps: int = 2  # warps per thread block, each over its own pixels
+    fragments: int = 2  # 16-pixel tiles per warp
+    k_fragments: int = 2  # 16-tap steps per shared-memory stage
+
+    @property
+    def pixel_tile(self) -> int:
+        """Output pixels per thread block (its M tile)."""
+        return MMA * self.fragments * self.warps
+
+    @property
+    def k_tile(self) -> int:
+        """Taps per shared-memory stage; the tap lists are padded to a multiple of it."""
+        return MMA * self.k_fragments
+
+    def validate(self) -> "TensorCoreConfig":
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ArgumentError(f"TensorCoreConfig.{field.name} must be an int >= 1, "
+                                    f"got {value!r}")
+        if self.warps > MAX_WARPS:
+            raise ArgumentError(f"TensorCoreConfig asks for {self.warps} warps per block "
+                                f"(max {MAX_WARPS})")
+        return self
+
+
+_TILES = {128: (4, 2), 64: (2, 2), 32: (2, 1), 16: (1, 1)}  # pixel tile: (warps, fragments)
+_WASTE = 1.15  # a larger tile may pad an image's pixels this much more than the smallest
+
+
+def default_config(spec: Conv2dSpec, width: int) -> TensorCoreConfig:
+    """The largest pixel tile that pads an image's output pixels at most 15% more than 16
+    would (an image's pixels are rounded up to the tile), and two 16-tap steps per stage
+    unless the tap lists are shorter."""
+    least = padded_pixels(spec, min(_TILES))
+    tile = max(t for t in _TILES if padded_pixels(spec, t) <= _WASTE * least)
+    warps, fragments = _TILES[tile]
+    return TensorCoreConfig(warps, fragments, 1 if width <= MMA else 2)
+
+
+def check_gpu(dtype: str, group: int) -> None:
+    """The GPU schedule's limits, as errors that name them."""
+    if dtype not in tensor_intrin.DTYPES:
+        raise DTypeError(f"the vector-sparse GPU kernels run on tensor cores in "
+                         f"{' or '.join(tensor_intrin.DTYPES)}, not {dtype}; convert the model "
+                         "(model.half()) or use the Escoin CUDA-core kernels for float32")
+    if group != GPU_GROUP:
+        raise ArgumentError(f"the vector-sparse GPU kernels take blocks of {GPU_GROUP} output "
+                            f"channels (the N of a tensor-core tile), got group={group}")
+
+
+def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s_tir.Schedule:
+    """Applies the tensor-core mapping to a vector-sparse PrimFunc built with
+    ``pixel_tile=config.pixel_tile`` and tap lists padded to ``config.k_tile``."""
+    config.validate()
+    warps, fragments, k_fragments = config.warps, config.fragments, config.k_fragments
+    gather, sums = sch.get_sblock(GATHER_BLOCK), sch.get_sblock(SUM_BLOCK)
+    b, n, p, g, t = sch.get_loops(sums)
+    p, p_mma = sch.split(p, [None, MMA])
+    t, t_mma = sch.split(t, [None, MMA])
+    sch.reorder(b, n, p, t, p_mma, g, t_mma)
+    tile = sch.blockize(p_mma)  # one 16 x 16 x 16 product
+    p_block, p_warp, p_fragment = sch.split(p, [None, warps, fragments])
+    t_stage, t_step = sch.split(t, [None, k_fragments])
+    sch.reorder(b, n, p_block, p_warp, t_stage, t_step, p_fragment)
+    sch.bind(sch.fuse(b, n, p_block), "blockIdx.x")
+    sch.bind(p_warp, "threadIdx.y")
+
+    # the gather, [taps, pixels] in shared memory, pixels across the threads
+    sch.set_scope(gather, 0, "shared")
+    sch.compute_at(gather, t_stage)
+    _, ty, tx = sch.split(sch.fuse(*sch.get_loops(gather)[-2:]), [None, warps, 32])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.storage_align(gather, 0, axis=-2, factor=32, offset=PAD_ROW)
+    # the block's values at those taps, [taps, 16], in 16-byte vectors
+    values = sch.cache_read(tile, 1, "shared")
+    sch.compute_at(values, t_stage)
+    _, ty, tx, vector = sch.split(sch.fuse(*sch.get_loops(values)[-2:]), [None, warps, 32, 8])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.vectorize(vector)
+    sch.storage_align(values, 0, axis=-2, factor=32, offset=PAD_ROW)
+
+    # fragments: A and B per 16-tap step, C (float32) per warp for the whole sum
+    a_frag = sch.cache_read(tile, 0, "warp")
+    b_frag = sch.cache_read(tile, 1, "warp")
+    sch.compute_at(a_frag, t_step)
+    sch.compute_at(b_frag, t_step)
+    c_frag = sch.cache_write(tile, 0, "warp")
+    sch.reverse_compute_at(c_frag, p_warp)
+    rows, cols = sch.get_loops(c_frag)[-2:]
+    rows_o, rows_i = sch.split(rows, [None, MMA])
+    cols_o, cols_i = sch.split(cols, [None, MMA])
+    sch.reorder(rows_o, cols_o, rows_i, cols_i)
+    sch.decompose_reduction(tile, t_stage)
+
+    def tiles_of(block):
+        rows, cols = sch.get_loops(block)[-2:]
+        rows_o, rows_i = sch.split(rows, [None, MMA])
+        cols_o, cols_i = sch.split(cols, [None, MMA])
+        sch.reorder(rows_o, cols_o, rows_i, cols_i)
+        return rows_i
+
+    load_a, load_b = tiles_of(a_frag), tiles_of(b_frag)
+    layout = tensor_intrin.tvm_intrin.shared_16x16_to_ldmatrix_32x8_layout
+    sch.transform_layout(a_frag, ("write", 0), lambda b, n, t, p: (
+        b, n, t // MMA, p // MMA, *layout(t % MMA, p % MMA)))
+    sch.transform_layout(b_frag, ("write", 0), lambda b, t, g: (
+        b, t // MMA, g // MMA, *layout(t % MMA, g % MMA)))
+    sch.transform_layout(c_frag, ("read", 0), lambda b, n, p, g: (
+        b, n, p // MMA, g // MMA, *layout(p % MMA, g % MMA)))
+    sch.tensorize(load_a, tensor_intrin.load_name(dtype, "a"))
+    sch.tensorize(load_b, tensor_intrin.load_name(dtype, "b"))
+    sch.tensorize(sch.get_loops(sums)[-3], tensor_intrin.mma_name(dtype))
+    sch.tensorize(sch.get_loops(sch.get_sblock(SUM_BLOCK + "_init"))[-2], tensor_intrin.FILL)
+    sch.tensorize(sch.get_loops(c_frag)[-2], tensor_intrin.STORE)
+
+    for name in (PAD_BLOCK, EPILOGUE_BLOCK):
+        block = sch.get_sblock(name)
+        grid, threads = sch.split(sch.fuse(*sch.get_loops(block)), [None, 256])
+        sch.bind(grid, "blockIdx.x")
+        sch.bind(threads, "threadIdx.x")
+    return sch

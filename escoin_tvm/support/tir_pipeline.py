@@ -1,0 +1,63 @@
+"""TVM's TIR pipeline (``s_tir``), with two fixes for kernels that keep tensor-core fragments
+in ``warp`` memory; every build of escoin-tvm asks for it by ``NAME``.
+
+TVM 0.27's ``LowerWarpMemory`` lowers only the first ``warp`` allocation of a statement
+sequence (it stops at it), and a kernel with an A, a B and a C fragment has three; the others
+stay whole-warp arrays in every thread (spilled, wrong in size, slow). The pass is repeated
+here until none is left. It also reads how a fragment is spread over the lanes from the index
+of a store, which TVM's common-subexpression elimination, run before it, turns into an opaque
+variable: for a module with ``warp`` fragments (its PrimFuncs marked by ``with_warp_fragments``)
+that elimination is left to nvcc. Other modules build as with ``s_tir``.
+"""
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import tirx
+from tvm.tirx import compilation_pipeline
+
+NAME = "escoin_s_tir"
+ATTR = "escoin.warp_fragments"
+_MAX_ROUNDS = 64
+
+
+def with_warp_fragments(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with each PrimFunc marked as keeping fragments in ``warp`` memory (what the
+    pipeline looks for: TVM has no cheap walk over TIR from Python)."""
+    return tvm.IRModule({gv: (f.with_attr(ATTR, True) if isinstance(f, tirx.PrimFunc) else f)
+                         for gv, f in mod.functions.items()})
+
+
+def _has_warp_fragments(mod: tvm.IRModule) -> bool:
+    return any(isinstance(f, tirx.PrimFunc) and f.attrs is not None and ATTR in f.attrs
+               for f in mod.functions.values())
+
+
+@tvm.transform.module_pass(opt_level=0, name="escoin.LowerAllWarpMemory")
+def _lower_all_warp_memory(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    for _ in range(_MAX_ROUNDS):
+        lowered = tirx.transform.LowerWarpMemory()(mod)
+        if tvm_ffi.structural_equal(lowered, mod):
+            break
+        mod = lowered
+    return mod
+
+
+def _pipeline():
+    main, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("s_tir")
+
+    @tvm.transform.module_pass(opt_level=0, name="escoin.STirPipeline")
+    def lower(mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        if not _has_warp_fragments(mod):
+            return main(mod)
+        config = {**dict(ctx.config), "tirx.disable_cse_tir": True}
+        with tvm.transform.PassContext(opt_level=ctx.opt_level, config=config):
+            return main(mod)
+
+    def device_passes():
+        return tvm.transform.Sequential([_lower_all_warp_memory, finalize_device()])
+
+    return lower, finalize_host, device_passes
+
+
+compilation_pipeline.PIPELINE_MAP[NAME] = _pipeline
