@@ -7,7 +7,8 @@ stay whole-warp arrays in every thread (spilled, wrong in size, slow). The pass 
 here until none is left. It also reads how a fragment is spread over the lanes from the index
 of a store, which TVM's common-subexpression elimination, run before it, turns into an opaque
 variable: for a module with ``warp`` fragments (its PrimFuncs marked by ``with_warp_fragments``)
-that elimination is left to nvcc. Other modules build as with ``s_tir``.
+that elimination is left to nvcc, and copies into shared memory in a software pipeline's
+asynchronous stage become ``cp.async``. Other modules build as with ``s_tir``.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def _pipeline():
     def lower(mod: tvm.IRModule, ctx) -> tvm.IRModule:
         if not _has_warp_fragments(mod):
             return main(mod)
-        config = {**dict(ctx.config), "tirx.disable_cse_tir": True}
+        config = {**dict(ctx.config), "tirx.disable_cse_tir": True,
+                  "tirx.use_async_copy": True}
         with tvm.transform.PassContext(opt_level=ctx.opt_level, config=config):
             return main(mod)
 

@@ -31,8 +31,11 @@ from multiprocessing import get_context
 from experiments.benchmarks.layers import LAYER_SETS, pruned_weight
 from experiments.common import environment, export_kernel, geomean, load_kernel, result_path
 
-SWEEP = [(1, 1, 2), (2, 1, 2), (2, 2, 2), (4, 2, 2), (4, 4, 2), (2, 2, 1), (4, 2, 1),
-         (2, 2, 4), (4, 2, 4), (8, 2, 2)]  # (warps, fragments, k_fragments)
+# (warps, fragments, k_fragments, image_block, stages), by whether the batch fills 8 images
+SWEEP = {8: [(2, 2, 2, 8, 2), (4, 2, 2, 8, 2), (4, 4, 2, 8, 2), (2, 1, 2, 8, 2), (4, 2, 1, 8, 2),
+             (4, 2, 4, 8, 2), (4, 2, 2, 8, 1), (8, 2, 2, 8, 2), (2, 2, 2, 1, 1)],
+         1: [(1, 1, 2, 1, 1), (2, 1, 2, 1, 1), (2, 2, 2, 1, 1), (1, 1, 2, 1, 2), (2, 1, 2, 1, 2),
+             (2, 2, 4, 1, 2), (4, 2, 2, 1, 1), (2, 1, 1, 1, 1)]}
 
 
 def vector_weight(wshape, groups, sparsity, seed):
@@ -144,7 +147,7 @@ def main(argv=None):
                 if not args.no_escoin:
                     kinds.append(("escoin", None))
                 if args.sweep and sparsity == sparsities[0]:
-                    kinds += [("vector_sweep", c) for c in SWEEP]
+                    kinds += [("vector_sweep", c) for c in SWEEP[8 if batch >= 8 else 1]]
                 for kind, config in kinds:
                     jobs.append((kind, name, batch, sparsity, chw, wshape, stride, padding,
                                  groups, seed, config, args.dtype, workdir))

@@ -38,13 +38,14 @@ class VectorSparseConv2dKernel(CompiledKernel):
                                  f"config's {config.k_tile} taps per stage")
             self.config = config
             func = vector_sparse_conv2d_primfunc(spec, weight.blocks, width, weight.group,
-                                                 epilogue, weight.dtype, config.pixel_tile)
+                                                 epilogue, weight.dtype, config.m_tile,
+                                                 config.image_block)
             mod = tir_pipeline.with_warp_fragments(
                 schedule_gpu(s_tir.Schedule(func), config, weight.dtype).mod)
-        else:  # a config sets only the GPU's padding of pixels here (tests check it on a CPU)
-            func = vector_sparse_conv2d_primfunc(spec, weight.blocks, width, weight.group,
-                                                 epilogue, weight.dtype,
-                                                 config.pixel_tile if config else 1)
+        else:  # a config sets only the GPU's layout of M here (tests check it on a CPU)
+            func = vector_sparse_conv2d_primfunc(
+                spec, weight.blocks, width, weight.group, epilogue, weight.dtype,
+                config.m_tile if config else 1, config.image_block if config else 1)
             mod = schedule_cpu(s_tir.Schedule(func)).mod
         constants = [weight.offsets, weight.values, weight.slots]
         super().__init__(mod, target, device, spec.input_shape, spec.input_shape,

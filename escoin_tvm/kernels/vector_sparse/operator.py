@@ -1,16 +1,21 @@
 """The vector-sparse convolution as a TVM tensor expression: per block of output channels and
-per image, a product of the gathered input (the block's taps x output pixels) and the block's
-values (taps x G), the shape of a GEMM on tensor cores.
+per block of ``v`` images, a product of the gathered input (the block's taps x rows of M) and
+the block's values (taps x G), the shape of a GEMM on tensor cores.
 
-    gathered[b, n, t, p] = padded[n, offsets[b, t] + y(p)*sh*Wp + x(p)*sw]   (0 past the pixels)
-    sums[b, n, p, g]     = sum_t gathered[b, n, t, p] * values[b, t, g]
-    out[n, k, y, x]      = epilogue( sums[slots[k] // G, n, y*OW + x, slots[k] % G] )
+    padded[nb, f, i]      = the input of image nb*v + i, zero-padded and flattened
+    gathered[b, nb, t, m] = padded[nb, offsets[b, t] + y(p)*sh*Wp + x(p)*sw, i]
+                            with p = m // v, i = m % v   (0 past the pixels)
+    sums[b, nb, m, g]     = sum_t gathered[b, nb, t, m] * values[b, t, g]
+    out[n, k, y, x]       = epilogue( sums[slots[k] // G, n // v, (y*OW + x)*v + n % v,
+                                           slots[k] % G] )
 
-``p`` runs over an image's output pixels in row-major order, rounded up to ``pixel_tile`` (a
-thread block's M tile never straddles two images); ``padded`` is the input zero-padded and
-flattened per image, with the all-zero channel the padding taps point at (``padded_input``).
-The products are summed in float32; the epilogue (bias, residual, ReLU, rounded once to the
-dtype) also puts each channel back in its place.
+A row m of M is one output pixel p (row-major) of one image i of the block: the v images of a
+pixel are adjacent in ``padded`` and in M, so that a tap's v values are one vector load (16
+bytes for v = 8 half values). An image block's pixels are rounded up so that its rows are a
+multiple of ``m_tile`` (a thread block's M tile never straddles two image blocks); images past
+the batch are zeros. ``padded`` ends with the all-zero channel the padding taps point at
+(``padded_input``). The products are summed in float32; the epilogue (bias, residual, ReLU,
+rounded once to the dtype) also puts each channel back in its place.
 """
 from __future__ import annotations
 
@@ -22,21 +27,27 @@ from ..epilogue import Epilogue, epilogue_stage
 from ..padded_input import padded_input
 
 PAD_BLOCK = "data_pad"
+FLAT_PAD_BLOCK = "data_pad_flat"  # inlined into PAD_BLOCK by the schedules
 GATHER_BLOCK = "gathered"
 SUM_BLOCK = "block_sums"
 EPILOGUE_BLOCK = "epilogue"
 INT32_MAX = 2**31 - 1
 
 
-def padded_pixels(spec: Conv2dSpec, pixel_tile: int) -> int:
-    """An image's output pixels rounded up to a multiple of ``pixel_tile``."""
-    pixels = spec.out_h * spec.out_w
-    return -(-pixels // pixel_tile) * pixel_tile
+def padded_pixels(spec: Conv2dSpec, m_tile: int, image_block: int = 1) -> int:
+    """An image's output pixels rounded up so that ``image_block`` images of them are a
+    multiple of ``m_tile`` rows (``image_block`` divides ``m_tile``, or is 1)."""
+    step = max(1, m_tile // image_block)
+    return -(-(spec.out_h * spec.out_w) // step) * step
+
+
+def image_blocks(spec: Conv2dSpec, image_block: int) -> int:
+    return -(-spec.batch // image_block)
 
 
 def vector_sparse_conv2d_te(spec: Conv2dSpec, blocks: int, width: int, group: int,
                             epilogue: Epilogue = Epilogue(), dtype: str = "float32",
-                            pixel_tile: int = 1):
+                            m_tile: int = 1, image_block: int = 1):
     """The TE graph for ``blocks`` blocks of ``group`` channels and tap lists of ``width``.
     Returns (inputs, output): inputs are ``[data, offsets, values, slots]``, then ``bias``
     (float32) and ``residual`` (output-shaped) when the epilogue has them."""
@@ -44,9 +55,10 @@ def vector_sparse_conv2d_te(spec: Conv2dSpec, blocks: int, width: int, group: in
     hp, wp = spec.padded_h, spec.padded_w
     sh, sw = spec.stride
     out_w, pixels = spec.out_w, spec.out_h * spec.out_w
-    padded = padded_pixels(spec, pixel_tile)
+    v, nb_ = image_block, image_blocks(spec, image_block)
+    rows = padded_pixels(spec, m_tile, v) * v
     flat = (c_ + 1) * hp * wp
-    if n_ * flat > INT32_MAX or blocks * n_ * padded * group > INT32_MAX:
+    if nb_ * v * flat > INT32_MAX or blocks * nb_ * rows * group > INT32_MAX:
         raise ShapeError(f"convolution {spec.input_shape} -> {spec.output_shape} is too large for "
                          "32-bit indexing; split the batch")
     data = te.placeholder(spec.input_shape, dtype, name="data")
@@ -58,28 +70,34 @@ def vector_sparse_conv2d_te(spec: Conv2dSpec, blocks: int, width: int, group: in
     def wide(value):
         return value.astype("float32") if half else value
 
-    source = padded_input(spec, data, n_, flat, PAD_BLOCK)
-    gathered = te.compute(
-        (blocks, n_, width, padded),
-        lambda b, n, t, p: tirx.if_then_else(
-            p < pixels, source[n, offsets[b, t] + p // out_w * (sh * wp) + p % out_w * sw],
-            tirx.const(0, dtype)),
-        name=GATHER_BLOCK)
+    flat_input = padded_input(spec, data, nb_ * v, flat, FLAT_PAD_BLOCK)
+    source = te.compute((nb_, flat, v), lambda nb, f, i: flat_input[nb * v + i, f],
+                        name=PAD_BLOCK)
+
+    def gather(b, nb, t, m):
+        p, i = (m // v, m % v) if v > 1 else (m, 0)
+        return tirx.if_then_else(
+            p < pixels, source[nb, offsets[b, t] + p // out_w * (sh * wp) + p % out_w * sw, i],
+            tirx.const(0, dtype))
+
+    gathered = te.compute((blocks, nb_, width, rows), gather, name=GATHER_BLOCK)
     t = te.reduce_axis((0, width), name="t")
-    sums = te.compute((blocks, n_, padded, group), lambda b, n, p, g: te.sum(
-        wide(gathered[b, n, t, p]) * wide(values[b, t, g]), axis=t), name=SUM_BLOCK)
-    extra, out = epilogue_stage(
-        spec.output_shape,
-        lambda n, k, y, x: sums[slots[k] // group, n, y * out_w + x, slots[k] % group],
-        epilogue, dtype, EPILOGUE_BLOCK)
+    sums = te.compute((blocks, nb_, rows, group), lambda b, nb, m, g: te.sum(
+        wide(gathered[b, nb, t, m]) * wide(values[b, t, g]), axis=t), name=SUM_BLOCK)
+
+    def sum_at(n, k, y, x):
+        m = (y * out_w + x) * v + n % v if v > 1 else y * out_w + x
+        return sums[slots[k] // group, n // v if v > 1 else n, m, slots[k] % group]
+
+    extra, out = epilogue_stage(spec.output_shape, sum_at, epilogue, dtype, EPILOGUE_BLOCK)
     return [data, offsets, values, slots] + extra, out
 
 
 def vector_sparse_conv2d_primfunc(spec: Conv2dSpec, blocks: int, width: int, group: int,
                                   epilogue: Epilogue = Epilogue(), dtype: str = "float32",
-                                  pixel_tile: int = 1):
+                                  m_tile: int = 1, image_block: int = 1):
     """The unscheduled PrimFunc; parameters (data, offsets, values, slots[, bias][, residual],
     out)."""
-    inputs, out = vector_sparse_conv2d_te(spec, blocks, width, group, epilogue, dtype,
-                                          pixel_tile)
+    inputs, out = vector_sparse_conv2d_te(spec, blocks, width, group, epilogue, dtype, m_tile,
+                                          image_block)
     return te.create_prim_func([*inputs, out])

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .operator import GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK
+from .operator import FLAT_PAD_BLOCK, GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK
 
 
 def schedule_cpu(sch: s_tir.Schedule) -> s_tir.Schedule:
+    sch.compute_inline(sch.get_sblock(FLAT_PAD_BLOCK))
     sch.compute_inline(sch.get_sblock(GATHER_BLOCK))
     block = sch.get_sblock(SUM_BLOCK)
     b, n, p, g, t = sch.get_loops(block)

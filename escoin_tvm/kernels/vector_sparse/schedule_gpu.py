@@ -1,10 +1,11 @@
 """The vector-sparse GPU schedule (CUDA): the gathered GEMM of ``operator.py`` on tensor cores.
 
-A thread block owns one block of G = 16 output channels, one image and a tile of
-``16 * fragments * warps`` output pixels (M). For each step of ``16 * k_fragments`` taps (K) it
-gathers the input at those taps for its pixels into shared memory ([taps, pixels], adjacent
-threads on adjacent pixels, so the loads coalesce), copies the block's values for those taps
-beside it, then each warp runs ``ldmatrix`` and ``mma.sync`` m16n8k16 over its own
+A thread block owns one block of G = 16 output channels, one block of ``image_block`` images
+and a tile of ``16 * fragments * warps`` rows of M (output pixels, each with the block's
+images). For each step of ``16 * k_fragments`` taps (K) it gathers the input at those taps for
+its rows into shared memory ([taps, rows], adjacent threads on adjacent rows, so the loads
+coalesce; with 8 images per block, 8 rows are one 16-byte load), copies the block's values for
+those taps beside it, then each warp runs ``ldmatrix`` and ``mma.sync`` m16n8k16 over its own
 ``fragments`` 16 x 16 output tiles, accumulating in float32 registers
 (``tensor_intrin.py``). The sums go to global memory once, and the epilogue (a kernel of its
 own) puts each channel in its place.
@@ -18,23 +19,29 @@ from tvm import s_tir
 from ...errors import ArgumentError, DTypeError
 from ..conv_spec import Conv2dSpec
 from . import tensor_intrin
-from .operator import EPILOGUE_BLOCK, GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK, padded_pixels
+from .operator import (EPILOGUE_BLOCK, FLAT_PAD_BLOCK, GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK,
+                       padded_pixels)
 
 MMA = 16  # the M, N and K of one tensor-core tile
 MAX_WARPS = 32
 GPU_GROUP = 16  # the N of the tiles: the only block size the GPU schedule takes
+IMAGE_BLOCKS = (1, 8)
+VECTOR = 8  # half values per 16-byte load
 PAD_ROW = 8  # halves added to each shared-memory row: ldmatrix's rows then hit distinct banks
 
 
 @dataclass(frozen=True)
 class TensorCoreConfig:
-    warps: int = 2  # warps per thread block, each over its own pixels
-    fragments: int = 2  # 16-pixel tiles per warp
+    warps: int = 2  # warps per thread block, each over its own rows of M
+    fragments: int = 2  # 16-row tiles per warp
     k_fragments: int = 2  # 16-tap steps per shared-memory stage
+    image_block: int = 1  # images per row block of M (1, or 8: a tap's 8 values one load)
+    stages: int = 1  # shared-memory stages in flight: 2 loads the next while the tensor cores
+    #                  run this one (cp.async, where the loads are 16-byte vectors)
 
     @property
-    def pixel_tile(self) -> int:
-        """Output pixels per thread block (its M tile)."""
+    def m_tile(self) -> int:
+        """Rows of M per thread block."""
         return MMA * self.fragments * self.warps
 
     @property
@@ -48,6 +55,11 @@ class TensorCoreConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ArgumentError(f"TensorCoreConfig.{field.name} must be an int >= 1, "
                                     f"got {value!r}")
+        if self.image_block not in IMAGE_BLOCKS:
+            raise ArgumentError(f"TensorCoreConfig.image_block must be one of {IMAGE_BLOCKS}, "
+                                f"got {self.image_block!r}")
+        if self.stages not in (1, 2):
+            raise ArgumentError(f"TensorCoreConfig.stages must be 1 or 2, got {self.stages!r}")
         if self.warps > MAX_WARPS:
             raise ArgumentError(f"TensorCoreConfig asks for {self.warps} warps per block "
                                 f"(max {MAX_WARPS})")
@@ -59,13 +71,18 @@ _WASTE = 1.15  # a larger tile may pad an image's pixels this much more than the
 
 
 def default_config(spec: Conv2dSpec, width: int) -> TensorCoreConfig:
-    """The largest pixel tile that pads an image's output pixels at most 15% more than 16
-    would (an image's pixels are rounded up to the tile), and two 16-tap steps per stage
-    unless the tap lists are shorter."""
-    least = padded_pixels(spec, min(_TILES))
-    tile = max(t for t in _TILES if padded_pixels(spec, t) <= _WASTE * least)
+    """From a batch of 8: blocks of 8 images (one 16-byte load per tap and pixel), one stage,
+    and the largest M tile that pads an image block's rows at most 15% more than 16 would (its
+    pixels are rounded up to the tile). Below: one warp of one 16-row tile per thread block
+    (the most blocks for a small output) and two stages. Two 16-tap steps per stage unless the
+    tap lists are shorter. Measured: docs/results.md, "Vector-sparse kernels"."""
+    k_fragments = 1 if width <= MMA else 2
+    if spec.batch < VECTOR:
+        return TensorCoreConfig(1, 1, k_fragments, 1, 2)
+    least = padded_pixels(spec, min(_TILES), VECTOR)
+    tile = max(t for t in _TILES if padded_pixels(spec, t, VECTOR) <= _WASTE * least)
     warps, fragments = _TILES[tile]
-    return TensorCoreConfig(warps, fragments, 1 if width <= MMA else 2)
+    return TensorCoreConfig(warps, fragments, k_fragments, VECTOR, 1)
 
 
 def check_gpu(dtype: str, group: int) -> None:
@@ -81,8 +98,10 @@ def check_gpu(dtype: str, group: int) -> None:
 
 def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s_tir.Schedule:
     """Applies the tensor-core mapping to a vector-sparse PrimFunc built with
-    ``pixel_tile=config.pixel_tile`` and tap lists padded to ``config.k_tile``."""
+    ``m_tile=config.m_tile``, ``image_block=config.image_block`` and tap lists padded to
+    ``config.k_tile``."""
     config.validate()
+    sch.compute_inline(sch.get_sblock(FLAT_PAD_BLOCK))
     warps, fragments, k_fragments = config.warps, config.fragments, config.k_fragments
     gather, sums = sch.get_sblock(GATHER_BLOCK), sch.get_sblock(SUM_BLOCK)
     b, n, p, g, t = sch.get_loops(sums)
@@ -96,10 +115,14 @@ def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s
     sch.bind(sch.fuse(b, n, p_block), "blockIdx.x")
     sch.bind(p_warp, "threadIdx.y")
 
-    # the gather, [taps, pixels] in shared memory, pixels across the threads
+    # the gather, [taps, rows] in shared memory, rows across the threads
     sch.set_scope(gather, 0, "shared")
     sch.compute_at(gather, t_stage)
-    _, ty, tx = sch.split(sch.fuse(*sch.get_loops(gather)[-2:]), [None, warps, 32])
+    taps, rows = sch.get_loops(gather)[-2:]
+    if config.image_block > 1:
+        rows, images = sch.split(rows, [None, config.image_block])
+        sch.vectorize(images)
+    _, ty, tx = sch.split(sch.fuse(taps, rows), [None, warps, 32])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     sch.storage_align(gather, 0, axis=-2, factor=32, offset=PAD_ROW)
@@ -124,6 +147,10 @@ def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s
     cols_o, cols_i = sch.split(cols, [None, MMA])
     sch.reorder(rows_o, cols_o, rows_i, cols_i)
     sch.decompose_reduction(tile, t_stage)
+    if config.stages > 1:  # the gather and the values of step i + 1 during the products of i
+        sch.annotate(t_stage, "software_pipeline_stage", [0, 0, 1])
+        sch.annotate(t_stage, "software_pipeline_order", [0, 1, 2])
+        sch.annotate(t_stage, "software_pipeline_async_stages", [0])
 
     def tiles_of(block):
         rows, cols = sch.get_loops(block)[-2:]
