@@ -83,14 +83,15 @@ def cmd_run(args):
 
 
 def cmd_info(args):
-    from .runtime import load
+    from .runtime import load, read_metadata, report_of
 
-    module = load(args.module)
-    meta = module.metadata
+    # read from beside the library, so that it needs no runtime for the module's target (a
+    # CUDA module on a machine without a GPU); modules exported before that are loaded
+    meta = read_metadata(args.module) or load(args.module).metadata
     print(f"target: {meta['target_json']}")
     print(f"inputs: {', '.join('x'.join(map(str, s)) + ' ' + d for s, d in meta['inputs'])}")
     print(f"sparsity threshold: {meta['threshold']}")
-    print(module.report())
+    print(report_of(meta))
 
 
 def cmd_demo(args):

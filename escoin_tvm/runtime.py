@@ -3,7 +3,9 @@
 An exported module is a shared library that carries everything needed to run: the kernels, the
 constants, and a small metadata function (input shapes, output structure, the per-layer
 report), so ``load`` needs the TVM runtime and nothing else from the original model. After the
-library comes an integrity record (a SHA-256 of the library's bytes and their length): ``load``
+library come the metadata again, as JSON (``read_metadata`` reads it without loading the
+library: ``escoin info`` on a machine that cannot run it, a CUDA module without a GPU), and an
+integrity record (a SHA-256 of the library and the metadata, and their lengths): ``load``
 verifies it on a private copy before the dynamic loader maps anything, because a damaged
 library can crash the process or run and return wrong results.
 """
@@ -32,6 +34,10 @@ METADATA_FUNC = "escoin_metadata"
 METADATA_VERSION = 2  # 2: libraries end with an integrity record
 RECORD_MAGIC = b"ESCOIN-TVM-SUM01"  # then the SHA-256 (32 bytes), then the length (8, LE)
 RECORD_SIZE = len(RECORD_MAGIC) + 32 + 8
+# the record of a library followed by its metadata: the SHA-256 of both, then the library's
+# length and the metadata's (8 bytes each, LE); a RECORD_MAGIC file has no metadata after it
+META_RECORD_MAGIC = b"ESCOIN-TVM-SUM02"
+META_RECORD_SIZE = len(META_RECORD_MAGIC) + 32 + 16
 
 
 class CompiledModule:
@@ -109,11 +115,7 @@ class CompiledModule:
     def report(self) -> str:
         """Per-layer tables (convolutions, then linear layers): shapes, sparsity, nnz, the
         kernel chosen and why."""
-        threshold = self.metadata.get("threshold")
-        text = format_report(self.layers, threshold)
-        if self.linear_layers:
-            text += "\n\n" + format_report(self.linear_layers, threshold, "linear layers")
-        return text
+        return report_of(self.metadata)
 
     # ---- export ----
     def export_library(self, path) -> str:
@@ -122,7 +124,7 @@ class CompiledModule:
         path = check_output_path(path, ".so", "export_library writes a shared library")
         with without_tvm_noise():
             self.executable.export_library(path)
-        append_integrity_record(path)
+        append_integrity_record(path, self.metadata)
         return path
 
 
@@ -149,15 +151,97 @@ def check_output_path(path, suffix: str = "", what: str = "the output") -> str:
     return path
 
 
-def append_integrity_record(path: str) -> None:
-    """Appends the record ``load`` verifies: RECORD_MAGIC, SHA-256 and length of the file."""
+def append_integrity_record(path: str, metadata: Optional[dict] = None) -> None:
+    """Appends the record ``load`` verifies: with ``metadata``, the metadata as JSON, then
+    META_RECORD_MAGIC, the SHA-256 of the file so far and the two lengths; without,
+    RECORD_MAGIC, the SHA-256 and length of the library."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
             size += len(chunk)
     with open(path, "ab") as f:
-        f.write(RECORD_MAGIC + digest.digest() + struct.pack("<Q", size))
+        if metadata is None:
+            f.write(RECORD_MAGIC + digest.digest() + struct.pack("<Q", size))
+            return
+        blob = json.dumps(metadata).encode()
+        digest.update(blob)
+        f.write(blob + META_RECORD_MAGIC + digest.digest() + struct.pack("<QQ", size, len(blob)))
+
+
+def _record(path: str, size: int):
+    """(library length, metadata length, expected SHA-256) of the record at the end of
+    ``path``, else an EscoinError saying what the file is instead."""
+    with open(path, "rb") as f:
+        f.seek(max(0, size - META_RECORD_SIZE))
+        tail = f.read()
+    if len(tail) >= META_RECORD_SIZE and tail[-META_RECORD_SIZE:].startswith(META_RECORD_MAGIC):
+        record = tail[-META_RECORD_SIZE:]
+        library, meta = struct.unpack("<QQ", record[-16:])
+        recorded = library + meta
+        expected = record[len(META_RECORD_MAGIC):-16]
+        body = size - META_RECORD_SIZE
+    elif len(tail) >= RECORD_SIZE and tail[-RECORD_SIZE:].startswith(RECORD_MAGIC):
+        record = tail[-RECORD_SIZE:]
+        library, meta = struct.unpack("<Q", record[-8:])[0], 0
+        recorded, expected, body = library, record[len(RECORD_MAGIC):-8], size - RECORD_SIZE
+    else:
+        why = _elf_problem(path, size) or (
+            "a shared library, but not one written by escoin-tvm's export_library: it has no "
+            "integrity record (a module exported by an earlier version needs exporting again)")
+        raise _invalid(path, why)
+    if recorded != body:
+        raise _invalid(path, f"damaged: {body} bytes where its integrity record says "
+                             f"{recorded}")
+    return library, meta, expected
+
+
+def _checked_bytes(path: str, size: int, sink=None):
+    """Reads the library and metadata of ``path`` through the checksum (the library's bytes
+    also to ``sink``); returns the metadata's bytes, or raises if the checksum differs."""
+    library, meta, expected = _record(path, size)
+    digest, left = hashlib.sha256(), library
+    with open(path, "rb") as src:
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            digest.update(chunk)
+            if sink is not None:
+                sink.write(chunk)
+            left -= len(chunk)
+        blob = src.read(meta)
+    digest.update(blob)
+    if digest.digest() != expected:
+        raise _invalid(path, "damaged: its bytes do not match the checksum written when it "
+                             "was exported; export it again")
+    return blob
+
+
+def read_metadata(path) -> Optional[dict]:
+    """The metadata of a module written by ``export_library`` (verified, without loading the
+    library: no TVM runtime for its target needed), or None for a module exported before the
+    metadata followed the library."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise EscoinError(f"no compiled module at {path!r}")
+    blob = _checked_bytes(path, os.path.getsize(path))
+    if not blob:
+        return None
+    try:
+        metadata = json.loads(blob.decode())
+    except ValueError as err:
+        raise _invalid(path, f"its metadata is not JSON: {err}") from None
+    if metadata.get("version") != METADATA_VERSION:
+        raise EscoinError(f"{path!r} was written by an incompatible escoin-tvm version")
+    return metadata
+
+
+def report_of(metadata: dict) -> str:
+    """A module's per-layer tables from its metadata (``CompiledModule.report``)."""
+    threshold = metadata.get("threshold")
+    text = format_report(metadata["layers"], threshold)
+    if metadata.get("linear_layers"):
+        text += "\n\n" + format_report(metadata["linear_layers"], threshold, "linear layers")
+    return text
 
 
 def format_report(layers: Sequence[dict], threshold: Optional[float] = None,
@@ -242,29 +326,9 @@ def _elf_problem(path: str, size: int) -> str:
 def verified_copy(path: str, folder: str) -> str:
     """A copy of the library in ``path`` under ``folder``, written only if its integrity record
     matches: the file to hand to the dynamic loader. Refuses anything else, saying why."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        f.seek(max(0, size - RECORD_SIZE))
-        record = f.read()
-    if len(record) < RECORD_SIZE or not record.startswith(RECORD_MAGIC):
-        why = _elf_problem(path, size) or (
-            "a shared library, but not one written by escoin-tvm's export_library: it has no "
-            "integrity record (a module exported by an earlier version needs exporting again)")
-        raise _invalid(path, why)
-    expected, length = record[len(RECORD_MAGIC):-8], struct.unpack("<Q", record[-8:])[0]
-    if length != size - RECORD_SIZE:
-        raise _invalid(path, f"damaged: {size - RECORD_SIZE} bytes where its integrity record "
-                             f"says {length}")
-    copy, digest, left = os.path.join(folder, "module.so"), hashlib.sha256(), length
-    with open(path, "rb") as src, open(copy, "wb") as dst:
-        while left:
-            chunk = src.read(min(left, 1 << 20))
-            digest.update(chunk)
-            dst.write(chunk)
-            left -= len(chunk)
-    if digest.digest() != expected:
-        raise _invalid(path, "damaged: its bytes do not match the checksum written when it "
-                             "was exported; export it again")
+    copy = os.path.join(folder, "module.so")
+    with open(copy, "wb") as dst:
+        _checked_bytes(path, os.path.getsize(path), dst)
     return copy
 
 

@@ -5,6 +5,7 @@ import torch
 
 import escoin_tvm
 from escoin_tvm import EscoinError, models, prune
+from escoin_tvm import runtime as RUNTIME
 from escoin_tvm.cli import main as cli
 
 SMALL = {"alexnet": dict(hidden=64), "vgg11": dict(hidden=64), "resnet18": {}, "googlenet": {}}
@@ -295,3 +296,34 @@ def test_layers_left_on_tvms_dense_code_are_announced_in_one_line():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="none")
+
+
+def test_info_reads_a_cuda_modules_report_without_loading_it(tmp_path, capsys):
+    """The metadata follows the library, so ``info`` needs no runtime for the module's target:
+    a CUDA module's report on a machine without a GPU. The metadata is under the checksum."""
+    model = prune.magnitude(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3)).eval(), 0.9)
+    x = torch.randn(1, 3, 12, 12)
+    so = str(tmp_path / "m.so")
+    escoin_tvm.compile(model, (x,), target={"kind": "cuda", "arch": "sm_90"}).export_library(so)
+    assert cli(["info", so]) == 0
+    out = capsys.readouterr().out
+    assert '"kind": "cuda"' in out or "cuda" in out.split("\n")[0]
+    assert "2 of 2 convolutions on Escoin kernels" in out
+    data = bytearray(open(so, "rb").read())
+    data[-RUNTIME.META_RECORD_SIZE - 5] ^= 1  # a byte of the metadata
+    open(so, "wb").write(bytes(data))
+    assert cli(["info", so]) == 2
+    assert "damaged" in capsys.readouterr().err
+
+
+def test_a_module_exported_without_metadata_after_it_still_loads(tmp_path):
+    model = prune.magnitude(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)).eval(), 0.9)
+    x = torch.randn(1, 3, 8, 8)
+    compiled = escoin_tvm.compile(model, (x,), target="llvm")
+    so = str(tmp_path / "old.so")
+    compiled.executable.export_library(so)
+    RUNTIME.append_integrity_record(so)  # the record of earlier versions: the library only
+    assert RUNTIME.read_metadata(so) is None
+    loaded = escoin_tvm.load(so)
+    np.testing.assert_array_equal(loaded(x.numpy()), compiled(x.numpy()))
