@@ -137,8 +137,9 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
         metadata = _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported,
                              escoin, linear)
         mod[METADATA_FUNC] = metadata_function(metadata)
-        shown.stage("build with TVM")
-        executable = _build(mod, target, cuda_graph, stock=dispatch_by == "none")
+        with shown.building("build with TVM") as instruments:
+            executable = _build(mod, target, cuda_graph, stock=dispatch_by == "none",
+                                instruments=instruments)
     finally:
         shown.close()
     return CompiledModule(executable, run_on, metadata)
@@ -176,13 +177,15 @@ def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported
     return json.loads(json.dumps(metadata))  # the same plain form that load() reads back
 
 
-def _build(mod, target, cuda_graph: bool, stock: bool):
+def _build(mod, target, cuda_graph: bool, stock: bool, instruments=()):
     """TVM's build of the rewritten module, in the caller's pass context plus the CUDA-graph
-    flag."""
+    flag and ``instruments`` (the progress bar's)."""
     pipeline = relax_pipeline(target, stock=stock)
     outer = tvm.transform.PassContext.current()
     config = {**dict(outer.config), "relax.backend.use_cuda_graph": cuda_graph}
-    with target, tvm.transform.PassContext(opt_level=outer.opt_level, config=config), \
+    with target, tvm.transform.PassContext(
+            opt_level=outer.opt_level, config=config,
+            instruments=list(outer.instruments) + list(instruments)), \
             without_tvm_noise(), cached_cuda_compiles():
         return tvm.compile(mod, target=target, relax_pipeline=pipeline,
                            tir_pipeline=tir_pipeline.NAME)

@@ -327,3 +327,23 @@ def test_a_module_exported_without_metadata_after_it_still_loads(tmp_path):
     assert RUNTIME.read_metadata(so) is None
     loaded = escoin_tvm.load(so)
     np.testing.assert_array_equal(loaded(x.numpy()), compiled(x.numpy()))
+
+
+def test_cli_bench_checks_and_times_a_model_against_dense_pytorch(tmp_path, capsys):
+    model = prune.magnitude(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3)).eval(), 0.9)
+    x = torch.randn(1, 3, 12, 12)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
+    assert cli(["bench", str(tmp_path / "m.pt2"), "--rounds", "2", "--target", "llvm"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 convolutions on Escoin kernels" in out
+    error = float(out.split("in float64: ")[1].split()[0])
+    assert error < 1e-4
+    assert "dense PyTorch, eager fp32" in out and "(ms, 2 rounds)" in out
+    assert "on the CPU, with" in out  # a CPU result says so
+    assert cli(["bench", str(tmp_path / "m.pt2"), "--rounds", "1", "--target", "llvm",
+                "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "input 1x3x12x12 bfloat16" in out and "escoin-tvm bfloat16" in out
+    assert float(out.split("in float64: ")[1].split()[0]) < 4e-2
+    assert cli(["bench", str(tmp_path / "m.pt2"), "--dtype", "float8"]) == 2

@@ -138,3 +138,23 @@ def test_a_kernels_torch_call_names_a_wrong_input_after_good_calls_too():
     out = torch.empty(2, 4, 6, 6)
     assert kernel.run_torch(x, out) is out
     assert_conv_close(out.numpy(), x.numpy(), weight, padding=1)
+
+
+def test_the_default_gpu_architecture_is_announced_once(monkeypatch):
+    """``target="cuda"`` without a visible GPU builds for sm_90, and says so once; an
+    architecture with no shipped knobs says that its kernels run untuned."""
+    import warnings
+
+    from escoin_tvm.kernels import knob_table
+    from escoin_tvm.support import target as target_module
+
+    monkeypatch.setattr(target_module, "local_cuda_arch", lambda: None)
+    target_module._announce_default_arch.cache_clear()
+    with pytest.warns(UserWarning, match="no GPU is visible: target 'cuda' compiles for sm_90"):
+        assert target_module.resolve_target("cuda").attrs["arch"] == "sm_90"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        target_module.resolve_target("cuda")  # said once
+    knob_table._table.cache_clear()
+    with pytest.warns(UserWarning, match="no pre-tuned knobs for sm_80 .shipped: sm_90.*untuned"):
+        knob_table._table("sm_80")

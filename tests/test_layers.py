@@ -27,7 +27,7 @@ LAYERS = [
                             "escoin_tvm.compiler"]),
     ("model tuning", ["escoin_tvm.tuning.relax_integration"]),
     ("integrations", ["escoin_tvm", "escoin_tvm.torch_compile", "escoin_tvm.cli",
-                      "escoin_tvm.demo"]),
+                      "escoin_tvm.demo", "escoin_tvm.comparison"]),
 ]
 
 

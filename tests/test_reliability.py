@@ -255,3 +255,26 @@ def test_a_compile_shows_its_progress_when_asked_and_only_then(capfd):
     assert "escoin compile" not in capfd.readouterr().err
     escoin_tvm.compile(model.eval(), (x,), target="llvm")  # stderr is not a terminal here
     assert "escoin compile" not in capfd.readouterr().err
+
+
+def test_the_progress_bar_is_not_full_while_tvm_builds_and_names_its_passes(monkeypatch):
+    """The build is the last stage and the longest: the bar counts it when it ends, and
+    meanwhile shows the pass TVM runs."""
+    from escoin_tvm import compiler
+
+    seen = []
+    real = compiler._build
+
+    def build(mod, target, cuda_graph, stock, instruments=()):
+        bar = instruments[0].bar
+        seen.append((bar.n, bar.total))
+        result = real(mod, target, cuda_graph, stock, instruments)
+        seen.append(bar.postfix)
+        return result
+
+    monkeypatch.setattr(compiler, "_build", build)
+    model, x = small()
+    escoin_tvm.compile(model.eval(), (x,), target="llvm", progress=True)
+    (done, total), postfix = seen
+    assert done < total
+    assert postfix  # a pass name

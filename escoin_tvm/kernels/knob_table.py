@@ -38,6 +38,12 @@ def _table(arch: str) -> dict:
     """The parsed table of ``arch`` ({} without one, or with a warning when it is not JSON)."""
     path = table_path(arch)
     if path is None:
+        if arch.startswith("sm_"):  # said once per architecture (the cache)
+            shipped = sorted(p.stem.replace("pretuned-", "") for d in SCHEDULES_DIRS
+                             for p in d.glob("pretuned-*.json"))
+            warnings.warn(f"no pre-tuned knobs for {arch} (shipped: {', '.join(shipped) or 'none'}"
+                          "): its GPU kernels use the untuned defaults; a tuning log "
+                          "(escoin tune, then tuning_log=) gives them tuned ones")
         return {}
     try:
         table = json.loads(path.read_text())

@@ -2,7 +2,9 @@
 convolutions, on stderr; by default only when stderr is a terminal."""
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 from typing import Optional
 
 
@@ -38,5 +40,38 @@ class CompileProgress:
             self.bar.total += total
         self.bar.update(count)
 
+    @contextlib.contextmanager
+    def building(self, name: str):
+        """A last stage of unknown length (TVM's build): it counts as done when it ends, and
+        meanwhile the bar names the pass TVM is running. Yields the pass instruments to run
+        the build under (none when the bar is hidden)."""
+        self.bar.set_description_str(f"escoin compile: {name}")
+        yield [] if self.bar.disable else [_PassNames(self.bar)]
+        self.bar.set_postfix_str("", refresh=False)
+        self.bar.update(1)
+
     def close(self) -> None:
         self.bar.close()
+
+
+def _pass_names_instrument():
+    import tvm
+
+    @tvm.instrument.pass_instrument
+    class PassNames:
+        """Shows the name of the pass running, at most every 0.2 s."""
+
+        def __init__(self, bar):
+            self.bar, self.shown = bar, 0.0
+
+        def run_before_pass(self, _mod, info):
+            now = time.monotonic()
+            if now - self.shown >= 0.2:
+                self.shown = now
+                self.bar.set_postfix_str(info.name)
+
+    return PassNames
+
+
+def _PassNames(bar):  # noqa: N802 - a class made on first use (tvm is imported lazily)
+    return _pass_names_instrument()(bar)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import warnings
 from typing import Union
 
 import tvm
@@ -30,6 +32,14 @@ def local_cuda_arch() -> Union[str, None]:
         return None
 
 
+@functools.lru_cache(maxsize=None)
+def _announce_default_arch() -> None:
+    """Says once per process that ``"cuda"`` without a visible GPU means sm_90."""
+    warnings.warn(f"no GPU is visible: target 'cuda' compiles for {DEFAULT_CUDA_ARCH} (Hopper, "
+                  "the architecture the shipped knobs are tuned for); to build for another GPU "
+                  "pass its arch, e.g. {'kind': 'cuda', 'arch': 'sm_80'}", stacklevel=3)
+
+
 def has_gpu() -> bool:
     return local_cuda_arch() is not None
 
@@ -42,7 +52,10 @@ def resolve_target(target: TargetLike) -> tvm.target.Target:
     elif target is None or target == "cpu":
         resolved = tvm.target.Target("llvm")
     elif target == "cuda":
-        resolved = tvm.target.Target({"kind": "cuda", "arch": local_cuda_arch() or DEFAULT_CUDA_ARCH,
+        arch = local_cuda_arch()
+        if arch is None:
+            _announce_default_arch()
+        resolved = tvm.target.Target({"kind": "cuda", "arch": arch or DEFAULT_CUDA_ARCH,
                                       **CUDA_LIMITS})
     elif isinstance(target, (str, dict)):
         if isinstance(target, dict) and target.get("kind") == "cuda":
