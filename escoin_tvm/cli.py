@@ -96,66 +96,39 @@ def cmd_info(args):
 
 def cmd_bench(args):
     """Compiles a .pt2 model, checks it against PyTorch in float64 and times it against the
-    dense PyTorch paths on this device (``comparison.time_against_dense``)."""
-    import copy
-
+    dense PyTorch paths on this device (``comparison``)."""
     import torch
 
+    from .comparison import error_against_float64, time_against_dense
     from .compiler import compile as compile_model
-    from .comparison import time_against_dense
+    from .frontend import example_zeros
     from .support import dtypes
     from .support.target import has_gpu
 
     exported = _load_pt2(args.model)
     if args.dtype is not None:
         dtypes.check(args.dtype, "--dtype")
-    model = exported.module()
-    inputs = _example_inputs(exported)
+    inputs = example_zeros(exported)
     if len(inputs) != 1 or not inputs[0].is_floating_point():
         raise EscoinError(f"escoin bench times models of one floating-point input; {args.model} "
                           f"takes {len(inputs)} ({', '.join(str(x.dtype) for x in inputs)})")
     device = "cuda" if has_gpu() and args.target != "llvm" else "cpu"
     target = "cuda" if device == "cuda" else "llvm"
     dtype = args.dtype or dtypes.name_of(inputs[0].dtype)
-    model = model.to(dtypes.torch_dtype(dtype))
+    model = exported.module().to(dtypes.torch_dtype(dtype))
     x = torch.randn(inputs[0].shape).to(dtypes.torch_dtype(dtype))
     print(f"escoin bench: {args.model}, input {'x'.join(map(str, x.shape))} {dtype}, on the "
           f"{device.upper()} (target {target})")
-    with torch.no_grad():
-        reference = copy.deepcopy(model).double()(x.double())
     if dtype != dtypes.name_of(inputs[0].dtype):  # the program again, in the asked dtype
         exported = torch.export.export(model, (x,))
     compiled = compile_model(exported, None, target=target, dispatch_by=args.dispatch_by,
                              sparsity_threshold=args.threshold, tuning_log=args.tuning_log,
                              progress=None)
     print(compiled.report())
-    result = compiled(x.to(device))
-    result, reference = (r[0] if isinstance(r, (tuple, list)) else r for r in (result, reference))
-    err = float((result.double().cpu() - reference).abs().max() /
-                reference.abs().max().clamp_min(1e-30))
+    err = error_against_float64(compiled, model, x, device)
     print(f"\nmax error relative to the largest output, against the same weights in float64: "
           f"{err:.2e}")
     time_against_dense(compiled, model, x, device, dtype, print, rounds=args.rounds)
-
-
-def _example_inputs(exported):
-    """Tensors shaped and typed as ``exported``'s user inputs (zeros)."""
-    import torch
-
-    specs = [s for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-    nodes = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
-    inputs = []
-    for spec in specs:
-        value = nodes[spec.arg.name].meta.get("val")
-        if value is None or not hasattr(value, "shape"):
-            raise EscoinError(f"input {spec.arg.name!r} of the model is not a tensor")
-        try:
-            shape = [int(d) for d in value.shape]
-        except TypeError:
-            raise EscoinError(f"input {spec.arg.name!r} has a dynamic size "
-                              f"({tuple(value.shape)}); export with static shapes") from None
-        inputs.append(torch.zeros(shape, dtype=value.dtype))
-    return inputs
 
 
 def cmd_demo(args):

@@ -17,6 +17,19 @@ import statistics
 ROUNDS = 5
 
 
+def error_against_float64(compiled, model, x, device: str) -> float:
+    """Max |error| of ``compiled`` on ``x`` (its first output) relative to the largest output of
+    ``model`` with the same weights and input in float64."""
+    import torch
+
+    with torch.no_grad():
+        reference = copy.deepcopy(model).double()(x.double())
+    result = compiled(x.to(device))
+    result, reference = (r[0] if isinstance(r, (tuple, list)) else r for r in (result, reference))
+    return float((result.double().cpu() - reference).abs().max() /
+                 reference.abs().max().clamp_min(1e-30))
+
+
 def time_against_dense(compiled, model, x, device: str, dtype: str, out=print,
                        rounds: int = ROUNDS) -> dict:
     """Times ``compiled`` (a CompiledModule of ``model``) and the dense baselines on input

@@ -6,12 +6,11 @@ same for a user's model).
 """
 from __future__ import annotations
 
-import copy
 import time
 
 from . import models, prune
 from .support import dtypes
-from .comparison import time_against_dense
+from .comparison import error_against_float64, time_against_dense
 from .errors import ArgumentError
 
 # Max error relative to the largest output, per dtype of the compiled model, against the same
@@ -46,15 +45,12 @@ def run(model_name: str = "resnet50", sparsity: float = 0.9, batch: int = 1, siz
         f"batch {batch}, {size}x{size} input, {dtype}, on the {device.upper()} (target {target})")
     model = prune.magnitude(model, sparsity, layers=layers).to(dtypes.torch_dtype(dtype))
     x = torch.randn(batch, 3, size, size).to(dtypes.torch_dtype(dtype))
-    with torch.no_grad():  # the weights and input the compiled model gets, in float64
-        reference = copy.deepcopy(model).double()(x.double())
     start = time.time()
     compiled = compile_model(model, (x,), target=target)
     out(f"compiled in {time.time() - start:.1f} s\n")
     out(compiled.report())
 
-    result = compiled(x.to(device)).double().cpu()
-    err = float((result - reference).abs().max() / reference.abs().max())
+    err = error_against_float64(compiled, model, x, device)
     ok = err < TOLERANCE[dtype]
     out(f"\ncheck against the same weights in float64: max relative error {err:.2e} "
         f"(tolerance for {dtype}: {TOLERANCE[dtype]:.0e}) -> {'OK' if ok else 'MISMATCH'}")

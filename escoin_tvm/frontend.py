@@ -140,6 +140,17 @@ def refuse_dynamic_shapes(exported) -> None:
                     "torch.compile(backend='escoin'), which builds a kernel per shape")
 
 
+def example_zeros(exported) -> tuple:
+    """Zeros shaped and typed as ``exported``'s user inputs (an EscoinError first if one has a
+    dynamic size)."""
+    import torch
+
+    refuse_dynamic_shapes(exported)
+    return tuple(torch.zeros(tuple(n.meta["val"].shape), dtype=n.meta["val"].dtype)
+                 for n in exported.graph.nodes
+                 if n.op == "placeholder" and n.name in exported.graph_signature.user_inputs)
+
+
 def prepare(model, example_inputs, target):
     """torch.export and conversion to Relax, checked against the example inputs.
     Returns (exported program, example tensors, Relax module)."""
@@ -148,10 +159,8 @@ def prepare(model, example_inputs, target):
     if isinstance(model, torch.export.ExportedProgram):
         exported = model
         refuse_dynamic_shapes(exported)
-        example = example_tensors(example_inputs) if example_inputs is not None else tuple(
-            torch.zeros(tuple(n.meta["val"].shape), dtype=n.meta["val"].dtype)
-            for n in exported.graph.nodes
-            if n.op == "placeholder" and n.name in exported.graph_signature.user_inputs)
+        example = example_tensors(example_inputs) if example_inputs is not None else \
+            example_zeros(exported)
     else:
         if not isinstance(model, torch.nn.Module):
             raise EscoinError(f"model must be a torch.nn.Module or an ExportedProgram, got "

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Optional
 
+import tvm
+
 
 class CompileProgress:
     """``stage(name)`` for each step, ``layer()`` for each convolution the pass decides on,
@@ -54,24 +56,15 @@ class CompileProgress:
         self.bar.close()
 
 
-def _pass_names_instrument():
-    import tvm
+@tvm.instrument.pass_instrument
+class _PassNames:
+    """Shows on ``bar`` the name of the pass running, at most every 0.2 s."""
 
-    @tvm.instrument.pass_instrument
-    class PassNames:
-        """Shows the name of the pass running, at most every 0.2 s."""
+    def __init__(self, bar):
+        self.bar, self.shown = bar, 0.0
 
-        def __init__(self, bar):
-            self.bar, self.shown = bar, 0.0
-
-        def run_before_pass(self, _mod, info):
-            now = time.monotonic()
-            if now - self.shown >= 0.2:
-                self.shown = now
-                self.bar.set_postfix_str(info.name)
-
-    return PassNames
-
-
-def _PassNames(bar):  # noqa: N802 - a class made on first use (tvm is imported lazily)
-    return _pass_names_instrument()(bar)
+    def run_before_pass(self, _mod, info):
+        now = time.monotonic()
+        if now - self.shown >= 0.2:
+            self.shown = now
+            self.bar.set_postfix_str(info.name)

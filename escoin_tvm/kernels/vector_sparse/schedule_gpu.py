@@ -142,10 +142,6 @@ def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s
     sch.compute_at(b_frag, t_step)
     c_frag = sch.cache_write(tile, 0, "warp")
     sch.reverse_compute_at(c_frag, p_warp)
-    rows, cols = sch.get_loops(c_frag)[-2:]
-    rows_o, rows_i = sch.split(rows, [None, MMA])
-    cols_o, cols_i = sch.split(cols, [None, MMA])
-    sch.reorder(rows_o, cols_o, rows_i, cols_i)
     sch.decompose_reduction(tile, t_stage)
     if config.stages > 1:  # the gather and the values of step i + 1 during the products of i
         sch.annotate(t_stage, "software_pipeline_stage", [0, 0, 1])
@@ -153,13 +149,14 @@ def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s
         sch.annotate(t_stage, "software_pipeline_async_stages", [0])
 
     def tiles_of(block):
+        """The block's last two loops in 16 x 16 tiles; returns the loop over a tile's rows."""
         rows, cols = sch.get_loops(block)[-2:]
         rows_o, rows_i = sch.split(rows, [None, MMA])
         cols_o, cols_i = sch.split(cols, [None, MMA])
         sch.reorder(rows_o, cols_o, rows_i, cols_i)
         return rows_i
 
-    load_a, load_b = tiles_of(a_frag), tiles_of(b_frag)
+    load_a, load_b, store_c = tiles_of(a_frag), tiles_of(b_frag), tiles_of(c_frag)
     layout = tensor_intrin.tvm_intrin.shared_16x16_to_ldmatrix_32x8_layout
     sch.transform_layout(a_frag, ("write", 0), lambda b, n, t, p: (
         b, n, t // MMA, p // MMA, *layout(t % MMA, p % MMA)))
@@ -171,7 +168,7 @@ def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s
     sch.tensorize(load_b, tensor_intrin.load_name(dtype, "b"))
     sch.tensorize(sch.get_loops(sums)[-3], tensor_intrin.mma_name(dtype))
     sch.tensorize(sch.get_loops(sch.get_sblock(SUM_BLOCK + "_init"))[-2], tensor_intrin.FILL)
-    sch.tensorize(sch.get_loops(c_frag)[-2], tensor_intrin.STORE)
+    sch.tensorize(store_c, tensor_intrin.STORE)
 
     for name in (PAD_BLOCK, EPILOGUE_BLOCK):
         block = sch.get_sblock(name)
