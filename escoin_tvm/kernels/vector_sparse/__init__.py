@@ -3,7 +3,8 @@ taps, so that each block is a dense product of the gathered input and its values
 tensor cores run. ``prune.vectors`` prunes weights into this shape.
 
 Files in pipeline order, as in every family: ``weight_format.py``, ``operator.py`` (the tensor
-expression), ``schedule_cpu.py`` and ``kernel.py``. The GPU schedule (``mma.sync`` through
-TVM's tensor intrinsics), its knobs and tuning space, its eligibility and lowering (and so its
-``FAMILY`` and registration with the dispatch paths) come next.
+expression), ``schedule_cpu.py``, ``schedule_gpu.py`` (the gathered GEMM on ``mma.sync``, its
+knobs ``TensorCoreConfig``, with ``tensor_intrin.py`` and ``schedule_epilogue.py`` for the
+padding and epilogue kernels) and ``kernel.py``. Its tuning space, eligibility and lowering
+(and so its ``FAMILY`` and registration with the dispatch paths) come next.
 """

@@ -39,13 +39,14 @@ class VectorSparseConv2dKernel(CompiledKernel):
             self.config = config
             func = vector_sparse_conv2d_primfunc(spec, weight.blocks, width, weight.group,
                                                  epilogue, weight.dtype, config.m_tile,
-                                                 config.image_block)
-            mod = tir_pipeline.with_warp_fragments(
-                schedule_gpu(s_tir.Schedule(func), config, weight.dtype).mod)
+                                                 config.image_block, weight.in_place)
+            mod = tir_pipeline.with_warp_fragments(schedule_gpu(
+                s_tir.Schedule(func), spec, config, weight.dtype, weight.in_place).mod)
         else:  # a config sets only the GPU's layout of M here (tests check it on a CPU)
             func = vector_sparse_conv2d_primfunc(
                 spec, weight.blocks, width, weight.group, epilogue, weight.dtype,
-                config.m_tile if config else 1, config.image_block if config else 1)
+                config.m_tile if config else 1, config.image_block if config else 1,
+                weight.in_place)
             mod = schedule_cpu(s_tir.Schedule(func)).mod
         constants = [weight.offsets, weight.values, weight.slots]
         super().__init__(mod, target, device, spec.input_shape, spec.input_shape,

@@ -9,6 +9,10 @@ the block's values (taps x G), the shape of a GEMM on tensor cores.
     out[n, k, y, x]       = epilogue( sums[slots[k] // G, n // v, (y*OW + x)*v + n % v,
                                            slots[k] % G] )
 
+(with ``in_place`` weights, whose channel k is place k % G of block k // G, the epilogue reads
+``sums[k // G, ...]`` without ``slots``, so that a schedule can see which sums a tile of the
+output needs).
+
 A row m of M is one output pixel p (row-major) of one image i of the block: the v images of a
 pixel are adjacent in ``padded`` and in M, so that a tap's v values are one vector load (16
 bytes for v = 8 half values). An image block's pixels are rounded up so that its rows are a
@@ -47,9 +51,9 @@ def image_blocks(spec: Conv2dSpec, image_block: int) -> int:
 
 def vector_sparse_conv2d_te(spec: Conv2dSpec, blocks: int, width: int, group: int,
                             epilogue: Epilogue = Epilogue(), dtype: str = "float32",
-                            m_tile: int = 1, image_block: int = 1):
-    """The TE graph for ``blocks`` blocks of ``group`` channels and tap lists of ``width``.
-    Returns (inputs, output): inputs are ``[data, offsets, values, slots]``, then ``bias``
+                            m_tile: int = 1, image_block: int = 1, in_place: bool = False):
+    """The TE graph for ``blocks`` blocks of ``group`` channels and tap lists of ``width``
+    (``in_place``: the weight's ``in_place``, its channels in block order). Returns (inputs, output): inputs are ``[data, offsets, values, slots]``, then ``bias``
     (float32) and ``residual`` (output-shaped) when the epilogue has them."""
     n_, c_, _, _ = spec.input_shape
     hp, wp = spec.padded_h, spec.padded_w
@@ -87,7 +91,9 @@ def vector_sparse_conv2d_te(spec: Conv2dSpec, blocks: int, width: int, group: in
 
     def sum_at(n, k, y, x):
         m = (y * out_w + x) * v + n % v if v > 1 else y * out_w + x
-        return sums[slots[k] // group, n // v if v > 1 else n, m, slots[k] % group]
+        block, place = (k // group, k % group) if in_place else \
+            (slots[k] // group, slots[k] % group)
+        return sums[block, n // v if v > 1 else n, m, place]
 
     extra, out = epilogue_stage(spec.output_shape, sum_at, epilogue, dtype, EPILOGUE_BLOCK)
     return [data, offsets, values, slots] + extra, out
@@ -95,9 +101,10 @@ def vector_sparse_conv2d_te(spec: Conv2dSpec, blocks: int, width: int, group: in
 
 def vector_sparse_conv2d_primfunc(spec: Conv2dSpec, blocks: int, width: int, group: int,
                                   epilogue: Epilogue = Epilogue(), dtype: str = "float32",
-                                  m_tile: int = 1, image_block: int = 1):
+                                  m_tile: int = 1, image_block: int = 1,
+                                  in_place: bool = False):
     """The unscheduled PrimFunc; parameters (data, offsets, values, slots[, bias][, residual],
     out)."""
     inputs, out = vector_sparse_conv2d_te(spec, blocks, width, group, epilogue, dtype, m_tile,
-                                          image_block)
+                                          image_block, in_place)
     return te.create_prim_func([*inputs, out])

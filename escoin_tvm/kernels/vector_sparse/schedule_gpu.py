@@ -8,7 +8,7 @@ coalesce; with 8 images per block, 8 rows are one 16-byte load), copies the bloc
 those taps beside it, then each warp runs ``ldmatrix`` and ``mma.sync`` m16n8k16 over its own
 ``fragments`` 16 x 16 output tiles, accumulating in float32 registers
 (``tensor_intrin.py``). The sums go to global memory once, and the epilogue (a kernel of its
-own) puts each channel in its place.
+own, ``schedule_epilogue.py``) puts each channel in its place.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from tvm import s_tir
 
 from ...errors import ArgumentError, DTypeError
 from ..conv_spec import Conv2dSpec
-from . import tensor_intrin
-from .operator import (EPILOGUE_BLOCK, FLAT_PAD_BLOCK, GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK,
+from . import schedule_epilogue, tensor_intrin
+from .operator import (FLAT_PAD_BLOCK, GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK,
                        padded_pixels)
 
 MMA = 16  # the M, N and K of one tensor-core tile
@@ -96,12 +96,15 @@ def check_gpu(dtype: str, group: int) -> None:
                             f"channels (the N of a tensor-core tile), got group={group}")
 
 
-def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s_tir.Schedule:
-    """Applies the tensor-core mapping to a vector-sparse PrimFunc built with
-    ``m_tile=config.m_tile``, ``image_block=config.image_block`` and tap lists padded to
-    ``config.k_tile``."""
+def schedule_gpu(sch: s_tir.Schedule, spec: Conv2dSpec, config: TensorCoreConfig, dtype: str,
+                 in_place: bool = False) -> s_tir.Schedule:
+    """Applies the tensor-core mapping to a vector-sparse PrimFunc of ``spec`` built with
+    ``m_tile=config.m_tile``, ``image_block=config.image_block``, ``in_place`` and tap lists
+    padded to ``config.k_tile``."""
     config.validate()
     sch.compute_inline(sch.get_sblock(FLAT_PAD_BLOCK))
+    # first: the epilogue's staging reads the sums while their producer is still a plain block
+    schedule_epilogue.schedule_epilogue(sch, spec, config.image_block, in_place)
     warps, fragments, k_fragments = config.warps, config.fragments, config.k_fragments
     gather, sums = sch.get_sblock(GATHER_BLOCK), sch.get_sblock(SUM_BLOCK)
     b, n, p, g, t = sch.get_loops(sums)
@@ -157,7 +160,7 @@ def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s
         return rows_i
 
     load_a, load_b, store_c = tiles_of(a_frag), tiles_of(b_frag), tiles_of(c_frag)
-    layout = tensor_intrin.tvm_intrin.shared_16x16_to_ldmatrix_32x8_layout
+    layout = tensor_intrin.fragment_layout
     sch.transform_layout(a_frag, ("write", 0), lambda b, n, t, p: (
         b, n, t // MMA, p // MMA, *layout(t % MMA, p % MMA)))
     sch.transform_layout(b_frag, ("write", 0), lambda b, t, g: (
@@ -170,9 +173,5 @@ def schedule_gpu(sch: s_tir.Schedule, config: TensorCoreConfig, dtype: str) -> s
     sch.tensorize(sch.get_loops(sch.get_sblock(SUM_BLOCK + "_init"))[-2], tensor_intrin.FILL)
     sch.tensorize(store_c, tensor_intrin.STORE)
 
-    for name in (PAD_BLOCK, EPILOGUE_BLOCK):
-        block = sch.get_sblock(name)
-        grid, threads = sch.split(sch.fuse(*sch.get_loops(block)), [None, 256])
-        sch.bind(grid, "blockIdx.x")
-        sch.bind(threads, "threadIdx.x")
+    schedule_epilogue.schedule_pad(sch, PAD_BLOCK, config.image_block)
     return sch

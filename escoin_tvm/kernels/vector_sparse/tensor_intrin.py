@@ -1,8 +1,11 @@
 """The tensor-core intrinsics the vector-sparse GPU schedule tensorizes with, for float16 and
 bfloat16: a 16 x 16 tile from shared memory into a warp's fragment (``ldmatrix``) and a 16 x 16
-x 16 product accumulated in float32 (two ``mma.sync`` m16n8k16). TVM 0.27 has them for float16
-only (``tvm.s_tir.tensor_intrin.cuda``); the fill and store of the float32 accumulator are its
-own (``FILL``, ``STORE``), whatever the input dtype.
+x 16 product accumulated in float32 (two ``mma.sync`` m16n8k16), and the fill and store of the
+float32 accumulator (``FILL``, ``STORE``). TVM 0.27 has them for float16 only
+(``tvm.s_tir.tensor_intrin.cuda``), and importing that module parses every tensor intrinsic
+TVM has (about a minute on a CPU); the fill and store here are plain loops over each lane's
+registers, which the warp lowering turns into register moves (TVM's call a code generator that
+needs that module).
 
 The fragments live in ``warp`` memory, which ``support.tir_pipeline`` lowers to registers. Each
 load first stores a zero into its fragment at ``lane * 8``: that store is what shows TVM's warp
@@ -12,16 +15,28 @@ offset the lowering does not read), and the load overwrites it (nvcc drops it).
 from __future__ import annotations
 
 from tvm.s_tir import TensorIntrin
-from tvm.s_tir.tensor_intrin import cuda as tvm_intrin
 from tvm.script import tirx as T
 from tvm.tirx import convert
 
 WARP = 32
 LOCAL = 8  # elements of a 16 x 16 fragment per lane
-FILL = tvm_intrin.MMA_fill_16x16_f32_INTRIN
-STORE = tvm_intrin.MMA_store_16x16_f32_global_INTRIN
+FILL = "escoin_mma_fill_16x16_f32"
+STORE = "escoin_mma_store_16x16_f32_global"
 DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
-_layout = tvm_intrin.shared_16x16_to_ldmatrix_32x8_layout
+
+
+def fragment_layout(i, j):
+    """(lane, register) of element (i, j) of a 16 x 16 tile in a warp's fragment: the layout
+    ``ldmatrix`` loads and ``mma.sync`` m16n8k16 reads and writes."""
+    return 4 * (i % 8) + (j % 8) // 2, 4 * (j // 8) + (i // 8) * 2 + (j % 2)
+
+
+def _element(lane, local):
+    """The inverse of ``fragment_layout``: the (i, j) a lane's register holds."""
+    return 8 * (local % 4 // 2) + lane // 4, 8 * (local // 4) + (lane % 4) * 2 + local % 2
+
+
+_layout = fragment_layout
 
 
 def load_name(dtype: str, operand: str) -> str:
@@ -131,7 +146,72 @@ def _mma(dtype: str):
     return desc, impl
 
 
+def _fill():
+    @T.prim_func(s_tir=True)
+    def desc(c: T.handle) -> None:
+        C = T.match_buffer(c, (WARP, LOCAL), "float32", scope="warp")
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:WARP, 0:LOCAL])
+            for i, j in T.grid(16, 16):
+                with T.sblock("C_warp"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    lane, local = T.meta_var(_layout(vi, vj))
+                    T.reads()
+                    T.writes(C[lane, local])
+                    C[lane, local] = T.float32(0)
+
+    @T.prim_func(s_tir=True)
+    def impl(c: T.handle) -> None:
+        C = T.match_buffer(c, (WARP, LOCAL), "float32", scope="warp", offset_factor=1)
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:WARP, 0:LOCAL])
+            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
+                for local in T.serial(LOCAL):
+                    C[tx, local] = T.float32(0)
+
+    return desc, impl
+
+
+def _store():
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, c: T.handle) -> None:
+        C_warp = T.match_buffer(a, (WARP, LOCAL), "float32", scope="warp")
+        C = T.match_buffer(c, (16, 16), "float32", scope="global")
+        with T.sblock("root"):
+            T.reads(C_warp[0:WARP, 0:LOCAL])
+            T.writes(C[0:16, 0:16])
+            for i, j in T.grid(16, 16):
+                with T.sblock("C_warp"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    lane, local = T.meta_var(_layout(vi, vj))
+                    T.reads(C_warp[lane, local])
+                    T.writes(C[vi, vj])
+                    C[vi, vj] = C_warp[lane, local]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, c: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        C_warp = T.match_buffer(a, (WARP, LOCAL), "float32", scope="warp", offset_factor=1)
+        C = T.match_buffer(c, (16, 16), "float32", scope="global", offset_factor=1,
+                           strides=[s0, s1])
+        with T.sblock("root"):
+            T.reads(C_warp[0:WARP, 0:LOCAL])
+            T.writes(C[0:16, 0:16])
+            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
+                for pair in T.serial(LOCAL // 2):  # a pair: adjacent columns, one store
+                    for half in T.vectorized(2):
+                        row, col = T.meta_var(_element(tx, pair * 2 + half))
+                        C[row, col] = C_warp[tx, pair * 2 + half]
+
+    return desc, impl
+
+
 def _register() -> None:
+    TensorIntrin.register(FILL, *_fill(), override=True)
+    TensorIntrin.register(STORE, *_store(), override=True)
     for dtype in DTYPES:
         for operand in ("a", "b"):
             TensorIntrin.register(load_name(dtype, operand), *_load(dtype, operand),

@@ -105,6 +105,13 @@ class VectorSparseWeight:
         return int(self.offsets.shape[0])
 
     @property
+    def in_place(self) -> bool:
+        """Whether each output channel k is place k % G of block k // G (no reordering, and
+        the blocks never straddle two convolution groups): the kernels then index the blocks
+        by the channel itself instead of reading ``slots``."""
+        return bool(np.array_equal(self.slots, np.arange(self.slots.size)))
+
+    @property
     def sparsity(self) -> float:
         """Fraction of zero weights of the dense weight."""
         return 1.0 - self.nnz / float(np.prod(self.weight_shape))
