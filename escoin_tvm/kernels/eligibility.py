@@ -32,6 +32,10 @@ class LayerFacts:
     weight_dtype: str
     out_dtype: str = ""
     layouts: Tuple[str, str, str] = ("NCHW", "OIHW", "NCHW")
+    on_gpu: bool = False  # the path compiles for a CUDA target
+    # a convolution weight's non-zeros in blocks of 16 output channels: the taps the blocks'
+    # unions store per non-zero (1.0: pruned in such vectors); None where not computed
+    block_density: Optional[float] = None
 
 
 def dtype_problem(facts: LayerFacts, wider: Tuple[str, ...] = ()) -> Optional[str]:

@@ -48,15 +48,15 @@ class Lowered:
 
 def choose(families: Sequence[KernelFamily], facts: LayerFacts
            ) -> Tuple[Optional[KernelFamily], Optional[str]]:
-    """(the first of ``families`` that takes the layer, None) or (None, the first family's
-    reason)."""
+    """(the first of ``families`` that takes the layer, None) or (None, the last family's
+    reason: the last is the most general, whose reason is the one the user can act on)."""
     reasons = []
     for family in families:
         reason = family.problem(facts)
         if reason is None:
             return family, None
         reasons.append(reason)
-    return None, reasons[0] if reasons else f"no kernel family computes {facts.op}"
+    return None, reasons[-1] if reasons else f"no kernel family computes {facts.op}"
 
 
 def relax_function(mod):

@@ -8,7 +8,8 @@ here until none is left. It also reads how a fragment is spread over the lanes f
 of a store, which TVM's common-subexpression elimination, run before it, turns into an opaque
 variable: for a module with ``warp`` fragments (its PrimFuncs marked by ``with_warp_fragments``)
 that elimination is left to nvcc, and copies into shared memory in a software pipeline's
-asynchronous stage become ``cp.async``. Other modules build as with ``s_tir``.
+asynchronous stage become ``cp.async``. Other PrimFuncs (a model's other kernels, in the same
+module) build as with ``s_tir``.
 """
 from __future__ import annotations
 
@@ -29,9 +30,12 @@ def with_warp_fragments(mod: tvm.IRModule) -> tvm.IRModule:
                          for gv, f in mod.functions.items()})
 
 
+def _marked(func) -> bool:
+    return isinstance(func, tirx.PrimFunc) and func.attrs is not None and ATTR in func.attrs
+
+
 def _has_warp_fragments(mod: tvm.IRModule) -> bool:
-    return any(isinstance(f, tirx.PrimFunc) and f.attrs is not None and ATTR in f.attrs
-               for f in mod.functions.values())
+    return any(_marked(f) for f in mod.functions.values())
 
 
 @tvm.transform.module_pass(opt_level=0, name="escoin.LowerAllWarpMemory")
@@ -51,10 +55,20 @@ def _pipeline():
     def lower(mod: tvm.IRModule, ctx) -> tvm.IRModule:
         if not _has_warp_fragments(mod):
             return main(mod)
+        # the marked PrimFuncs alone without CSE; a model's other kernels keep it
+        marked = [gv for gv, f in mod.functions.items() if _marked(f)]
+        fragments = tvm.IRModule({gv: mod[gv] for gv in marked}, attrs=mod.attrs)
+        rest = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in marked},
+                            attrs=mod.attrs)
         config = {**dict(ctx.config), "tirx.disable_cse_tir": True,
                   "tirx.use_async_copy": True}
         with tvm.transform.PassContext(opt_level=ctx.opt_level, config=config):
-            return main(mod)
+            lowered = main(fragments)
+        if not rest.functions:
+            return lowered
+        merged = main(rest)
+        merged.update(lowered)
+        return merged
 
     def device_passes():
         return tvm.transform.Sequential([_lower_all_warp_memory, finalize_device()])

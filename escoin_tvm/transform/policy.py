@@ -18,6 +18,7 @@ from tvm.ir import Constant
 
 from ..kernels.eligibility import LayerFacts, sparse_enough
 from ..kernels.family import KernelFamily, choose
+from ..kernels.vector_sparse.weight_format import block_density
 from ..support.target import is_gpu
 from .tensor_types import dtype, static_shape
 
@@ -130,9 +131,13 @@ class DispatchPolicy:
             decision.reason = "weight is not a constant"
             return decision
         _count_zeros(decision, weight)
+        blocks = None
+        if len(decision.weight_shape) == 4:
+            blocks = block_density(weight.value.numpy(), int(attrs.groups))
         return self._family_decision(decision, index, LayerFacts(
             "conv2d", static_shape(data), decision.weight_shape, dtype(data), dtype(weight),
-            _out_dtype(call), (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)))
+            _out_dtype(call), (attrs.data_layout, attrs.kernel_layout, attrs.out_layout),
+            is_gpu(self.target), blocks))
 
     def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
         escoin_s, dense_s = self.measure(conv, self.make_escoin_pass)

@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 
 from ..errors import EscoinError
-from ..kernels import conv2d
+from ..kernels import conv2d, vector_sparse
 from ..kernels.conv_spec import Conv2dSpec
 from ..kernels.eligibility import checked_threshold
 from .matching import bindings, decide_calls, rewrite_chains
@@ -24,8 +24,9 @@ from .patterns import Chain, match_chains
 from .policy import DispatchPolicy, LayerDecision
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
-# The kernel families this pass sends convolutions to, in order of preference.
-FAMILIES = (conv2d.FAMILY,)
+# The kernel families this pass sends convolutions to, in order of preference: the tensor-core
+# one takes only the layers it is measured to run faster (its ``eligibility.py``).
+FAMILIES = (vector_sparse.FAMILY, conv2d.FAMILY)
 
 
 @tvm.transform.module_pass(opt_level=0, name="EscoinSparseConv2d")

@@ -29,6 +29,8 @@ def extract_tasks(model, example_inputs, target: TargetLike = "cuda",
     tasks = {}
     for kernel in (kernel for done in passes for kernel in done.kernels):
         task = kernel.task(target)
+        if task is None:  # a family without a tuning space
+            continue
         tasks.setdefault(tvm_ffi.structural_hash(task.workload), task).layers.append(kernel.layer)
     return list(tasks.values())
 

@@ -5,6 +5,16 @@ tensor cores run. ``prune.vectors`` prunes weights into this shape.
 Files in pipeline order, as in every family: ``weight_format.py``, ``operator.py`` (the tensor
 expression), ``schedule_cpu.py``, ``schedule_gpu.py`` (the gathered GEMM on ``mma.sync``, its
 knobs ``TensorCoreConfig``, with ``tensor_intrin.py`` and ``schedule_epilogue.py`` for the
-padding and epilogue kernels) and ``kernel.py``. Its tuning space, eligibility and lowering
-(and so its ``FAMILY`` and registration with the dispatch paths) come next.
+padding and epilogue kernels), ``kernel.py``, ``eligibility.py`` (which layers it takes) and
+``lowering.py`` (the kernel in a Relax module). ``FAMILY`` is what the Relax pass registers,
+ahead of the Escoin convolution family; the torch.compile backend and a tuning space come
+next.
 """
+from ..family import KernelFamily
+from . import lowering
+from .eligibility import problem
+
+FAMILY = KernelFamily(name="vector-sparse", op="conv2d", problem=problem,
+                      relax_call=lowering.relax_call, torch_kernel=lowering.torch_kernel)
+
+__all__ = ["FAMILY", "problem"]

@@ -102,6 +102,7 @@ def schedule_gpu(sch: s_tir.Schedule, spec: Conv2dSpec, config: TensorCoreConfig
     ``m_tile=config.m_tile``, ``image_block=config.image_block``, ``in_place`` and tap lists
     padded to ``config.k_tile``."""
     config.validate()
+    tensor_intrin.register()
     sch.compute_inline(sch.get_sblock(FLAT_PAD_BLOCK))
     # first: the epilogue's staging reads the sums while their producer is still a plain block
     schedule_epilogue.schedule_epilogue(sch, spec, config.image_block, in_place)

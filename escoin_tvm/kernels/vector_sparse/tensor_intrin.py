@@ -209,7 +209,16 @@ def _store():
     return desc, impl
 
 
-def _register() -> None:
+_registered = False
+
+
+def register() -> None:
+    """Registers the intrinsics with TVM, once per process (parsing their TVMScript takes
+    seconds: done when a schedule first needs them, not on import)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     TensorIntrin.register(FILL, *_fill(), override=True)
     TensorIntrin.register(STORE, *_store(), override=True)
     for dtype in DTYPES:
@@ -217,6 +226,3 @@ def _register() -> None:
             TensorIntrin.register(load_name(dtype, operand), *_load(dtype, operand),
                                   override=True)
         TensorIntrin.register(mma_name(dtype), *_mma(dtype), override=True)
-
-
-_register()

@@ -161,6 +161,21 @@ class VectorSparseWeight:
         return dense
 
 
+def block_density(weight: np.ndarray, groups: int = 1, group: int = 16) -> float:
+    """The ``density`` ``from_dense`` would give ``weight`` (OIHW) in blocks of ``group``
+    output channels without reordering: taps stored for real channels per non-zero (1.0 for a
+    weight pruned in such vectors; 1.0 for an all-zero weight)."""
+    out_channels = weight.shape[0]
+    mask = weight.reshape(out_channels, -1) != 0
+    per_group, stored = out_channels // groups, 0
+    for g in range(groups):
+        for start in range(g * per_group, (g + 1) * per_group, group):
+            block = mask[start:min(start + group, (g + 1) * per_group)]
+            stored += int(block.any(axis=0).sum()) * block.shape[0]
+    nnz = int(mask.sum())
+    return stored / nnz if nnz else 1.0
+
+
 def _similar_first(mask: np.ndarray, channels: List[int], group: int) -> List[int]:
     """``channels`` in blocks of ``group`` that each add as few taps as possible to their
     block's union: a block starts from the remaining channel with the most non-zeros and takes,

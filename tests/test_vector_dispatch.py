@@ -1,0 +1,140 @@
+"""The Relax pass's dispatch to the vector-sparse (tensor-core) family: which layers it takes
+(CUDA targets, half precision, ungrouped convolutions with more than one tap, weights pruned in
+vectors of 16), what the report says of the others, and the compiled model against PyTorch on
+the GPU."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import escoin_tvm
+from escoin_tvm import prune
+from escoin_tvm.kernels.eligibility import LayerFacts
+from escoin_tvm.kernels.vector_sparse import problem
+from escoin_tvm.kernels.vector_sparse.weight_format import block_density
+
+SM_90 = {"kind": "cuda", "arch": "sm_90"}
+
+
+def facts(**changes):
+    base = dict(op="conv2d", input_shape=(1, 32, 8, 8), weight_shape=(32, 32, 3, 3),
+                input_dtype="float16", weight_dtype="float16", on_gpu=True, block_density=1.0)
+    return LayerFacts(**{**base, **changes})
+
+
+def test_the_family_takes_only_vector_pruned_half_convolutions_on_cuda():
+    assert problem(facts()) is None
+    assert problem(facts(input_dtype="bfloat16", weight_dtype="bfloat16")) is None
+    assert "CUDA" in problem(facts(on_gpu=False))
+    assert "dtype float32" in problem(facts(input_dtype="float32", weight_dtype="float32"))
+    assert "1 output channels per convolution group" in problem(facts(weight_shape=(32, 1, 3, 3)))
+    assert "4 output channels" in problem(facts(weight_shape=(32, 4, 3, 3)))  # ResNeXt-like
+    assert problem(facts(weight_shape=(32, 16, 3, 3))) is None  # 2 groups of 16 (AlexNet-like)
+    assert "1 x 1" in problem(facts(weight_shape=(32, 32, 1, 1)))
+    assert "vectors of 16" in problem(facts(block_density=6.2))
+    assert "prune.vectors" in problem(facts(block_density=None))
+
+
+def test_block_density_is_one_for_vector_pruned_weights_and_counts_unions_otherwise():
+    rng = np.random.default_rng(0)
+    conv = torch.nn.Conv2d(8, 40, 3)
+    prune.vectors(torch.nn.Sequential(conv), 0.8, group=16)
+    assert block_density(conv.weight.detach().numpy()) == 1.0
+    weight = np.zeros((32, 4, 3, 3), np.float32)
+    weight[0, 0, 0, 0] = weight[1, 1, 1, 1] = 1.0  # two channels of one block, distinct taps
+    assert block_density(weight) == 16.0  # each of the 16 channels stores both taps
+    assert block_density(np.zeros((16, 2, 3, 3))) == 1.0
+    grouped = rng.standard_normal((32, 2, 3, 3)) * (rng.random((32, 2, 3, 3)) < 0.1)
+    assert block_density(grouped, groups=4) >= 1.0
+
+
+def network():
+    """A 3 x 3 convolution pruned in vectors (taken), a 1 x 1 and a depthwise one (left to
+    the Escoin CUDA-core kernels), with biases, ReLUs and a residual add."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(32, 48, 3, padding=1)
+            self.point = torch.nn.Conv2d(48, 48, 1)
+            self.depth = torch.nn.Conv2d(48, 48, 3, padding=1, groups=48)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            return torch.relu(self.depth(y) + self.point(y))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    prune.vectors(torch.nn.Sequential(model.conv), 0.9, group=16)
+    prune.magnitude(torch.nn.Sequential(model.point, model.depth), 0.9)
+    return model.half()
+
+
+def test_a_cuda_build_sends_the_vector_pruned_layer_to_tensor_cores_and_the_others_not():
+    model, x = network(), torch.randn(2, 32, 9, 9).half()
+    compiled = escoin_tvm.compile(model, (x,), target=SM_90, progress=False)
+    kernels = {layer["name"]: (layer["kernel"], layer["reason"])
+               for layer in compiled.metadata["layers"]}
+    assert kernels["conv"][0] == "vector-sparse"
+    assert kernels["point"][0] == "escoin" and kernels["depth"][0] == "escoin"
+    on_cpu = escoin_tvm.compile(model.float(), (x.float(),), target="llvm", progress=False)
+    assert all(layer["kernel"] == "escoin" for layer in on_cpu.metadata["layers"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 9])
+def test_the_dispatched_network_matches_pytorch_on_the_gpu(dtype, batch):
+    model = network().to(dtype)
+    x = torch.randn(batch, 32, 9, 9).to(dtype)
+    compiled = escoin_tvm.compile(model, (x,), target="cuda", progress=False)
+    assert [layer["kernel"] for layer in compiled.metadata["layers"]][0] == "vector-sparse"
+    out = compiled(x.cuda()).float().cpu()
+    with torch.no_grad():
+        expected = model.double()(x.double()).float()
+    scale = expected.abs().max().item()
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 4e-3
+    assert (out - expected).abs().max().item() <= tolerance * scale
+
+
+def test_the_lowering_computes_the_network_on_the_cpu(monkeypatch):
+    """What the pass emits for a vector-sparse layer (the call's arguments in order, the bias
+    in float32, the fused ReLU and residual add; stride, asymmetric padding, dilation, an odd
+    batch), run on the CPU: the same
+    lowering with the family's CPU schedule standing in for the tensor-core one (which the GPU
+    tests check against float64 on random convolutions)."""
+    from escoin_tvm.kernels import vector_sparse
+    from escoin_tvm.kernels.vector_sparse import lowering
+    from escoin_tvm.kernels.vector_sparse.schedule_cpu import schedule_cpu
+    from escoin_tvm.transform import sparse_conv2d
+
+    monkeypatch.setattr(lowering, "schedule_gpu", lambda sch, *args: schedule_cpu(sch))
+    monkeypatch.setattr(lowering.tir_pipeline, "with_warp_fragments", lambda mod: mod)
+    on_cpu = dataclasses.replace(vector_sparse.FAMILY, problem=lambda f: problem(
+        dataclasses.replace(f, on_gpu=True)))
+    monkeypatch.setattr(sparse_conv2d, "FAMILIES", (on_cpu, *sparse_conv2d.FAMILIES[1:]))
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = torch.nn.Conv2d(16, 32, 3, padding=1, stride=2)
+            self.second = torch.nn.Conv2d(32, 32, (3, 2), padding=(1, 0), dilation=(1, 2))
+
+        def forward(self, x):
+            y = torch.relu(self.first(x))
+            return torch.relu(self.second(torch.nn.functional.pad(y, (1, 1))) + y)
+
+    torch.manual_seed(1)
+    model = Residual().eval()
+    prune.vectors(torch.nn.Sequential(model.first, model.second), 0.8, group=16)
+    model = model.half()
+    x = torch.randn(3, 16, 11, 10).half()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", progress=False)
+    kernels = {layer["name"]: (layer["kernel"], layer["epilogue"])
+               for layer in compiled.metadata["layers"]}
+    assert kernels["first"] == ("vector-sparse", "bias+relu")
+    assert kernels["second"] == ("vector-sparse", "bias+residual+relu")
+    with torch.no_grad():
+        expected = model.double()(x.double()).float()
+    out = compiled(x).float()
+    assert (out - expected).abs().max().item() <= 4e-3 * expected.abs().max().item()
