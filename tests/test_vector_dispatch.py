@@ -138,3 +138,34 @@ def test_the_lowering_computes_the_network_on_the_cpu(monkeypatch):
         expected = model.double()(x.double()).float()
     out = compiled(x).float()
     assert (out - expected).abs().max().item() <= 4e-3 * expected.abs().max().item()
+
+
+def test_the_backend_offers_the_family_only_vector_pruned_layers_on_a_gpu():
+    """On the CPU the backend's layers keep the Escoin CUDA-core family (the report's reason
+    is that family's); the facts it reads carry the weight's block density."""
+    from escoin_tvm.torch_compile import backend
+
+    assert backend.FAMILIES["conv2d"][0].name == "vector-sparse"
+    model = network().float()
+    x = torch.randn(1, 32, 9, 9)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="escoin", options={"dense": "eager"})(x)
+        expected = model(x)
+    assert torch.allclose(out, expected, atol=1e-4, rtol=1e-4)
+    assert "vector-sparse" not in backend.last_report()
+
+
+@pytest.mark.gpu
+def test_the_backend_measures_the_family_against_cudnn_and_keeps_the_answer_on_the_gpu():
+    from escoin_tvm.torch_compile import backend
+
+    model = network().cuda()
+    x = torch.randn(16, 32, 9, 9, device="cuda").half()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="escoin")(x).float()
+        expected = model.double()(x.double()).float()
+    report = backend.last_report()
+    assert "conv" in report
+    assert (out - expected).abs().max().item() <= 4e-3 * expected.abs().max().item(), report

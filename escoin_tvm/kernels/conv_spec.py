@@ -92,6 +92,17 @@ class Conv2dSpec:
         spec._validate(weight_shape)
         return spec
 
+    @staticmethod
+    def of_call(conv, input_shape: Sequence[int]) -> "Conv2dSpec":
+        """The spec of a Relax conv2d call (``conv``, its weight a constant) on inputs of
+        ``input_shape``."""
+        attrs = conv.attrs
+        return Conv2dSpec.create(input_shape, conv.args[1].value.shape,
+                                 stride=tuple(int(s) for s in attrs.strides),
+                                 padding=tuple(int(p) for p in attrs.padding),
+                                 dilation=tuple(int(d) for d in attrs.dilation),
+                                 groups=int(attrs.groups))
+
     def _validate(self, weight_shape: Tuple[int, ...]) -> None:
         if min(self.input_shape) < 1 or min(weight_shape) < 1:
             raise ShapeError(f"empty tensors are not supported: input {self.input_shape}, "

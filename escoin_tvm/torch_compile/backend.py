@@ -42,12 +42,13 @@ import numpy as np
 import torch
 
 from ..errors import ArgumentError
-from ..kernels import conv2d, linear
+from ..kernels import conv2d, linear, vector_sparse
 from ..kernels.build_together import compile_together
 from ..kernels.conv2d.operator import Epilogue
 from ..kernels.eligibility import (DEFAULT_SPARSITY_THRESHOLD, LayerFacts, checked_threshold,
                                    sparse_enough)
 from ..kernels.family import choose
+from ..kernels.vector_sparse.weight_format import block_density
 from ..runtime import format_report
 from ..support import dtypes
 from ..support.progress import CompileProgress
@@ -59,8 +60,9 @@ from . import graph, ops
 # in the graph a replaced layer also costs inductor the fusions around it, and each timing
 # carries a percent or two of noise, so a near tie is worth less than it measures.
 MEASURED_MARGIN = 0.05
-# The kernel families the backend sends layers to, per operator, in order of preference.
-FAMILIES = {"conv2d": (conv2d.FAMILY,), "linear": (linear.FAMILY,)}
+# The kernel families the backend sends layers to, per operator, in order of preference (the
+# tensor-core one takes only vector-pruned half-precision layers on a GPU: its eligibility.py).
+FAMILIES = {"conv2d": (vector_sparse.FAMILY, conv2d.FAMILY), "linear": (linear.FAMILY,)}
 OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress")
 REPORTS: List[List[LayerDecision]] = []  # one per graph compiled, in order
 GRADIENTS_ON = ("the backend runs inference (call the model under torch.no_grad() or "
@@ -214,7 +216,7 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
     device = candidate.device
     reason = None
-    family, problem = choose(FAMILIES[candidate.op], _facts(candidate))
+    family, problem = choose(FAMILIES[candidate.op], _facts(candidate, dense))
     if dispatch == "none":
         reason = "Escoin off (dispatch='none')"
     elif problem is not None:
@@ -250,13 +252,16 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     return decision, layer
 
 
-def _facts(candidate: graph.Candidate) -> LayerFacts:
+def _facts(candidate: graph.Candidate, weight: np.ndarray) -> LayerFacts:
     """The candidate as the kernel families' checks read it: its sizes as Dynamo saw them
     (the backend builds a kernel per input shape), NCHW (a channels-last input is converted
-    around the kernel)."""
+    around the kernel); ``weight`` is its dense weight."""
+    conv = candidate.op == "conv2d"
     return LayerFacts(candidate.op, tuple(_hint(d) for d in candidate.input_shape),
                       tuple(candidate.weight.shape), dtypes.name_of(candidate.input_dtype),
-                      dtypes.name_of(candidate.weight.dtype))
+                      dtypes.name_of(candidate.weight.dtype),
+                      on_gpu=candidate.device is not None and candidate.device.type == "cuda",
+                      block_density=block_density(weight, candidate.groups) if conv else None)
 
 
 def _static_shape(candidate: graph.Candidate) -> Optional[tuple]:

@@ -21,8 +21,9 @@ import torch
 from ..kernels import conv2d, linear
 from ..kernels.eligibility import LayerFacts
 from ..kernels.family import KernelFamily
+from ..kernels.vector_sparse.weight_format import block_density
 from ..support import dtypes
-from ..support.target import device_for
+from ..support.target import device_for, is_gpu
 
 
 @dataclass
@@ -121,8 +122,11 @@ def kernel_or_dense(layer, shape: tuple, device: torch.device):
     shape (a linear layer past its batch limit), PyTorch's own operator on the frozen
     weights (``DenseFallback``)."""
     dtype = dtypes.name_of(layer.weight.dtype)
-    problem = layer.family.problem(LayerFacts(layer.family.op, tuple(int(d) for d in shape),
-                                              tuple(layer.weight.shape), dtype, dtype))
+    conv = layer.family.op == "conv2d"
+    problem = layer.family.problem(LayerFacts(
+        layer.family.op, tuple(int(d) for d in shape), tuple(layer.weight.shape), dtype, dtype,
+        on_gpu=is_gpu(layer.target),
+        block_density=block_density(layer.weight, layer.groups) if conv else None))
     if problem is not None:
         return DenseFallback(layer, device, problem)
     return layer.family.torch_kernel(layer, shape, device)

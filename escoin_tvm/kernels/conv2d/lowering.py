@@ -38,13 +38,8 @@ def relax_call(builder, data, conv: relax.Call, bias: Optional[np.ndarray], resi
     (``Conv2dSpec.subsampled``), a copy-free flattening reshape when the kernel reads its input
     in place (both emitted), then the kernel's call_tir (returned, not emitted). ``bias`` is
     the per-channel bias the epilogue adds, ``residual`` the Relax expression it adds."""
-    attrs = conv.attrs
     weight = conv.args[1].value.numpy()
-    spec = Conv2dSpec.create(input_shape, weight.shape,
-                             stride=tuple(int(s) for s in attrs.strides),
-                             padding=tuple(int(p) for p in attrs.padding),
-                             dilation=tuple(int(d) for d in attrs.dilation),
-                             groups=int(attrs.groups))
+    spec = Conv2dSpec.of_call(conv, input_shape)
     stride_one = spec.subsampled()
     if stride_one is not None:
         data = builder.emit(relax.op.strided_slice(

@@ -6,9 +6,9 @@ Files in pipeline order, as in every family: ``weight_format.py``, ``operator.py
 expression), ``schedule_cpu.py``, ``schedule_gpu.py`` (the gathered GEMM on ``mma.sync``, its
 knobs ``TensorCoreConfig``, with ``tensor_intrin.py`` and ``schedule_epilogue.py`` for the
 padding and epilogue kernels), ``kernel.py``, ``eligibility.py`` (which layers it takes) and
-``lowering.py`` (the kernel in a Relax module). ``FAMILY`` is what the Relax pass registers,
-ahead of the Escoin convolution family; the torch.compile backend and a tuning space come
-next.
+``lowering.py`` (the kernel in a Relax module and in a torch.compile graph). ``FAMILY`` is what
+the Relax pass and the backend register, ahead of the Escoin convolution family; a tuning
+space comes next.
 """
 from ..family import KernelFamily
 from . import lowering

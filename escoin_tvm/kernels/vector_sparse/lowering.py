@@ -39,13 +39,8 @@ def relax_call(builder, data, conv: relax.Call, bias: Optional[np.ndarray], resi
     family's ``problem`` took) and its epilogue on tensor cores, with the weight's blocks as
     constants. ``config_for`` and ``tuning_log`` are the Escoin family's; this one has
     defaults only."""
-    attrs = conv.attrs
     weight = conv.args[1].value.numpy()
-    spec = Conv2dSpec.create(input_shape, weight.shape,
-                             stride=tuple(int(s) for s in attrs.strides),
-                             padding=tuple(int(p) for p in attrs.padding),
-                             dilation=tuple(int(d) for d in attrs.dilation),
-                             groups=int(attrs.groups))
+    spec = Conv2dSpec.of_call(conv, input_shape)
     encoded = VectorSparseWeight.from_dense(weight, spec, GPU_GROUP, MMA)
     config = default_config(spec, encoded.offsets.shape[1])
     encoded = encoded.padded_to(config.k_tile)
