@@ -262,7 +262,7 @@ def format_report(layers: Sequence[dict], threshold: Optional[float] = None,
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    n_escoin = sum(l["kernel"] == "escoin" for l in layers)
+    n_escoin = sum(l["kernel"] != "dense" for l in layers)
     lines.append(f"{n_escoin} of {len(layers)} {what} on Escoin kernels")
     return "\n".join(lines)
 

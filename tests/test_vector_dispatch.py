@@ -77,6 +77,10 @@ def test_a_cuda_build_sends_the_vector_pruned_layer_to_tensor_cores_and_the_othe
                for layer in compiled.metadata["layers"]}
     assert kernels["conv"][0] == "vector-sparse"
     assert kernels["point"][0] == "escoin" and kernels["depth"][0] == "escoin"
+    assert "3 of 3 convolutions on Escoin kernels" in compiled.report()
+    # the report says why the tensor-core family passed each of the others over
+    assert "not vector-sparse: 1 x 1 convolution" in kernels["point"][1]
+    assert "not vector-sparse: 1 output channels per convolution group" in kernels["depth"][1]
     on_cpu = escoin_tvm.compile(model.float(), (x.float(),), target="llvm", progress=False)
     assert all(layer["kernel"] == "escoin" for layer in on_cpu.metadata["layers"])
 

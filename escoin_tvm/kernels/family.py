@@ -64,3 +64,15 @@ def relax_function(mod):
     module: private, marked scheduled, and opaque to operator fusion."""
     return (mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
             .with_attr("op_pattern", OPAQUE))
+
+
+def passed_over(families: Sequence[KernelFamily], chosen: KernelFamily,
+                facts: LayerFacts) -> str:
+    """Why each family preferred to ``chosen`` did not take the layer, as a suffix of the
+    report's reason ("; not vector-sparse: ..."); "" when ``chosen`` is the first."""
+    notes = []
+    for family in families:
+        if family is chosen:
+            break
+        notes.append(f"; not {family.name}: {family.problem(facts)}")
+    return "".join(notes)

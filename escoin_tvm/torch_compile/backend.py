@@ -47,7 +47,7 @@ from ..kernels.build_together import compile_together
 from ..kernels.conv2d.operator import Epilogue
 from ..kernels.eligibility import (DEFAULT_SPARSITY_THRESHOLD, LayerFacts, checked_threshold,
                                    sparse_enough)
-from ..kernels.family import choose
+from ..kernels.family import choose, passed_over
 from ..kernels.vector_sparse.weight_format import block_density
 from ..runtime import format_report
 from ..support import dtypes
@@ -216,7 +216,8 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
     device = candidate.device
     reason = None
-    family, problem = choose(FAMILIES[candidate.op], _facts(candidate, dense))
+    facts = _facts(candidate, dense)
+    family, problem = choose(FAMILIES[candidate.op], facts)
     if dispatch == "none":
         reason = "Escoin off (dispatch='none')"
     elif problem is not None:
@@ -249,6 +250,8 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
         ("; batch norm folded" if candidate.batch_norm else "")
     decision.kernel = family.name
     decision.reason = sparse_enough(decision.sparsity, threshold)[1]
+    if facts.on_gpu:  # where the tensor-core family could have run it
+        decision.reason += passed_over(FAMILIES[candidate.op], family, facts)
     return decision, layer
 
 

@@ -17,7 +17,7 @@ from tvm import relax
 from tvm.ir import Constant
 
 from ..kernels.eligibility import LayerFacts, sparse_enough
-from ..kernels.family import KernelFamily, choose
+from ..kernels.family import KernelFamily, choose, passed_over
 from ..kernels.vector_sparse.weight_format import block_density
 from ..support.target import is_gpu
 from .tensor_types import dtype, static_shape
@@ -111,6 +111,8 @@ class DispatchPolicy:
             taken, decision.reason = sparse_enough(decision.sparsity, self.threshold)
             if taken:
                 decision.kernel = family.name
+                if facts.on_gpu:  # where the tensor-core family could have run it
+                    decision.reason += passed_over(self.families, family, facts)
         if decision.kernel != "dense":
             self.chosen[index] = family
         return decision
