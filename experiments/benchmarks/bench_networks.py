@@ -14,7 +14,8 @@ each sparsity, or to Deep Compression's published per-layer sparsities: "dc") an
   backend_ro_fp16  the same in fp16
   eager_fp32     PyTorch eager, fp32, TF32 off (a secondary column: launch-bound at batch 1)
 A sparsity with a "+fc" suffix (--whole) prunes the fully-connected layers too, which escoin-tvm
-then runs on its sparse linear kernel.
+then runs on its sparse linear kernel. A "v" prefix ("v0.9") prunes in vectors of 16 output
+channels (``prune.vectors``), which the fp16 variants run on the tensor-core family.
   eager_tf32     PyTorch eager, PyTorch's default (cuDNN may use TF32)
   eager_fp16     PyTorch eager, fp16 channels-last
   torch_compile  torch.compile, default mode, fp32 (TF32 off)
@@ -36,6 +37,7 @@ installed: networks the project did not write (ResNeXt-50, MobileNetV2, DenseNet
 Usage: python -m experiments.benchmarks.bench_networks [--networks alexnet,googlenet,resnet50,vgg16]
     [--batches 1,16] [--sparsities 0.9] [--sweep resnet50:1:0.7,0.8,0.95] [--dc alexnet,vgg16]
     [--measured resnet50:1] [--out experiments/results] [--workers 12] [--deadline 540]
+Vector-pruned networks on the tensor-core family: --sparsities v0.9 --dc "" --whole ""
 """
 from __future__ import annotations
 
@@ -82,6 +84,8 @@ def _pruned_model(network: str, sparsity: str):
     sparsity = sparsity.removesuffix("+fc")
     if sparsity == "dc":
         prune.deep_compression(model, network, layers=layers)
+    elif sparsity.startswith("v"):  # "v0.9": in vectors of 16 output channels (tensor cores)
+        prune.vectors(model, float(sparsity[1:]), group=16, layers=layers)
     else:
         prune.magnitude(model, float(sparsity), layers=layers)
     return model.eval()
