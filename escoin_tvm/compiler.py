@@ -100,7 +100,8 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels, with the
     best schedules of ``tuning_log`` (a directory written by ``escoin_tvm.tune``) where it has
     them, else the pre-tuned or default ones. ``dispatch_by="measure"`` also times each such
-    layer both ways on the target's device (which must be present) and keeps the faster;
+    layer both ways on the target's device (which must be present) and keeps it sparse only
+    where it is ``MEASURED_MARGIN`` (5%) faster;
     ``dispatch_by="none"`` leaves every layer dense (plain TVM, the baseline). ``cuda_graph``
     (CUDA only) has TVM capture the kernel sequence into CUDA graphs on the first call and
     replay them: less launch overhead, most useful at batch 1. ``device`` is where the module

@@ -176,3 +176,21 @@ def test_only_unpadded_strided_pointwise_convs_are_subsampled(weight, stride, pa
     from escoin_tvm.kernels.conv_spec import Conv2dSpec
 
     assert Conv2dSpec.create((1, 4, 9, 9), weight, stride=stride, padding=padding).subsampled() is None
+
+
+@pytest.mark.parametrize("escoin_us, taken", [(99.0, False), (96.0, False), (94.0, True)])
+def test_measured_dispatch_keeps_a_layer_dense_unless_it_wins_beyond_noise(escoin_us, taken):
+    """A layer measured within ``MEASURED_MARGIN`` of its dense time stays dense (a near tie
+    is noise, and many add up to a loss); the report gives both times."""
+    from escoin_tvm.kernels.eligibility import MEASURED_MARGIN
+
+    assert MEASURED_MARGIN == 0.05
+    dispatch = SparseConv2dDispatch(LLVM, 0.5, measure=lambda call, make: (escoin_us * 1e-6,
+                                                                           100e-6))
+    new, report = dispatch(module(conv)), dispatch.report
+    assert (report[0].kernel == "escoin") == taken
+    assert (ops_in(new)["R.call_tir"] == 1) == taken
+    assert report[0].escoin_us == pytest.approx(escoin_us)
+    assert report[0].dense_us == pytest.approx(100.0)
+    if not taken:
+        assert "not 5% under dense 100.0 us" in report[0].reason

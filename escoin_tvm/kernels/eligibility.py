@@ -16,6 +16,15 @@ from ..support.dtypes import SUPPORTED
 # Where the Escoin kernel starts to beat the dense path a layer would otherwise take
 # (docs/results.md, "Layers"); layers below it stay dense.
 DEFAULT_SPARSITY_THRESHOLD = 0.7
+# Measured dispatch (both paths) keeps a sparse kernel only when it beats the dense operator by
+# this much: each timing carries a percent or two of noise, a replaced layer can cost the graph
+# fusions around it, and over 60-120 layers near ties add up to a loss rather than a gain.
+MEASURED_MARGIN = 0.05
+
+
+def beats_dense(sparse_s: float, dense_s: float) -> bool:
+    """Whether a sparse kernel measured ``sparse_s`` beats a dense ``dense_s`` beyond noise."""
+    return sparse_s <= dense_s * (1.0 - MEASURED_MARGIN)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from ..errors import ArgumentError
 from ..kernels import conv2d, linear, vector_sparse
 from ..kernels.build_together import compile_together
 from ..kernels.conv2d.operator import Epilogue
-from ..kernels.eligibility import (DEFAULT_SPARSITY_THRESHOLD, LayerFacts, checked_threshold,
-                                   sparse_enough)
+from ..kernels.eligibility import (DEFAULT_SPARSITY_THRESHOLD, MEASURED_MARGIN, LayerFacts,
+                                   beats_dense, checked_threshold, sparse_enough)
 from ..kernels.family import choose, passed_over
 from ..kernels.vector_sparse.weight_format import block_density
 from ..runtime import format_report
@@ -56,10 +56,6 @@ from ..support.target import resolve_target
 from ..transform.policy import LayerDecision
 from . import graph, ops
 
-# Measured dispatch keeps an Escoin kernel only when it beats PyTorch's operator by this much:
-# in the graph a replaced layer also costs inductor the fusions around it, and each timing
-# carries a percent or two of noise, so a near tie is worth less than it measures.
-MEASURED_MARGIN = 0.05
 # The kernel families the backend sends layers to, per operator, in order of preference (the
 # tensor-core one takes only vector-pruned half-precision layers on a GPU: its eligibility.py).
 FAMILIES = {"conv2d": (vector_sparse.FAMILY, conv2d.FAMILY), "linear": (linear.FAMILY,)}
@@ -315,7 +311,7 @@ def _measure(decision: LayerDecision, layer, candidate: graph.Candidate, shape: 
                                    replayed)
     decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
     how = "measured" if replayed else "measured as calls"
-    if escoin_s > dense_s * (1.0 - MEASURED_MARGIN):
+    if not beats_dense(escoin_s, dense_s):
         decision.kernel = "dense"
         decision.reason = (f"{how}: escoin {escoin_s * 1e6:.1f} us, not "
                            f"{MEASURED_MARGIN:.0%} under PyTorch's {dense_s * 1e6:.1f} us")

@@ -4,7 +4,8 @@ A conv2d goes to an Escoin kernel when its weight is a constant, the kernels imp
 family's ``problem``: NCHW/OIHW; float32, float16 or bfloat16; static shapes) and its weight's
 sparsity reaches the threshold (``kernels/eligibility.py``, shared with the torch.compile
 backend). With a
-``measure`` timer, such a layer is also timed both ways on the device and takes the faster path.
+``measure`` timer, such a layer is also timed both ways on the device and goes sparse only where
+it is ``MEASURED_MARGIN`` faster (``kernels/eligibility.py``).
 Every convolution gets a ``LayerDecision``, taken or not: the pass's report.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from tvm import relax
 from tvm.ir import Constant
 
-from ..kernels.eligibility import LayerFacts, sparse_enough
+from ..kernels.eligibility import MEASURED_MARGIN, LayerFacts, beats_dense, sparse_enough
 from ..kernels.family import KernelFamily, choose, passed_over
 from ..kernels.vector_sparse.weight_format import block_density
 from ..support.target import is_gpu
@@ -144,10 +145,10 @@ class DispatchPolicy:
     def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
         escoin_s, dense_s = self.measure(conv, self.make_escoin_pass)
         decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
-        if dense_s < escoin_s:
+        if not beats_dense(escoin_s, dense_s):
             decision.kernel = "dense"
-            decision.reason = (f"measured: dense {dense_s * 1e6:.1f} us < escoin "
-                               f"{escoin_s * 1e6:.1f} us")
+            decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, not "
+                               f"{MEASURED_MARGIN:.0%} under dense {dense_s * 1e6:.1f} us")
         else:
             decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, dense "
                                f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")

@@ -37,8 +37,9 @@ class SparseConv2dDispatch:
     layer; ``tuning_log`` (a ``tuning.TuningLog``) supplies tuned knobs for the kernels it has
     records of; the pre-tuned table, then the heuristic default, cover the rest. With
     ``measure`` (a ``measure.LayerTimer``), a layer that passes the threshold is timed both ways
-    on the device and takes the faster path. ``report_only`` keeps every layer dense (a
-    baseline). ``on_layer()`` is called after each conv2d's decision (a progress display)."""
+    on the device and goes sparse only where it is ``MEASURED_MARGIN`` faster. ``report_only``
+    keeps every layer dense (a baseline). ``on_layer()`` is called after each conv2d's decision
+    (a progress display)."""
 
     def __init__(self, target, threshold: float, layer_names: Sequence = (),
                  config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None,

@@ -5,9 +5,9 @@ Only where the family is measured to be the better sparse kernel (``docs/results
 "Vector-sparse kernels on tensor cores"): on a CUDA target, in float16 or bfloat16, for a
 convolution with at least 16 output channels per group and more than one tap per channel whose
 weight is pruned in vectors of 16 output channels. Depthwise and narrow grouped layers (a
-block of 16 channels of a group of one holds one), 1 x 1 layers (the padding and epilogue kernels dominate) and unstructured weights
-(a block's union of 16 random rows holds most taps) run much slower here than on the Escoin
-CUDA-core kernels, which take them instead.
+block of 16 channels of a group of one holds one), 1 x 1 layers (the padding and epilogue
+kernels dominate) and unstructured weights (a block's union of 16 random rows holds most taps)
+run much slower here than on the Escoin CUDA-core kernels, which take them instead.
 """
 from __future__ import annotations
 

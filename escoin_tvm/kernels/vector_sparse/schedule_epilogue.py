@@ -1,5 +1,6 @@
-"""The vector-sparse epilogue on the GPU: the float32 sums back into the NCHW output, through
-shared memory.
+"""The vector-sparse GPU schedule's two small kernels around the GEMM: the padded input
+(``schedule_pad``: a tap's images written as one vector) and the epilogue
+(``schedule_epilogue``: the float32 sums back into the NCHW output, through shared memory).
 
 The sums are laid out as the tensor cores produce them, ``[block, image block, pixel * v +
 image, channel]``, while the output runs along a row of pixels: read in the output's order,
@@ -23,7 +24,7 @@ from .operator import EPILOGUE_BLOCK, SUM_BLOCK
 THREADS = 256
 STAGED_FLOATS = 8192  # sums per thread block's tile: 32 KiB, plus the padding of its rows
 MIN_PIXELS = 8  # a tile of fewer pixels per row is left to the flat loop
-GROUP = 16
+GROUP = 16  # output channels per block (schedule_gpu.GPU_GROUP, which imports this module)
 
 
 def _largest_divisor(n: int, limit: int) -> int:
