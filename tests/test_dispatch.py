@@ -5,6 +5,7 @@ import torch
 
 import escoin_tvm
 from escoin_tvm import EscoinError, models, prune
+from escoin_tvm.kernels.eligibility import beats_dense
 from escoin_tvm.prune import DEEP_COMPRESSION_DENSITY, deep_compression
 from escoin_tvm.transform import SparseConv2dDispatch
 
@@ -31,7 +32,8 @@ def test_measured_dispatch_times_each_layer_both_ways(target):
     for layer in compiled.layers:
         assert layer["escoin_us"] > 0 and layer["dense_us"] > 0
         assert layer["reason"].startswith("measured:")
-        faster = "escoin" if layer["escoin_us"] <= layer["dense_us"] else "dense"
+        # sparse only beyond the noise margin (kernels/eligibility.py)
+        faster = "escoin" if beats_dense(layer["escoin_us"], layer["dense_us"]) else "dense"
         assert layer["kernel"] == faster
     matches(compiled, model, x)
 
@@ -75,7 +77,7 @@ def test_measured_dispatch_keeps_a_layer_dense_when_dense_wins(monkeypatch):
     monkeypatch.setattr(escoin_tvm.measure, "LayerTimer", lambda target: timer)
     compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="measure")
     assert [l["kernel"] for l in compiled.layers] == ["escoin", "dense", "escoin"]
-    assert "dense 1.0 us < escoin 2.0 us" in compiled.layers[1]["reason"]
+    assert "escoin 2.0 us, not 5% under dense 1.0 us" in compiled.layers[1]["reason"]
     assert all(isinstance(p, SparseConv2dDispatch) for p in calls)
     matches(compiled, model, x)
 
