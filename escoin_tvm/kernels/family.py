@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
+from tvm import relax
+
 from .eligibility import LayerFacts
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps must leave a scheduled kernel alone
@@ -57,6 +59,18 @@ def choose(families: Sequence[KernelFamily], facts: LayerFacts
             return family, None
         reasons.append(reason)
     return None, reasons[-1] if reasons else f"no kernel family computes {facts.op}"
+
+
+def epilogue_arguments(bias, residual, out_channels: int) -> list:
+    """The Relax arguments a kernel's fused epilogue takes after the weight's arrays: the
+    per-channel ``bias`` (a numpy array, passed in float32, in which the epilogue adds it)
+    and the ``residual`` expression, each where present."""
+    args = []
+    if bias is not None:
+        args.append(relax.const(bias.reshape(out_channels).astype("float32")))
+    if residual is not None:
+        args.append(residual)
+    return args
 
 
 def relax_function(mod):

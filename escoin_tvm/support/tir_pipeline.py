@@ -34,10 +34,6 @@ def _marked(func) -> bool:
     return isinstance(func, tirx.PrimFunc) and func.attrs is not None and ATTR in func.attrs
 
 
-def _has_warp_fragments(mod: tvm.IRModule) -> bool:
-    return any(_marked(f) for f in mod.functions.values())
-
-
 @tvm.transform.module_pass(opt_level=0, name="escoin.LowerAllWarpMemory")
 def _lower_all_warp_memory(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     for _ in range(_MAX_ROUNDS):
@@ -53,10 +49,10 @@ def _pipeline():
 
     @tvm.transform.module_pass(opt_level=0, name="escoin.STirPipeline")
     def lower(mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        if not _has_warp_fragments(mod):
+        marked = [gv for gv, f in mod.functions.items() if _marked(f)]
+        if not marked:
             return main(mod)
         # the marked PrimFuncs alone without CSE; a model's other kernels keep it
-        marked = [gv for gv, f in mod.functions.items() if _marked(f)]
         fragments = tvm.IRModule({gv: mod[gv] for gv in marked}, attrs=mod.attrs)
         rest = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in marked},
                             attrs=mod.attrs)

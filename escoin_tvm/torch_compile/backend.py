@@ -255,12 +255,13 @@ def _facts(candidate: graph.Candidate, weight: np.ndarray) -> LayerFacts:
     """The candidate as the kernel families' checks read it: its sizes as Dynamo saw them
     (the backend builds a kernel per input shape), NCHW (a channels-last input is converted
     around the kernel); ``weight`` is its dense weight."""
-    conv = candidate.op == "conv2d"
+    on_gpu = candidate.device is not None and candidate.device.type == "cuda"
+    blocks = block_density(weight, candidate.groups) \
+        if on_gpu and candidate.op == "conv2d" else None
     return LayerFacts(candidate.op, tuple(_hint(d) for d in candidate.input_shape),
                       tuple(candidate.weight.shape), dtypes.name_of(candidate.input_dtype),
-                      dtypes.name_of(candidate.weight.dtype),
-                      on_gpu=candidate.device is not None and candidate.device.type == "cuda",
-                      block_density=block_density(weight, candidate.groups) if conv else None)
+                      dtypes.name_of(candidate.weight.dtype), on_gpu=on_gpu,
+                      block_density=blocks)
 
 
 def _static_shape(candidate: graph.Candidate) -> Optional[tuple]:

@@ -122,11 +122,12 @@ def kernel_or_dense(layer, shape: tuple, device: torch.device):
     shape (a linear layer past its batch limit), PyTorch's own operator on the frozen
     weights (``DenseFallback``)."""
     dtype = dtypes.name_of(layer.weight.dtype)
-    conv = layer.family.op == "conv2d"
+    on_gpu = is_gpu(layer.target)
+    blocks = block_density(layer.weight, layer.groups) \
+        if on_gpu and layer.family.op == "conv2d" else None
     problem = layer.family.problem(LayerFacts(
         layer.family.op, tuple(int(d) for d in shape), tuple(layer.weight.shape), dtype, dtype,
-        on_gpu=is_gpu(layer.target),
-        block_density=block_density(layer.weight, layer.groups) if conv else None))
+        on_gpu=on_gpu, block_density=blocks))
     if problem is not None:
         return DenseFallback(layer, device, problem)
     return layer.family.torch_kernel(layer, shape, device)

@@ -134,13 +134,13 @@ class DispatchPolicy:
             decision.reason = "weight is not a constant"
             return decision
         _count_zeros(decision, weight)
-        blocks = None
-        if len(decision.weight_shape) == 4:
-            blocks = block_density(weight.value.numpy(), int(attrs.groups))
+        on_gpu = is_gpu(self.target)  # the tensor-core family's platform: its facts then
+        blocks = block_density(weight.value.numpy(), int(attrs.groups)) \
+            if on_gpu and len(decision.weight_shape) == 4 else None
         return self._family_decision(decision, index, LayerFacts(
             "conv2d", static_shape(data), decision.weight_shape, dtype(data), dtype(weight),
             _out_dtype(call), (attrs.data_layout, attrs.kernel_layout, attrs.out_layout),
-            is_gpu(self.target), blocks))
+            on_gpu, blocks))
 
     def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
         escoin_s, dense_s = self.measure(conv, self.make_escoin_pass)

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import numpy as np
 from tvm import relax
 
-from ..family import Lowered, relax_function
+from ..family import Lowered, epilogue_arguments, relax_function
 from .kernel import schedule_choice, scheduled_module
 from .operator import Epilogue, kernel_input_shape, reads_in_place
 from ..conv_spec import Conv2dSpec
@@ -55,10 +55,7 @@ def relax_call(builder, data, conv: relax.Call, bias: Optional[np.ndarray], resi
     if reads_in_place(spec):
         data = builder.emit(relax.op.reshape(data, kernel_input_shape(spec)), "input")
     args = [data, *(relax.const(a) for a in arrays)]
-    if bias is not None:  # the epilogue adds it in float32
-        args.append(relax.const(bias.reshape(spec.out_channels).astype("float32")))
-    if residual is not None:
-        args.append(residual)
+    args += epilogue_arguments(bias, residual, spec.out_channels)
     call = relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, escoin_weight.dtype))
     return Lowered(call, EscoinKernel(name, spec, escoin_weight, epilogue), schedule,
                    dict(vars(config)), epilogue.name)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..eligibility import LayerFacts
+from ..eligibility import LayerFacts, dtype_problem
+from .schedule_gpu import GPU_GROUP as BLOCK
 from .tensor_intrin import DTYPES
 
 LAYOUTS = ("NCHW", "OIHW", "NCHW")
-BLOCK = 16  # output channels per block on the GPU
 # a weight whose blocks' unions store at most this many taps per non-zero counts as pruned in
 # vectors (1.0 exactly for prune.vectors; the slack admits a few stray non-zeros)
 MAX_BLOCK_DENSITY = 1.05
@@ -29,8 +29,7 @@ def problem(facts: LayerFacts) -> Optional[str]:
         return "the tensor-core kernels run on CUDA targets only"
     if facts.layouts != LAYOUTS or facts.input_shape is None or len(facts.input_shape) != 4:
         return "not a static NCHW/OIHW convolution"
-    if facts.input_dtype not in DTYPES or facts.weight_dtype != facts.input_dtype or \
-            facts.out_dtype not in (facts.input_dtype, "", "void", "None"):
+    if dtype_problem(facts) is not None or facts.input_dtype not in DTYPES:
         return f"dtype {facts.input_dtype} (the tensor-core kernels take {', '.join(DTYPES)})"
     out_channels, in_per_group, kh, kw = facts.weight_shape
     groups = facts.input_shape[1] // max(1, in_per_group)

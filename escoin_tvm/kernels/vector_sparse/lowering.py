@@ -12,7 +12,7 @@ from tvm import relax, s_tir
 from ...support import tir_pipeline
 from ..conv_spec import Conv2dSpec
 from ..epilogue import Epilogue
-from ..family import Lowered, relax_function
+from ..family import Lowered, epilogue_arguments, relax_function
 from .operator import vector_sparse_conv2d_primfunc
 from .schedule_gpu import GPU_GROUP, MMA, default_config, schedule_gpu
 from .weight_format import VectorSparseWeight
@@ -51,10 +51,7 @@ def relax_call(builder, data, conv: relax.Call, bias: Optional[np.ndarray], resi
         s_tir.Schedule(func), spec, config, encoded.dtype, encoded.in_place).mod)
     gvar = builder.add_func(relax_function(mod), "escoin_vector_conv2d")
     args = [data, *(relax.const(a) for a in (encoded.offsets, encoded.values, encoded.slots))]
-    if bias is not None:  # the epilogue adds it in float32
-        args.append(relax.const(bias.reshape(spec.out_channels).astype("float32")))
-    if residual is not None:
-        args.append(residual)
+    args += epilogue_arguments(bias, residual, spec.out_channels)
     call = relax.call_tir(gvar, args, relax.TensorType(spec.output_shape, encoded.dtype))
     return Lowered(call, VectorSparseKernel(name, spec, encoded, epilogue), "default",
                    dict(vars(config)), epilogue.name)

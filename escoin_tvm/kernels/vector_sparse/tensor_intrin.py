@@ -36,8 +36,6 @@ def _element(lane, local):
     return 8 * (local % 4 // 2) + lane // 4, 8 * (local // 4) + (lane % 4) * 2 + local % 2
 
 
-_layout = fragment_layout
-
 
 def load_name(dtype: str, operand: str) -> str:
     """The intrinsic that loads a 16 x 16 ``dtype`` tile stored [k, m] (``operand`` "a": the
@@ -78,7 +76,7 @@ def _load(dtype: str, operand: str):
                 with T.sblock("shared_warp"):
                     v0, v1 = T.axis.remap("SS", [ax0, ax1])
                     T.reads(shared[v0, v1])
-                    lane, local = T.meta_var(_layout(v0, v1))
+                    lane, local = T.meta_var(fragment_layout(v0, v1))
                     T.writes(warp[lane, local])
                     warp[lane, local] = shared[v0, v1]
 
@@ -117,9 +115,9 @@ def _mma(dtype: str):
             for i, j, k in T.grid(16, 16, 16):
                 with T.sblock("C"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                    lane_c, local_c = T.meta_var(_layout(vi, vj))
-                    lane_a, local_a = T.meta_var(_layout(vk, vi))
-                    lane_b, local_b = T.meta_var(_layout(vk, vj))
+                    lane_c, local_c = T.meta_var(fragment_layout(vi, vj))
+                    lane_a, local_a = T.meta_var(fragment_layout(vk, vi))
+                    lane_b, local_b = T.meta_var(fragment_layout(vk, vj))
                     T.reads(C[lane_c, local_c], A[lane_a, local_a], B[lane_b, local_b])
                     T.writes(C[lane_c, local_c])
                     C[lane_c, local_c] += T.Cast("float32", A[lane_a, local_a]) * \
@@ -156,7 +154,7 @@ def _fill():
             for i, j in T.grid(16, 16):
                 with T.sblock("C_warp"):
                     vi, vj = T.axis.remap("SS", [i, j])
-                    lane, local = T.meta_var(_layout(vi, vj))
+                    lane, local = T.meta_var(fragment_layout(vi, vj))
                     T.reads()
                     T.writes(C[lane, local])
                     C[lane, local] = T.float32(0)
@@ -185,7 +183,7 @@ def _store():
             for i, j in T.grid(16, 16):
                 with T.sblock("C_warp"):
                     vi, vj = T.axis.remap("SS", [i, j])
-                    lane, local = T.meta_var(_layout(vi, vj))
+                    lane, local = T.meta_var(fragment_layout(vi, vj))
                     T.reads(C_warp[lane, local])
                     T.writes(C[vi, vj])
                     C[vi, vj] = C_warp[lane, local]
