@@ -341,7 +341,8 @@ def load(path, device=None) -> CompiledModule:
         raise EscoinError(f"no compiled module at {path!r}")
     folder = tempfile.mkdtemp(prefix="escoin-load-")
     try:
-        lib = tvm.runtime.load_module(verified_copy(path, folder))
+        with without_tvm_noise():
+            lib = tvm.runtime.load_module(verified_copy(path, folder))
     except EscoinError:
         raise
     except Exception as err:
@@ -356,8 +357,9 @@ def load(path, device=None) -> CompiledModule:
     device = resolve_device(device, "cuda" if is_cuda else "cpu")
     require_device(device)
     try:
-        executable = relax.VMExecutable(lib)
-        vm = relax.VirtualMachine(executable, device)
+        with without_tvm_noise():
+            executable = relax.VMExecutable(lib)
+            vm = relax.VirtualMachine(executable, device)
         metadata = json.loads(vm[METADATA_FUNC]().numpy().tobytes().decode())
     except Exception as err:
         raise _invalid(path, f"{type(err).__name__}: {first_line(err)}") from None

@@ -2,8 +2,8 @@
 
 TVM's C++ code logs straight to the process's stderr: a compile of a model with circular padding
 prints a line per gather ("Fast mode segfaults when there are out-of-bounds indices": the
-indices escoin-tvm's models gather with are in bounds), and an export a line per memory scope
-("Scope Saving:"). ``without_tvm_noise`` captures stderr at the file-descriptor level while TVM
+indices escoin-tvm's models gather with are in bounds), an export a line per memory scope
+("Scope Saving:") and a load of the exported module one per memory scope again ("Scope Loaded:"). ``without_tvm_noise`` captures stderr at the file-descriptor level while TVM
 works and passes on every other line once it is done.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from contextlib import contextmanager
 NOISE = [re.compile(pattern) for pattern in (
     r"Warning: Fast mode segfaults when there are out-of-bounds indices",
     r"Warning: Scope Saving:",
+    r"Warning: Scope Loaded:",
 )]
 
 
