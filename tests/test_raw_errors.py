@@ -22,7 +22,7 @@ def backend_report(model, *args, **options):
 
     torch._dynamo.reset()
     out = torch.compile(model, backend="escoin", options=options or None)(*args)
-    return out, backend.REPORTS[-1]
+    return out, backend.REPORTS[-1].layers
 
 
 @pytest.mark.parametrize("options, match", [

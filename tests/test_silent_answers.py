@@ -90,7 +90,7 @@ def test_a_fused_relu_keeps_nan_in_the_backend():
     compiled = torch.compile(model, backend="escoin")
     with torch.no_grad():
         out = compiled(x)
-    assert sum(d.kernel == "escoin" for d in backend.REPORTS[-1]) == 2
+    assert sum(d.kernel == "escoin" for d in backend.REPORTS[-1].layers) == 2
     with torch.no_grad():
         same_nans_and_close(out.numpy(), model(x).numpy(), rtol=1e-4)
 
@@ -102,7 +102,7 @@ def backend_calls(fn, *calls):
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend="escoin", options={"threshold": 0.5})
     with torch.no_grad():
-        return [compiled(*args) for args in calls], backend.REPORTS[-1]
+        return [compiled(*args) for args in calls], backend.REPORTS[-1].layers
 
 
 def sparse(shape, seed):
@@ -193,7 +193,7 @@ def test_a_half_batch_norm_that_would_fold_to_inf_stays_with_pytorch_in_the_back
         expected = model(x).float()
         out = torch.compile(model, backend="escoin")(x).float()
     torch.testing.assert_close(out, expected, rtol=2e-3, atol=1e-2)
-    assert "batch norm folded" not in backend.REPORTS[-1][0].epilogue
+    assert "batch norm folded" not in backend.REPORTS[-1].layers[0].epilogue
 
 
 # ---- half sums that would overflow where the float32 sum is finite ----
@@ -320,7 +320,7 @@ def test_a_batch_norm_under_dynamic_shapes_is_folded_with_the_eps_dynamo_saw():
         for batch in (2, 3):
             x = torch.randn(batch, 8, 6, 6)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
-    assert "batch norm folded" in backend.REPORTS[-1][0].epilogue
+    assert "batch norm folded" in backend.REPORTS[-1].layers[0].epilogue
 
 
 def test_odd_blocked_images_in_half_precision_build():

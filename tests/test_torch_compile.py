@@ -43,7 +43,7 @@ def test_sparse_layers_run_on_escoin_kernels_and_match_eager():
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         close(compiled(x), model(x))
-    layers = [l for l in backend.REPORTS[-1] if l.op == "conv2d"]
+    layers = [l for l in backend.REPORTS[-1].layers if l.op == "conv2d"]
     assert [l.kernel for l in layers] == ["escoin"] * 3
     assert layers[0].epilogue == "bias+relu; batch norm folded" and layers[1].epilogue == "relu"
     assert "3 of 3 convolutions on Escoin kernels" in last_report()
@@ -56,7 +56,7 @@ def test_a_new_batch_size_recompiles_and_still_matches():
         for batch in (1, 3, 4):
             x = torch.randn(batch, 3, 12, 12)
             close(compiled(x), model(x))
-    assert len(backend.REPORTS[-1]) == 4  # 3 convolutions and the linear layer
+    assert len(backend.REPORTS[-1].layers) == 4  # 3 convolutions and the linear layer
 
 
 @pytest.mark.parametrize("dense", ["eager", "inductor"])
@@ -70,7 +70,7 @@ def test_a_channels_last_model_keeps_its_layout(dense):
         expected, out = model(x), compiled(x)
     close(out, expected)
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-    assert [l.kernel for l in backend.REPORTS[-1]] == ["escoin"] * 2
+    assert [l.kernel for l in backend.REPORTS[-1].layers] == ["escoin"] * 2
 
 
 def test_inductor_compiles_the_rest():
@@ -88,8 +88,9 @@ def test_a_dense_model_is_left_to_pytorch_unchanged():
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         assert torch.equal(compiled(x), model(x))
-    assert all(l.kernel == "dense" and "< threshold" in l.reason for l in backend.REPORTS[-1])
-    assert len(backend.REPORTS[-1]) == 4
+    assert all(l.kernel == "dense" and "< threshold" in l.reason
+               for l in backend.REPORTS[-1].layers)
+    assert len(backend.REPORTS[-1].layers) == 4
 
 
 def test_what_stays_with_pytorch_says_why():
@@ -97,17 +98,17 @@ def test_what_stays_with_pytorch_says_why():
     x = torch.randn(2, 3, 12, 12)
     compiled = torch.compile(model, backend="escoin", options={"dense": "eager"})
     out = compiled(x)  # gradients on: the weights require them
-    assert all("backend runs inference" in l.reason for l in backend.REPORTS[-1])
+    assert all("backend runs inference" in l.reason for l in backend.REPORTS[-1].layers)
     close(out, model(x))
     torch._dynamo.reset()
     double = net().double()
     with torch.no_grad():
         torch.compile(double, backend="escoin", options={"dense": "eager"})(x.double())
-    assert all("dtype float64" in l.reason for l in backend.REPORTS[-1])
+    assert all("dtype float64" in l.reason for l in backend.REPORTS[-1].layers)
     torch._dynamo.reset()
     with torch.no_grad():
         torch.compile(model, backend="escoin", options={"dense": "eager", "threshold": 0.95})(x)
-    assert [l.kernel for l in backend.REPORTS[-1]] == ["dense"] * 4
+    assert [l.kernel for l in backend.REPORTS[-1].layers] == ["dense"] * 4
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
@@ -119,8 +120,9 @@ def test_half_precision_models_run_in_their_dtype(dtype, tolerance):
         out = compiled(x)
         ref = net().double()(x.double())  # the same weights, before the cast
     assert out.dtype == dtype
-    assert [l.kernel for l in backend.REPORTS[-1]] == ["escoin"] * 3 + ["dense"]  # dense Linear
-    assert all(l.dtype == str(dtype).replace("torch.", "") for l in backend.REPORTS[-1])
+    # the Linear is dense
+    assert [l.kernel for l in backend.REPORTS[-1].layers] == ["escoin"] * 3 + ["dense"]
+    assert all(l.dtype == str(dtype).replace("torch.", "") for l in backend.REPORTS[-1].layers)
     assert float((out.double() - ref).abs().max() / ref.abs().max()) < tolerance
 
 
@@ -130,7 +132,7 @@ def test_sparse_linear_layers_too():
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         close(compiled(x), model(x))
-    linear = [l for l in backend.REPORTS[-1] if l.op == "linear"]
+    linear = [l for l in backend.REPORTS[-1].layers if l.op == "linear"]
     assert len(linear) == 1 and linear[0].kernel == "escoin" and linear[0].epilogue == "bias"
     assert "1 of 1 linear layers on Escoin kernels" in last_report()
 
@@ -148,7 +150,7 @@ def test_a_graphs_few_kernels_compile_as_one_module(monkeypatch):
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         close(compiled(x), model(x))
-    on_escoin = [layer for layer in backend.REPORTS[-1] if layer.kernel == "escoin"]
+    on_escoin = [layer for layer in backend.REPORTS[-1].layers if layer.kernel == "escoin"]
     assert len(on_escoin) >= 3 and modules == [len(on_escoin)]
 
 
@@ -156,6 +158,7 @@ def test_a_graphs_few_kernels_compile_as_one_module(monkeypatch):
                                             ({"dense": "tvm"}, "dense"),
                                             ({"dispatch": "fastest"}, "dispatch"),
                                             ({"progress": "yes"}, "progress"),
+                                            ({"whole_graph": "on"}, "whole_graph"),
                                             ({"mode": "fast"}, "options\\['mode'\\]"),
                                             ({"dense": "eager", "max_autotune": True},
                                              "inductor's")])
@@ -218,7 +221,7 @@ def test_the_progress_bar_counts_the_kernels_as_their_parts_compile(monkeypatch,
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         close(compiled(x), model(x))
-    kernels = sum(layer.kernel == "escoin" for layer in backend.REPORTS[-1])
+    kernels = sum(layer.kernel == "escoin" for layer in backend.REPORTS[-1].layers)
     assert kernels >= 3 and seen
     assert [count for count, *_ in seen] == [1] * kernels
     assert {total for _, total, *_ in seen} == {kernels}
@@ -266,7 +269,7 @@ def test_cuda_graphs_and_measured_dispatch_on_the_gpu():
     with torch.no_grad():
         for _ in range(3):
             close(compiled(x), model(x))
-    layers = backend.REPORTS[-1]
+    layers = backend.REPORTS[-1].layers
     assert any(layer.op == "linear" for layer in layers)
     for layer in layers:
         if layer.sparsity < 0.7:  # the dense Linear: no candidate, not measured
@@ -282,11 +285,12 @@ def test_measured_dispatch_on_the_cpu_times_each_layer_as_calls_through_the_oper
 
     model, x = net(), torch.randn(2, 3, 16, 16)
     registered = len(ops.LAYERS)
-    compiled = torch.compile(model, backend="escoin", options={"dispatch": "measure"})
+    compiled = torch.compile(model, backend="escoin",
+                             options={"dispatch": "measure", "whole_graph": False})
     with torch.no_grad():
         close(compiled(x), model(x))
     taken = 0
-    for layer in backend.REPORTS[-1]:
+    for layer in backend.REPORTS[-1].layers:
         if layer.sparsity < 0.7:
             continue
         assert layer.reason.startswith("measured as calls:") and layer.escoin_us > 0 \
@@ -312,8 +316,8 @@ def test_measured_dispatch_follows_whether_the_graph_replays_cuda_graphs(monkeyp
     with torch.no_grad():
         for mode in (None, "reduce-overhead"):
             torch._dynamo.reset()
-            compiled = torch.compile(model, backend="escoin",
-                                     options={"mode": mode, "dispatch": "measure"})
+            compiled = torch.compile(model, backend="escoin", options={
+                "mode": mode, "dispatch": "measure", "whole_graph": False})
             close(compiled(x), model(x))
     # on the CPU nothing is replayed from CUDA graphs, whatever the mode
     assert seen and not any(seen)
@@ -326,6 +330,134 @@ def test_measured_dispatch_follows_whether_the_graph_replays_cuda_graphs(monkeyp
     assert not backend._replays_cuda_graphs("eager", None, {})
 
 
+# ---- the whole-graph check ----
+def _whole_graph_run(monkeypatch, escoin_ms, dense_ms, options):
+    """Compiles net() with the whole-graph timing faked to (escoin_ms, dense_ms); returns the
+    output, the model's, and the graphs the fake was handed (each checked against the model)."""
+    from escoin_tvm.torch_compile import whole_graph
+
+    handed = []
+
+    def fake_time_graphs(escoin, dense, inputs, timer=None):
+        handed.append((escoin(*inputs), dense(*inputs)))
+        return whole_graph.GraphTimes(escoin_ms * 1e-3, dense_ms * 1e-3)
+
+    monkeypatch.setattr(whole_graph, "time_graphs", fake_time_graphs)
+    model, x = net(), torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, backend="escoin", options={"dense": "eager", **options})
+    with torch.no_grad():
+        return compiled(x), model(x), handed
+
+
+@pytest.mark.parametrize("escoin_ms, kept", [(0.9, True), (0.99, False), (1.2, False)])
+def test_the_graph_keeps_its_escoin_layers_only_if_it_is_faster_as_a_whole(
+        monkeypatch, escoin_ms, kept):
+    from escoin_tvm.torch_compile import ops
+
+    registered = len(ops.LAYERS)
+    out, expected, handed = _whole_graph_run(monkeypatch, escoin_ms, 1.0,
+                                             {"dispatch": "threshold", "whole_graph": True})
+    close(out, expected)
+    assert len(handed) == 1
+    for graph_out in handed[0]:  # both graphs compute the model
+        close(graph_out[0] if isinstance(graph_out, (list, tuple)) else graph_out, expected)
+    layers = backend.REPORTS[-1].layers
+    convolutions = [layer for layer in layers if layer.op == "conv2d"]
+    assert [layer.kernel for layer in convolutions] == ["escoin" if kept else "dense"] * 3
+    report = last_report()
+    assert f"whole graph: escoin {escoin_ms:.3f} ms, dense 1.000 ms" in report
+    if kept:
+        assert "the Escoin layers run" in report and "3 of 3 convolutions" in report
+    else:
+        assert "not 2% faster: every layer runs on PyTorch" in report
+        assert all(layer.reason.startswith("the whole graph was not faster with it; alone, ")
+                   for layer in convolutions)
+        # the Escoin layers of the discarded graph are released
+        assert all(layer is None for layer in ops.LAYERS[registered:])
+
+
+def test_the_whole_graph_is_checked_when_its_layers_are_measured_and_not_otherwise(monkeypatch):
+    *_, handed = _whole_graph_run(monkeypatch, 0.5, 1.0, {"dispatch": "threshold"})
+    assert not handed and backend.REPORTS[-1].whole_graph == ""
+    assert "whole graph" not in last_report()
+    torch._dynamo.reset()
+    *_, handed = _whole_graph_run(monkeypatch, 0.5, 1.0, {"dispatch": "measure",
+                                                          "whole_graph": False})
+    assert not handed
+    torch._dynamo.reset()
+    monkeypatch.setattr(backend, "_time_both", lambda *args, **kwargs: (1e-6, 2e-6))
+    *_, handed = _whole_graph_run(monkeypatch, 0.5, 1.0, {"dispatch": "measure"})
+    assert len(handed) == 1
+    torch._dynamo.reset()
+    # no layer taken: nothing to check
+    *_, handed = _whole_graph_run(monkeypatch, 0.5, 1.0, {"dispatch": "measure",
+                                                          "threshold": 0.99})
+    assert not handed
+
+
+def test_a_graph_that_cannot_be_timed_keeps_its_measured_layers_and_says_why(monkeypatch):
+    from escoin_tvm.torch_compile import whole_graph
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("replayed outside a step")
+
+    monkeypatch.setattr(whole_graph, "time_graphs", failing)
+    model, x = net(), torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, backend="escoin",
+                             options={"dense": "eager", "whole_graph": True})
+    with torch.no_grad(), pytest.warns(UserWarning, match="replayed outside a step"):
+        close(compiled(x), model(x))
+    assert backend.REPORTS[-1].whole_graph == \
+        "whole graph not timed (RuntimeError: replayed outside a step)"
+    assert [layer.kernel for layer in backend.REPORTS[-1].layers][:3] == ["escoin"] * 3
+
+
+def test_the_whole_graph_is_timed_in_alternating_rounds_of_calls():
+    from escoin_tvm.torch_compile import whole_graph
+
+    calls = []
+
+    def escoin(x):
+        calls.append("escoin")
+        return x + 1
+
+    def dense(x):
+        calls.append("dense")
+        return x + 1
+
+    seen = []
+
+    def timer(fn, device, count):
+        seen.append(count)
+        for _ in range(count):
+            fn()
+        return {"escoin": 1e-3, "dense": 2e-3}[calls[-1]]
+
+    times = whole_graph.time_graphs(escoin, dense, [torch.ones(2)], timer=timer)
+    assert (times.escoin_s, times.dense_s) == (1e-3, 2e-3) and times.keeps_escoin
+    rounds = seen[2:]
+    assert len(rounds) == 2 * whole_graph.ROUNDS
+    assert set(rounds) == {int(whole_graph.ROUND_S / 2e-3)}  # a round lasts about ROUND_S
+    assert calls[-rounds[-1] - 1] == "escoin" and calls[-1] == "dense"  # alternating
+    assert whole_graph.device_type([torch.ones(1), 3]) == "cpu"
+    assert whole_graph.timeable([torch.ones(1), 3])
+    assert not whole_graph.timeable([torch.ones(1), object()])
+
+
+def test_the_whole_graph_check_runs_for_real_on_the_cpu():
+    model, x = net(), torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, backend="escoin",
+                             options={"dense": "eager", "whole_graph": True})
+    with torch.no_grad():
+        close(compiled(x), model(x))
+        close(compiled(x), model(x))
+    verdict = backend.REPORTS[-1].whole_graph
+    assert verdict.startswith("whole graph: escoin ") and verdict in last_report()
+    kept = "the Escoin layers run" in verdict
+    kernels = [layer.kernel for layer in backend.REPORTS[-1].layers if layer.op == "conv2d"]
+    assert kernels == (["escoin"] * 3 if kept else ["dense"] * 3)
+
+
 @pytest.mark.gpu
 def test_without_cuda_graphs_the_gpu_layers_are_measured_as_calls():
     torch.backends.cudnn.allow_tf32 = False
@@ -334,7 +466,7 @@ def test_without_cuda_graphs_the_gpu_layers_are_measured_as_calls():
     compiled = torch.compile(model, backend="escoin")
     with torch.no_grad():
         close(compiled(x), model(x))
-    measured = [layer for layer in backend.REPORTS[-1] if layer.sparsity >= 0.7]
+    measured = [layer for layer in backend.REPORTS[-1].layers if layer.sparsity >= 0.7]
     assert measured and all(layer.reason.startswith("measured as calls:") for layer in measured)
 
 

@@ -30,12 +30,18 @@ not both, so with options the mode is one of them):
               graph compiles (default: when stderr is a terminal; the candidate layers'
               kernels compile together, in parts in parallel threads, ``kernels/build_together.py``,
               and the binaries are cached on disk, ``kernels/cuda_cache.py``)
+  whole_graph True / False: once layers are taken, time the compiled graph against the same
+              graph with every layer on PyTorch, compiled the same way, and keep the dense one
+              unless the Escoin one is ``whole_graph.GRAPH_MARGIN`` faster (default: when the
+              layers are measured; it costs a second compile of the graph)
 Any other option goes to inductor, as it would without this backend.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
@@ -54,25 +60,40 @@ from ..support import dtypes
 from ..support.progress import CompileProgress
 from ..support.target import resolve_target
 from ..transform.policy import LayerDecision
-from . import graph, ops
+from . import graph, ops, whole_graph
 
 # The kernel families the backend sends layers to, per operator, in order of preference (the
 # tensor-core one takes only vector-pruned half-precision layers on a GPU: its eligibility.py).
 FAMILIES = {"conv2d": (vector_sparse.FAMILY, conv2d.FAMILY), "linear": (linear.FAMILY,)}
-OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress")
-REPORTS: List[List[LayerDecision]] = []  # one per graph compiled, in order
+OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress",
+               "whole_graph")
 GRADIENTS_ON = ("the backend runs inference (call the model under torch.no_grad() or "
                 "torch.inference_mode())")
 
 
+@dataclass
+class GraphReport:
+    """What the backend decided for one graph: each candidate layer, and the verdict of the
+    whole-graph check ("" when it did not run)."""
+
+    layers: List[LayerDecision] = field(default_factory=list)
+    whole_graph: str = ""
+
+
+REPORTS: List[GraphReport] = []  # one per graph compiled, in order
+
+
 def last_report() -> str:
-    """The per-layer report of the graph the backend compiled last."""
+    """The per-layer report of the graph the backend compiled last, and what the graph gained
+    when it was timed as a whole."""
     if not REPORTS:
         return "the escoin backend has compiled no graph yet"
-    tables = [format_report([vars(d) for d in REPORTS[-1] if d.op == op], None, what)
+    layers = REPORTS[-1].layers
+    tables = [format_report([vars(d) for d in layers if d.op == op], None, what)
               for op, what in (("conv2d", "convolutions"), ("linear", "linear layers"))
-              if any(d.op == op for d in REPORTS[-1])]
-    return "\n\n".join(tables) or "the graph had no convolution or linear layer"
+              if any(d.op == op for d in layers)]
+    text = "\n\n".join(tables) or "the graph had no convolution or linear layer"
+    return text + (f"\n{REPORTS[-1].whole_graph}" if REPORTS[-1].whole_graph else "")
 
 
 def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str] = None,
@@ -111,12 +132,16 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
             logs[target.kind.name] = open_tuning_log(ours["tuning_log"], target)[0]
         return logs[target.kind.name]
 
-    progress = ours.get("progress")
-    if progress is not None and not isinstance(progress, bool):
-        raise ArgumentError(f"options['progress'] must be True or False, got {progress!r}")
+    progress, check = ours.get("progress"), ours.get("whole_graph")
+    for key, value in (("progress", progress), ("whole_graph", check)):
+        if value is not None and not isinstance(value, bool):
+            raise ArgumentError(f"options[{key!r}] must be True or False, got {value!r}")
     decisions, registered = [], []
     found = graph.candidates(gm, example_inputs)
-    shown = CompileProgress(progress, stages=3)
+    checks = _checks_whole_graph(check, dispatch, found, example_inputs)
+    # the graph as Dynamo captured it, for the whole-graph check: the layers are replaced in gm
+    plain = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph)) if checks else None
+    shown = CompileProgress(progress, stages=4 if checks else 3)
     try:
         shown.stage("Escoin kernels")
         chosen = [_choose(candidate, threshold, dispatch, tuning_log) for candidate in found]
@@ -140,15 +165,57 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         shown.stage("the rest" if dense == "eager" else "inductor")
         gm.graph.lint()
         gm.recompile()
-        REPORTS.append(decisions)
+        report = GraphReport(decisions)
+        REPORTS.append(report)
+        compiled = _dense_backend(gm, example_inputs, dense, mode, options)
+        if registered and checks:
+            shown.stage("whole graph against dense")
+            plain_compiled = _dense_backend(plain, example_inputs, dense, mode, options)
+            if not _escoin_graph_wins(report, compiled, plain_compiled, example_inputs):
+                ops.release(*registered)
+                return plain_compiled
         if registered:
             # released when Dynamo drops the graph (torch._dynamo.reset(), a recompile that
             # replaces it): with the graph module, which Dynamo keeps while it can run the
             # graph (the callable inductor returns is not kept)
             weakref.finalize(gm, ops.release, *registered)
-        return _dense_backend(gm, example_inputs, dense, mode, options)
+        return compiled
     finally:
         shown.close()
+
+
+def _checks_whole_graph(check: Optional[bool], dispatch: Optional[str], found,
+                        example_inputs) -> bool:
+    """Whether the graph is timed as a whole once its layers are chosen: as asked, else when
+    its layers are measured; never for a graph that cannot be called on its example inputs
+    (a dynamic-shape one) or with no candidate layer."""
+    if check is False or not found or not whole_graph.timeable(example_inputs):
+        return False
+    return bool(check) or any(_measures(dispatch, candidate) for candidate in found)
+
+
+def _escoin_graph_wins(report: GraphReport, escoin, dense, example_inputs) -> bool:
+    """Times the two compiled graphs (``whole_graph.time_graphs``), writes the verdict into
+    ``report`` and, when the dense graph wins, turns each taken layer's decision to dense. A
+    graph that cannot be timed (a call fails outside a normal run) keeps the layers measured
+    one by one, with a warning that says why."""
+    try:
+        times = whole_graph.time_graphs(escoin, dense, example_inputs)
+    except Exception as err:  # noqa: BLE001 - the graph still runs; the check is what failed
+        report.whole_graph = (f"whole graph not timed ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})")
+        warnings.warn(f"torch.compile(backend='escoin'): {report.whole_graph}; the layers "
+                      "measured one by one run on Escoin kernels (options['whole_graph']=False "
+                      "skips the check)")
+        return True
+    report.whole_graph = times.verdict()
+    if times.keeps_escoin:
+        return True
+    for decision in report.layers:
+        if decision.kernel != "dense":
+            decision.kernel = "dense"
+            decision.reason = f"the whole graph was not faster with it; alone, {decision.reason}"
+    return False
 
 
 

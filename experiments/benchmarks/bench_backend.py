@@ -93,9 +93,11 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
             row[f"{name}_rel_err"] = relative_error(out.float().cpu().numpy(), reference)
         row[f"{name}_compile_s"] = time.time() - start
         if name == "escoin":
-            decisions = [d for report in escoin_backend.REPORTS[reports:] for d in report]
+            graphs = escoin_backend.REPORTS[reports:]
+            decisions = [d for report in graphs for d in report.layers]
             row["candidates"] = len(decisions)
-            row["escoin_layers"] = sum(d.kernel == "escoin" for d in decisions)
+            row["escoin_layers"] = sum(d.kernel != "dense" for d in decisions)
+            row["whole_graph"] = [report.whole_graph for report in graphs]
             row["layers"] = [{"name": d.name, "kernel": d.kernel, "escoin_us": d.escoin_us,
                               "dense_us": d.dense_us, "sparsity": d.sparsity}
                              for d in decisions]

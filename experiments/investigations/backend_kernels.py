@@ -66,7 +66,7 @@ def main(argv=None):
                 out = fns[name](x)
         errors[name] = relative_error(out.float().cpu().numpy(), reference)
     layers = [{"name": d.name, "kernel": d.kernel, "escoin_us": d.escoin_us,
-               "dense_us": d.dense_us} for d in escoin_backend.REPORTS[-1]]
+               "dense_us": d.dense_us} for d in escoin_backend.REPORTS[-1].layers]
     kernels = {name: kernel_times(fn, x, args.calls) for name, fn in fns.items()}
 
     times = time_compiled(fns, x, rounds=5)

@@ -1,0 +1,76 @@
+"""The backend's check of its result as a whole: the graph with its Escoin layers against the
+same graph with every layer on PyTorch, both compiled the same way and timed on the graph's own
+inputs.
+
+Layers measured one by one can still lose together: at batch 1 a graph bound by the host does not
+show a kernel's saving on the GPU, each Escoin call adds a custom operator's dispatch, and a
+layer's time alone leaves out what inductor would have fused around it (docs/findings.md). So once
+the layers are chosen the backend times both compiled graphs, call after call as the user's program
+runs them (host time and CUDA-graph replays included), in alternating rounds, and keeps the Escoin
+graph only when it is ``GRAPH_MARGIN`` faster.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+GRAPH_MARGIN = 0.02  # the Escoin graph must be this much faster than the dense one to be kept
+ROUNDS = 5  # alternating rounds of each graph's calls
+ROUND_S = 0.02  # about how long a round of calls lasts
+
+
+@dataclass
+class GraphTimes:
+    """Seconds per call of the two compiled graphs, each the median of its rounds."""
+
+    escoin_s: float
+    dense_s: float
+
+    @property
+    def keeps_escoin(self) -> bool:
+        return self.escoin_s <= (1.0 - GRAPH_MARGIN) * self.dense_s
+
+    def verdict(self) -> str:
+        """One line for the report: both times, the gain, and which graph runs."""
+        times = (f"escoin {self.escoin_s * 1e3:.3f} ms, dense {self.dense_s * 1e3:.3f} ms "
+                 f"per call ({self.dense_s / self.escoin_s:.2f}x)")
+        if self.keeps_escoin:
+            return f"whole graph: {times}: the Escoin layers run"
+        return (f"whole graph: {times}, not {GRAPH_MARGIN:.0%} faster: every layer runs on "
+                "PyTorch")
+
+
+def device_type(inputs: Sequence) -> str:
+    """"cuda" when any of the graph's inputs is on a GPU, else "cpu"."""
+    return "cuda" if any(isinstance(x, torch.Tensor) and x.is_cuda for x in inputs) else "cpu"
+
+
+def timeable(inputs: Sequence) -> bool:
+    """Whether the graph can be called on its example inputs: real tensors and plain numbers
+    (a symbolic size, from a dynamic-shape graph, cannot)."""
+    return all(isinstance(x, (torch.Tensor, int, float, bool)) and
+               not isinstance(x, (torch.SymInt, torch.SymFloat)) for x in inputs)
+
+
+def time_graphs(escoin: Callable, dense: Callable, inputs: Sequence,
+                timer: Optional[Callable] = None) -> GraphTimes:
+    """Times the two compiled graphs on ``inputs`` under no_grad, in ``ROUNDS`` alternating
+    rounds of back-to-back calls, each round about ``ROUND_S`` long. ``timer(fn, device, calls)``
+    (seconds per call) defaults to ``timing.call_time`` over one loop."""
+    from ..support.timing import call_time
+
+    device = device_type(inputs)
+    timer = timer or (lambda fn, on, calls: call_time(fn, on, warmup=1, calls=calls, repeats=1))
+    runs = [lambda: escoin(*inputs), lambda: dense(*inputs)]
+    with torch.no_grad():
+        # the first calls compile, record CUDA graphs or autotune: not timed
+        one = max(timer(run, device, 3) for run in runs)
+        calls = int(min(200, max(1, ROUND_S / max(one, 1e-9))))
+        times = [[], []]
+        for _ in range(ROUNDS):
+            for side, run in enumerate(runs):
+                times[side].append(timer(run, device, calls))
+    return GraphTimes(float(np.median(times[0])), float(np.median(times[1])))
