@@ -151,12 +151,14 @@ def _warn_about_dense_layers(report) -> None:
     2.5-9x slower than cuDNN on the GPU and far slower than PyTorch on the CPU
     (docs/performance.md). The torch.compile backend keeps such layers on PyTorch's kernels."""
     dense = [d for d in report if d.kernel == "dense"]
+    timed = [d.dense_us for d in dense if d.dense_us]
+    cost = f", measured at {sum(timed):.1f} us per call together" if timed else ""
     if dense:
         warnings.warn(f"{len(dense)} of {len(report)} convolutions stay dense and run on TVM's "
-                      f"own untuned code, much slower than cuDNN or PyTorch's CPU kernels (the "
-                      f"first: {dense[0].name}, {dense[0].reason}); for a model with many such "
-                      "layers, torch.compile(model, backend='escoin') keeps them on PyTorch's",
-                      stacklevel=3)
+                      f"own untuned code{cost}, much slower than cuDNN or PyTorch's CPU kernels "
+                      f"(the first: {dense[0].name}, {dense[0].reason}); for a model with many "
+                      "such layers, torch.compile(model, backend='escoin') keeps them on "
+                      "PyTorch's", stacklevel=3)
 
 
 def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported, escoin,

@@ -252,6 +252,9 @@ def format_report(layers: Sequence[dict], threshold: Optional[float] = None,
     def sparsity(value: float) -> str:
         return distinct(value, threshold, 3)[0] if threshold is not None else f"{value:.3f}"
 
+    def microseconds(value) -> str:
+        return "-" if value is None or value != value else f"{value:.1f}"
+
     header = ["layer", "input", "weight", "dtype", "sparsity", "nnz", "kernel", "epilogue",
               "schedule", "why"]
     rows = [[l["name"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["weight_shape"])),
@@ -259,11 +262,20 @@ def format_report(layers: Sequence[dict], threshold: Optional[float] = None,
              l["epilogue"] or "-",
              l.get("schedule") or "-", l["reason"]]
             for l in layers]
+    timed = any(l.get(side) is not None for l in layers for side in ("escoin_us", "dense_us"))
+    if timed:  # measured dispatch: each layer's times, the dense one where it stays dense
+        header[-1:-1] = ["escoin us", "dense us"]
+        for row, l in zip(rows, layers):
+            row[-1:-1] = [microseconds(l.get("escoin_us")), microseconds(l.get("dense_us"))]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     n_escoin = sum(l["kernel"] != "dense" for l in layers)
     lines.append(f"{n_escoin} of {len(layers)} {what} on Escoin kernels")
+    left = [l["dense_us"] for l in layers if l["kernel"] == "dense" and l.get("dense_us")]
+    if left:
+        lines[-1] += (f"; the {len(left)} timed dense one(s) take {sum(left):.1f} us per call "
+                      "together")
     return "\n".join(lines)
 
 

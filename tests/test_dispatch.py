@@ -63,6 +63,29 @@ def test_measured_dispatch_compiles_both_sides_of_a_layer_as_one_module(monkeypa
     matches(compiled, model, x)
 
 
+def test_measured_dispatch_says_what_the_layers_left_dense_cost(monkeypatch):
+    """A layer that stays dense (here under the threshold) is timed on TVM's dense code: the
+    report and the warning say what it costs."""
+    model, x = small_net()
+    with torch.no_grad():
+        model[0].weight.normal_()  # dense again: under the threshold
+    with pytest.warns(UserWarning, match=r"[1-3] of 3 convolutions stay dense .*, measured at "
+                                         r"[0-9.]+ us per call together"):
+        compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="measure")
+    first = compiled.layers[0]
+    assert first["kernel"] == "dense" and first["reason"].startswith("sparsity")
+    assert first["dense_us"] > 0 and first["escoin_us"] is None
+    report = compiled.report()
+    assert "escoin us" in report.splitlines()[0] and "dense us" in report.splitlines()[0]
+    assert f"{first['dense_us']:.1f}" in report.splitlines()[2]
+    left = sum(layer["dense_us"] for layer in compiled.layers if layer["kernel"] == "dense")
+    assert f"timed dense one(s) take {left:.1f} us per call together" in report
+    matches(compiled, model, x)
+    # without measurement nothing is timed, and the report has no time columns
+    plain = escoin_tvm.compile(model, (x,), target="llvm")
+    assert plain.layers[0]["dense_us"] is None and "dense us" not in plain.report()
+
+
 def test_measured_dispatch_keeps_a_layer_dense_when_dense_wins(monkeypatch):
     """The pass's choice follows the timer: a timer where the dense side wins keeps it dense."""
     model, x = small_net()
@@ -72,6 +95,7 @@ def test_measured_dispatch_keeps_a_layer_dense_when_dense_wins(monkeypatch):
         calls.append(make_pass())
         return (2e-6, 1e-6) if len(calls) == 2 else (1e-6, 2e-6)  # dense wins the 2nd layer
 
+    timer.dense = lambda conv: pytest.fail("every layer here is a candidate, timed both ways")
     import escoin_tvm.measure
 
     monkeypatch.setattr(escoin_tvm.measure, "LayerTimer", lambda target: timer)

@@ -5,7 +5,8 @@ family's ``problem``: NCHW/OIHW; float32, float16 or bfloat16; static shapes) an
 sparsity reaches the threshold (``kernels/eligibility.py``, shared with the torch.compile
 backend). With a
 ``measure`` timer, such a layer is also timed both ways on the device and goes sparse only where
-it is ``MEASURED_MARGIN`` faster (``kernels/eligibility.py``).
+it is ``MEASURED_MARGIN`` faster (``kernels/eligibility.py``), and a layer that stays dense is
+timed on TVM's dense code, so that the report says what it costs.
 Every convolution gets a ``LayerDecision``, taken or not: the pass's report.
 """
 from __future__ import annotations
@@ -41,8 +42,8 @@ class LayerDecision:
     reason: str = ""
     epilogue: str = ""
     schedule: str = ""  # where the kernel's knobs came from: tuned, pre-tuned, default, given
-    escoin_us: Optional[float] = None  # measured dispatch: the layer timed both ways
-    dense_us: Optional[float] = None
+    escoin_us: Optional[float] = None  # measured dispatch: the layer timed both ways, or
+    dense_us: Optional[float] = None  # only dense where it stays dense
     config: dict = field(default_factory=dict)
     op: str = "conv2d"  # or "linear"
 
@@ -87,9 +88,13 @@ class DispatchPolicy:
 
     def decide(self, call: relax.Call, index: int) -> LayerDecision:
         decision = self._static_decision(call, index)
-        if decision.kernel != "dense" and self.measure is not None \
-                and not self._must_take(decision):
+        if self.measure is None or self._must_take(decision):
+            return decision
+        if decision.kernel != "dense":
             self._measure(call, decision)
+        elif isinstance(call.args[1], Constant) and decision.input_shape:
+            # what the layer costs on TVM's dense code, for the report
+            decision.dense_us = self.measure.dense(call) * 1e6
         return decision
 
     def _name(self, index: int, weight_shape, prefix: str = "conv2d") -> str:
