@@ -22,11 +22,12 @@ ESCOIN, DENSE = "escoin", "dense"  # the two sides' functions in the timed modul
 
 
 class LayerTimer:
-    """``timer(call, make_escoin_pass) -> (escoin seconds, dense seconds)`` for a Relax conv2d
-    or matmul call with a constant weight, each side the call alone in a module (the Escoin side
-    rewritten by the pass ``make_escoin_pass()`` returns); ``timer.dense(call)`` -> the dense
-    side's seconds alone, for a layer that stays dense (what it costs the model). Results are
-    cached per operator, attributes, input shape and weights."""
+    """``timer(call, make_escoin_pass, family) -> (escoin seconds, dense seconds)`` for a Relax
+    conv2d or matmul call with a constant weight, each side the call alone in a module (the
+    Escoin side rewritten by the pass ``make_escoin_pass()`` returns, which sends it to the
+    kernel family named ``family``); ``timer.dense(call)`` -> the dense side's seconds alone,
+    for a layer that stays dense (what it costs the model). Results are cached per family,
+    operator, attributes, input shape and weights."""
 
     def __init__(self, target, number: int = 20, repeat: int = 3):
         self.target = target
@@ -35,8 +36,10 @@ class LayerTimer:
         self.number, self.repeat = number, repeat
         self._cache: Dict[tuple, Tuple[float, float]] = {}
 
-    def __call__(self, call: relax.Call, make_escoin_pass) -> Tuple[float, float]:
+    def __call__(self, call: relax.Call, make_escoin_pass, family: str = ""
+                 ) -> Tuple[float, float]:
         shape, dtype, key = self._key(call)
+        key = (family, *key)
         if key not in self._cache:
             escoin = make_escoin_pass()(self._single(call, shape, dtype, ESCOIN))
             escoin[DENSE] = self._single(call, shape, dtype, DENSE)[DENSE]  # left as it is
@@ -47,8 +50,6 @@ class LayerTimer:
 
     def dense(self, call: relax.Call) -> float:
         shape, dtype, key = self._key(call)
-        if key in self._cache:
-            return self._cache[key][1]
         dense_key = (DENSE, *key)
         if dense_key not in self._cache:
             vm = self._vm(self._single(call, shape, dtype, DENSE))

@@ -91,7 +91,7 @@ def test_measured_dispatch_keeps_a_layer_dense_when_dense_wins(monkeypatch):
     model, x = small_net()
     calls = []
 
-    def timer(conv, make_pass):
+    def timer(conv, make_pass, family):
         calls.append(make_pass())
         return (2e-6, 1e-6) if len(calls) == 2 else (1e-6, 2e-6)  # dense wins the 2nd layer
 

@@ -307,11 +307,11 @@ def test_measured_dispatch_on_the_cpu_times_each_layer_as_calls_through_the_oper
 def test_measured_dispatch_follows_whether_the_graph_replays_cuda_graphs(monkeypatch):
     seen = []
 
-    def fake_time_both(layer, shape, device, channels_last=False, graphs=True):
+    def fake_time_layers(layers, shape, device, channels_last=False, graphs=True):
         seen.append(graphs)
-        return 1e-6, 2e-6  # the Escoin side wins
+        return [1e-6] * len(layers), 2e-6  # the Escoin side wins
 
-    monkeypatch.setattr(backend, "_time_both", fake_time_both)
+    monkeypatch.setattr(backend, "_time_layers", fake_time_layers)
     model, x = net(), torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         for mode in (None, "reduce-overhead"):
@@ -385,7 +385,8 @@ def test_the_whole_graph_is_checked_when_its_layers_are_measured_and_not_otherwi
                                                           "whole_graph": False})
     assert not handed
     torch._dynamo.reset()
-    monkeypatch.setattr(backend, "_time_both", lambda *args, **kwargs: (1e-6, 2e-6))
+    monkeypatch.setattr(backend, "_time_layers",
+                        lambda layers, *args, **kwargs: ([1e-6] * len(layers), 2e-6))
     *_, handed = _whole_graph_run(monkeypatch, 0.5, 1.0, {"dispatch": "measure"})
     assert len(handed) == 1
     torch._dynamo.reset()

@@ -185,8 +185,8 @@ def test_measured_dispatch_keeps_a_layer_dense_unless_it_wins_beyond_noise(escoi
     from escoin_tvm.kernels.eligibility import MEASURED_MARGIN
 
     assert MEASURED_MARGIN == 0.05
-    dispatch = SparseConv2dDispatch(LLVM, 0.5, measure=lambda call, make: (escoin_us * 1e-6,
-                                                                           100e-6))
+    dispatch = SparseConv2dDispatch(LLVM, 0.5, measure=lambda call, make, family: (
+        escoin_us * 1e-6, 100e-6))
     new, report = dispatch(module(conv)), dispatch.report
     assert (report[0].kernel == "escoin") == taken
     assert (ops_in(new)["R.call_tir"] == 1) == taken

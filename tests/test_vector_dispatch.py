@@ -2,6 +2,8 @@
 (CUDA targets, half precision, at least 16 output channels per group, more than one tap, weights
 pruned in vectors of 16), what the report says of the others, and the compiled model against PyTorch on
 the GPU."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,18 @@ def network():
     return model.half()
 
 
+def _cpu_stand_in(monkeypatch):
+    """A CUDA build's dispatch on the CPU: the facts of a CUDA target, the family's CPU
+    schedule standing in for the tensor-core one."""
+    from escoin_tvm.kernels.vector_sparse import lowering
+    from escoin_tvm.kernels.vector_sparse.schedule_cpu import schedule_cpu
+    from escoin_tvm.transform import policy
+
+    monkeypatch.setattr(lowering, "schedule_gpu", lambda sch, *args: schedule_cpu(sch))
+    monkeypatch.setattr(lowering.tir_pipeline, "with_warp_fragments", lambda mod: mod)
+    monkeypatch.setattr(policy, "is_gpu", lambda target: True)
+
+
 def test_a_cuda_build_sends_the_vector_pruned_layer_to_tensor_cores_and_the_others_not():
     model, x = network(), torch.randn(2, 32, 9, 9).half()
     compiled = escoin_tvm.compile(model, (x,), target=SM_90, progress=False)
@@ -105,13 +119,7 @@ def test_the_lowering_computes_the_network_on_the_cpu(monkeypatch):
     batch), run on the CPU: the same
     lowering with the family's CPU schedule standing in for the tensor-core one (which the GPU
     tests check against float64 on random convolutions)."""
-    from escoin_tvm.kernels.vector_sparse import lowering
-    from escoin_tvm.kernels.vector_sparse.schedule_cpu import schedule_cpu
-    from escoin_tvm.transform import policy
-
-    monkeypatch.setattr(lowering, "schedule_gpu", lambda sch, *args: schedule_cpu(sch))
-    monkeypatch.setattr(lowering.tir_pipeline, "with_warp_fragments", lambda mod: mod)
-    monkeypatch.setattr(policy, "is_gpu", lambda target: True)  # the facts of a CUDA build
+    _cpu_stand_in(monkeypatch)
 
     class Residual(torch.nn.Module):
         def __init__(self):
@@ -139,6 +147,50 @@ def test_the_lowering_computes_the_network_on_the_cpu(monkeypatch):
     assert (out - expected).abs().max().item() <= 4e-3 * expected.abs().max().item()
 
 
+@pytest.mark.parametrize("vector_us, escoin_us, kernel", [
+    (10.0, 20.0, "vector-sparse"), (20.0, 10.0, "escoin"), (10.0, 10.0, "vector-sparse"),
+    (99.0, 98.0, "dense")])
+def test_measured_dispatch_times_each_family_that_takes_a_layer_and_keeps_the_fastest(
+        monkeypatch, vector_us, escoin_us, kernel):
+    """With measured dispatch a vector-pruned layer is timed on both families (each in a pass
+    that offers it alone) and goes to the faster (the tensor-core one on a tie) if that beats
+    dense by the margin; the report gives every time."""
+    import escoin_tvm.measure
+
+    _cpu_stand_in(monkeypatch)
+    timed = []
+
+    def timer(call, make_pass, family):
+        offered = [f.name for f in make_pass().policy.families]
+        assert offered == [family]
+        timed.append(family)
+        return {"vector-sparse": vector_us, "escoin": escoin_us}[family] * 1e-6, 100e-6
+
+    timer.dense = lambda call: 50e-6
+    monkeypatch.setattr(escoin_tvm.measure, "LayerTimer", lambda target: timer)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU()).eval()
+    prune.vectors(model, 0.8, group=16)
+    model = model.half()
+    x = torch.randn(2, 16, 8, 8).half()
+    compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="measure",
+                                  progress=False)
+    assert timed == ["vector-sparse", "escoin"]
+    layer = compiled.metadata["layers"][0]
+    assert layer["kernel"] == kernel
+    if kernel == "escoin":
+        assert layer["reason"] == (f"measured: escoin {escoin_us:.1f} us, dense 100.0 us "
+                                   f"({100 / escoin_us:.2f}x); vector-sparse {vector_us:.1f} us")
+    elif kernel == "dense":
+        assert layer["reason"] == (f"measured: escoin {escoin_us:.1f} us, not 5% under dense "
+                                   f"100.0 us; vector-sparse {vector_us:.1f} us")
+    else:
+        assert layer["reason"].startswith(f"measured: vector-sparse {vector_us:.1f} us")
+    with torch.no_grad():
+        expected = model.double()(x.double()).float()
+    out = compiled(x).float()
+    assert (out - expected).abs().max().item() <= 4e-3 * expected.abs().max().item()
+
+
 def test_the_backend_offers_the_family_only_vector_pruned_layers_on_a_gpu():
     """On the CPU the backend's layers keep the Escoin CUDA-core family (the report's reason
     is that family's); the facts it reads carry the weight's block density."""
@@ -153,6 +205,45 @@ def test_the_backend_offers_the_family_only_vector_pruned_layers_on_a_gpu():
         expected = model(x)
     assert torch.allclose(out, expected, atol=1e-4, rtol=1e-4)
     assert "vector-sparse" not in backend.last_report()
+
+
+@pytest.mark.parametrize("vector_us, escoin_us, kernel", [
+    (10.0, 20.0, "vector-sparse"), (20.0, 10.0, "escoin"), (99.0, 98.0, "dense")])
+def test_the_backend_times_each_family_that_takes_a_layer_and_keeps_the_fastest(
+        monkeypatch, vector_us, escoin_us, kernel):
+    """The backend's measured dispatch of a layer both families take (the facts of a GPU
+    graph, on the CPU): each family's layer is timed with PyTorch's operator once, and the
+    fastest beating it by the margin runs; the report gives every time."""
+    from escoin_tvm.torch_compile import backend
+
+    facts = backend._facts
+    monkeypatch.setattr(backend, "_facts", lambda candidate, weight: replace(
+        facts(candidate, weight), on_gpu=True, block_density=block_density(weight)))
+    timed = []
+
+    def fake_time_layers(layers, shape, device, channels_last=False, graphs=True):
+        timed.append([layer.family.name for layer in layers])
+        return [{"vector-sparse": vector_us, "escoin": escoin_us}[layer.family.name] * 1e-6
+                for layer in layers], 100e-6
+
+    monkeypatch.setattr(backend, "_time_layers", fake_time_layers)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU()).eval()
+    prune.vectors(model, 0.8, group=16)
+    model, x = model.half(), torch.randn(2, 16, 8, 8).half()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="escoin", options={
+            "dense": "eager", "dispatch": "measure", "whole_graph": False})(x)
+        expected = model(x)
+    assert timed == [["vector-sparse", "escoin"]]
+    layer = backend.REPORTS[-1].layers[0]
+    assert layer.kernel == kernel
+    best, other = sorted([("vector-sparse", vector_us), ("escoin", escoin_us)],
+                         key=lambda pair: pair[1])
+    assert layer.reason.startswith(f"measured as calls: {best[0]} {best[1]:.1f} us")
+    assert layer.reason.endswith(f"; {other[0]} {other[1]:.1f} us")
+    assert torch.allclose(out.float(), expected.float(), atol=2e-3, rtol=2e-3)
 
 
 @pytest.mark.gpu

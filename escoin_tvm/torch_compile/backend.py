@@ -9,11 +9,13 @@ the model (``graph.py``), the layer goes to an Escoin kernel when the kernels im
 (float32, float16 or bfloat16; a batched NCHW or channels-last input, the output in the same
 layout, or a (batch, features) one of at most 64 rows; inference) and its weight, batch norm
 folded in, is sparse enough; on a GPU (or with dispatch="measure") it is then also timed both
-ways (the Escoin kernel against PyTorch's own operator, same dtype, same input shape, in the
-layout the graph runs its convolutions in, from CUDA graphs when the graph is replayed from
-them, else as calls) and goes to Escoin only if that is ``MEASURED_MARGIN`` faster. A layer timed
-alone can still gain the graph less than it measured (in a graph bound by the host at batch 1
-the GPU's saving does not show; docs/findings.md).
+ways (the Escoin kernel of each family that takes it against PyTorch's own operator, same
+dtype, same input shape, in the layout the graph runs its convolutions in, from CUDA graphs
+when the graph is replayed from them, else as calls) and goes to the fastest family only if
+that is ``MEASURED_MARGIN`` faster. A layer timed alone can still gain the graph less than it
+measured (in a graph bound by the host at batch 1 the GPU's saving does not show;
+docs/findings.md), so the compiled graph is then timed against the same graph with every layer
+dense (``whole_graph.py``).
 Everything else, and the graph around the Escoin calls, goes to inductor (or runs eagerly), in
 the user's precision and settings. ``last_report()`` says what was decided for each layer.
 
@@ -53,7 +55,7 @@ from ..kernels.build_together import compile_together
 from ..kernels.conv2d.operator import Epilogue
 from ..kernels.eligibility import (DEFAULT_SPARSITY_THRESHOLD, MEASURED_MARGIN, LayerFacts,
                                    beats_dense, checked_threshold, sparse_enough)
-from ..kernels.family import choose, passed_over
+from ..kernels.family import KernelFamily, choose, passed_over
 from ..kernels.vector_sparse.weight_format import block_density
 from ..runtime import format_report
 from ..support import dtypes
@@ -152,9 +154,10 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         # GPU; a layer measured against PyTorch is then measured in that layout
         channels_last = dense == "inductor" and graph.inductor_uses_channels_last(found)
         graphs = _replays_cuda_graphs(dense, mode, options)
-        for candidate, shape, (decision, layer) in zip(found, shapes, chosen):
-            if layer is not None and shape is not None and _measures(dispatch, candidate):
-                layer = _measure(decision, layer, candidate, shape,
+        for candidate, shape, (decision, layers) in zip(found, shapes, chosen):
+            layer = layers[0] if layers else None
+            if layers and shape is not None and _measures(dispatch, candidate):
+                layer = _measure(decision, layers, candidate, shape,
                                  channels_last and candidate.device.type == "cuda", graphs)
             if layer is not None:
                 registered.append(ops.register(layer))
@@ -263,7 +266,9 @@ def _dense_backend(gm, example_inputs, dense: str, mode: Optional[str], options:
 
 def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str], tuning_log):
     """The candidate's LayerDecision and, when the kernels implement it and its weight is
-    sparse enough, its SparseLayer (which measured dispatch may still turn down)."""
+    sparse enough, its SparseLayer for the preferred family that takes it, or, where the layer
+    is measured, one for each family that takes it, in order of preference (measured dispatch
+    keeps the fastest, or none)."""
     weight = candidate.weight
     decision = LayerDecision(candidate.name, tuple(_hint(d) for d in candidate.input_shape),
                              tuple(weight.shape) if weight is not None else (),
@@ -273,7 +278,7 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
     if weight is None:
         decision.reason = ("weight is not a parameter or buffer of the model (a tensor passed to "
                            "the call may change from call to call: it stays with PyTorch)")
-        return decision, None
+        return decision, []
     dense = weight.detach().float().cpu().numpy()
     decision.nnz = int(np.count_nonzero(dense))
     decision.sparsity = 1.0 - decision.nnz / max(1, dense.size)
@@ -295,27 +300,31 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
         reason = None if taken else why
     if reason is not None:
         decision.reason = reason
-        return decision, None
+        return decision, []
     target = resolve_target("cuda" if device.type == "cuda" else "llvm")
     # copies: a kernel built later (a new batch size) must see the weights of this compile,
     # as the ones built now do, whatever happens to the parameters in the meantime
     bias = None if candidate.bias is None else \
         candidate.bias.detach().float().cpu().numpy().copy()
     weight = dtypes.to_numpy(weight).copy()
-    if linear:
-        layer = ops.SparseLinearLayer(candidate.name, weight, bias,
-                                      candidate.relu, target, tuning_log(target), family)
-    else:
-        layer = ops.SparseLayer(candidate.name, weight, bias, candidate.stride,
-                                candidate.padding, candidate.dilation, candidate.groups,
-                                candidate.relu, target, tuning_log(target), family)
+
+    def layer_for(kernels: KernelFamily):
+        if linear:
+            return ops.SparseLinearLayer(candidate.name, weight, bias, candidate.relu, target,
+                                         tuning_log(target), kernels)
+        return ops.SparseLayer(candidate.name, weight, bias, candidate.stride,
+                               candidate.padding, candidate.dilation, candidate.groups,
+                               candidate.relu, target, tuning_log(target), kernels)
+
+    takers = [f for f in FAMILIES[candidate.op] if f.problem(facts) is None] \
+        if _measures(dispatch, candidate) else [family]
     decision.epilogue = Epilogue(bias=bias is not None, relu=candidate.relu).name + \
         ("; batch norm folded" if candidate.batch_norm else "")
     decision.kernel = family.name
     decision.reason = sparse_enough(decision.sparsity, threshold)[1]
     if facts.on_gpu:  # where the tensor-core family could have run it
         decision.reason += passed_over(FAMILIES[candidate.op], family, facts)
-    return decision, layer
+    return decision, [layer_for(taker) for taker in takers]
 
 
 def _facts(candidate: graph.Candidate, weight: np.ndarray) -> LayerFacts:
@@ -338,13 +347,14 @@ def _static_shape(candidate: graph.Candidate) -> Optional[tuple]:
 
 
 def _build_kernels(found, chosen, shapes, on_compiled) -> None:
-    """Builds the kernels of the chosen layers whose input shape is known, compiled together
+    """Builds the kernels of the candidate layers whose input shape is known (each family's
+    that may take the layer), compiled together
     (``build_together``: a CUDA compile costs about a second, much of it whatever it holds),
     calling ``on_compiled(count, total)`` as they compile. A layer with a dynamic size builds
     its kernel when a shape first reaches it."""
     with compile_together(on_compiled):
-        for candidate, (_, layer), shape in zip(found, chosen, shapes):
-            if layer is not None and shape is not None:
+        for candidate, (_, layers), shape in zip(found, chosen, shapes):
+            for layer in layers if shape is not None else ():
                 layer.kernel(shape, candidate.device)
 
 
@@ -366,26 +376,34 @@ def _replays_cuda_graphs(dense: str, mode: Optional[str], options: dict) -> bool
     return bool(patches.get("triton.cudagraphs", config.triton.cudagraphs))
 
 
-def _measure(decision: LayerDecision, layer, candidate: graph.Candidate, shape: tuple,
+def _measure(decision: LayerDecision, layers: list, candidate: graph.Candidate, shape: tuple,
              graph_channels_last: bool, graphs: bool):
-    """The layer if its Escoin kernel beats PyTorch's operator by ``MEASURED_MARGIN``, else
-    None; the times and the verdict go into ``decision``. ``graph_channels_last``: inductor
-    lays the graph's convolutions out channels-last; ``graphs``: the graph is replayed from
-    CUDA graphs (else each side is timed as calls, its host time included)."""
+    """The fastest of ``layers`` (the same layer on each family that takes it; the preferred
+    family on a tie) if its kernel beats PyTorch's operator by ``MEASURED_MARGIN``, else None;
+    the times and the verdict go into ``decision``. ``graph_channels_last``: inductor lays the
+    graph's convolutions out channels-last; ``graphs``: the graph is replayed from CUDA graphs
+    (else each side is timed as calls, its host time included)."""
     replayed = graphs and candidate.device.type == "cuda"
-    escoin_s, dense_s = _time_both(layer, shape, candidate.device,
-                                   candidate.op != "linear" and (
-                                       candidate.channels_last or graph_channels_last),
-                                   replayed)
+    escoin_times, dense_s = _time_layers(layers, shape, candidate.device,
+                                         candidate.op != "linear" and (
+                                             candidate.channels_last or graph_channels_last),
+                                         replayed)
+    best = min(range(len(layers)), key=lambda i: escoin_times[i])
+    layer, escoin_s = layers[best], escoin_times[best]
     decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
     how = "measured" if replayed else "measured as calls"
+    name = layer.family.name
+    others = "".join(f"; {other.family.name} {seconds * 1e6:.1f} us"
+                     for other, seconds in zip(layers, escoin_times) if other is not layer)
     if not beats_dense(escoin_s, dense_s):
         decision.kernel = "dense"
-        decision.reason = (f"{how}: escoin {escoin_s * 1e6:.1f} us, not "
-                           f"{MEASURED_MARGIN:.0%} under PyTorch's {dense_s * 1e6:.1f} us")
+        decision.reason = (f"{how}: {name} {escoin_s * 1e6:.1f} us, not "
+                           f"{MEASURED_MARGIN:.0%} under PyTorch's {dense_s * 1e6:.1f} us"
+                           f"{others}")
         return None
-    decision.reason = (f"{how}: escoin {escoin_s * 1e6:.1f} us, PyTorch "
-                       f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
+    decision.kernel = name
+    decision.reason = (f"{how}: {name} {escoin_s * 1e6:.1f} us, PyTorch "
+                       f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x){others}")
     return layer
 
 
@@ -397,45 +415,56 @@ def _hint(size):
     return int(size)
 
 
-def _time_both(layer, shape, device, channels_last: bool = False, graphs: bool = True):
-    """(Escoin seconds, PyTorch seconds) of the layer at ``shape``, PyTorch in its current
-    settings (TF32 and cuDNN as the user has them), both on an input in the graph's memory
-    format: a channels-last one costs the Escoin path its copies to NCHW and back
-    (``ops.apply_conv``). With ``graphs`` (a GPU graph replayed from CUDA graphs) each side is
-    captured in a CUDA graph and replayed (``timing.graph_time``): launches cost nothing there.
-    Otherwise each is timed as calls made back to back (``timing.call_time``), the Escoin side
-    through its custom operator as the compiled graph calls it, PyTorch's dispatch and the
-    operator's included."""
+def _time_layers(layers: list, shape, device, channels_last: bool = False,
+                 graphs: bool = True):
+    """([Escoin seconds of each of ``layers``], PyTorch seconds) at ``shape``: the same layer
+    on each family that takes it, and PyTorch's operator in its current settings (TF32 and
+    cuDNN as the user has them), all on an input in the graph's memory format: a
+    channels-last one costs the Escoin path its copies to NCHW and back (``ops.apply_conv``).
+    With ``graphs`` (a GPU graph replayed from CUDA graphs) each side is captured in a CUDA
+    graph and replayed (``timing.graph_time``): launches cost nothing there. Otherwise each is
+    timed as calls made back to back (``timing.call_time``), the Escoin side through its custom
+    operator as the compiled graph calls it, PyTorch's dispatch and the operator's included."""
     from ..support.timing import call_time, graph_time
 
-    dtype = dtypes.torch_dtype(dtypes.name_of(layer.weight.dtype))
+    first = layers[0]
+    dtype = dtypes.torch_dtype(dtypes.name_of(first.weight.dtype))
     x = torch.randn(shape, device=device, dtype=dtype)
-    weight = dtypes.to_torch(layer.weight).to(device)
+    weight = dtypes.to_torch(first.weight).to(device)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
         weight = weight.to(memory_format=torch.channels_last)
-    bias = None if layer.bias is None else torch.from_numpy(layer.bias).to(device, dtype)
+    bias = None if first.bias is None else torch.from_numpy(first.bias).to(device, dtype)
 
     def dense():
-        return layer.torch_equivalent(x, weight, bias)
+        return first.torch_equivalent(x, weight, bias)
 
-    conv = isinstance(layer, ops.SparseLayer)
+    conv = isinstance(first, ops.SparseLayer)
     with torch.no_grad():
         if not graphs:
-            index = ops.register(layer)
-            op = ops.operator("conv2d" if conv else "linear")
-            try:
-                return (call_time(lambda: op(x, index), device.type),
-                        call_time(dense, device.type))
-            finally:
-                ops.release(index)
-        if conv:
-            def escoin():
-                return ops.apply_conv(layer, x)
-        else:
-            kernel = layer.kernel(shape, device)
-            out = torch.empty(layer.output_shape(shape), device=device, dtype=dtype)
+            return ([_call_time_through_operator(layer, x, device) for layer in layers],
+                    call_time(dense, device.type))
+        return [graph_time(_escoin_call(layer, x, shape, device, dtype, conv))
+                for layer in layers], graph_time(dense)
 
-            def escoin():
-                return kernel.run_torch(x, out)
-        return graph_time(escoin), graph_time(dense)
+
+def _call_time_through_operator(layer, x, device) -> float:
+    """Seconds per call of the layer through its custom operator, as a compiled graph calls
+    it (registered for the timing, then released)."""
+    from ..support.timing import call_time
+
+    index = ops.register(layer)
+    op = ops.operator("conv2d" if isinstance(layer, ops.SparseLayer) else "linear")
+    try:
+        return call_time(lambda: op(x, index), device.type)
+    finally:
+        ops.release(index)
+
+
+def _escoin_call(layer, x, shape, device, dtype, conv: bool):
+    """The layer's kernel on ``x`` as a callable, for a CUDA graph to capture."""
+    if conv:
+        return lambda: ops.apply_conv(layer, x)
+    kernel = layer.kernel(shape, device)
+    out = torch.empty(layer.output_shape(shape), device=device, dtype=dtype)
+    return lambda: kernel.run_torch(x, out)

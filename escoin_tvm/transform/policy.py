@@ -12,7 +12,7 @@ Every convolution gets a ``LayerDecision``, taken or not: the pass's report.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from tvm import relax
@@ -71,8 +71,9 @@ class DispatchPolicy:
     goes to the first that takes it (``chosen[index]``). ``layer_names`` ((module path, weight
     shape) pairs, in program order) names the layers; ``report_only`` keeps every layer dense
     (the plain-TVM baseline); ``measure`` (a ``measure.LayerTimer``) times a layer that passes
-    the threshold both ways, the Escoin side built by the pass ``make_escoin_pass()``
-    returns."""
+    the threshold both ways for each family that takes it, the Escoin side built by the pass
+    ``make_escoin_pass(family)`` returns (one that sends layers to ``family`` alone), and the
+    layer goes to the fastest family if that one is ``MEASURED_MARGIN`` faster than dense."""
 
     def __init__(self, target, threshold: float, families: Sequence[KernelFamily],
                  layer_names: Sequence = (), report_only: bool = False, measure=None,
@@ -85,13 +86,14 @@ class DispatchPolicy:
         self.measure = measure
         self.make_escoin_pass = make_escoin_pass
         self.chosen: Dict[int, KernelFamily] = {}
+        self.takers: Dict[int, Tuple[KernelFamily, ...]] = {}  # every family that takes it
 
     def decide(self, call: relax.Call, index: int) -> LayerDecision:
         decision = self._static_decision(call, index)
         if self.measure is None or self._must_take(decision):
             return decision
         if decision.kernel != "dense":
-            self._measure(call, decision)
+            self._measure(call, decision, index)
         elif isinstance(call.args[1], Constant) and decision.input_shape:
             # what the layer costs on TVM's dense code, for the report
             decision.dense_us = self.measure.dense(call) * 1e6
@@ -121,6 +123,7 @@ class DispatchPolicy:
                     decision.reason += passed_over(self.families, family, facts)
         if decision.kernel != "dense":
             self.chosen[index] = family
+            self.takers[index] = tuple(f for f in self.families if f.problem(facts) is None)
         return decision
 
     def _must_take(self, decision: LayerDecision) -> bool:
@@ -147,16 +150,27 @@ class DispatchPolicy:
             _out_dtype(call), (attrs.data_layout, attrs.kernel_layout, attrs.out_layout),
             on_gpu, blocks))
 
-    def _measure(self, conv: relax.Call, decision: LayerDecision) -> None:
-        escoin_s, dense_s = self.measure(conv, self.make_escoin_pass)
+    def _measure(self, call: relax.Call, decision: LayerDecision, index: int) -> None:
+        """Times the layer both ways for each family that takes it; the fastest family (the
+        preferred one on a tie) keeps it if it beats dense by ``MEASURED_MARGIN``."""
+        times = {family: self.measure(call, lambda family=family: self.make_escoin_pass(family),
+                                      family.name)
+                 for family in self.takers[index]}
+        best = min(times, key=lambda family: times[family][0])
+        escoin_s, dense_s = times[best]
         decision.escoin_us, decision.dense_us = escoin_s * 1e6, dense_s * 1e6
+        others = "".join(f"; {family.name} {seconds * 1e6:.1f} us"
+                         for family, (seconds, _) in times.items() if family is not best)
         if not beats_dense(escoin_s, dense_s):
             decision.kernel = "dense"
-            decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, not "
-                               f"{MEASURED_MARGIN:.0%} under dense {dense_s * 1e6:.1f} us")
+            del self.chosen[index]
+            decision.reason = (f"measured: {best.name} {escoin_s * 1e6:.1f} us, not "
+                               f"{MEASURED_MARGIN:.0%} under dense {dense_s * 1e6:.1f} us"
+                               f"{others}")
         else:
-            decision.reason = (f"measured: escoin {escoin_s * 1e6:.1f} us, dense "
-                               f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x)")
+            self.chosen[index], decision.kernel = best, best.name
+            decision.reason = (f"measured: {best.name} {escoin_s * 1e6:.1f} us, dense "
+                               f"{dense_s * 1e6:.1f} us ({dense_s / escoin_s:.2f}x){others}")
 
 
 class LinearPolicy(DispatchPolicy):

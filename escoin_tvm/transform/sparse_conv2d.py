@@ -19,6 +19,7 @@ from ..errors import EscoinError
 from ..kernels import conv2d, vector_sparse
 from ..kernels.conv_spec import Conv2dSpec
 from ..kernels.eligibility import checked_threshold
+from ..kernels.family import KernelFamily
 from .matching import bindings, decide_calls, rewrite_chains
 from .patterns import Chain, match_chains
 from .policy import DispatchPolicy, LayerDecision
@@ -39,21 +40,23 @@ class SparseConv2dDispatch:
     ``measure`` (a ``measure.LayerTimer``), a layer that passes the threshold is timed both ways
     on the device and goes sparse only where it is ``MEASURED_MARGIN`` faster. ``report_only``
     keeps every layer dense (a baseline). ``on_layer()`` is called after each conv2d's decision
-    (a progress display)."""
+    (a progress display). ``families``: the kernel families it may use, in order of
+    preference (measured dispatch times a layer with each family that takes it)."""
 
     def __init__(self, target, threshold: float, layer_names: Sequence = (),
                  config_for: Optional[Callable[[Conv2dSpec], object]] = None, tuning_log=None,
                  measure=None, report_only: bool = False,
-                 on_layer: Optional[Callable[[], None]] = None):
+                 on_layer: Optional[Callable[[], None]] = None,
+                 families: Sequence[KernelFamily] = FAMILIES):
         threshold = checked_threshold(threshold, "sparsity threshold")
         self.target = target
         self.on_layer = on_layer  # called after each conv2d's decision (progress)
         self.config_for = config_for
         self.tuning_log = tuning_log
         self.policy = DispatchPolicy(
-            target, threshold, FAMILIES, layer_names, report_only, measure,
-            lambda: SparseConv2dDispatch(target, 0.0, config_for=config_for,
-                                         tuning_log=tuning_log))
+            target, threshold, families, layer_names, report_only, measure,
+            lambda family: SparseConv2dDispatch(target, 0.0, config_for=config_for,
+                                                tuning_log=tuning_log, families=(family,)))
         self.report: List[LayerDecision] = []
         self.kernels: list = []  # the families' kernel records (tuning tasks)
         self.error: Optional[EscoinError] = None

@@ -85,7 +85,7 @@ class SparseLinearDispatch:
         self.tuning_log = tuning_log
         self.kernels: list = []  # the families' kernel records (tuning tasks)
         self.policy = LinearPolicy(target, threshold, FAMILIES, layer_names, report_only,
-                                   measure, lambda: SparseLinearDispatch(target, 0.0))
+                                   measure, lambda family: SparseLinearDispatch(target, 0.0))
         self.report: List[LayerDecision] = []
         self.error: Optional[EscoinError] = None
 

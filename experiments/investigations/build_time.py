@@ -3,7 +3,7 @@
 For each convolution of a network (``escoin_tvm.models``: torchvision's architectures, random
 weights pruned to 90%) at one batch and dtype, the backend's own steps are timed: building the
 kernel (TVM's passes, of which the CUDA compiler's share is measured apart by wrapping TVM's
-compile callback), the first call (module load and constants upload), and measured dispatch (``backend._time_both``: the
+compile callback), the first call (module load and constants upload), and measured dispatch (``backend._time_layers``: the
 kernel and PyTorch's convolution, each in a CUDA graph). Then the same builds again with the
 CUDA compiler TVM_CUDA_COMPILE_MODE names (nvrtc is TVM's default, nvcc the other), the
 default builds in a thread pool, to see whether any of them parallelise, and all the builds in
@@ -137,7 +137,7 @@ def main(argv=None):
         torch.cuda.synchronize()
         first = time.perf_counter() - start
         start = time.perf_counter()
-        escoin_s, dense_s = backend._time_both(layer, shape, device)
+        (escoin_s,), dense_s = backend._time_layers([layer], shape, device)
         timing = time.perf_counter() - start
         rows.append({"layer": name, "shape": shape, "build_s": build,
                      "cuda_compile_s": sum(cuda_seconds), "cuda_compiles": len(cuda_seconds),
