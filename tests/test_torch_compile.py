@@ -441,8 +441,30 @@ def test_the_whole_graph_is_timed_in_alternating_rounds_of_calls():
     assert set(rounds) == {int(whole_graph.ROUND_S / 2e-3)}  # a round lasts about ROUND_S
     assert calls[-rounds[-1] - 1] == "escoin" and calls[-1] == "dense"  # alternating
     assert whole_graph.device_type([torch.ones(1), 3]) == "cpu"
-    assert whole_graph.timeable([torch.ones(1), 3])
-    assert not whole_graph.timeable([torch.ones(1), object()])
+    assert whole_graph.callable_inputs([torch.ones(1), 3])[1] == 3
+    assert whole_graph.callable_inputs([torch.ones(1), object()]) is None
+
+
+def test_a_dynamic_batch_graph_is_checked_at_the_batch_dynamo_saw(monkeypatch):
+    from escoin_tvm.torch_compile import whole_graph
+
+    handed = []
+
+    def fake_time_graphs(escoin, dense, inputs, timer=None):
+        handed.append([x if isinstance(x, int) else tuple(x.shape) for x in inputs])
+        assert torch.allclose(escoin(*inputs)[0], dense(*inputs)[0], rtol=1e-4, atol=1e-5)
+        return whole_graph.GraphTimes(2e-3, 1e-3)  # dense wins
+
+    monkeypatch.setattr(whole_graph, "time_graphs", fake_time_graphs)
+    model = net()
+    compiled = torch.compile(model, backend="escoin",
+                             options={"dense": "eager", "whole_graph": True})
+    with torch.no_grad():
+        for batch in (2, 3, 5):  # the second compile is Dynamo's dynamic-batch graph
+            x = torch.randn(batch, 3, 12, 12)
+            close(compiled(x), model(x))
+    assert len(handed) == 2 and 3 in handed[1] and (3, 3, 12, 12) in handed[1]
+    assert all(layer.kernel == "dense" for layer in backend.REPORTS[-1].layers)
 
 
 def test_the_whole_graph_check_runs_for_real_on_the_cpu():

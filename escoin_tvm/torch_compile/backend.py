@@ -140,7 +140,8 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
             raise ArgumentError(f"options[{key!r}] must be True or False, got {value!r}")
     decisions, registered = [], []
     found = graph.candidates(gm, example_inputs)
-    checks = _checks_whole_graph(check, dispatch, found, example_inputs)
+    inputs = whole_graph.callable_inputs(example_inputs)
+    checks = _checks_whole_graph(check, dispatch, found, inputs)
     # the graph as Dynamo captured it, for the whole-graph check: the layers are replaced in gm
     plain = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph)) if checks else None
     shown = CompileProgress(progress, stages=4 if checks else 3)
@@ -174,7 +175,7 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         if registered and checks:
             shown.stage("whole graph against dense")
             plain_compiled = _dense_backend(plain, example_inputs, dense, mode, options)
-            if not _escoin_graph_wins(report, compiled, plain_compiled, example_inputs):
+            if not _escoin_graph_wins(report, compiled, plain_compiled, inputs):
                 ops.release(*registered)
                 return plain_compiled
         if registered:
@@ -188,11 +189,11 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
 
 
 def _checks_whole_graph(check: Optional[bool], dispatch: Optional[str], found,
-                        example_inputs) -> bool:
+                        inputs: Optional[list]) -> bool:
     """Whether the graph is timed as a whole once its layers are chosen: as asked, else when
-    its layers are measured; never for a graph that cannot be called on its example inputs
-    (a dynamic-shape one) or with no candidate layer."""
-    if check is False or not found or not whole_graph.timeable(example_inputs):
+    its layers are measured; never for a graph with no candidate layer or no inputs to call it
+    on (``inputs``: ``whole_graph.callable_inputs``)."""
+    if check is False or not found or inputs is None:
         return False
     return bool(check) or any(_measures(dispatch, candidate) for candidate in found)
 

@@ -48,11 +48,21 @@ def device_type(inputs: Sequence) -> str:
     return "cuda" if any(isinstance(x, torch.Tensor) and x.is_cuda for x in inputs) else "cpu"
 
 
-def timeable(inputs: Sequence) -> bool:
-    """Whether the graph can be called on its example inputs: real tensors and plain numbers
-    (a symbolic size, from a dynamic-shape graph, cannot)."""
-    return all(isinstance(x, (torch.Tensor, int, float, bool)) and
-               not isinstance(x, (torch.SymInt, torch.SymFloat)) for x in inputs)
+def callable_inputs(inputs: Sequence) -> Optional[list]:
+    """The graph's example inputs as it can be called on them: real tensors and numbers, a
+    dynamic-shape graph's symbolic size as the value Dynamo saw for it; None when one has no
+    such value."""
+    values = []
+    for x in inputs:
+        if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            hint = x.node.hint
+            if hint is None:
+                return None
+            x = hint
+        if not isinstance(x, (torch.Tensor, int, float, bool)):
+            return None
+        values.append(x)
+    return values
 
 
 def time_graphs(escoin: Callable, dense: Callable, inputs: Sequence,
