@@ -88,6 +88,7 @@ def test_a_cuda_build_sends_the_vector_pruned_layer_to_tensor_cores_and_the_othe
     kernels = {layer["name"]: (layer["kernel"], layer["reason"])
                for layer in compiled.metadata["layers"]}
     assert kernels["conv"][0] == "vector-sparse"
+    assert kernels["conv"][1].endswith("; blocks of 16 output channels store 1.00x its non-zeros")
     assert kernels["point"][0] == "escoin" and kernels["depth"][0] == "escoin"
     assert "3 of 3 convolutions on Escoin kernels" in compiled.report()
     # the report says why the tensor-core family passed each of the others over

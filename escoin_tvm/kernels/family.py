@@ -26,13 +26,15 @@ class KernelFamily:
     is); ``relax_call(builder, ...) -> Lowered``: the Relax pass's lowering of a matched layer
     (the arguments are the operator's: ``transform/sparse_conv2d.py`` and ``sparse_linear.py``
     give them); ``torch_kernel(layer, shape, device)``: the callable kernel of a backend layer
-    (``torch_compile/ops.py``) for an input shape."""
+    (``torch_compile/ops.py``) for an input shape; ``note(facts)``: what the report adds about a
+    layer the family takes (its weight's format), "" by default."""
 
     name: str
     op: str
     problem: Callable[[LayerFacts], Optional[str]]
     relax_call: Callable[..., "Lowered"]
     torch_kernel: Callable
+    note: Callable[[LayerFacts], str] = lambda facts: ""
 
 
 @dataclass
@@ -83,10 +85,11 @@ def relax_function(mod):
 def passed_over(families: Sequence[KernelFamily], chosen: KernelFamily,
                 facts: LayerFacts) -> str:
     """Why each family preferred to ``chosen`` did not take the layer, as a suffix of the
-    report's reason ("; not vector-sparse: ..."); "" when ``chosen`` is the first."""
+    report's reason ("; not vector-sparse: ..."; "" when ``chosen`` is the first), then
+    ``chosen``'s own note on the layer."""
     notes = []
     for family in families:
         if family is chosen:
             break
         notes.append(f"; not {family.name}: {family.problem(facts)}")
-    return "".join(notes)
+    return "".join(notes) + chosen.note(facts)

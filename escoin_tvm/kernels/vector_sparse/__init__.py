@@ -12,9 +12,10 @@ space comes next.
 """
 from ..family import KernelFamily
 from . import lowering
-from .eligibility import problem
+from .eligibility import note, problem
 
 FAMILY = KernelFamily(name="vector-sparse", op="conv2d", problem=problem,
-                      relax_call=lowering.relax_call, torch_kernel=lowering.torch_kernel)
+                      relax_call=lowering.relax_call, torch_kernel=lowering.torch_kernel,
+                      note=note)
 
 __all__ = ["FAMILY", "problem"]

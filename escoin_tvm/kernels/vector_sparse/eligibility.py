@@ -43,3 +43,11 @@ def problem(facts: LayerFacts) -> Optional[str]:
         return (f"weight not pruned in vectors of 16 output channels (blocks of 16 would store "
                 f"{density}x its non-zeros; prune.vectors prunes so)")
     return None
+
+
+def note(facts: LayerFacts) -> str:
+    """The report's word on a layer the family takes: its blocks' union density."""
+    if facts.block_density is None:
+        return ""
+    return (f"; blocks of {BLOCK} output channels store {facts.block_density:.2f}x its "
+            "non-zeros")
