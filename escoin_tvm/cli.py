@@ -30,11 +30,23 @@ def cmd_compile(args):
     exported = _load_pt2(args.model)
     compiled = compile_model(exported, None, target=args.target, sparsity_threshold=args.threshold,
                              tuning_log=args.tuning_log, dispatch_by=args.dispatch_by,
-                             cuda_graph=args.cuda_graph, progress=False if args.quiet else None)
+                             cuda_graph=args.cuda_graph, progress=False if args.quiet else None,
+                             batch_sizes=_batch_sizes(args.batch_sizes))
     compiled.export_library(args.output)
     if not args.quiet:
         print(compiled.report())
         print(f"wrote {args.output}")
+
+
+def _batch_sizes(text):
+    """``--batch-sizes 1,8,16`` as a list of ints (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise EscoinError(f"--batch-sizes takes batch sizes separated by commas (1,8,16), got "
+                          f"{text!r}") from None
 
 
 def cmd_tune(args):
@@ -153,6 +165,9 @@ def build_parser():
                    help="threshold (default): sparse enough layers go to Escoin kernels; "
                    "measure: also time each such layer both ways on the device and keep the "
                    "faster; none: plain TVM")
+    p.add_argument("--batch-sizes", default=None, help="1,8,16: one module that serves each "
+                   "of these batch sizes (the .pt2 exported with a dynamic batch, "
+                   "torch.export.Dim)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (no "
                    "progress bar, no report)")
     p.set_defaults(func=cmd_compile)

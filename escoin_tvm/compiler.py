@@ -12,11 +12,12 @@ import json
 import os
 import warnings
 from dataclasses import asdict
-from typing import Optional
+from typing import Optional, Sequence
 
 import tvm
 from tvm import relax
 
+from . import batch_variants
 from .errors import ArgumentError, EscoinError
 from .kernels.eligibility import DEFAULT_SPARSITY_THRESHOLD, checked_threshold
 from .frontend import conv_layer_names, linear_layer_names, prepare, quiet_torch
@@ -33,7 +34,7 @@ def dispatch(mod, exported, target, threshold: float, **options):
     """Folds batch norms into the convolutions and runs the Escoin passes (convolutions, then
     linear layers). Returns (Relax module, the convolution pass, the linear pass), each pass
     with its report (and the convolution pass with its kernels)."""
-    from .workarounds import fold_half_batch_norms, trivial_reductions_to_multiply
+    from .workarounds import fold_batch_norms, trivial_reductions_to_multiply
 
     escoin = SparseConv2dDispatch(target, threshold, conv_layer_names(exported), **options)
     linear = SparseLinearDispatch(target, threshold, linear_layer_names(exported),
@@ -42,7 +43,7 @@ def dispatch(mod, exported, target, threshold: float, **options):
                                   tuning_log=options.get("tuning_log"))
     # constants folded first: a weight computed from constants (a layer pruned with
     # torch.nn.utils.prune: weight_orig * weight_mask) becomes one, and its batch norm folds
-    passes = [relax.transform.FoldConstant(), fold_half_batch_norms,
+    passes = [relax.transform.FoldConstant(), fold_batch_norms,
               relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant(), escoin,
               linear]
     if is_gpu(target):
@@ -94,7 +95,8 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
             sparsity_threshold: Optional[float] = None, tuning_log=None,
             dispatch_by: str = "threshold", config_for=None,
             cuda_graph: bool = False, device=None,
-            progress: Optional[bool] = None) -> CompiledModule:  # noqa: A001
+            progress: Optional[bool] = None,
+            batch_sizes: Optional[Sequence[int]] = None) -> CompiledModule:  # noqa: A001
     """Compiles ``model`` (a ``torch.nn.Module`` or a ``torch.export.ExportedProgram``) for
     inputs shaped like ``example_inputs``. Convolutions with constant weights at or above
     ``sparsity_threshold`` (default DEFAULT_SPARSITY_THRESHOLD) run on Escoin kernels, with the
@@ -106,7 +108,10 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     (CUDA only) has TVM capture the kernel sequence into CUDA graphs on the first call and
     replay them: less launch overhead, most useful at batch 1. ``device`` is where the module
     runs ("cuda:1", a torch.device, ...; the target's first device by default). ``progress``
-    shows a progress bar on stderr (default: when stderr is a terminal)."""
+    shows a progress bar on stderr (default: when stderr is a terminal). ``batch_sizes``
+    (e.g. ``(1, 8, 16)``) compiles the model for each of those batch sizes into one module,
+    which runs the one of its input's batch (``batch_variants.py``; the example inputs then give
+    the other sizes, and an ExportedProgram must have a dynamic batch)."""
     target = resolve_target(target)
     run_on = device_for(target, device)
     cuda_graph = bool(cuda_graph) and is_gpu(target)
@@ -115,28 +120,47 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     if dispatch_by not in ("threshold", "measure", "none"):
         raise EscoinError(f"dispatch_by must be 'threshold', 'measure' or 'none', got "
                           f"{dispatch_by!r}")
+    sizes = None if batch_sizes is None else batch_variants.checked(batch_sizes)
     log, foreign = open_tuning_log(tuning_log, target)
-    shown = CompileProgress(progress)
+    shown = CompileProgress(progress, stages=3 if sizes is None else 2 * len(sizes) + 1)
     try:
-        shown.stage("export and convert to Relax")
-        exported, example, mod = prepare(model, example_inputs, target)
+        if sizes is None:
+            variants = [(None, model, example_inputs)]
+        else:
+            source, examples = batch_variants.examples(model, example_inputs, sizes)
+            variants = [(size, source, examples[size]) for size in sizes]
         measure = None
         if dispatch_by == "measure":
             from .measure import LayerTimer
 
             measure = LayerTimer(target)
-        shown.stage("Escoin pass", layers=len(conv_layer_names(exported)))
-        mod, escoin, linear = dispatch(mod, exported, target, threshold, config_for=config_for,
-                               tuning_log=log, measure=measure,
-                               report_only=dispatch_by == "none", on_layer=shown.layer)
-        if log is not None and not foreign and escoin.kernels and not any(
-                d.schedule.startswith("tuned") for d in escoin.report):
+        lowered = []  # (size, module, exported program, example, conv pass, linear pass)
+        for size, source, inputs in variants:
+            at = "" if size is None else f" (batch {size})"
+            shown.stage("export and convert to Relax" + at)
+            exported, example, mod = prepare(source, inputs, target)
+            shown.stage("Escoin pass" + at, layers=len(conv_layer_names(exported)))
+            mod, escoin, linear = dispatch(mod, exported, target, threshold,
+                                           config_for=config_for, tuning_log=log,
+                                           measure=measure, report_only=dispatch_by == "none",
+                                           on_layer=shown.layer)
+            lowered.append((size, mod, exported, example, escoin, linear))
+        _, mod, exported, example, escoin, linear = lowered[0]
+        passes = [escoin_pass for *_, escoin_pass, _ in lowered]
+        if log is not None and not foreign and any(done.kernels for done in passes) and not any(
+                d.schedule.startswith("tuned") for done in passes for d in done.report):
             warnings.warn(f"tuning log {log.path} has no records for this model's kernels on "
                           f"{target.kind.name}: they use the pre-tuned or default schedules")
         if dispatch_by != "none":
             _warn_about_dense_layers(escoin.report)
         metadata = _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported,
                              escoin, linear)
+        if sizes is not None:
+            mod = batch_variants.merge([(size, module) for size, module, *_ in lowered])
+            metadata["variants"] = {
+                str(size): _variant(batch_variants.function_name(i, size), example, escoin,
+                                    linear)
+                for i, (size, _, _, example, escoin, linear) in enumerate(lowered)}
         mod[METADATA_FUNC] = metadata_function(metadata)
         with shown.building("build with TVM") as instruments:
             executable = _build(mod, target, cuda_graph, stock=dispatch_by == "none",
@@ -144,6 +168,16 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
     finally:
         shown.close()
     return CompiledModule(executable, run_on, metadata)
+
+
+def _variant(function: str, example, escoin, linear) -> dict:
+    """What the metadata says of one batch size of a module that serves several: its Relax
+    function, its inputs and its layers' reports."""
+    return json.loads(json.dumps({
+        "function": function,
+        "inputs": [[list(x.shape), dtypes.name_of(x.dtype)] for x in example],
+        "layers": [asdict(d) for d in escoin.report],
+        "linear_layers": [asdict(d) for d in linear.report]}))
 
 
 def _warn_about_dense_layers(report) -> None:

@@ -67,7 +67,10 @@ def eval_mode(model):
     """The model in eval mode while it is traced, and as it was afterwards: compiling does not
     change the caller's model."""
     modes = [(module, module.training) for module in model.modules()]
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # an ExportedProgram's module(): traced already, mode fixed
+        pass
     try:
         yield model
     finally:
@@ -136,8 +139,9 @@ def refuse_dynamic_shapes(exported) -> None:
                     f"input {node.name!r} of the exported program has dynamic size(s) in "
                     f"dimension(s) {dynamic} ({tuple(str(d) for d in shape)}): escoin-tvm "
                     "compiles for static shapes; export with example inputs of the shape it "
-                    "will run on and no dynamic_shapes (one module per batch size), or use "
-                    "torch.compile(backend='escoin'), which builds a kernel per shape")
+                    "will run on and no dynamic_shapes, compile it with batch_sizes=[...] "
+                    "(CLI: --batch-sizes) for one module that serves those batch sizes, or "
+                    "use torch.compile(backend='escoin'), which builds a kernel per shape")
 
 
 def example_zeros(exported) -> tuple:

@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import ArgumentError, EscoinError, first_line
+from .errors import ArgumentError, EscoinError, ShapeError, first_line
 from .support import dtypes
 from .support.target import recover_from_out_of_memory, require_device, resolve_device
 from .support.tensors import from_tvm, is_torch, to_tvm
@@ -62,16 +62,42 @@ class CompiledModule:
 
     @property
     def input_shapes(self) -> List[tuple]:
+        """The input shapes (of the first batch size, for a module that serves several)."""
         return [tuple(s) for s, _ in self.metadata["inputs"]]
+
+    @property
+    def batch_sizes(self) -> List[int]:
+        """The batch sizes the module serves: several when compiled with ``batch_sizes``, else
+        its inputs' first dimension."""
+        variants = self.metadata.get("variants")
+        if variants:
+            return [int(size) for size in variants]
+        shape = self.input_shapes[0] if self.input_shapes else ()
+        return [shape[0]] if shape else []
+
+    def _function_for(self, batch: Optional[int]) -> tuple:
+        """(the Relax function that runs inputs of batch ``batch``, their [shape, dtype]
+        specs): for a module that serves several batch sizes, the one of that batch (an error
+        naming the sizes it serves if there is none); else ``main``."""
+        variants = self.metadata.get("variants")
+        if not variants:
+            return "main", self.metadata["inputs"]
+        variant = variants.get(str(batch))
+        if variant is None:
+            raise ShapeError(f"the module serves batch sizes {', '.join(variants)}, not a batch "
+                             f"of {batch} (compile it with batch_sizes including {batch})")
+        return variant["function"], variant["inputs"]
 
     def __call__(self, *inputs):
         specs = self.metadata["inputs"]
         if len(inputs) != len(specs):
             raise EscoinError(f"the model takes {len(specs)} input(s), got {len(inputs)}")
+        shape = tuple(getattr(inputs[0], "shape", ()) or ())
+        function, specs = self._function_for(shape[0] if shape else None)
         args = [to_tvm(x, self.device, shape, name=f"input {i}", dtype=dtype)
                 for i, (x, (shape, dtype)) in enumerate(zip(inputs, specs))]
         try:
-            result = self._run(args, inputs[0])
+            result = self._run(function, args, inputs[0])
         except Exception as err:  # TVM reports CUDA allocation failures as generic errors
             text = str(err).lower()
             if any(s in text for s in ("out of memory", "out_of_memory", "memoryallocation")):
@@ -83,22 +109,25 @@ class CompiledModule:
         flat = [from_tvm(t, inputs[0]) for t in _flatten(result)]
         return _unflatten(flat, self.metadata.get("out_spec"))
 
-    def _run(self, args, like):
-        """The VM's main function, on PyTorch's current CUDA stream when called with CUDA
+    def _run(self, function: str, args, like):
+        """The VM's ``function``, on PyTorch's current CUDA stream when called with CUDA
         torch tensors (so that it orders with the caller's work and joins CUDA graphs)."""
         if is_torch(like) and like.device.type == "cuda":
             import tvm_ffi
 
             with tvm_ffi.use_torch_stream():
-                return self.vm["main"](*args)
-        return self.vm["main"](*args)
+                return self.vm[function](*args)
+        return self.vm[function](*args)
 
-    def time(self, number: int = 20, repeat: int = 5) -> float:
-        """Median end-to-end latency (s) on random inputs, timed by TVM's time_evaluator."""
+    def time(self, number: int = 20, repeat: int = 5, batch: Optional[int] = None) -> float:
+        """Median end-to-end latency (s) on random inputs, timed by TVM's time_evaluator (at
+        ``batch``, one of ``batch_sizes``; the first by default)."""
+        function, specs = ("main", self.metadata["inputs"]) if batch is None else \
+            self._function_for(batch)
         rng = np.random.default_rng(0)
         args = [tvm.runtime.tensor(_random_input(rng, shape, dtype), self.device)
-                for shape, dtype in self.metadata["inputs"]]
-        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+                for shape, dtype in specs]
+        timer = self.vm.time_evaluator(function, self.device, number=number, repeat=repeat)
         return float(np.median(timer(*args).results))
 
     # ---- reporting ----
@@ -236,12 +265,20 @@ def read_metadata(path) -> Optional[dict]:
 
 
 def report_of(metadata: dict) -> str:
-    """A module's per-layer tables from its metadata (``CompiledModule.report``)."""
+    """A module's per-layer tables from its metadata (``CompiledModule.report``); for a module
+    that serves several batch sizes, the tables of each."""
     threshold = metadata.get("threshold")
-    text = format_report(metadata["layers"], threshold)
-    if metadata.get("linear_layers"):
-        text += "\n\n" + format_report(metadata["linear_layers"], threshold, "linear layers")
-    return text
+
+    def tables(part: dict) -> str:
+        text = format_report(part["layers"], threshold)
+        if part.get("linear_layers"):
+            text += "\n\n" + format_report(part["linear_layers"], threshold, "linear layers")
+        return text
+
+    variants = metadata.get("variants")
+    if not variants:
+        return tables(metadata)
+    return "\n\n".join(f"batch {size}:\n{tables(part)}" for size, part in variants.items())
 
 
 def format_report(layers: Sequence[dict], threshold: Optional[float] = None,

@@ -12,8 +12,9 @@ graph into a type error (a half bias added to a float32 result). ``frontend_conv
 converts them in the model's own dtype; float32 models convert exactly as before. Relax's
 ``FoldBatchnormToConv2D`` then adds a float32 epsilon to a half variance and fails, and a
 half batch norm it does not fold (after a biased convolution, a ReLU or a flatten) legalizes to
-a float32 result: ``fold_half_batch_norms`` folds every such batch norm first (in float32,
-rounded once).
+a float32 result: ``fold_batch_norms`` folds every such batch norm first (in float32,
+rounded once), and also a float32 batch norm after a biased convolution, which
+``FoldBatchnormToConv2D`` does not match.
 
 **Reductions of extent one** (``trivial_reduction_gpu_bug.py``): a reduction of extent one
 fused with an elementwise epilogue (a Linear with one input feature plus its bias, a one-tap
@@ -169,17 +170,20 @@ def frontend_convert_map() -> dict:
             "_native_batch_norm_legit_no_training.default": batch_norm}
 
 
-@tvm.transform.module_pass(opt_level=0, name="EscoinFoldHalfBatchNorms")
-def fold_half_batch_norms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """Inference batch norms of half-precision tensors with constant statistics, computed in
-    float32 and stored in the tensor's dtype (rounded once):
+@tvm.transform.module_pass(opt_level=0, name="EscoinFoldBatchNorms")
+def fold_batch_norms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Inference batch norms of half-precision tensors with constant statistics, and those
+    after a float32 convolution with a bias (TVM's ``FoldBatchnormToConv2D`` matches a
+    conv2d followed by its batch norm only, not with the bias add between them, which a
+    ``Conv2d(bias=True)`` gives: the batch norm, and the ReLU after it, would stay unfused),
+    computed in float32 and stored in the tensor's dtype (rounded once):
     ``batch_norm(conv2d(x, W) [+ b])[0]`` -> ``conv2d(x, W * s) + (b - mean) * s + beta`` and
     any other ``batch_norm(y)[0]`` -> ``y * s + (beta - mean * s)``, ``s = gamma / sqrt(var +
     eps)``. A convolution whose folded weight or shift would not be finite in its dtype (a
     large weight over a tiny variance: 300 / sqrt(1e-5) is Inf in float16) keeps its weight,
     and its batch norm becomes the scale and shift after it; a scale or shift that is not
-    finite itself is applied in float32. Float32 graphs are left to ``FoldBatchnormToConv2D``
-    and TVM's own legalization."""
+    finite itself is applied in float32. Float32 graphs' other batch norms are left to
+    ``FoldBatchnormToConv2D`` and TVM's own legalization."""
     from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
 
     data, weight, conv_bias, other = wildcard(), is_const(), is_const(), wildcard()
@@ -198,8 +202,9 @@ def fold_half_batch_norms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
     def folded_conv(expr, matches):
         conv_call, norm_call = matches[conv], matches[conv_norm]
-        if _half(conv_call) is None or conv_call.attrs.kernel_layout != "OIHW" or \
-                int(norm_call.attrs.axis) != 1:
+        biased_float32 = biased in matches and str(conv_call.ty.dtype) == "float32"
+        if (_half(conv_call) is None and not biased_float32) or \
+                conv_call.attrs.kernel_layout != "OIHW" or int(norm_call.attrs.axis) != 1:
             return expr
         scale, shift = scale_and_shift(norm_call, (-1,))
         if biased in matches:

@@ -1,4 +1,6 @@
 """escoin_tvm.compile on pruned torchvision architectures, export/load, and the CLI."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -170,6 +172,123 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert printed.out == "" and printed.err == ""
     assert cli(["info", so]) == 0
     assert "0 of 2 convolutions on Escoin kernels" in capsys.readouterr().out
+
+
+def _batch_net():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 8, 3, stride=2), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 5 * 5, 10))
+    return prune.magnitude(model, 0.9, layers="all").eval()
+
+
+def test_one_module_serves_several_batch_sizes(tmp_path):
+    """compile(..., batch_sizes=...) builds one module with a function per batch size (the
+    reshape before the Linear has the batch in it); a call runs the one of its input's batch,
+    after export and load too, and another batch is an error naming the sizes it serves."""
+    model = _batch_net()
+    compiled = escoin_tvm.compile(model, (torch.randn(1, 3, 12, 12),), target="llvm",
+                                  batch_sizes=[1, 3, 3, 16])
+    assert compiled.batch_sizes == [1, 3, 16]
+    path = tmp_path / "m.so"
+    compiled.export_library(path)
+    loaded = escoin_tvm.load(path)
+    for batch in (1, 3, 16):
+        x = torch.randn(batch, 3, 12, 12)
+        with torch.no_grad():
+            expected = model(x)
+        assert_matches(compiled(x), expected)
+        assert_matches(loaded(x), expected)
+        assert_matches(torch.from_numpy(loaded(x.numpy())), expected)
+    with pytest.raises(escoin_tvm.ShapeError, match="serves batch sizes 1, 3, 16, not a batch "
+                                                     "of 2"):
+        compiled(torch.randn(2, 3, 12, 12))
+    report = loaded.report()
+    assert "batch 1:" in report and "batch 16:" in report and "16x3x12x12" in report
+    assert compiled.time(number=1, repeat=1, batch=16) > 0
+    variants = compiled.metadata["variants"]
+    assert [v["function"] for v in variants.values()] == ["main", "main_b3", "main_b16"]
+    assert all(layer["kernel"] == "escoin" for v in variants.values() for layer in v["layers"])
+
+
+@pytest.mark.gpu
+def test_one_cuda_module_serves_several_batch_sizes(tmp_path):
+    model = _batch_net()
+    compiled = escoin_tvm.compile(model, (torch.randn(1, 3, 12, 12),), target="cuda",
+                                  batch_sizes=[1, 8], cuda_graph=True)
+    compiled.export_library(tmp_path / "m.so")
+    loaded = escoin_tvm.load(tmp_path / "m.so")
+    for batch in (1, 8, 1):
+        x = torch.randn(batch, 3, 12, 12)
+        with torch.no_grad():
+            expected = model(x)
+        assert_matches(compiled(x.cuda()).cpu(), expected)
+        assert_matches(loaded(x.cuda()).cpu(), expected)
+
+
+def test_an_exported_program_with_a_dynamic_batch_compiles_for_several_sizes(tmp_path, capsys):
+    model = _batch_net()
+    batch = torch.export.Dim("batch")
+    exported = torch.export.export(model, (torch.randn(2, 3, 12, 12),),
+                                   dynamic_shapes=({0: batch},))
+    with pytest.raises(EscoinError, match="batch_sizes"):  # without: the dynamic size refused
+        escoin_tvm.compile(exported, None, target="llvm")
+    torch.export.save(exported, tmp_path / "m.pt2")
+    so = str(tmp_path / "m.so")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: the program is for inference
+        assert cli(["compile", str(tmp_path / "m.pt2"), "-o", so, "--target", "llvm",
+                    "--batch-sizes", "2,5", "--quiet"]) == 0
+    loaded = escoin_tvm.load(so)
+    for size in (2, 5):
+        x = torch.randn(size, 3, 12, 12)
+        with torch.no_grad():
+            assert_matches(loaded(x), model(x))
+    assert cli(["compile", str(tmp_path / "m.pt2"), "-o", so, "--batch-sizes", "2,x"]) == 2
+    assert "--batch-sizes takes batch sizes" in capsys.readouterr().err
+    static = torch.export.export(model, (torch.randn(2, 3, 12, 12),))
+    with pytest.raises(EscoinError, match="static batch .*export it with a dynamic batch"):
+        escoin_tvm.compile(static, None, target="llvm", batch_sizes=[1, 2])
+
+
+@pytest.mark.parametrize("sizes, words", [([], "non-empty"), (4, "non-empty"),
+                                          ([1, 0], "positive ints"), ([1.5], "positive ints"),
+                                          ("1,2", "non-empty")])
+def test_bad_batch_sizes_are_named(sizes, words):
+    with pytest.raises(escoin_tvm.ArgumentError, match=words):
+        escoin_tvm.compile(_batch_net(), (torch.randn(1, 3, 12, 12),), target="llvm",
+                           batch_sizes=sizes)
+
+
+def test_batch_sizes_need_the_batch_first_in_every_input():
+    class Two(torch.nn.Module):
+        def forward(self, x, y):
+            return x.sum() + y.sum()
+
+    with pytest.raises(escoin_tvm.ArgumentError, match="example input 1 has shape"):
+        escoin_tvm.compile(Two(), (torch.randn(2, 3), torch.randn(3, 3)), target="llvm",
+                           batch_sizes=[1, 2])
+
+
+def test_a_batch_norm_after_a_biased_convolution_folds_and_its_relu_fuses():
+    """Conv2d(bias=True) -> BatchNorm2d -> ReLU in float32: TVM's FoldBatchnormToConv2D does
+    not match the bias add between the two, ``workarounds.fold_batch_norms`` does."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
+                                torch.nn.ReLU())
+    with torch.no_grad():
+        norm = model[1]
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    model = prune.magnitude(model, 0.9).eval()
+    x = torch.randn(2, 3, 10, 10)
+    compiled = escoin_tvm.compile(model, (x,), target="llvm")
+    assert [(layer["kernel"], layer["epilogue"]) for layer in compiled.layers] == \
+        [("escoin", "bias+relu")]
+    with torch.no_grad():
+        assert_matches(compiled(x), model(x))
 
 
 @pytest.mark.parametrize("argv, words", [

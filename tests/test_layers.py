@@ -23,7 +23,8 @@ LAYERS = [
     ("families", []),  # every subpackage of escoin_tvm.kernels (``families``)
     ("pass", ["escoin_tvm.transform"]),
     ("compile and export", ["escoin_tvm.frontend", "escoin_tvm.workarounds",
-                            "escoin_tvm.pipeline", "escoin_tvm.measure", "escoin_tvm.runtime",
+                            "escoin_tvm.pipeline", "escoin_tvm.measure",
+                            "escoin_tvm.batch_variants", "escoin_tvm.runtime",
                             "escoin_tvm.compiler"]),
     ("model tuning", ["escoin_tvm.tuning.relax_integration"]),
     ("integrations", ["escoin_tvm", "escoin_tvm.torch_compile", "escoin_tvm.cli",

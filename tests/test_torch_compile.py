@@ -482,6 +482,27 @@ def test_the_whole_graph_check_runs_for_real_on_the_cpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["reduce-overhead", None])
+def test_the_whole_graph_check_runs_on_the_gpu_and_keeps_a_correct_graph(mode):
+    """On a GPU the layers are measured, so the graph is timed as a whole against the dense
+    one (CUDA-graph trees under reduce-overhead); whichever runs matches eager PyTorch, also on
+    the calls after the check."""
+    torch.backends.cudnn.allow_tf32 = False
+    model = net().cuda()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    compiled = torch.compile(model, backend="escoin", mode=mode)
+    with torch.no_grad():
+        for _ in range(4):
+            close(compiled(x), model(x))
+    verdict = backend.REPORTS[-1].whole_graph
+    kernels = [layer.kernel for layer in backend.REPORTS[-1].layers]
+    if any(kernel != "dense" for kernel in kernels):  # kept: it was checked and won
+        assert "the Escoin layers run" in verdict, last_report()
+    elif verdict:  # checked and lost, or no layer measured faster (then not checked)
+        assert "every layer runs on PyTorch" in verdict, last_report()
+
+
+@pytest.mark.gpu
 def test_without_cuda_graphs_the_gpu_layers_are_measured_as_calls():
     torch.backends.cudnn.allow_tf32 = False
     model = net().cuda()
