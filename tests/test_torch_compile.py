@@ -413,6 +413,53 @@ def test_a_graph_that_cannot_be_timed_keeps_its_measured_layers_and_says_why(mon
     assert [layer.kernel for layer in backend.REPORTS[-1].layers][:3] == ["escoin"] * 3
 
 
+def test_a_graph_that_writes_its_inputs_is_not_timed_as_a_whole(monkeypatch):
+    """Timing a graph calls it many times: one that changes the model's state (a buffer
+    counted up in place) is left untimed, its state as the user's calls leave it; an in-place
+    ReLU on an intermediate does not count."""
+    from escoin_tvm.torch_compile import whole_graph
+
+    monkeypatch.setattr(whole_graph, "time_graphs", lambda *args, **kwargs: pytest.fail(
+        "a graph that writes its inputs was timed"))
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = net()
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            return self.body(x)
+
+    model = Counting().eval()
+    compiled = torch.compile(model, backend="escoin",
+                             options={"dense": "eager", "whole_graph": True})
+    with torch.no_grad():
+        close(compiled(torch.ones(2, 3, 12, 12)), model.body(torch.ones(2, 3, 12, 12)))
+    assert float(model.calls) == 1
+    verdict = backend.REPORTS[-1].whole_graph
+    assert verdict.startswith("whole graph not timed: it writes ") and "calls" in verdict
+    assert verdict.endswith(" in place, which timing it would repeat (the model's state)")
+
+    def relu_in_place(x):
+        y = x * 2
+        torch.nn.functional.relu(y, inplace=True)
+        return y
+
+    def write_a_view(x):
+        x.view(-1).mul_(2)
+        return x
+
+    def add_in_place(x):
+        x.add_(1)
+        return x
+
+    assert whole_graph.mutated_inputs(torch.fx.symbolic_trace(relu_in_place)) == []
+    assert whole_graph.mutated_inputs(torch.fx.symbolic_trace(write_a_view)) == ["x"]
+    assert whole_graph.mutated_inputs(torch.fx.symbolic_trace(add_in_place)) == ["x"]
+
+
 def test_the_whole_graph_is_timed_in_alternating_rounds_of_calls():
     from escoin_tvm.torch_compile import whole_graph
 

@@ -142,6 +142,8 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
     found = graph.candidates(gm, example_inputs)
     inputs = whole_graph.callable_inputs(example_inputs)
     checks = _checks_whole_graph(check, dispatch, found, inputs)
+    written = whole_graph.mutated_inputs(gm) if checks else []
+    checks = checks and not written
     # the graph as Dynamo captured it, for the whole-graph check: the layers are replaced in gm
     plain = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph)) if checks else None
     shown = CompileProgress(progress, stages=4 if checks else 3)
@@ -170,6 +172,9 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
         gm.graph.lint()
         gm.recompile()
         report = GraphReport(decisions)
+        if written and registered:
+            report.whole_graph = (f"whole graph not timed: it writes {', '.join(written)} in "
+                                  "place, which timing it would repeat (the model's state)")
         REPORTS.append(report)
         compiled = _dense_backend(gm, example_inputs, dense, mode, options)
         if registered and checks:

@@ -11,8 +11,9 @@ graph only when it is ``GRAPH_MARGIN`` faster.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +64,55 @@ def callable_inputs(inputs: Sequence) -> Optional[list]:
             return None
         values.append(x)
     return values
+
+
+# what may return a view of its first argument: an in-place op on it writes its source too
+VIEWS = {"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze",
+         "unsqueeze", "transpose", "permute", "t", "expand", "expand_as", "narrow", "select",
+         "unfold", "as_strided", "detach", "contiguous", "getitem", "chunk", "split", "unbind"}
+IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                      operator.ifloordiv, operator.imod, operator.ipow, operator.iand,
+                      operator.ior, operator.ixor, operator.ilshift, operator.irshift,
+                      operator.imatmul, operator.setitem}
+
+
+def mutated_inputs(gm: torch.fx.GraphModule) -> List[str]:
+    """The graph's inputs (a model's buffers among them) that it writes in place, directly or
+    through a view: calling such a graph to time it would change the model's state."""
+    written = []
+    for node in gm.graph.nodes:
+        target = _written_argument(node)
+        while isinstance(target, torch.fx.Node) and target.op != "placeholder" and \
+                _name(target) in VIEWS and target.args:
+            target = target.args[0]
+        if isinstance(target, torch.fx.Node) and target.op == "placeholder" and \
+                target.name not in written:
+            written.append(target.name)
+    return written
+
+
+def _name(node: torch.fx.Node) -> str:
+    target = node.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    return name.split(".")[0]
+
+
+def _written_argument(node: torch.fx.Node):
+    """What ``node`` writes in place (its first argument, or its ``out``), else None."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    if "out" in node.kwargs:
+        return node.kwargs["out"]
+    first = node.args[0] if node.args else None
+    if node.target in IN_PLACE_OPERATORS or node.kwargs.get("inplace") is True:
+        return first
+    schema = getattr(node.target, "_schema", None)
+    if schema is not None:
+        return first if any(arg.alias_info is not None and arg.alias_info.is_write
+                            for arg in schema.arguments) else None
+    name = _name(node)
+    in_place = name.endswith("_") and not name.startswith("_")
+    return first if in_place else None
 
 
 def time_graphs(escoin: Callable, dense: Callable, inputs: Sequence,
