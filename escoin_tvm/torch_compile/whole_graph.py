@@ -37,7 +37,7 @@ class GraphTimes:
     def verdict(self) -> str:
         """One line for the report: both times, the gain, and which graph runs."""
         times = (f"escoin {self.escoin_s * 1e3:.3f} ms, dense {self.dense_s * 1e3:.3f} ms "
-                 f"per call ({self.dense_s / self.escoin_s:.2f}x)")
+                 f"per call ({self.dense_s / max(self.escoin_s, 1e-12):.2f}x)")
         if self.keeps_escoin:
             return f"whole graph: {times}: the Escoin layers run"
         return (f"whole graph: {times}, not {GRAPH_MARGIN:.0%} faster: every layer runs on "

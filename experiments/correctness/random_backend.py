@@ -14,7 +14,7 @@ the reference within 1e-4 (float32, TF32 off on both sides) or 2e-2 (half) of th
 largest magnitude, and be finite where it is. Writes one JSON line per mismatch and a summary line with the counts.
 
 Usage: python -m experiments.correctness.random_backend --count 200 [--device cpu|cuda]
-           [--seed 0]
+           [--seed 0] [--dispatch measure]
 """
 from __future__ import annotations
 
@@ -93,8 +93,10 @@ def as_compiled(model, compiled_weights):
     return expected
 
 
-def run_case(rng, device: str) -> dict:
-    """One model, compiled and called; what was checked and what did not match."""
+def run_case(rng, device: str, dispatch=None) -> dict:
+    """One model, compiled and called; what was checked and what did not match. ``dispatch``
+    goes to the backend's options (with "measure" the layers are timed, and the graph as a
+    whole against the dense one)."""
     import torch
     import torch.nn.functional as F
 
@@ -102,7 +104,12 @@ def run_case(rng, device: str) -> dict:
     torch_dtype = getattr(torch, dtype)
     dynamic = bool(rng.random() < 0.3)
     options = {"threshold": float(rng.choice([0.5, 0.7, 0.9]))}
+    if dispatch is not None:
+        options["dispatch"] = dispatch
     torch._dynamo.reset()
+    from escoin_tvm.torch_compile import backend
+
+    backend.REPORTS.clear()  # this case's graphs only
     calls, wrong, kind = 0, [], "model"
     if rng.random() < 0.15:  # the weight is a call argument: new values each call
         kind = "argument"
@@ -140,7 +147,18 @@ def run_case(rng, device: str) -> dict:
                     p.mul_(1.5)
                 reference = as_compiled(model, compiled_weights)
     return {"kind": kind, "dtype": dtype, "dynamic": dynamic, "calls": calls,
-            "wrong_calls": wrong, "model": str(model) if wrong else ""}
+            "wrong_calls": wrong, "model": str(model) if wrong else "",
+            "whole_graph": _verdicts()}
+
+
+def _verdicts() -> list:
+    """The whole-graph verdicts of the case's graphs: "escoin", "dense" or "not timed"."""
+    from escoin_tvm.torch_compile import backend
+
+    words = {"the Escoin layers run": "escoin", "every layer runs on PyTorch": "dense",
+             "not timed": "not timed"}
+    return [word for report in backend.REPORTS for phrase, word in words.items()
+            if phrase in report.whole_graph]
 
 
 def main(argv=None):
@@ -148,6 +166,8 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dispatch", default=None, choices=("measure", "threshold"),
+                        help="the backend's dispatch option (default: the backend's own)")
     args = parser.parse_args(argv)
     import torch
 
@@ -158,16 +178,19 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     started, counts = time.time(), {"cases": 0, "calls": 0, "mismatches": 0}
+    verdicts = {}  # whole-graph verdicts over all graphs
     kinds = {}
     path = result_path("correctness-backend", gpu=None if args.device == "cuda" else "cpu")
     with open(path, "w") as out:
         out.write(json.dumps({"environment": environment(), "args": vars(args)}) + "\n")
         for index in range(args.count):
-            case = run_case(rng, args.device)
+            case = run_case(rng, args.device, args.dispatch)
             counts["cases"] += 1
             counts["calls"] += case["calls"]
             key = f"{case['kind']} {case['dtype']}"
             kinds[key] = kinds.get(key, 0) + 1
+            for verdict in case.get("whole_graph", []):
+                verdicts[verdict] = verdicts.get(verdict, 0) + 1
             if case["wrong_calls"]:
                 counts["mismatches"] += 1
                 out.write(json.dumps({"case": index, **case}) + "\n")
@@ -176,7 +199,7 @@ def main(argv=None):
                       f"{counts['mismatches']} mismatches, {time.time() - started:.0f} s",
                       flush=True)
         summary = {"summary": True, "device": args.device, **counts, "kinds": kinds,
-                   "seconds": round(time.time() - started)}
+                   "whole_graph": verdicts, "seconds": round(time.time() - started)}
         out.write(json.dumps(summary) + "\n")
     print(json.dumps(summary))
     print(f"wrote {path}")
