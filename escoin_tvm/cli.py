@@ -147,7 +147,7 @@ def cmd_demo(args):
     from .demo import run
 
     return run(args.model, args.sparsity, args.batch, args.size, args.target, args.dtype,
-               args.prune)
+               args.prune, args.structure)
 
 
 def build_parser():
@@ -214,6 +214,9 @@ def build_parser():
     p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
     p.add_argument("--prune", default="conv", help="what is pruned: conv (default), linear or "
                    "all")
+    p.add_argument("--structure", default="unstructured", help="unstructured (default) or "
+                   "vectors: groups of 16 output channels sharing their zero taps, which the "
+                   "tensor-core kernels take (GPU, float16 or bfloat16)")
     p.set_defaults(func=cmd_demo)
     return parser
 

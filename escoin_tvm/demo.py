@@ -18,9 +18,15 @@ from .errors import ArgumentError
 TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 4e-2}
 
 
+STRUCTURES = ("unstructured", "vectors")  # prune.magnitude, or prune.vectors (groups of 16)
+
+
 def run(model_name: str = "resnet50", sparsity: float = 0.9, batch: int = 1, size: int = 0,
-        target: str = "auto", dtype: str = "float32", layers: str = "conv", out=print) -> int:
-    """Runs the demo; returns 0 when the compiled model matches PyTorch, else 1."""
+        target: str = "auto", dtype: str = "float32", layers: str = "conv",
+        structure: str = "unstructured", out=print) -> int:
+    """Runs the demo; returns 0 when the compiled model matches PyTorch, else 1.
+    ``structure="vectors"`` prunes in vectors of 16 output channels, the weights the
+    tensor-core kernels take on a GPU in float16 or bfloat16."""
     import torch
 
     from .compiler import compile as compile_model
@@ -41,9 +47,17 @@ def run(model_name: str = "resnet50", sparsity: float = 0.9, batch: int = 1, siz
     what = {"conv": "convolutions", "linear": "linear layers", "all": "all layers"}.get(layers)
     if what is None:
         raise ArgumentError(f"--prune must be conv, linear or all, got {layers!r}")
-    out(f"escoin demo: {model_name}, {what} magnitude-pruned to {sparsity:.0%}, "
+    if structure not in STRUCTURES:
+        raise ArgumentError(f"--structure must be {' or '.join(STRUCTURES)}, got {structure!r}")
+    how = "magnitude-pruned" if structure == "unstructured" else \
+        "pruned in vectors of 16 output channels"
+    out(f"escoin demo: {model_name}, {what} {how} to {sparsity:.0%}, "
         f"batch {batch}, {size}x{size} input, {dtype}, on the {device.upper()} (target {target})")
-    model = prune.magnitude(model, sparsity, layers=layers).to(dtypes.torch_dtype(dtype))
+    if structure == "vectors" and (device != "cuda" or dtype == "float32"):
+        out("(the tensor-core kernels that take such weights run on a GPU in float16 or "
+            "bfloat16; here the Escoin CUDA-core or CPU kernels run them)")
+    pruner = prune.magnitude if structure == "unstructured" else prune.vectors
+    model = pruner(model, sparsity, layers=layers).to(dtypes.torch_dtype(dtype))
     x = torch.randn(batch, 3, size, size).to(dtypes.torch_dtype(dtype))
     start = time.time()
     compiled = compile_model(model, (x,), target=target)

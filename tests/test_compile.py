@@ -99,6 +99,15 @@ def test_the_demo_runs_on_the_cpu_and_states_the_comparison(capsys):
     assert cli(["demo", "--dtype", "float64"]) == 2
 
 
+def test_the_demo_prunes_in_vectors_when_asked(capsys):
+    assert cli(["demo", "--model", "resnet18", "--size", "16", "--sparsity", "0.9",
+                "--structure", "vectors", "--dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "convolutions pruned in vectors of 16 output channels to 90%" in out
+    assert "here the Escoin CUDA-core or CPU kernels run them" in out
+    assert "-> OK" in out
+
+
 def test_float64_models_are_refused_naming_the_input():
     with pytest.raises(escoin_tvm.DTypeError, match="example input 0 is float64"):
         escoin_tvm.compile(pruned("alexnet").double(), (torch.randn(1, 3, 64, 64).double(),),

@@ -211,6 +211,7 @@ def cli_error(argv, capsys):
     (["demo", "--model", "nonsense"], "unknown model"),
     (["demo", "--sparsity", "7"], "sparsity must be"),
     (["demo", "--batch", "0"], "--batch must be >= 1"),
+    (["demo", "--structure", "blocks"], "--structure must be unstructured or vectors"),
 ])
 def test_cli_demo_arguments(argv, words, capsys):
     assert words in cli_error(argv, capsys)
