@@ -492,6 +492,17 @@ def test_the_whole_graph_is_timed_in_alternating_rounds_of_calls():
     assert whole_graph.callable_inputs([torch.ones(1), object()]) is None
 
 
+def test_whether_a_graph_is_checked_needs_no_device_for_every_candidate():
+    from types import SimpleNamespace
+
+    unknown = SimpleNamespace(device=None)  # a candidate whose input has no example value
+    gpu = SimpleNamespace(device=torch.device("cuda"))
+    assert not backend._checks_whole_graph(None, None, [unknown], [torch.ones(1)])
+    assert backend._checks_whole_graph(None, None, [unknown, gpu], [torch.ones(1)])
+    assert backend._checks_whole_graph(None, "measure", [unknown], [torch.ones(1)])
+    assert not backend._checks_whole_graph(None, "measure", [unknown], None)
+
+
 def test_a_dynamic_batch_graph_is_checked_at_the_batch_dynamo_saw(monkeypatch):
     from escoin_tvm.torch_compile import whole_graph
 

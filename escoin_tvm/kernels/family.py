@@ -63,6 +63,12 @@ def choose(families: Sequence[KernelFamily], facts: LayerFacts
     return None, reasons[-1] if reasons else f"no kernel family computes {facts.op}"
 
 
+def takers(families: Sequence[KernelFamily], facts: LayerFacts) -> Tuple[KernelFamily, ...]:
+    """Every one of ``families`` that takes the layer, in order of preference (what measured
+    dispatch times it on)."""
+    return tuple(family for family in families if family.problem(facts) is None)
+
+
 def epilogue_arguments(bias, residual, out_channels: int) -> list:
     """The Relax arguments a kernel's fused epilogue takes after the weight's arrays: the
     per-channel ``bias`` (a numpy array, passed in float32, in which the epilogue adds it)

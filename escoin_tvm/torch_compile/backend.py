@@ -49,13 +49,13 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, first_line
 from ..kernels import conv2d, linear, vector_sparse
 from ..kernels.build_together import compile_together
 from ..kernels.conv2d.operator import Epilogue
 from ..kernels.eligibility import (DEFAULT_SPARSITY_THRESHOLD, MEASURED_MARGIN, LayerFacts,
                                    beats_dense, checked_threshold, sparse_enough)
-from ..kernels.family import KernelFamily, choose, passed_over
+from ..kernels.family import KernelFamily, choose, passed_over, takers
 from ..kernels.vector_sparse.weight_format import block_density
 from ..runtime import format_report
 from ..support import dtypes
@@ -211,8 +211,7 @@ def _escoin_graph_wins(report: GraphReport, escoin, dense, example_inputs) -> bo
     try:
         times = whole_graph.time_graphs(escoin, dense, example_inputs)
     except Exception as err:  # noqa: BLE001 - the graph still runs; the check is what failed
-        report.whole_graph = (f"whole graph not timed ({type(err).__name__}: "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})")
+        report.whole_graph = f"whole graph not timed ({type(err).__name__}: {first_line(err)})"
         warnings.warn(f"torch.compile(backend='escoin'): {report.whole_graph}; the layers "
                       "measured one by one run on Escoin kernels (options['whole_graph']=False "
                       "skips the check)")
@@ -225,7 +224,6 @@ def _escoin_graph_wins(report: GraphReport, escoin, dense, example_inputs) -> bo
             decision.kernel = "dense"
             decision.reason = f"the whole graph was not faster with it; alone, {decision.reason}"
     return False
-
 
 
 def _check_inductor_options(options: dict) -> None:
@@ -322,15 +320,15 @@ def _choose(candidate: graph.Candidate, threshold: float, dispatch: Optional[str
                                candidate.padding, candidate.dilation, candidate.groups,
                                candidate.relu, target, tuning_log(target), kernels)
 
-    takers = [f for f in FAMILIES[candidate.op] if f.problem(facts) is None] \
-        if _measures(dispatch, candidate) else [family]
+    offered = takers(FAMILIES[candidate.op], facts) if _measures(dispatch, candidate) \
+        else (family,)
     decision.epilogue = Epilogue(bias=bias is not None, relu=candidate.relu).name + \
         ("; batch norm folded" if candidate.batch_norm else "")
     decision.kernel = family.name
     decision.reason = sparse_enough(decision.sparsity, threshold)[1]
     if facts.on_gpu:  # where the tensor-core family could have run it
         decision.reason += passed_over(FAMILIES[candidate.op], family, facts)
-    return decision, [layer_for(taker) for taker in takers]
+    return decision, [layer_for(taker) for taker in offered]
 
 
 def _facts(candidate: graph.Candidate, weight: np.ndarray) -> LayerFacts:
@@ -366,8 +364,9 @@ def _build_kernels(found, chosen, shapes, on_compiled) -> None:
 
 def _measures(dispatch: Optional[str], candidate: graph.Candidate) -> bool:
     """Whether a layer with a known input shape is timed both ways: when the dispatch policy
-    asks for it, and by default on a GPU."""
-    return dispatch == "measure" or (dispatch is None and candidate.device.type == "cuda")
+    asks for it, and by default on a GPU (a candidate whose device is unknown is on none)."""
+    on_gpu = candidate.device is not None and candidate.device.type == "cuda"
+    return dispatch == "measure" or (dispatch is None and on_gpu)
 
 
 def _replays_cuda_graphs(dense: str, mode: Optional[str], options: dict) -> bool:
@@ -445,12 +444,11 @@ def _time_layers(layers: list, shape, device, channels_last: bool = False,
     def dense():
         return first.torch_equivalent(x, weight, bias)
 
-    conv = isinstance(first, ops.SparseLayer)
     with torch.no_grad():
         if not graphs:
             return ([_call_time_through_operator(layer, x, device) for layer in layers],
                     call_time(dense, device.type))
-        return [graph_time(_escoin_call(layer, x, shape, device, dtype, conv))
+        return [graph_time(_escoin_call(layer, x, shape, device, dtype))
                 for layer in layers], graph_time(dense)
 
 
@@ -467,9 +465,9 @@ def _call_time_through_operator(layer, x, device) -> float:
         ops.release(index)
 
 
-def _escoin_call(layer, x, shape, device, dtype, conv: bool):
+def _escoin_call(layer, x, shape, device, dtype):
     """The layer's kernel on ``x`` as a callable, for a CUDA graph to capture."""
-    if conv:
+    if isinstance(layer, ops.SparseLayer):
         return lambda: ops.apply_conv(layer, x)
     kernel = layer.kernel(shape, device)
     out = torch.empty(layer.output_shape(shape), device=device, dtype=dtype)

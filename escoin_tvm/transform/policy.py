@@ -19,7 +19,7 @@ from tvm import relax
 from tvm.ir import Constant
 
 from ..kernels.eligibility import MEASURED_MARGIN, LayerFacts, beats_dense, sparse_enough
-from ..kernels.family import KernelFamily, choose, passed_over
+from ..kernels.family import KernelFamily, choose, passed_over, takers
 from ..kernels.vector_sparse.weight_format import block_density
 from ..support.target import is_gpu
 from .tensor_types import dtype, static_shape
@@ -123,7 +123,7 @@ class DispatchPolicy:
                     decision.reason += passed_over(self.families, family, facts)
         if decision.kernel != "dense":
             self.chosen[index] = family
-            self.takers[index] = tuple(f for f in self.families if f.problem(facts) is None)
+            self.takers[index] = takers(self.families, facts)
         return decision
 
     def _must_take(self, decision: LayerDecision) -> bool:
