@@ -92,13 +92,13 @@ def merge(modules: List[Tuple[int, tvm.IRModule]]) -> tvm.IRModule:
     (``main`` -> ``function_name``, its kernels suffixed ``_b<size>``) so that they can live
     together, the first size's left as they are."""
     builder = relax.BlockBuilder(modules[0][1])
-    for size, mod in modules[1:]:
+    for index, (size, mod) in enumerate(modules[1:], start=1):
         renamed: Dict[tvm.ir.GlobalVar, tvm.ir.GlobalVar] = {
             gvar: builder.add_func(func, f"{gvar.name_hint}_b{size}")
             for gvar, func in mod.functions.items() if not isinstance(func, relax.Function)}
         for gvar, func in mod.functions.items():
             if isinstance(func, relax.Function):
-                name = f"main_b{size}" if gvar.name_hint == "main" else \
+                name = function_name(index, size) if gvar.name_hint == "main" else \
                     f"{gvar.name_hint}_b{size}"
                 func = _GlobalVarRenamer(renamed).visit_expr(func)
                 if func.attrs is not None and "global_symbol" in func.attrs:

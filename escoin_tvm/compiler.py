@@ -173,11 +173,15 @@ def compile(model, example_inputs, *, target: TargetLike = "cuda",
 def _variant(function: str, example, escoin, linear) -> dict:
     """What the metadata says of one batch size of a module that serves several: its Relax
     function, its inputs and its layers' reports."""
-    return json.loads(json.dumps({
-        "function": function,
-        "inputs": [[list(x.shape), dtypes.name_of(x.dtype)] for x in example],
-        "layers": [asdict(d) for d in escoin.report],
-        "linear_layers": [asdict(d) for d in linear.report]}))
+    return json.loads(json.dumps({"function": function, **_inputs_and_layers(example, escoin,
+                                                                              linear)}))
+
+
+def _inputs_and_layers(example, escoin, linear) -> dict:
+    """The metadata's inputs ([shape, dtype] each) and the two passes' per-layer reports."""
+    return {"inputs": [[list(x.shape), dtypes.name_of(x.dtype)] for x in example],
+            "layers": [asdict(d) for d in escoin.report],
+            "linear_layers": [asdict(d) for d in linear.report]}
 
 
 def _warn_about_dense_layers(report) -> None:
@@ -206,10 +210,8 @@ def _metadata(target, threshold, dispatch_by, cuda_graph, log, example, exported
         "dispatch_by": dispatch_by,
         "cuda_graph": cuda_graph,
         "tuning_log": str(log.path) if log is not None else None,
-        "inputs": [[list(x.shape), dtypes.name_of(x.dtype)] for x in example],
         "out_spec": _out_spec(exported),
-        "layers": [asdict(d) for d in escoin.report],
-        "linear_layers": [asdict(d) for d in linear.report],
+        **_inputs_and_layers(example, escoin, linear),
     }
     return json.loads(json.dumps(metadata))  # the same plain form that load() reads back
 

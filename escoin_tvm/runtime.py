@@ -92,8 +92,8 @@ class CompiledModule:
         specs = self.metadata["inputs"]
         if len(inputs) != len(specs):
             raise EscoinError(f"the model takes {len(specs)} input(s), got {len(inputs)}")
-        shape = tuple(getattr(inputs[0], "shape", ()) or ())
-        function, specs = self._function_for(shape[0] if shape else None)
+        given = tuple(getattr(inputs[0], "shape", ()) or ())
+        function, specs = self._function_for(given[0] if given else None)
         args = [to_tvm(x, self.device, shape, name=f"input {i}", dtype=dtype)
                 for i, (x, (shape, dtype)) in enumerate(zip(inputs, specs))]
         try:
@@ -290,7 +290,7 @@ def format_report(layers: Sequence[dict], threshold: Optional[float] = None,
         return distinct(value, threshold, 3)[0] if threshold is not None else f"{value:.3f}"
 
     def microseconds(value) -> str:
-        return "-" if value is None or value != value else f"{value:.1f}"
+        return "-" if value is None else f"{value:.1f}"
 
     header = ["layer", "input", "weight", "dtype", "sparsity", "nnz", "kernel", "epilogue",
               "schedule", "why"]
