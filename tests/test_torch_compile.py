@@ -492,6 +492,28 @@ def test_the_whole_graph_is_timed_in_alternating_rounds_of_calls():
     assert whole_graph.callable_inputs([torch.ones(1), object()]) is None
 
 
+def test_each_timed_call_is_a_cuda_graph_step_of_its_own_and_the_steps_are_left_as_found():
+    """The check runs inside Dynamo's compile of the user's frame, one iteration for inductor's
+    CUDA-graph trees: each timed call must mark a step of its own (else every call would record
+    a graph on top of the last), and the user's program must find the step counter as it was
+    (else the trees would wait for steps the program never marks)."""
+    from torch._inductor.cudagraph_trees import MarkStepBox
+
+    from escoin_tvm.torch_compile import whole_graph
+
+    before = MarkStepBox.mark_step_counter
+    steps = []
+
+    def graph(x):
+        steps.append(MarkStepBox.mark_step_counter)
+        return x + 1
+
+    whole_graph.time_graphs(graph, graph, [torch.ones(2)],
+                            timer=lambda fn, device, count: [fn() for _ in range(count)] and 1e-3)
+    assert len(steps) > 2 and len(set(steps)) == len(steps)
+    assert MarkStepBox.mark_step_counter == before
+
+
 def test_whether_a_graph_is_checked_needs_no_device_for_every_candidate():
     from types import SimpleNamespace
 
@@ -548,10 +570,14 @@ def test_the_whole_graph_check_runs_on_the_gpu_and_keeps_a_correct_graph(mode):
     torch.backends.cudnn.allow_tf32 = False
     model = net().cuda()
     x = torch.randn(4, 3, 32, 32, device="cuda")
+    skips = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
     compiled = torch.compile(model, backend="escoin", mode=mode)
     with torch.no_grad():
         for _ in range(4):
             close(compiled(x), model(x))
+    # the check's calls replay their graphs: re-recording past the trees' limit would leave
+    # the compiled model running without CUDA graphs
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == skips
     verdict = backend.REPORTS[-1].whole_graph
     kernels = [layer.kernel for layer in backend.REPORTS[-1].layers]
     if any(kernel != "dense" for kernel in kernels):  # kept: it was checked and won
