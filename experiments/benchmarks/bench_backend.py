@@ -9,13 +9,15 @@ each sparsity), batch and precision, one process compiles the same pruned model 
            timed on the device against PyTorch's operator, the faster kept; the rest inductor
 Precisions: "tf32" is fp32 in PyTorch's default settings (cuDNN may use TF32), "fp16" the model
 in fp16 channels-last. Both compiled models are timed in the same process, alternately (CUDA
-events around each call, median of each of ``--rounds`` rounds of 50, the median of those),
-with the GPU otherwise idle. Compile times are first compiles (a fresh CUDA binary cache,
+events around each call, median of each of ``--rounds`` rounds of 50, the median of those;
+the order of the models turns each round), with the GPU otherwise idle. ``--control`` compiles
+the dense model a second time and times it with the others: ``control`` (dense / dense again)
+is the spread between two compiles of one graph, the noise a speed-up must be read against. Compile times are first compiles (a fresh CUDA binary cache,
 unless ESCOIN_TVM_CACHE_DIR names one). Each output is checked against eager PyTorch on the
 same model, dtype and settings (``rel_err``: max abs difference over max abs reference).
 
 Usage: python -m experiments.benchmarks.bench_backend [--networks alexnet,googlenet,resnet50,vgg16]
-    [--batches 1,16] [--sparsities 0.9] [--precisions tf32,fp16] [--deadline 540]
+    [--batches 1,16] [--sparsities 0.9] [--precisions tf32,fp16] [--deadline 540] [--control]
        python -m experiments.benchmarks.bench_backend --report experiments/results/backend-...jsonl[,...]
 """
 from __future__ import annotations
@@ -48,13 +50,15 @@ def prepared(network: str, batch: int, sparsity: str, precision: str):
 
 def alternate_times(fns: dict, rounds: int, repeats: int = 50) -> dict:
     """{name: seconds}: each callable's median over ``repeats`` calls, the rounds alternating
-    between the callables, the median of its rounds."""
+    between the callables (each round starting one callable later, so that none is always
+    timed first), the median of its rounds."""
     from escoin_tvm.support.timing import median_time
 
     times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(median_time(fn, "cuda", warmup=5, repeats=repeats))
+    names = list(fns)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            times[name].append(median_time(fns[name], "cuda", warmup=5, repeats=repeats))
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
@@ -72,7 +76,8 @@ def time_compiled(fns: dict, x, rounds: int) -> dict:
     return alternate_times({name: call(fn) for name, fn in fns.items()}, rounds)
 
 
-def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: int) -> dict:
+def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: int,
+             control: bool = False) -> dict:
     import torch
 
     from escoin_tvm.torch_compile import backend as escoin_backend
@@ -83,7 +88,8 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
         reference = model(x).float().cpu().numpy()
     row = {"network": network, "batch": batch, "sparsity": sparsity, "precision": precision}
     compiled = {}
-    for name, kwargs in (("dense", {}), ("escoin", {"backend": "escoin"})):
+    variants = [("dense", {}), ("escoin", {"backend": "escoin"})]
+    for name, kwargs in variants + ([("dense_again", {})] if control else []):
         reports = len(escoin_backend.REPORTS)
         start = time.time()
         fn = torch.compile(copy.deepcopy(model), mode="reduce-overhead", **kwargs)
@@ -106,6 +112,9 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
     times = time_compiled(compiled, x, rounds)
     row.update(dense_ms=times["dense"] * 1e3, escoin_ms=times["escoin"] * 1e3,
                speedup=times["dense"] / times["escoin"])
+    if control:
+        row.update(dense_again_ms=times["dense_again"] * 1e3,
+                   control=times["dense"] / times["dense_again"])
     del compiled
     torch._dynamo.reset()
     torch.cuda.empty_cache()
@@ -118,13 +127,16 @@ def report(paths: str) -> str:
     rows = [json.loads(line) for path in paths.split(",") for line in open(path)]
     rows = sorted((r for r in rows if "network" in r), key=lambda r: (
         r["network"], r["sparsity"], r["batch"], r["precision"]))
+    control = any("control" in r for r in rows)
     lines = ["| network | sparsity | batch | precision | dense ro ms | escoin ro ms | speed-up | "
-             "Escoin layers | max rel err (dense / escoin) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             + ("dense / dense again | " if control else "")
+             + "Escoin layers | max rel err (dense / escoin) |",
+             "|---|---|---|---|---|---|---|" + ("---|" if control else "") + "---|---|"]
     for r in rows:
+        spread = (f"{r['control']:.2f}x | " if "control" in r else "- | ") if control else ""
         lines.append(f"| {r['network']} | {r['sparsity']} | {r['batch']} | {r['precision']} | "
                      f"{r['dense_ms']:.3f} | {r['escoin_ms']:.3f} | {r['speedup']:.2f}x | "
-                     f"{r['escoin_layers']}/{r['candidates']} | "
+                     f"{spread}{r['escoin_layers']}/{r['candidates']} | "
                      f"{r['dense_rel_err']:.1e} / {r['escoin_rel_err']:.1e} |")
     for precision in sorted({r["precision"] for r in rows}):
         picked = [r["speedup"] for r in rows if r["precision"] == precision]
@@ -140,6 +152,8 @@ def main(argv=None):
     parser.add_argument("--sparsities", default="0.9")
     parser.add_argument("--precisions", default="tf32,fp16")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--control", action="store_true",
+                        help="also time a second compile of the dense model (the noise floor)")
     parser.add_argument("--deadline", type=float, default=0, help="seconds after which no new "
                         "case starts (0: none)")
     parser.add_argument("--out", default=str(RESULTS))
@@ -170,7 +184,8 @@ def main(argv=None):
                             print(f"deadline: skipping {network} b{batch} {sparsity} "
                                   f"{precision}", flush=True)
                             continue
-                        row = run_case(network, batch, sparsity, precision, args.rounds)
+                        row = run_case(network, batch, sparsity, precision, args.rounds,
+                                       args.control)
                         sink.write(json.dumps(row) + "\n")
                         sink.flush()
                         print(json.dumps({k: v for k, v in row.items() if k != "layers"}),
