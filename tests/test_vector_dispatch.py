@@ -73,12 +73,12 @@ def network():
 def _cpu_stand_in(monkeypatch):
     """A CUDA build's dispatch on the CPU: the facts of a CUDA target, the family's CPU
     schedule standing in for the tensor-core one."""
-    from escoin_tvm.kernels.vector_sparse import lowering
+    from escoin_tvm.kernels.vector_sparse import kernel
     from escoin_tvm.kernels.vector_sparse.schedule_cpu import schedule_cpu
     from escoin_tvm.transform import policy
 
-    monkeypatch.setattr(lowering, "schedule_gpu", lambda sch, *args: schedule_cpu(sch))
-    monkeypatch.setattr(lowering.tir_pipeline, "with_warp_fragments", lambda mod: mod)
+    monkeypatch.setattr(kernel, "schedule_gpu", lambda sch, *args: schedule_cpu(sch))
+    monkeypatch.setattr(kernel.tir_pipeline, "with_warp_fragments", lambda mod: mod)
     monkeypatch.setattr(policy, "is_gpu", lambda target: True)
 
 

@@ -1,6 +1,7 @@
 """The vector-sparse family (blocks of output channels sharing their taps, for tensor cores): its
 weight format, its operator on the CPU against PyTorch in float64, and ``prune.vectors``."""
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,9 +108,13 @@ def convolutions(draw):
 
 
 def tensor_core_configs():
-    return st.builds(TensorCoreConfig, warps=st.sampled_from([1, 2, 3, 4]),
-                     fragments=st.sampled_from([1, 2, 3]), k_fragments=st.sampled_from([1, 2, 3]),
-                     image_block=st.sampled_from([1, 8]))
+    """Random tiles, and two stages with images one by one (with blocked images some tiles
+    hit a TVM 0.27 bug in cp.async injection: test_vector_tuning.py)."""
+    configs = st.builds(TensorCoreConfig, warps=st.sampled_from([1, 2, 3, 4]),
+                        fragments=st.sampled_from([1, 2, 3]),
+                        k_fragments=st.sampled_from([1, 2, 3]),
+                        image_block=st.sampled_from([1, 8]), stages=st.sampled_from([1, 2]))
+    return configs.map(lambda c: replace(c, stages=1) if c.image_block > 1 else c)
 
 
 def check_random_case(case, target=None):

@@ -16,7 +16,7 @@ import tempfile
 import warnings
 import weakref
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import tvm
 from tvm.s_tir import meta_schedule as ms
@@ -26,6 +26,18 @@ from ..errors import EscoinError, first_line
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 FAILED = 1e9  # MetaSchedule records a failed build or run with run_secs of 1e10
+
+
+_BEFORE_READING: List[Callable[[], None]] = []
+
+
+def before_reading(prepare: Callable[[], None]) -> None:
+    """Has ``prepare()`` run before any log is read. MetaSchedule replays each record's trace
+    on its workload as it reads a log, so whatever a family's traces name (the tensor-core
+    family's own tensor intrinsics) must exist by then; the family registers it here, and its
+    cost is paid only where a log is read."""
+    if prepare not in _BEFORE_READING:
+        _BEFORE_READING.append(prepare)
 
 
 def target_key(target) -> Tuple[str, str]:
@@ -115,6 +127,8 @@ class TuningLog:
                 warnings.warn(f"tuning log {self.path / name}: {note}; "
                               + ("the file was rewritten without it" if create else
                                  "read from a cleaned copy, the file is unchanged"))
+        for prepare in _BEFORE_READING:
+            prepare()
         try:
             self.database = ms.database.JSONDatabase(work_dir=str(readable), allow_missing=True)
         except Exception as err:  # TVM's own reading of the files

@@ -19,11 +19,16 @@ def builder() -> ms.builder.LocalBuilder:
 
 
 def build_kernel(mod, target, _params):
-    """The builder's f_build: MetaSchedule's default also imports tvm.s_tir.tensor_intrin,
-    which takes about a minute per worker process and is of no use to the Escoin kernels."""
-    from tvm.driver import build
+    """The builder's f_build: the TIR pipeline every escoin-tvm build uses
+    (``support.tir_pipeline``: the tensor-core kernels' fragments need it). MetaSchedule's
+    default would also import tvm.s_tir.tensor_intrin, which takes about a minute per worker
+    process and is of no use to the Escoin kernels."""
+    import tvm
 
-    return build(mod, target=target)
+    from ..support import tir_pipeline
+
+    with target:
+        return tvm.tirx.build(mod, target=target, pipeline=tir_pipeline.NAME)
 
 
 def export_kernel(mod) -> str:

@@ -6,13 +6,17 @@ Files in pipeline order, as in every family: ``weight_format.py``, ``operator.py
 expression), ``schedule_cpu.py``, ``schedule_gpu.py`` (the gathered GEMM on ``mma.sync``, its
 knobs ``TensorCoreConfig``, with ``tensor_intrin.py`` and ``schedule_epilogue.py`` for the
 padding and epilogue kernels), ``kernel.py``, ``eligibility.py`` (which layers it takes) and
-``lowering.py`` (the kernel in a Relax module and in a torch.compile graph). ``FAMILY`` is what
-the Relax pass and the backend register, ahead of the Escoin convolution family; a tuning
-space comes next.
+``lowering.py`` (the kernel in a Relax module and in a torch.compile graph), with
+``tuning_space.py`` (the schedule's knobs as a MetaSchedule design space, and the tuning task).
+``FAMILY`` is what the Relax pass and the backend register, ahead of the Escoin convolution
+family.
 """
+from ...tuning.log import before_reading
 from ..family import KernelFamily
-from . import lowering
+from . import lowering, tensor_intrin
 from .eligibility import note, problem
+
+before_reading(tensor_intrin.register)  # the tuning records' traces tensorize with them
 
 FAMILY = KernelFamily(name="vector-sparse", op="conv2d", problem=problem,
                       relax_call=lowering.relax_call, torch_kernel=lowering.torch_kernel,

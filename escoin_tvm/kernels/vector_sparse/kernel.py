@@ -8,17 +8,54 @@ from typing import Optional, Sequence
 import numpy as np
 from tvm import s_tir
 
-from ...errors import ShapeError
+from ...errors import ArgumentError, ShapeError
 from ...support import dtypes, tir_pipeline
 from ...support.target import TargetLike, is_gpu, resolve_target
 from ..compiled_kernel import CompiledKernel
 from ..conv_spec import Conv2dSpec, IntOrPair
 from ..csr import as_float32_bias, as_numpy_weight
 from ..epilogue import Epilogue
-from .operator import vector_sparse_conv2d_primfunc
+from .operator import padded_pixels, vector_sparse_conv2d_primfunc
 from .schedule_cpu import schedule_cpu
 from .schedule_gpu import MMA, TensorCoreConfig, check_gpu, default_config, schedule_gpu
+from .tuning_space import decode_config, work_config, workload
 from .weight_format import VectorSparseWeight
+
+
+def schedule_choice(spec: Conv2dSpec, weight: VectorSparseWeight, epilogue: Epilogue,
+                    target, tuning_log=None):
+    """The knobs of a GPU kernel of ``weight`` (its tap lists not yet padded): the best record
+    of ``tuning_log`` (a ``tuning.TuningLog``) for its workload, else the untuned ones.
+    Returns (config, tuned, where from)."""
+    width = weight.offsets.shape[1]
+    if tuning_log is not None:
+        padded = weight.padded_to(work_config(spec, width).k_tile)
+        found = tuning_log.best(workload(spec, padded, epilogue), target, decode_config)
+        if found is not None:
+            config, seconds = found
+            return config, True, f"tuned ({seconds * 1e6:.1f} us)"
+    return default_config(spec, width), False, "default"
+
+
+def scheduled_module(spec: Conv2dSpec, weight: VectorSparseWeight, epilogue: Epilogue,
+                     config: TensorCoreConfig, tuned: bool = False):
+    """The GPU kernel's scheduled IRModule and the weight it takes (its tap lists padded).
+    A ``tuned`` config (a tuning record's) runs on the work it was tuned on
+    (``tuning_space.work_config``), any other on its own tiles."""
+    config = config.validate()
+    work = work_config(spec, weight.offsets.shape[1]) if tuned else config
+    weight = weight.padded_to(work.k_tile)
+    width = weight.offsets.shape[1]
+    rows = padded_pixels(spec, work.m_tile, work.image_block) * work.image_block
+    if config.image_block != work.image_block or rows % config.m_tile or width % config.k_tile:
+        raise ArgumentError(f"{config} does not fit the tuned work: {work.image_block} images "
+                            f"per block, {rows} rows per image block, {width} taps")
+    func = vector_sparse_conv2d_primfunc(spec, weight.blocks, width, weight.group, epilogue,
+                                         weight.dtype, work.m_tile, work.image_block,
+                                         weight.in_place)
+    mod = tir_pipeline.with_warp_fragments(schedule_gpu(
+        s_tir.Schedule(func), spec, config, weight.dtype, weight.in_place).mod)
+    return mod, weight
 
 
 class VectorSparseConv2dKernel(CompiledKernel):
@@ -28,26 +65,20 @@ class VectorSparseConv2dKernel(CompiledKernel):
 
     def __init__(self, spec: Conv2dSpec, weight: VectorSparseWeight, bias: Optional[np.ndarray],
                  epilogue: Epilogue, target, device=None,
-                 config: Optional[TensorCoreConfig] = None):
-        self.spec, self.weight, self.epilogue, self.config = spec, weight, epilogue, config
-        width = weight.offsets.shape[1]
+                 config: Optional[TensorCoreConfig] = None, tuned: bool = False):
+        self.spec, self.epilogue, self.config = spec, epilogue, config
         if is_gpu(target):
-            config = (config or default_config(spec, width)).validate()
-            if width % config.k_tile:
-                raise ShapeError(f"the tap lists ({width}) must be padded to a multiple of the "
-                                 f"config's {config.k_tile} taps per stage")
-            self.config = config
-            func = vector_sparse_conv2d_primfunc(spec, weight.blocks, width, weight.group,
-                                                 epilogue, weight.dtype, config.m_tile,
-                                                 config.image_block, weight.in_place)
-            mod = tir_pipeline.with_warp_fragments(schedule_gpu(
-                s_tir.Schedule(func), spec, config, weight.dtype, weight.in_place).mod)
+            self.config = config = config or default_config(spec, weight.offsets.shape[1])
+            mod, weight = scheduled_module(spec, weight, epilogue, config, tuned)
         else:  # a config sets only the GPU's layout of M here (tests check it on a CPU)
+            if config is not None:
+                weight = weight.padded_to(config.validate().k_tile)
             func = vector_sparse_conv2d_primfunc(
-                spec, weight.blocks, width, weight.group, epilogue, weight.dtype,
-                config.m_tile if config else 1, config.image_block if config else 1,
-                weight.in_place)
+                spec, weight.blocks, weight.offsets.shape[1], weight.group, epilogue,
+                weight.dtype, config.m_tile if config else 1,
+                config.image_block if config else 1, weight.in_place)
             mod = schedule_cpu(s_tir.Schedule(func)).mod
+        self.weight = weight
         constants = [weight.offsets, weight.values, weight.slots]
         super().__init__(mod, target, device, spec.input_shape, spec.input_shape,
                          spec.output_shape, weight.dtype,
@@ -59,13 +90,14 @@ def build_vector_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None,
                                dilation: IntOrPair = 1, groups: int = 1, relu: bool = False,
                                group: int = 16, reorder: bool = False,
                                target: TargetLike = "llvm", device=None,
-                               config: Optional[TensorCoreConfig] = None
+                               config: Optional[TensorCoreConfig] = None, tuned: bool = False
                                ) -> VectorSparseConv2dKernel:
     """Compiles the convolution of ``weight`` (dense OIHW; float32, float16 or bfloat16; on a
     GPU float16 or bfloat16) in the vector-sparse format (``VectorSparseWeight``: blocks of
     ``group`` output channels, 16 on a GPU, reordered by similarity with ``reorder``) for
     inputs of ``input_shape`` (NCHW). ``config`` sets the GPU schedule's tiles
-    (``TensorCoreConfig``; by default ``default_config``)."""
+    (``TensorCoreConfig``; by default ``default_config``); a ``tuned`` one (a tuning record's:
+    ``schedule_choice``) runs on the work it was tuned on."""
     target = resolve_target(target)
     weight = as_numpy_weight(weight)
     spec = Conv2dSpec.create(input_shape, weight.shape, stride=stride, padding=padding,
@@ -77,10 +109,6 @@ def build_vector_sparse_conv2d(weight, input_shape: Sequence[int], *, bias=None,
     if is_gpu(target):
         check_gpu(dtypes.name_of(weight.dtype), group)
     encoded = VectorSparseWeight.from_dense(weight, spec, group, MMA, reorder)
-    if is_gpu(target):
-        config = config or default_config(spec, encoded.offsets.shape[1])
-    if config is not None:
-        encoded = encoded.padded_to(config.validate().k_tile)
     return VectorSparseConv2dKernel(
         spec, encoded, bias, Epilogue(bias=bias is not None, relu=bool(relu)), target, device,
-        config)
+        config, tuned)

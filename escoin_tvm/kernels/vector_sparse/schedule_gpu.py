@@ -99,9 +99,11 @@ def check_gpu(dtype: str, group: int) -> None:
 def schedule_gpu(sch: s_tir.Schedule, spec: Conv2dSpec, config: TensorCoreConfig, dtype: str,
                  in_place: bool = False) -> s_tir.Schedule:
     """Applies the tensor-core mapping to a vector-sparse PrimFunc of ``spec`` built with
-    ``m_tile=config.m_tile``, ``image_block=config.image_block``, ``in_place`` and tap lists
-    padded to ``config.k_tile``."""
-    config.validate()
+    ``config.image_block``, ``in_place``, rows per image block a multiple of ``config.m_tile``
+    and tap lists padded to a multiple of ``config.k_tile``. ``config``'s warps, fragments and
+    k_fragments may be a tuning template's random variables (``tuning_space.py``)."""
+    if all(isinstance(getattr(config, f.name), int) for f in fields(config)):
+        config.validate()
     tensor_intrin.register()
     sch.compute_inline(sch.get_sblock(FLAT_PAD_BLOCK))
     # first: the epilogue's staging reads the sums while their producer is still a plain block
