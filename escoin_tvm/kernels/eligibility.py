@@ -20,6 +20,9 @@ DEFAULT_SPARSITY_THRESHOLD = 0.7
 # this much: each timing carries a percent or two of noise, a replaced layer can cost the graph
 # fusions around it, and over 60-120 layers near ties add up to a loss rather than a gain.
 MEASURED_MARGIN = 0.05
+# The most rows (batch) a linear layer has for a sparse kernel to take it: above it a dense GEMM
+# reuses each weight more than the sparse kernels do (docs/results.md, "Fully-connected layers").
+MAX_LINEAR_BATCH = 64
 
 
 def beats_dense(sparse_s: float, dense_s: float) -> bool:
@@ -42,7 +45,7 @@ class LayerFacts:
     out_dtype: str = ""
     layouts: Tuple[str, str, str] = ("NCHW", "OIHW", "NCHW")
     on_gpu: bool = False  # the path compiles for a CUDA target
-    # a convolution weight's non-zeros in blocks of 16 output channels: the taps the blocks'
+    # a weight's non-zeros in blocks of 16 output channels (features): the taps the blocks'
     # unions store per non-zero (1.0: pruned in such vectors); None where not computed
     block_density: Optional[float] = None
 

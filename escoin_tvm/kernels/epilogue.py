@@ -26,20 +26,21 @@ class Epilogue:
 
 def epilogue_stage(output_shape, sum_at, epilogue: "Epilogue", dtype: str,
                    name: str = "epilogue"):
-    """The output of a convolution whose float32 sum is ``sum_at(n, k, y, x)``: plus a
-    per-channel ``bias`` (float32), plus a ``residual`` of the output's shape and dtype, then
-    ReLU, as ``epilogue`` asks, rounded once to ``dtype``. Returns (the placeholders it reads,
-    bias then residual, those present; the output)."""
+    """The output of a convolution whose float32 sum is ``sum_at(n, k, y, x)`` (or of a linear
+    layer, ``sum_at(row, k)``: any output whose axis 1 is the channel): plus a per-channel
+    ``bias`` (float32), plus a ``residual`` of the output's shape and dtype, then ReLU, as
+    ``epilogue`` asks, rounded once to ``dtype``. Returns (the placeholders it reads, bias then
+    residual, those present; the output)."""
     bias = te.placeholder((output_shape[1],), "float32", name="bias") if epilogue.bias else None
     residual = te.placeholder(output_shape, dtype, name="residual") if epilogue.residual \
         else None
 
-    def finish(n, k, y, x):
-        value = sum_at(n, k, y, x)
+    def finish(*index):
+        value = sum_at(*index)
         if bias is not None:
-            value = value + bias[k]
+            value = value + bias[index[1]]
         if residual is not None:
-            value = value + residual[n, k, y, x].astype("float32")
+            value = value + residual[index].astype("float32")
         if epilogue.relu:
             value = fused_relu(value)
         return value.astype(dtype)

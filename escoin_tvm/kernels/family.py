@@ -27,7 +27,9 @@ class KernelFamily:
     (the arguments are the operator's: ``transform/sparse_conv2d.py`` and ``sparse_linear.py``
     give them); ``torch_kernel(layer, shape, device)``: the callable kernel of a backend layer
     (``torch_compile/ops.py``) for an input shape; ``note(facts)``: what the report adds about a
-    layer the family takes (its weight's format), "" by default."""
+    layer the family takes (its weight's format), "" by default; ``specialized``: the family
+    takes only layers of a particular structure (the tensor-core one), so when no family takes
+    a layer its reason is not the one the report gives."""
 
     name: str
     op: str
@@ -35,6 +37,7 @@ class KernelFamily:
     relax_call: Callable[..., "Lowered"]
     torch_kernel: Callable
     note: Callable[[LayerFacts], str] = lambda facts: ""
+    specialized: bool = False
 
 
 @dataclass
@@ -52,15 +55,19 @@ class Lowered:
 
 def choose(families: Sequence[KernelFamily], facts: LayerFacts
            ) -> Tuple[Optional[KernelFamily], Optional[str]]:
-    """(the first of ``families`` that takes the layer, None) or (None, the last family's
-    reason: the last is the most general, whose reason is the one the user can act on)."""
+    """(the first of ``families`` that takes the layer, None) or (None, the reason of the last
+    family that is not ``specialized``: the most general one, whose reason is the one the user
+    can act on; the last family's if all are)."""
     reasons = []
     for family in families:
         reason = family.problem(facts)
         if reason is None:
             return family, None
-        reasons.append(reason)
-    return None, reasons[-1] if reasons else f"no kernel family computes {facts.op}"
+        reasons.append((family.specialized, reason))
+    if not reasons:
+        return None, f"no kernel family computes {facts.op}"
+    general = [reason for specialized, reason in reasons if not specialized]
+    return None, (general or [reasons[-1][1]])[-1]
 
 
 def takers(families: Sequence[KernelFamily], facts: LayerFacts) -> Tuple[KernelFamily, ...]:

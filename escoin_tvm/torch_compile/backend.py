@@ -65,8 +65,10 @@ from ..transform.policy import LayerDecision
 from . import graph, ops, whole_graph
 
 # The kernel families the backend sends layers to, per operator, in order of preference (the
-# tensor-core one takes only vector-pruned half-precision layers on a GPU: its eligibility.py).
-FAMILIES = {"conv2d": (vector_sparse.FAMILY, conv2d.FAMILY), "linear": (linear.FAMILY,)}
+# tensor-core one takes only vector-pruned half-precision layers on a GPU: its eligibility.py;
+# for linear layers it is not measured yet, and is kept only where measured faster).
+FAMILIES = {"conv2d": (vector_sparse.FAMILY, conv2d.FAMILY),
+            "linear": (linear.FAMILY, vector_sparse.LINEAR_FAMILY)}
 OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress",
                "whole_graph")
 GRADIENTS_ON = ("the backend runs inference (call the model under torch.no_grad() or "
@@ -336,8 +338,7 @@ def _facts(candidate: graph.Candidate, weight: np.ndarray) -> LayerFacts:
     (the backend builds a kernel per input shape), NCHW (a channels-last input is converted
     around the kernel); ``weight`` is its dense weight."""
     on_gpu = candidate.device is not None and candidate.device.type == "cuda"
-    blocks = block_density(weight, candidate.groups) \
-        if on_gpu and candidate.op == "conv2d" else None
+    blocks = block_density(weight, candidate.groups) if on_gpu else None
     return LayerFacts(candidate.op, tuple(_hint(d) for d in candidate.input_shape),
                       tuple(candidate.weight.shape), dtypes.name_of(candidate.input_dtype),
                       dtypes.name_of(candidate.weight.dtype), on_gpu=on_gpu,

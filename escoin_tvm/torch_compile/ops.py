@@ -123,8 +123,7 @@ def kernel_or_dense(layer, shape: tuple, device: torch.device):
     weights (``DenseFallback``)."""
     dtype = dtypes.name_of(layer.weight.dtype)
     on_gpu = is_gpu(layer.target)
-    blocks = block_density(layer.weight, layer.groups) \
-        if on_gpu and layer.family.op == "conv2d" else None
+    blocks = block_density(layer.weight, getattr(layer, "groups", 1)) if on_gpu else None
     problem = layer.family.problem(LayerFacts(
         layer.family.op, tuple(int(d) for d in shape), tuple(layer.weight.shape), dtype, dtype,
         on_gpu=on_gpu, block_density=blocks))

@@ -191,6 +191,8 @@ class LinearPolicy(DispatchPolicy):
             decision.reason = "weight is not a constant"
             return decision
         _count_zeros(decision, weight_t)
+        on_gpu = is_gpu(self.target)  # the tensor-core family's platform: its facts then
+        blocks = block_density(weight_t.value.numpy().T) if on_gpu and weight_shape else None
         return self._family_decision(decision, index, LayerFacts(
             "linear", static_shape(data), weight_shape, dtype(data), dtype(weight_t),
-            _out_dtype(call)))
+            _out_dtype(call), on_gpu=on_gpu, block_density=blocks))

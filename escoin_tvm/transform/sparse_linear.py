@@ -19,15 +19,17 @@ from tvm.ir import Constant
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 
 from ..errors import EscoinError
-from ..kernels import linear
+from ..kernels import linear, vector_sparse
 from ..kernels.eligibility import checked_threshold
 from .matching import FunctionIndex, claim, decide_calls, rewrite_chains
 from .policy import LayerDecision, LinearPolicy
 from .tensor_types import dtype, static_shape
 
 MATMUL = tvm.ir.Op.get("relax.matmul")
-# The kernel families this pass sends linear layers to, in order of preference.
-FAMILIES = (linear.FAMILY,)
+# The kernel families this pass sends linear layers to, in order of preference (the tensor-core
+# one, not yet measured against the CUDA-core one, runs a layer only where measured dispatch
+# finds it faster: vector_sparse/eligibility.py).
+FAMILIES = (linear.FAMILY, vector_sparse.LINEAR_FAMILY)
 
 
 @dataclass(frozen=True)
@@ -75,17 +77,19 @@ class SparseLinearDispatch:
     """``SparseLinearDispatch(target, threshold)``: a Relax module pass; ``layer_names`` labels
     the linear layers, in program order, in ``pass.report``; ``measure`` times each candidate
     both ways; ``report_only`` keeps every layer dense; ``tuning_log`` (a ``tuning.TuningLog``)
-    supplies tuned knobs for the layers it has records of. ``kernels`` lists the layers it put
-    on sparse kernels (the tuning tasks)."""
+    supplies tuned knobs for the layers it has records of; ``families`` are the kernel
+    families it may use (``FAMILIES``). ``kernels`` lists the layers it put on sparse kernels
+    (the tuning tasks)."""
 
     def __init__(self, target, threshold: float, layer_names: Sequence = (), measure=None,
-                 report_only: bool = False, tuning_log=None):
+                 report_only: bool = False, tuning_log=None, families=FAMILIES):
         threshold = checked_threshold(threshold, "sparsity threshold")
         self.target = target
         self.tuning_log = tuning_log
         self.kernels: list = []  # the families' kernel records (tuning tasks)
-        self.policy = LinearPolicy(target, threshold, FAMILIES, layer_names, report_only,
-                                   measure, lambda family: SparseLinearDispatch(target, 0.0))
+        self.policy = LinearPolicy(target, threshold, families, layer_names, report_only,
+                                   measure, lambda family: SparseLinearDispatch(
+                                       target, 0.0, tuning_log=tuning_log, families=(family,)))
         self.report: List[LayerDecision] = []
         self.error: Optional[EscoinError] = None
 

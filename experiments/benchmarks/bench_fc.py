@@ -10,13 +10,17 @@ weights:
   cublas_fp32   torch.nn.functional.linear, TF32 off
   cublas_tf32   the same with TF32 (what PyTorch does once matmul TF32 is allowed)
   cublas_fp16   the same in fp16
+  vector_fp16   with ``--vectors``: the weights pruned in vectors of 16 output features
+                (``prune.vectors``; every column above then runs on those weights), on the
+                tensor-core family's linear kernel (the 1 x 1 convolution whose pixels are
+                the batch), fp16, bias and ReLU fused, default knobs
 each timed from a CUDA graph (``timing.graph_time``: 20 calls captured, median of 50 replays);
 the roofline is the time to read the CSR bytes (values, column indices, row pointers) and the
 activations once at the measured device-to-device copy bandwidth. Every escoin output is
 checked against cuBLAS fp32.
 
 Usage: python -m experiments.benchmarks.bench_fc [--sparsities 0.9,dc] [--batches 1,16]
-    [--layers vgg16_fc6,vgg16_fc7]
+    [--layers vgg16_fc6,vgg16_fc7] [--vectors]
 """
 from __future__ import annotations
 
@@ -70,6 +74,9 @@ def main(argv=None):
     parser.add_argument("--sparsities", default="0.9,dc")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--layers", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--vectors", action="store_true",
+                        help="prune in vectors of 16 output features and time the tensor-core "
+                        "linear kernel too")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -80,6 +87,8 @@ def main(argv=None):
     from escoin_tvm.kernels.linear.kernel import build_sparse_linear
     from escoin_tvm.kernels.linear.knobs import heuristic_linear_config, shipped_linear_config
     from escoin_tvm.support.target import resolve_target
+    from escoin_tvm import prune
+    from escoin_tvm.kernels.vector_sparse.kernel import build_vector_sparse_linear
     from escoin_tvm.prune import prune_array
     from escoin_tvm.support.timing import graph_time
 
@@ -88,7 +97,8 @@ def main(argv=None):
     src = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     bandwidth = 2 * src.numel() / graph_time(lambda: dst.copy_(src))
-    path = result_path("fc", gpu=gpu_short_name(env["gpu"]), out=args.out)
+    path = result_path("fc-vectors" if args.vectors else "fc", gpu=gpu_short_name(env["gpu"]),
+                       out=args.out)
     rows = []
     with open(path, "w") as log:
         log.write(json.dumps({"environment": env, "measured_bandwidth": bandwidth}) + "\n")
@@ -97,8 +107,16 @@ def main(argv=None):
                 continue
             for sparsity in args.sparsities.split(","):
                 rng = np.random.default_rng(seed)
-                weight = prune_array(rng.standard_normal((n, k)).astype(np.float32) * 0.01,
-                                     1.0 - density(name, sparsity))
+                weight = rng.standard_normal((n, k)).astype(np.float32) * 0.01
+                if args.vectors:
+                    layer = torch.nn.Linear(k, n, bias=False)
+                    with torch.no_grad():
+                        layer.weight.copy_(torch.from_numpy(weight))
+                    prune.vectors(torch.nn.Sequential(layer), 1.0 - density(name, sparsity),
+                                  group=16, layers="all")
+                    weight = layer.weight.detach().numpy().copy()
+                else:
+                    weight = prune_array(weight, 1.0 - density(name, sparsity))
                 bias = rng.standard_normal(n).astype(np.float32)
                 w, b = torch.from_numpy(weight).cuda(), torch.from_numpy(bias).cuda()
                 sparse = {dtype: SparseLinearWeight.from_dense(weight.astype(dtype))
@@ -132,6 +150,15 @@ def main(argv=None):
                         index = 2 if kernel.weight.index_dtype == "int16" else 4
                         csr = row["nnz"] * (values + index) + 8 * (n + 1)
                         row[f"{key}_roofline_s"] = (csr + values * batch * (k + n)) / bandwidth
+                    if args.vectors:
+                        kernel = build_vector_sparse_linear(weight.astype("float16"), batch,
+                                                            bias=bias, relu=relu, target="cuda")
+                        xd = x.half()
+                        out = torch.empty(batch, n, device="cuda", dtype=xd.dtype)
+                        row["vector_fp16_s"] = graph_time(lambda: kernel.run_torch(xd, out))
+                        row["vector_fp16_max_rel_err"] = float(
+                            (out.float() - ref).abs().max() / ref.abs().max())
+                        row["vector_fp16_config"] = dict(vars(kernel.config))
                     row.update((f"{label}_s", seconds)
                                for label, seconds in cublas_times(x, w, b).items())
                     rows.append(row)
@@ -145,6 +172,10 @@ def main(argv=None):
         print(f"batch {batch}: escoin vs cublas fp32 "
               f"{geomean(r['cublas_fp32_s'] / r['escoin_s'] for r in sel):.2f}x, fp16 vs fp16 "
               f"{geomean(r['cublas_fp16_s'] / r['escoin_fp16_s'] for r in sel):.2f}x")
+        if args.vectors:
+            print(f"batch {batch}: vector fp16 vs cublas fp16 "
+                  f"{geomean(r['cublas_fp16_s'] / r['vector_fp16_s'] for r in sel):.2f}x, vs "
+                  f"escoin fp16 {geomean(r['escoin_fp16_s'] / r['vector_fp16_s'] for r in sel):.2f}x")
     print(f"results: {path}")
 
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..eligibility import LayerFacts, dtype_problem
-
-MAX_LINEAR_BATCH = 64  # above it a dense GEMM reuses each weight more than the sparse kernel
+from ..eligibility import MAX_LINEAR_BATCH, LayerFacts, dtype_problem
 
 
 def problem(facts: LayerFacts) -> Optional[str]:

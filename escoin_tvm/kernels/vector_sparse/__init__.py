@@ -14,12 +14,17 @@ family.
 from ...tuning.log import before_reading
 from ..family import KernelFamily
 from . import lowering, tensor_intrin
-from .eligibility import note, problem
+from .eligibility import linear_problem, note, problem
 
 before_reading(tensor_intrin.register)  # the tuning records' traces tensorize with them
 
 FAMILY = KernelFamily(name="vector-sparse", op="conv2d", problem=problem,
                       relax_call=lowering.relax_call, torch_kernel=lowering.torch_kernel,
-                      note=note)
+                      note=note, specialized=True)
+# linear layers, as the 1 x 1 case whose pixels are the batch
+LINEAR_FAMILY = KernelFamily(name="vector-sparse", op="linear", problem=linear_problem,
+                             relax_call=lowering.linear_relax_call,
+                             torch_kernel=lowering.linear_torch_kernel, note=note,
+                             specialized=True)
 
-__all__ = ["FAMILY", "problem"]
+__all__ = ["FAMILY", "LINEAR_FAMILY", "problem", "linear_problem"]

@@ -8,12 +8,17 @@ weight is pruned in vectors of 16 output channels. Depthwise and narrow grouped 
 block of 16 channels of a group of one holds one), 1 x 1 layers (the padding and epilogue
 kernels dominate) and unstructured weights (a block's union of 16 random rows holds most taps)
 run much slower here than on the Escoin CUDA-core kernels, which take them instead.
+
+Linear layers (``linear_problem``): the same structure and dtypes, a (batch, features) input of
+at most ``MAX_LINEAR_BATCH`` rows, as the CUDA-core linear family. Its speed against that family
+and cuBLAS is not measured yet, so the dispatch paths list it after that family: it runs a layer
+only where measured dispatch finds it the fastest.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from ..eligibility import LayerFacts, dtype_problem
+from ..eligibility import MAX_LINEAR_BATCH, LayerFacts, dtype_problem
 from .schedule_gpu import GPU_GROUP as BLOCK
 from .tensor_intrin import DTYPES
 
@@ -41,6 +46,27 @@ def problem(facts: LayerFacts) -> Optional[str]:
     if facts.block_density is None or facts.block_density > MAX_BLOCK_DENSITY:
         density = "?" if facts.block_density is None else f"{facts.block_density:.2f}"
         return (f"weight not pruned in vectors of 16 output channels (blocks of 16 would store "
+                f"{density}x its non-zeros; prune.vectors prunes so)")
+    return None
+
+
+def linear_problem(facts: LayerFacts) -> Optional[str]:
+    """Why the vector-sparse kernels do not take this linear layer, or None."""
+    if not facts.on_gpu:
+        return "the tensor-core kernels run on CUDA targets only"
+    if facts.input_shape is None or len(facts.input_shape) != 2 or \
+            len(facts.weight_shape) != 2:
+        return "input is not a static (batch, features) matrix"
+    if dtype_problem(facts, wider=("float32",)) is not None or facts.input_dtype not in DTYPES:
+        return f"dtype {facts.input_dtype} (the tensor-core kernels take {', '.join(DTYPES)})"
+    if facts.weight_shape[0] < BLOCK:
+        return f"{facts.weight_shape[0]} output features, fewer than a block of {BLOCK}"
+    if facts.input_shape[0] > MAX_LINEAR_BATCH:
+        return (f"batch {facts.input_shape[0]} > {MAX_LINEAR_BATCH}: a dense GEMM reuses the "
+                "weight more")
+    if facts.block_density is None or facts.block_density > MAX_BLOCK_DENSITY:
+        density = "?" if facts.block_density is None else f"{facts.block_density:.2f}"
+        return (f"weight not pruned in vectors of 16 output features (blocks of 16 would store "
                 f"{density}x its non-zeros; prune.vectors prunes so)")
     return None
 

@@ -19,7 +19,7 @@ from tvm import s_tir
 from ...errors import ArgumentError, DTypeError
 from ..conv_spec import Conv2dSpec
 from . import schedule_epilogue, tensor_intrin
-from .operator import (FLAT_PAD_BLOCK, GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK,
+from .operator import (EPILOGUE_BLOCK, FLAT_PAD_BLOCK, GATHER_BLOCK, PAD_BLOCK, SUM_BLOCK,
                        padded_pixels)
 
 MMA = 16  # the M, N and K of one tensor-core tile
@@ -97,17 +97,22 @@ def check_gpu(dtype: str, group: int) -> None:
 
 
 def schedule_gpu(sch: s_tir.Schedule, spec: Conv2dSpec, config: TensorCoreConfig, dtype: str,
-                 in_place: bool = False) -> s_tir.Schedule:
+                 in_place: bool = False, linear: bool = False) -> s_tir.Schedule:
     """Applies the tensor-core mapping to a vector-sparse PrimFunc of ``spec`` built with
     ``config.image_block``, ``in_place``, rows per image block a multiple of ``config.m_tile``
     and tap lists padded to a multiple of ``config.k_tile``. ``config``'s warps, fragments and
-    k_fragments may be a tuning template's random variables (``tuning_space.py``)."""
+    k_fragments may be a tuning template's random variables (``tuning_space.py``). ``linear``:
+    the PrimFunc is a linear layer's (``operator.vector_sparse_linear_te``; ``spec`` its
+    ``linear_spec``), whose (batch, features) output the epilogue writes in one flat loop."""
     if all(isinstance(getattr(config, f.name), int) for f in fields(config)):
         config.validate()
     tensor_intrin.register()
     sch.compute_inline(sch.get_sblock(FLAT_PAD_BLOCK))
     # first: the epilogue's staging reads the sums while their producer is still a plain block
-    schedule_epilogue.schedule_epilogue(sch, spec, config.image_block, in_place)
+    if linear:
+        schedule_epilogue.flat(sch, EPILOGUE_BLOCK)
+    else:
+        schedule_epilogue.schedule_epilogue(sch, spec, config.image_block, in_place)
     warps, fragments, k_fragments = config.warps, config.fragments, config.k_fragments
     gather, sums = sch.get_sblock(GATHER_BLOCK), sch.get_sblock(SUM_BLOCK)
     b, n, p, g, t = sch.get_loops(sums)

@@ -31,7 +31,8 @@ from ...support.target import is_gpu
 from ..conv_spec import Conv2dSpec
 from ..epilogue import Epilogue
 from ..template import KernelArguments, decode, dividing, generator, module, sample
-from .operator import EPILOGUE_BLOCK, padded_pixels, vector_sparse_conv2d_primfunc
+from .operator import (EPILOGUE_BLOCK, padded_pixels, vector_sparse_conv2d_primfunc,
+                       vector_sparse_linear_primfunc)
 from .schedule_gpu import MMA, TensorCoreConfig, default_config, schedule_gpu
 from .weight_format import VectorSparseWeight
 
@@ -47,14 +48,22 @@ def work_config(spec: Conv2dSpec, width: int) -> TensorCoreConfig:
     return default_config(spec, width)
 
 
-def workload(spec: Conv2dSpec, weight: VectorSparseWeight, epilogue: Epilogue) -> tvm.IRModule:
+def workload(spec: Conv2dSpec, weight: VectorSparseWeight, epilogue: Epilogue,
+             linear: bool = False) -> tvm.IRModule:
     """The unscheduled kernel a tuning record is keyed on: ``weight``'s geometry (blocks, tap
     lists already padded to the work's taps per stage, channels in place or not) on the work
-    of ``work_config``, marked for the warp-fragment pipeline (``support.tir_pipeline``)."""
+    of ``work_config``, marked for the warp-fragment pipeline (``support.tir_pipeline``).
+    ``linear``: a linear layer's kernel, ``spec`` its ``operator.linear_spec``."""
     work = work_config(spec, weight.offsets.shape[1])
-    func = vector_sparse_conv2d_primfunc(spec, weight.blocks, weight.offsets.shape[1],
-                                         weight.group, epilogue, weight.dtype, work.m_tile,
-                                         work.image_block, weight.in_place)
+    width = weight.offsets.shape[1]
+    if linear:
+        func = vector_sparse_linear_primfunc(spec.height, spec.in_channels, spec.out_channels,
+                                             weight.blocks, width, weight.group, epilogue,
+                                             weight.dtype, work.m_tile, weight.in_place)
+    else:
+        func = vector_sparse_conv2d_primfunc(spec, weight.blocks, width, weight.group,
+                                             epilogue, weight.dtype, work.m_tile,
+                                             work.image_block, weight.in_place)
     return tir_pipeline.with_warp_fragments(module(func))
 
 
@@ -84,10 +93,10 @@ def candidates(spec: Conv2dSpec, width: int) -> Dict[str, Tuple[int, ...]]:
 
 
 def design_spaces(spec: Conv2dSpec, width: int, dtype: str, in_place: bool,
-                  fixed: Optional[TensorCoreConfig] = None):
+                  fixed: Optional[TensorCoreConfig] = None, linear: bool = False):
     """``fn(sch) -> [Schedule]`` for ms.space_generator.ScheduleFn: a design space per
     ``stages`` value. With ``fixed`` (a ``representable`` config), the one schedule whose
-    decisions are that config's."""
+    decisions are that config's. ``linear``: a linear layer's kernel."""
     options = candidates(spec, width)
     stages = options["stages"] if fixed is None else (fixed.stages,)
 
@@ -105,7 +114,7 @@ def design_spaces(spec: Conv2dSpec, width: int, dtype: str, in_place: bool,
                     # traces MetaSchedule stores (it drops unused instructions)
                     space.annotate(epilogue, f"escoin.{name}", knobs[name])
                     knobs[name] = values[0]
-            schedule_gpu(space, spec, TensorCoreConfig(**knobs), dtype, in_place)
+            schedule_gpu(space, spec, TensorCoreConfig(**knobs), dtype, in_place, linear)
             result.append(space)
         return result
 
@@ -126,15 +135,17 @@ def decode_config(trace: s_tir.Trace) -> TensorCoreConfig:
 
 @dataclass
 class VectorSparseTask:
-    """One tensor-core kernel to tune: a convolution geometry, its epilogue and its weight's
-    geometry (blocks, padded tap lists, channel order). Layers that share all of them share the
-    task (and its records). The interface every family's task has (``tuning.tasks``)."""
+    """One tensor-core kernel to tune: a convolution geometry (a linear layer's
+    ``linear_spec``, with ``linear``), its epilogue and its weight's geometry (blocks, padded
+    tap lists, channel order). Layers that share all of them share the task (and its records).
+    The interface every family's task has (``tuning.tasks``)."""
 
     spec: Conv2dSpec
     epilogue: Epilogue
     weight: VectorSparseWeight  # the first layer's, padded to the work's taps per stage
     target: tvm.target.Target
     layers: List[str] = field(default_factory=list)
+    linear: bool = False
 
     def __post_init__(self):
         if not is_gpu(self.target):
@@ -155,7 +166,7 @@ class VectorSparseTask:
 
     @cached_property
     def workload(self) -> tvm.IRModule:
-        return workload(self.spec, self.weight, self.epilogue)
+        return workload(self.spec, self.weight, self.epilogue, self.linear)
 
     def arguments(self, seed: int = 0):
         """The weight's offsets, values and slots at their places (the input and the
@@ -170,7 +181,8 @@ class VectorSparseTask:
         return representable(self.spec, self.width, config)
 
     def design_spaces(self, fixed: Optional[TensorCoreConfig] = None):
-        return design_spaces(self.spec, self.width, self.dtype, self.weight.in_place, fixed)
+        return design_spaces(self.spec, self.width, self.dtype, self.weight.in_place, fixed,
+                             self.linear)
 
     def decode(self, trace: s_tir.Trace) -> TensorCoreConfig:
         return decode_config(trace)
