@@ -2,7 +2,6 @@
 (CUDA targets, half precision, at least 16 output channels per group, more than one tap, weights
 pruned in vectors of 16), what the report says of the others, and the compiled model against PyTorch on
 the GPU."""
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ from escoin_tvm import prune
 from escoin_tvm.kernels.eligibility import LayerFacts
 from escoin_tvm.kernels.vector_sparse import problem
 from escoin_tvm.kernels.vector_sparse.weight_format import block_density
+
+from family_stand_ins import backend_family_times, relax_family_times, tensor_core_stand_in
 
 SM_90 = {"kind": "cuda", "arch": "sm_90"}
 
@@ -70,18 +71,6 @@ def network():
     return model.half()
 
 
-def _cpu_stand_in(monkeypatch):
-    """A CUDA build's dispatch on the CPU: the facts of a CUDA target, the family's CPU
-    schedule standing in for the tensor-core one."""
-    from escoin_tvm.kernels.vector_sparse import kernel
-    from escoin_tvm.kernels.vector_sparse.schedule_cpu import schedule_cpu
-    from escoin_tvm.transform import policy
-
-    monkeypatch.setattr(kernel, "schedule_gpu", lambda sch, *args: schedule_cpu(sch))
-    monkeypatch.setattr(kernel.tir_pipeline, "with_warp_fragments", lambda mod: mod)
-    monkeypatch.setattr(policy, "is_gpu", lambda target: True)
-
-
 def test_a_cuda_build_sends_the_vector_pruned_layer_to_tensor_cores_and_the_others_not():
     model, x = network(), torch.randn(2, 32, 9, 9).half()
     compiled = escoin_tvm.compile(model, (x,), target=SM_90, progress=False)
@@ -120,7 +109,7 @@ def test_the_lowering_computes_the_network_on_the_cpu(monkeypatch):
     batch), run on the CPU: the same
     lowering with the family's CPU schedule standing in for the tensor-core one (which the GPU
     tests check against float64 on random convolutions)."""
-    _cpu_stand_in(monkeypatch)
+    tensor_core_stand_in(monkeypatch)
 
     class Residual(torch.nn.Module):
         def __init__(self):
@@ -156,19 +145,8 @@ def test_measured_dispatch_times_each_family_that_takes_a_layer_and_keeps_the_fa
     """With measured dispatch a vector-pruned layer is timed on both families (each in a pass
     that offers it alone) and goes to the faster (the tensor-core one on a tie) if that beats
     dense by the margin; the report gives every time."""
-    import escoin_tvm.measure
-
-    _cpu_stand_in(monkeypatch)
-    timed = []
-
-    def timer(call, make_pass, family):
-        offered = [f.name for f in make_pass().policy.families]
-        assert offered == [family]
-        timed.append(family)
-        return {"vector-sparse": vector_us, "escoin": escoin_us}[family] * 1e-6, 100e-6
-
-    timer.dense = lambda call: 50e-6
-    monkeypatch.setattr(escoin_tvm.measure, "LayerTimer", lambda target: timer)
+    tensor_core_stand_in(monkeypatch)
+    timed = relax_family_times(monkeypatch, {"vector-sparse": vector_us, "escoin": escoin_us})
     model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU()).eval()
     prune.vectors(model, 0.8, group=16)
     model = model.half()
@@ -217,17 +195,7 @@ def test_the_backend_times_each_family_that_takes_a_layer_and_keeps_the_fastest(
     fastest beating it by the margin runs; the report gives every time."""
     from escoin_tvm.torch_compile import backend
 
-    facts = backend._facts
-    monkeypatch.setattr(backend, "_facts", lambda candidate, weight: replace(
-        facts(candidate, weight), on_gpu=True, block_density=block_density(weight)))
-    timed = []
-
-    def fake_time_layers(layers, shape, device, channels_last=False, graphs=True):
-        timed.append([layer.family.name for layer in layers])
-        return [{"vector-sparse": vector_us, "escoin": escoin_us}[layer.family.name] * 1e-6
-                for layer in layers], 100e-6
-
-    monkeypatch.setattr(backend, "_time_layers", fake_time_layers)
+    timed = backend_family_times(monkeypatch, {"vector-sparse": vector_us, "escoin": escoin_us})
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU()).eval()
     prune.vectors(model, 0.8, group=16)

@@ -1,7 +1,6 @@
 """Linear layers on the vector-sparse (tensor-core) family: the 1 x 1 convolution whose pixels
 are the batch. The kernel against PyTorch in float64 on the CPU (and on the GPU), its CUDA
 build, which layers it takes, and both dispatch paths offering it to measured dispatch only."""
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import s_tir
 
+import escoin_tvm
 from escoin_tvm import ArgumentError, DTypeError, ShapeError, prune
 from escoin_tvm.kernels import linear, vector_sparse
 from escoin_tvm.kernels.eligibility import LayerFacts
@@ -17,9 +17,10 @@ from escoin_tvm.kernels.family import choose
 from escoin_tvm.kernels.vector_sparse.kernel import build_vector_sparse_linear
 from escoin_tvm.kernels.vector_sparse.lowering import VectorSparseKernel
 from escoin_tvm.kernels.vector_sparse.schedule_gpu import TensorCoreConfig
-from escoin_tvm.kernels.vector_sparse.weight_format import block_density
 from escoin_tvm.support import dtypes
 from escoin_tvm.support.target import resolve_target
+
+from family_stand_ins import backend_family_times, relax_family_times, tensor_core_stand_in
 
 SM_90 = {"kind": "cuda", "arch": "sm_90"}
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
@@ -149,24 +150,8 @@ def test_the_relax_path_times_both_families_and_keeps_the_fastest(monkeypatch, v
     """Measured dispatch times a vector-pruned half linear layer on each family (each in a pass
     that offers it alone); the CUDA-core one wins a tie (it comes first); the compiled model
     matches float64 (the family's CPU schedule standing in for the tensor-core one)."""
-    import escoin_tvm.measure
-    from escoin_tvm.kernels.vector_sparse import kernel as vs_kernel
-    from escoin_tvm.kernels.vector_sparse.schedule_cpu import schedule_cpu
-    from escoin_tvm.transform import policy
-
-    monkeypatch.setattr(vs_kernel, "schedule_gpu", lambda sch, *args: schedule_cpu(sch))
-    monkeypatch.setattr(vs_kernel.tir_pipeline, "with_warp_fragments", lambda mod: mod)
-    monkeypatch.setattr(policy, "is_gpu", lambda target: True)
-    timed = []
-
-    def timer(call, make_pass, family):
-        offered = [f.name for f in make_pass().policy.families]
-        assert offered == [family]
-        timed.append(family)
-        return {"vector-sparse": vector_us, "escoin": escoin_us}[family] * 1e-6, 100e-6
-
-    timer.dense = lambda call: 50e-6
-    monkeypatch.setattr(escoin_tvm.measure, "LayerTimer", lambda target: timer)
+    tensor_core_stand_in(monkeypatch)
+    timed = relax_family_times(monkeypatch, {"vector-sparse": vector_us, "escoin": escoin_us})
     model, x = mlp()
     compiled = escoin_tvm.compile(model, (x,), target="llvm", dispatch_by="measure",
                                   progress=False)
@@ -187,17 +172,7 @@ def test_the_backend_times_both_families_and_keeps_the_fastest(monkeypatch, vect
                                                                escoin_us, kernel):
     from escoin_tvm.torch_compile import backend
 
-    known = backend._facts
-    monkeypatch.setattr(backend, "_facts", lambda candidate, weight: replace(
-        known(candidate, weight), on_gpu=True, block_density=block_density(weight)))
-    timed = []
-
-    def fake_time_layers(layers, shape, device, channels_last=False, graphs=True):
-        timed.append([layer.family.name for layer in layers])
-        return [{"vector-sparse": vector_us, "escoin": escoin_us}[layer.family.name] * 1e-6
-                for layer in layers], 100e-6
-
-    monkeypatch.setattr(backend, "_time_layers", fake_time_layers)
+    timed = backend_family_times(monkeypatch, {"vector-sparse": vector_us, "escoin": escoin_us})
     model, x = mlp()
     torch._dynamo.reset()
     with torch.no_grad():

@@ -105,6 +105,12 @@ def generator(spaces, target, seed: int = 0) -> ms.space_generator.ScheduleFn:
                                          mutator_probs={MutateKnob(seed): 1.0})
 
 
+def task_name(layers: Sequence[str]) -> str:
+    """A tuning task's name: its first layer's, and how many more share it."""
+    more = f" (+{len(layers) - 1})" if len(layers) > 1 else ""
+    return layers[0] + more
+
+
 def module(func) -> tvm.IRModule:
     """A task's workload: the unscheduled PrimFunc as the IRModule records are keyed on."""
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})

@@ -22,7 +22,8 @@ import tvm
 from tvm import s_tir
 
 from ...support.target import is_gpu
-from ..template import KernelArguments, decode, dividing, generator, module, pow2_up_to, sample
+from ..template import (KernelArguments, decode, dividing, generator, module, pow2_up_to,
+                        sample, task_name)
 from .knobs import tuned_extents, untuned_config
 from .operator import CONV_BLOCK, Epilogue, sparse_conv2d_primfunc, weight_arrays
 from .schedule_cpu import CpuConfig, schedule_cpu
@@ -190,8 +191,7 @@ class Task:
 
     @property
     def name(self) -> str:
-        more = f" (+{len(self.layers) - 1})" if len(self.layers) > 1 else ""
-        return self.layers[0] + more
+        return task_name(self.layers)
 
     @cached_property
     def workload(self) -> tvm.IRModule:

@@ -19,7 +19,8 @@ import tvm
 from tvm import s_tir
 
 from ...support.target import is_gpu
-from ..template import KernelArguments, decode, generator, module, pow2_up_to, sample
+from ..template import (KernelArguments, decode, generator, module, pow2_up_to, sample,
+                        task_name)
 from .knobs import LinearConfig, heuristic_linear_config, tuned_row_multiple, untuned_linear_config
 from .operator import SUM_BLOCK, sparse_linear_primfunc
 from .schedule_cpu import LinearCpuConfig, schedule_linear_cpu
@@ -113,8 +114,7 @@ class LinearTask:
 
     @property
     def name(self) -> str:
-        more = f" (+{len(self.layers) - 1})" if len(self.layers) > 1 else ""
-        return self.layers[0] + more
+        return task_name(self.layers)
 
     @property
     def dtype(self) -> str:

@@ -30,7 +30,8 @@ from ...support import tir_pipeline
 from ...support.target import is_gpu
 from ..conv_spec import Conv2dSpec
 from ..epilogue import Epilogue
-from ..template import KernelArguments, decode, dividing, generator, module, sample
+from ..template import (KernelArguments, decode, dividing, generator, module, sample,
+                        task_name)
 from .operator import (EPILOGUE_BLOCK, padded_pixels, vector_sparse_conv2d_primfunc,
                        vector_sparse_linear_primfunc)
 from .schedule_gpu import MMA, TensorCoreConfig, default_config, schedule_gpu
@@ -153,8 +154,7 @@ class VectorSparseTask:
 
     @property
     def name(self) -> str:
-        more = f" (+{len(self.layers) - 1})" if len(self.layers) > 1 else ""
-        return self.layers[0] + more
+        return task_name(self.layers)
 
     @property
     def dtype(self) -> str:
