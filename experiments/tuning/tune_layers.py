@@ -49,6 +49,14 @@ def kernel_seconds(kernel, x) -> float:
                       tvm_stream=True)
 
 
+def record_count(log) -> int:
+    """The records a tuning log holds now (the line a job's new records start after)."""
+    from escoin_tvm.tuning.log import RECORDS
+
+    path = log.path / RECORDS
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def record_times(path: Path, start_line: int):
     """Mean run time of each record appended to the log after ``start_line`` (trial order)."""
     lines = path.read_text().splitlines()[start_line:]
@@ -111,8 +119,7 @@ def main(argv=None):
                                      groups=groups)
             task = Task(spec, Epilogue(), EscoinWeight.from_dense(dense, spec), target,
                         [f"{name}_b{batch}"])
-            lines_before = len((log.path / RECORDS).read_text().splitlines()) \
-                if (log.path / RECORDS).exists() else 0
+            lines_before = record_count(log)
             t0 = time.time()
             result = tune_tasks([task], log=log, target=target, trials=args.trials,
                                 trials_per_iter=args.trials_per_iter)[0]

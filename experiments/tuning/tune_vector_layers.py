@@ -27,7 +27,7 @@ import numpy as np
 from experiments.benchmarks.bench_vector_sparse import vector_weight
 from experiments.benchmarks.layers import LAYER_SETS
 from experiments.common import RESULTS, environment, gpu_short_name, result_path
-from experiments.tuning.tune_layers import record_times
+from experiments.tuning.tune_layers import record_count, record_times
 
 
 def main(argv=None):
@@ -87,8 +87,7 @@ def main(argv=None):
             encoded = VectorSparseWeight.from_dense(weight, spec, GPU_GROUP, MMA)
             encoded = encoded.padded_to(work_config(spec, encoded.offsets.shape[1]).k_tile)
             task = VectorSparseTask(spec, Epilogue(), encoded, target, [f"{name}_b{batch}"])
-            lines_before = len((log.path / RECORDS).read_text().splitlines()) \
-                if (log.path / RECORDS).exists() else 0
+            lines_before = record_count(log)
             t0 = time.time()
             result = tune_tasks([task], log=log, target=target, trials=args.trials,
                                 trials_per_iter=args.trials_per_iter)[0]
