@@ -10,9 +10,9 @@ kernels dominate) and unstructured weights (a block's union of 16 random rows ho
 run much slower here than on the Escoin CUDA-core kernels, which take them instead.
 
 Linear layers (``linear_problem``): the same structure and dtypes, a (batch, features) input of
-at most ``MAX_LINEAR_BATCH`` rows, as the CUDA-core linear family. Its speed against that family
-and cuBLAS is not measured yet, so the dispatch paths list it after that family: it runs a layer
-only where measured dispatch finds it the fastest.
+at most ``MAX_LINEAR_BATCH`` rows, as the CUDA-core linear family. It wins on large layers at
+batch 16 and loses at batch 1 (docs/results.md, "Vector-pruned FC layers"), so the dispatch
+paths list it after that family: it runs a layer only where measured dispatch finds it fastest.
 """
 from __future__ import annotations
 
