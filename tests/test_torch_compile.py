@@ -396,6 +396,36 @@ def test_the_whole_graph_is_checked_when_its_layers_are_measured_and_not_otherwi
     assert not handed
 
 
+def test_the_dense_graph_of_the_check_keeps_its_parameters_static(monkeypatch):
+    """The dense graph the check compiles is a copy of Dynamo's: AOTAutograd must still see
+    where it came from and mark the model's parameters static, as for the Escoin graph, or CUDA
+    graphs copy every parameter before each replay and the dense side is timed slow."""
+    from torch._functorch._aot_autograd.frontend_utils import _try_get_metadata_from_dynamo
+
+    from escoin_tvm.torch_compile import whole_graph
+
+    static, images, dense_inputs = [], [], []
+    inputs = torch.randn(2, 3, 16, 16)
+
+    def dense_backend(gm, example_inputs, *args):
+        static.append(_try_get_metadata_from_dynamo(gm, {}, len(example_inputs), [])[1])
+        images.append(sum(x.shape == inputs.shape for x in example_inputs))
+        dense_inputs.append(len(example_inputs))
+        return gm.forward
+
+    monkeypatch.setattr(backend, "_dense_backend", dense_backend)
+    monkeypatch.setattr(whole_graph, "time_graphs",
+                        lambda *args, **kwargs: whole_graph.GraphTimes(1e-3, 2e-3))
+    model = net()
+    compiled = torch.compile(model, backend="escoin",
+                             options={"dense": "eager", "whole_graph": True})
+    with torch.no_grad():
+        close(compiled(inputs), model(inputs))
+    assert len(static) == 2 and static[0] == static[1]
+    # every input is static but the image: the parameters and buffers the graph reads
+    assert images == [1, 1] and len(static[1]) == dense_inputs[0] - 1
+
+
 def test_a_graph_that_cannot_be_timed_keeps_its_measured_layers_and_says_why(monkeypatch):
     from escoin_tvm.torch_compile import whole_graph
 

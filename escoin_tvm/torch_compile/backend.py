@@ -40,7 +40,6 @@ Any other option goes to inductor, as it would without this backend.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -147,7 +146,7 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
     written = whole_graph.mutated_inputs(gm) if checks else []
     checks = checks and not written
     # the graph as Dynamo captured it, for the whole-graph check: the layers are replaced in gm
-    plain = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph)) if checks else None
+    plain = whole_graph.dense_copy(gm) if checks else None
     shown = CompileProgress(progress, stages=4 if checks else 3)
     try:
         shown.stage("Escoin kernels")

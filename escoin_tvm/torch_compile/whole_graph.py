@@ -12,6 +12,7 @@ graph only when it is ``GRAPH_MARGIN`` faster.
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -43,6 +44,27 @@ class GraphTimes:
             return f"whole graph: {times}: the Escoin layers run"
         return (f"whole graph: {times}, not {GRAPH_MARGIN:.0%} faster: every layer runs on "
                 "PyTorch")
+
+
+def dense_copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of the graph Dynamo captured, to compile with every layer dense while ``gm``'s
+    layers are replaced, carrying what Dynamo hands its backends beside the graph: the module's
+    ``meta`` (its compile id), its parameters' sources and each input's source. Without them
+    AOTAutograd takes the copy for a graph of unknown origin and marks none of its inputs
+    static, so CUDA graphs copy every parameter and buffer into their own memory before each
+    replay (hundreds of copies at batch 1, more time than the graph's kernels) and the dense
+    graph would be timed far slower than it runs."""
+    copied = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    copied.meta = dict(gm.meta)
+    for name in ("_param_name_to_source", "_source_to_user_stacks"):
+        if hasattr(gm, name):
+            setattr(copied, name, getattr(gm, name))
+    sources = {node.name: node._dynamo_source for node in gm.graph.find_nodes(op="placeholder")
+               if hasattr(node, "_dynamo_source")}
+    for node in copied.graph.find_nodes(op="placeholder"):
+        if node.name in sources:
+            node._dynamo_source = sources[node.name]
+    return copied
 
 
 def device_type(inputs: Sequence) -> str:
