@@ -274,9 +274,9 @@ def test_both_paths_build_the_best_record_of_the_log(vector_log, monkeypatch):
     assert first["config"] == dict(vars(best))
     assert second["schedule"] == "default"  # the log has no record of its workload
 
-    built = {}
-    monkeypatch.setattr(vs_kernel, "build_vector_sparse_conv2d",
-                        lambda *args, **kwargs: built.update(kwargs))
+    built = []
+    monkeypatch.setattr(vs_kernel, "VectorSparseConv2dKernel",
+                        lambda *args: built.append(args))
     from escoin_tvm.kernels import vector_sparse
     from escoin_tvm.torch_compile import ops
 
@@ -285,7 +285,12 @@ def test_both_paths_build_the_best_record_of_the_log(vector_log, monkeypatch):
                             conv.bias.detach().float().numpy(), (1, 1), (1, 1, 1, 1), (1, 1), 1,
                             True, target, TuningLog(path), vector_sparse.FAMILY)
     lowering.torch_kernel(layer, tuple(x.shape), None)
-    assert built["config"] == best and built["tuned"] is True
+    (spec, encoded, bias, epilogue, _, _, config, tuned), = built
+    assert config == best and tuned is True
+    assert (spec.batch, spec.in_channels, spec.height, spec.width) == tuple(x.shape)
+    assert epilogue == Epilogue(bias=True, relu=True)
+    assert encoded.weight_shape == tuple(conv.weight.shape)
+    np.testing.assert_array_equal(bias, conv.bias.detach().float().numpy())
 
 
 def test_a_log_with_tensor_core_records_reads_in_a_fresh_process(vector_log):

@@ -105,7 +105,8 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
             row["escoin_layers"] = sum(d.kernel != "dense" for d in decisions)
             row["whole_graph"] = [report.whole_graph for report in graphs]
             row["layers"] = [{"name": d.name, "kernel": d.kernel, "escoin_us": d.escoin_us,
-                              "dense_us": d.dense_us, "sparsity": d.sparsity}
+                              "dense_us": d.dense_us, "sparsity": d.sparsity,
+                              "reason": d.reason}
                              for d in decisions]
         compiled[name] = fn
 

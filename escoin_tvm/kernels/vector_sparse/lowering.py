@@ -65,22 +65,21 @@ def relax_call(builder, data, conv: relax.Call, bias: Optional[np.ndarray], resi
 def torch_kernel(layer, shape: tuple, device):
     """The kernel of a torch.compile backend layer (its frozen weight, bias, geometry and
     ReLU) for inputs of ``shape`` on ``device``, with the knobs of the layer's tuning log
-    where it has them."""
-    from .kernel import build_vector_sparse_conv2d
+    where it has them (the weight is encoded once, for the log's lookup and the kernel)."""
+    from .kernel import VectorSparseConv2dKernel, build_vector_sparse_conv2d
 
-    config, tuned = None, False
-    if layer.tuning_log is not None and is_gpu(layer.target):
-        spec = Conv2dSpec.create(shape, layer.weight.shape, stride=layer.stride,
-                                 padding=layer.padding, dilation=layer.dilation,
-                                 groups=layer.groups)
-        encoded = VectorSparseWeight.from_dense(layer.weight, spec, GPU_GROUP, MMA)
-        config, tuned, _ = schedule_choice(spec, encoded, Epilogue(
-            bias=layer.bias is not None, relu=layer.relu), layer.target, layer.tuning_log)
-    return build_vector_sparse_conv2d(layer.weight, shape, bias=layer.bias, stride=layer.stride,
-                                      padding=layer.padding, dilation=layer.dilation,
-                                      groups=layer.groups, relu=layer.relu,
-                                      target=layer.target, device=device, config=config,
-                                      tuned=tuned)
+    if layer.tuning_log is None or not is_gpu(layer.target):
+        return build_vector_sparse_conv2d(layer.weight, shape, bias=layer.bias,
+                                          stride=layer.stride, padding=layer.padding,
+                                          dilation=layer.dilation, groups=layer.groups,
+                                          relu=layer.relu, target=layer.target, device=device)
+    spec = Conv2dSpec.create(shape, layer.weight.shape, stride=layer.stride,
+                             padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+    epilogue = Epilogue(bias=layer.bias is not None, relu=layer.relu)
+    encoded = VectorSparseWeight.from_dense(layer.weight, spec, GPU_GROUP, MMA)
+    config, tuned, _ = schedule_choice(spec, encoded, epilogue, layer.target, layer.tuning_log)
+    return VectorSparseConv2dKernel(spec, encoded, layer.bias, epilogue, layer.target, device,
+                                    config, tuned)
 
 
 def _linear_weight(weight: np.ndarray, spec: Conv2dSpec) -> VectorSparseWeight:
