@@ -205,6 +205,35 @@ def test_a_linear_kernel_is_a_tuning_task_whose_untuned_point_builds():
     assert "mma.sync.aligned.m16n8k16" in source
 
 
+def test_the_backend_kernel_takes_the_knobs_of_its_tuning_log(monkeypatch):
+    """With a tuning log, a backend linear layer's kernel gets the log's best config for its
+    workload, flagged tuned, on the weight as the log's lookup encoded it."""
+    from escoin_tvm.kernels.vector_sparse import kernel as vs_kernel
+    from escoin_tvm.kernels.vector_sparse import lowering
+    from escoin_tvm.torch_compile import ops
+
+    weight = vector_pruned_linear(np.random.default_rng(2), 48, 200, 0.9, "float16")
+    bias = np.arange(48, dtype=np.float32)
+    best = TensorCoreConfig(warps=1, fragments=1, k_fragments=1, stages=1, image_block=1)
+    asked = []
+
+    class Log:
+        def best(self, workload, target, decode):
+            asked.append(workload)
+            return best, 1e-5
+
+    built = []
+    monkeypatch.setattr(vs_kernel, "VectorSparseLinearKernel", lambda *args: built.append(args))
+    layer = ops.SparseLinearLayer("fc", weight, bias, True, resolve_target(SM_90), Log(),
+                                  vector_sparse.LINEAR_FAMILY)
+    lowering.linear_torch_kernel(layer, (16, 200), None)
+    (batch, encoded, kernel_bias, relu, _, _, config, tuned), = built
+    assert len(asked) == 1 and config == best and tuned is True
+    assert (batch, relu, encoded.weight_shape[:2]) == (16, True, (48, 200))
+    np.testing.assert_array_equal(kernel_bias, bias)
+    np.testing.assert_array_equal(encoded.to_dense()[..., 0, 0], weight)
+
+
 GPU_SHARDS = 3
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -49,18 +48,21 @@ def kernel_seconds(kernel, x) -> float:
                       tvm_stream=True)
 
 
-def record_count(log) -> int:
-    """The records a tuning log holds now (the line a job's new records start after)."""
+def tune_one(task, log, target, trials: int, trials_per_iter: int):
+    """Tunes ``task`` into ``log``: (the job's result, its seconds, the mean run time of each
+    record it appended in trial order, the log's best (config, record) for the task or None)."""
+    from escoin_tvm.tuning import tune_tasks
     from escoin_tvm.tuning.log import RECORDS
 
     path = log.path / RECORDS
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def record_times(path: Path, start_line: int):
-    """Mean run time of each record appended to the log after ``start_line`` (trial order)."""
-    lines = path.read_text().splitlines()[start_line:]
-    return [float(np.mean(json.loads(line)[1][1])) for line in lines]
+    before = len(path.read_text().splitlines()) if path.exists() else 0
+    started = time.time()
+    result = tune_tasks([task], log=log, target=target, trials=trials,
+                        trials_per_iter=trials_per_iter)[0]
+    seconds = time.time() - started
+    curve = [float(np.mean(json.loads(line)[1][1]))
+             for line in path.read_text().splitlines()[before:]]
+    return result, seconds, curve, log.best(task.workload, target, task.decode)
 
 
 def main(argv=None):
@@ -91,8 +93,7 @@ def main(argv=None):
     from escoin_tvm.kernels.conv_spec import Conv2dSpec
     from escoin_tvm.support.target import resolve_target
     from escoin_tvm.kernels.conv2d.tuning_space import Task
-    from escoin_tvm.tuning import TuningLog, tune_tasks
-    from escoin_tvm.tuning.log import RECORDS
+    from escoin_tvm.tuning import TuningLog
     from escoin_tvm.kernels.conv2d.weight_format import EscoinWeight
 
     torch.backends.cudnn.allow_tf32 = False
@@ -119,13 +120,8 @@ def main(argv=None):
                                      groups=groups)
             task = Task(spec, Epilogue(), EscoinWeight.from_dense(dense, spec), target,
                         [f"{name}_b{batch}"])
-            lines_before = record_count(log)
-            t0 = time.time()
-            result = tune_tasks([task], log=log, target=target, trials=args.trials,
-                                trials_per_iter=args.trials_per_iter)[0]
-            tuning_s = time.time() - t0
-            curve = record_times(log.path / RECORDS, lines_before)
-            tuned = log.best(task.workload, target, task.decode)
+            result, tuning_s, curve, tuned = tune_one(task, log, target, args.trials,
+                                                      args.trials_per_iter)
             configs = {"default": (default_gpu_config(spec), False),
                        "pretuned": (conv_knobs.lookup(spec, "sm_90"), False),
                        "tuned": (tuned[0] if tuned else None, True)}

@@ -27,7 +27,7 @@ import numpy as np
 from experiments.benchmarks.bench_vector_sparse import vector_weight
 from experiments.benchmarks.layers import LAYER_SETS
 from experiments.common import RESULTS, environment, gpu_short_name, result_path
-from experiments.tuning.tune_layers import record_count, record_times
+from experiments.tuning.tune_layers import tune_one
 
 
 def main(argv=None):
@@ -57,8 +57,7 @@ def main(argv=None):
     from escoin_tvm.support import dtypes
     from escoin_tvm.support.target import resolve_target
     from escoin_tvm.support.timing import graph_time
-    from escoin_tvm.tuning import TuningLog, tune_tasks
-    from escoin_tvm.tuning.log import RECORDS
+    from escoin_tvm.tuning import TuningLog
 
     torch.backends.cudnn.allow_tf32 = False
     target = resolve_target("cuda")
@@ -87,13 +86,8 @@ def main(argv=None):
             encoded = VectorSparseWeight.from_dense(weight, spec, GPU_GROUP, MMA)
             encoded = encoded.padded_to(work_config(spec, encoded.offsets.shape[1]).k_tile)
             task = VectorSparseTask(spec, Epilogue(), encoded, target, [f"{name}_b{batch}"])
-            lines_before = record_count(log)
-            t0 = time.time()
-            result = tune_tasks([task], log=log, target=target, trials=args.trials,
-                                trials_per_iter=args.trials_per_iter)[0]
-            tuning_s = time.time() - t0
-            curve = record_times(log.path / RECORDS, lines_before)
-            tuned = log.best(task.workload, target, task.decode)
+            result, tuning_s, curve, tuned = tune_one(task, log, target, args.trials,
+                                                      args.trials_per_iter)
             gen = torch.Generator(device="cpu").manual_seed(seed)
             x = torch.randn((batch, *chw), generator=gen).to("cuda", tdtype)
             w = torch.from_numpy(weight.astype(np.float32)).to("cuda", tdtype)

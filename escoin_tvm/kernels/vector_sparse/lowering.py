@@ -111,16 +111,16 @@ def linear_relax_call(builder, data, matmul: relax.Call, bias: Optional[np.ndarr
 def linear_torch_kernel(layer, shape: tuple, device):
     """The kernel of a torch.compile backend linear layer (``torch_compile.ops.
     SparseLinearLayer``) for inputs of ``shape`` on ``device``, with the knobs of the layer's
-    tuning log where it has them."""
-    from .kernel import build_vector_sparse_linear
+    tuning log where it has them (the weight is encoded once, for the log's lookup and the
+    kernel)."""
+    from .kernel import VectorSparseLinearKernel, build_vector_sparse_linear
 
-    config, tuned = None, False
-    if layer.tuning_log is not None and is_gpu(layer.target):
-        spec = linear_spec(int(shape[0]), layer.weight.shape[1], layer.weight.shape[0])
-        config, tuned, _ = schedule_choice(
-            spec, _linear_weight(layer.weight, spec),
-            Epilogue(bias=layer.bias is not None, relu=layer.relu), layer.target,
-            layer.tuning_log, True)
-    return build_vector_sparse_linear(layer.weight, shape[0], bias=layer.bias, relu=layer.relu,
-                                      target=layer.target, device=device, config=config,
-                                      tuned=tuned)
+    if layer.tuning_log is None or not is_gpu(layer.target):
+        return build_vector_sparse_linear(layer.weight, shape[0], bias=layer.bias,
+                                          relu=layer.relu, target=layer.target, device=device)
+    spec = linear_spec(int(shape[0]), layer.weight.shape[1], layer.weight.shape[0])
+    encoded = _linear_weight(layer.weight, spec)
+    config, tuned, _ = schedule_choice(spec, encoded, Epilogue(
+        bias=layer.bias is not None, relu=layer.relu), layer.target, layer.tuning_log, True)
+    return VectorSparseLinearKernel(int(shape[0]), encoded, layer.bias, layer.relu,
+                                    layer.target, device, config, tuned)
