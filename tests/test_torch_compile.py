@@ -304,6 +304,24 @@ def test_measured_dispatch_on_the_cpu_times_each_layer_as_calls_through_the_oper
     assert len(timed) == taken
 
 
+def test_layers_taken_untimed_off_the_gpu_say_how_to_time_them():
+    """On the CPU the default policy takes layers by sparsity alone: the user is told, once,
+    that they are untimed and how to have them timed; a policy asked for by name is not
+    warned about."""
+    import warnings
+
+    model, x = net(), torch.randn(2, 3, 16, 16)
+    with torch.no_grad(), pytest.warns(UserWarning, match="untimed.*'dispatch': 'measure'"):
+        close(torch.compile(model, backend="escoin")(x), model(x))
+    assert any(layer.kernel != "dense" for layer in backend.REPORTS[-1].layers)
+    for options in ({"dispatch": "threshold"}, {"dispatch": "measure", "whole_graph": False}):
+        model = net(seed=1)
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            close(torch.compile(model, backend="escoin", options=options)(x), model(x))
+        assert not [w for w in caught if "untimed" in str(w.message)], options
+
+
 def test_measured_dispatch_follows_whether_the_graph_replays_cuda_graphs(monkeypatch):
     seen = []
 

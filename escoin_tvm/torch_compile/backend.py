@@ -24,7 +24,8 @@ not both, so with options the mode is one of them):
   mode        torch.compile's mode for the rest of the graph ("reduce-overhead": CUDA graphs)
   threshold   sparsity from which a layer is a candidate (default 0.7)
   tuning_log  a log written by ``escoin_tvm.tune``: its best knobs for the kernels it knows
-  dispatch    "measure" (default on a GPU), "threshold" (default on the CPU), or "none";
+  dispatch    "measure" (default on a GPU), "threshold" (default on the CPU, where a warning
+              says that the layers it takes are untimed), or "none";
               a graph replayed from CUDA graphs ("reduce-overhead") is measured so, any
               other as calls, each side's host time included
   dense       "inductor" (default) or "eager": what runs the rest of the graph
@@ -70,6 +71,11 @@ FAMILIES = {"conv2d": (vector_sparse.FAMILY, conv2d.FAMILY),
             "linear": (linear.FAMILY, vector_sparse.LINEAR_FAMILY)}
 OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress",
                "whole_graph")
+UNTIMED_ON_THE_CPU = (
+    "torch.compile(backend='escoin'): off the GPU, layers go to Escoin kernels by their sparsity "
+    "alone, untimed, and Escoin's CPU kernels can be slower than PyTorch's; "
+    "options={'dispatch': 'measure'} times each layer and the graph as a whole and keeps what "
+    "is faster (options={'dispatch': 'threshold'} keeps this policy without the warning)")
 GRADIENTS_ON = ("the backend runs inference (call the model under torch.no_grad() or "
                 "torch.inference_mode())")
 
@@ -169,6 +175,7 @@ def escoin_backend(gm: torch.fx.GraphModule, example_inputs, mode: Optional[str]
             decisions.append(decision)
             shown.layer()
         _warn_if_gradients_kept_every_layer(decisions)
+        _warn_if_taken_untimed(dispatch, found, registered)
         shown.stage("the rest" if dense == "eager" else "inductor")
         gm.graph.lint()
         gm.recompile()
@@ -251,6 +258,14 @@ def _warn_if_gradients_kept_every_layer(decisions: List[LayerDecision]) -> None:
         warnings.warn(f"torch.compile(backend='escoin'): gradients are on, so none of the "
                       f"graph's {len(kept)} candidate layer(s) runs on an Escoin kernel; "
                       f"{GRADIENTS_ON}")
+
+
+def _warn_if_taken_untimed(dispatch: Optional[str], found, registered) -> None:
+    """Layers taken by the default policy without being timed (a graph on the CPU) say so once:
+    Escoin's CPU kernels are often slower than PyTorch's, and only measured dispatch (with the
+    whole-graph check it brings) keeps a graph from running slower than without the backend."""
+    if dispatch is None and registered and not any(_measures(None, c) for c in found):
+        warnings.warn(UNTIMED_ON_THE_CPU)
 
 
 def _dense_backend(gm, example_inputs, dense: str, mode: Optional[str], options: dict):
