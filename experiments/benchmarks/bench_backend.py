@@ -8,16 +8,22 @@ each sparsity), batch and precision, one process compiles the same pruned model 
   escoin   torch.compile(model, backend="escoin", mode="reduce-overhead"): each candidate layer
            timed on the device against PyTorch's operator, the faster kept; the rest inductor
 Precisions: "tf32" is fp32 in PyTorch's default settings (cuDNN may use TF32), "fp16" the model
-in fp16 channels-last. Both compiled models are timed in the same process, alternately (CUDA
-events around each call, median of each of ``--rounds`` rounds of 50, the median of those;
-the order of the models turns each round), with the GPU otherwise idle. ``--control`` compiles
-the dense model a second time and times it with the others: ``control`` (dense / dense again)
-is the spread between two compiles of one graph, the noise a speed-up must be read against. Compile times are first compiles (a fresh CUDA binary cache,
+in fp16 channels-last. The compiled models are timed in the same process, alternately, with the
+GPU otherwise idle, in ``--rounds`` rounds (the order of the models turns each round); each round
+times 50 calls each alone (CUDA events around the call, then a synchronisation: ``*_ms`` and
+``speedup`` are the median over rounds of each round's median) and 50 calls back to back
+(``*_loop_ms``, ``loop_speedup``: the host's work overlaps the GPU's). ``rounds_ms`` keeps
+every round. ``--control [N]`` compiles the dense model N more times (1 if N is not given)
+and times them with the others: ``control`` (dense / dense again) and ``controls`` (dense / each
+further compile) are the spread between compiles of one graph, the noise a speed-up must be read
+against. Inductor's counters (CUDA-graph recordings, skips) are kept per
+compile and over the timing. Compile times are first compiles (a fresh CUDA binary cache,
 unless ESCOIN_TVM_CACHE_DIR names one). Each output is checked against eager PyTorch on the
-same model, dtype and settings (``rel_err``: max abs difference over max abs reference).
+same model, dtype and settings (``rel_err``: max abs difference over max abs reference) and
+against the model in float32 with TF32 off (``rel_err_fp32``).
 
 Usage: python -m experiments.benchmarks.bench_backend [--networks alexnet,googlenet,resnet50,vgg16]
-    [--batches 1,16] [--sparsities 0.9] [--precisions tf32,fp16] [--deadline 540] [--control]
+    [--batches 1,16] [--sparsities 0.9] [--precisions tf32,fp16] [--deadline 540] [--control [N]]
        python -m experiments.benchmarks.bench_backend --report experiments/results/backend-...jsonl[,...]
 """
 from __future__ import annotations
@@ -48,23 +54,36 @@ def prepared(network: str, batch: int, sparsity: str, precision: str):
     return model, x
 
 
-def alternate_times(fns: dict, rounds: int, repeats: int = 50) -> dict:
-    """{name: seconds}: each callable's median over ``repeats`` calls, the rounds alternating
-    between the callables (each round starting one callable later, so that none is always
-    timed first), the median of its rounds."""
-    from escoin_tvm.support.timing import median_time
+def alternate_rounds(fns: dict, rounds: int, repeats: int = 50, device: str = "cuda") -> dict:
+    """{name: {"call": [...], "loop": [...]}}: seconds per call of each callable, one value per
+    round, the rounds alternating between the callables (each round starting one callable
+    later, so that none is always timed first). "call": the median of ``repeats`` calls each
+    timed alone (CUDA events around the call, then a synchronisation: the latency a caller
+    waiting for each result sees, the host's work before the launch included); "loop": the same
+    number of calls back to back, per call (the host's work overlaps the GPU's, so a difference
+    in "call" that "loop" does not show is a difference on the host)."""
+    from escoin_tvm.support.timing import call_time, median_time
 
-    times = {name: [] for name in fns}
+    times = {name: {"call": [], "loop": []} for name in fns}
     names = list(fns)
     for round_ in range(rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            times[name].append(median_time(fns[name], "cuda", warmup=5, repeats=repeats))
-    return {name: float(np.median(values)) for name, values in times.items()}
+            times[name]["call"].append(median_time(fns[name], device, warmup=5,
+                                                   repeats=repeats))
+            times[name]["loop"].append(call_time(fns[name], device, warmup=0, calls=repeats,
+                                                 repeats=1))
+    return times
 
 
-def time_compiled(fns: dict, x, rounds: int) -> dict:
-    """{name: seconds} of each compiled model called on ``x`` under ``torch.no_grad()``,
-    alternately (``alternate_times``)."""
+def alternate_times(fns: dict, rounds: int, repeats: int = 50) -> dict:
+    """{name: seconds}: each callable's single-call median per round (``alternate_rounds``),
+    the median of its rounds."""
+    return {name: float(np.median(values["call"]))
+            for name, values in alternate_rounds(fns, rounds, repeats).items()}
+
+
+def no_grad_calls(fns: dict, x) -> dict:
+    """Each compiled model as a call on ``x`` under ``torch.no_grad()``."""
     import torch
 
     def call(fn):
@@ -73,11 +92,43 @@ def time_compiled(fns: dict, x, rounds: int) -> dict:
                 return fn(x)
         return once
 
-    return alternate_times({name: call(fn) for name, fn in fns.items()}, rounds)
+    return {name: call(fn) for name, fn in fns.items()}
+
+
+def time_compiled(fns: dict, x, rounds: int) -> dict:
+    """{name: seconds} of each compiled model called on ``x`` under ``torch.no_grad()``,
+    alternately (``alternate_times``)."""
+    return alternate_times(no_grad_calls(fns, x), rounds)
+
+
+def inductor_counters() -> dict:
+    """A copy of inductor's counters (CUDA-graph recordings, skips, re-records)."""
+    import torch
+
+    return dict(torch._dynamo.utils.counters["inductor"])
+
+
+def counter_change(before: dict, after: dict) -> dict:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def fp32_reference(model, x):
+    """The model's output in float32 with TF32 off: the reference an fp16 output is also
+    compared with (random weights can overflow in fp16, where the same-dtype reference fails
+    too)."""
+    import torch
+
+    allowed = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            return copy.deepcopy(model).float()(x.float()).double().cpu().numpy()
+    finally:
+        torch.backends.cudnn.allow_tf32 = allowed
 
 
 def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: int,
-             control: bool = False) -> dict:
+             control: int = 0) -> dict:
     import torch
 
     from escoin_tvm.torch_compile import backend as escoin_backend
@@ -86,18 +137,25 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
     model, x = prepared(network, batch, sparsity, precision)
     with torch.no_grad():
         reference = model(x).float().cpu().numpy()
-    row = {"network": network, "batch": batch, "sparsity": sparsity, "precision": precision}
+    reference32 = fp32_reference(model, x)
+    row = {"network": network, "batch": batch, "sparsity": sparsity, "precision": precision,
+           "reference_finite": bool(np.isfinite(reference).all())}
     compiled = {}
     variants = [("dense", {}), ("escoin", {"backend": "escoin"})]
-    for name, kwargs in variants + ([("dense_again", {})] if control else []):
+    again = [f"dense_again{'' if k == 1 else f'_{k}'}" for k in range(1, control + 1)]
+    for name, kwargs in variants + [(name, {}) for name in again]:
         reports = len(escoin_backend.REPORTS)
+        counters = inductor_counters()
         start = time.time()
         fn = torch.compile(copy.deepcopy(model), mode="reduce-overhead", **kwargs)
         with torch.no_grad():
             for _ in range(3):  # the first calls compile, then record the CUDA graph
                 out = fn(x)
-            row[f"{name}_rel_err"] = relative_error(out.float().cpu().numpy(), reference)
+            out = out.double().cpu().numpy()
+            row[f"{name}_rel_err"] = relative_error(out, reference)
+            row[f"{name}_rel_err_fp32"] = relative_error(out, reference32)
         row[f"{name}_compile_s"] = time.time() - start
+        row[f"{name}_inductor_counters"] = counter_change(counters, inductor_counters())
         if name == "escoin":
             graphs = escoin_backend.REPORTS[reports:]
             decisions = [d for report in graphs for d in report.layers]
@@ -110,16 +168,37 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
                              for d in decisions]
         compiled[name] = fn
 
-    times = time_compiled(compiled, x, rounds)
-    row.update(dense_ms=times["dense"] * 1e3, escoin_ms=times["escoin"] * 1e3,
-               speedup=times["dense"] / times["escoin"])
+    counters = inductor_counters()
+    rounds_s = alternate_rounds(no_grad_calls(compiled, x), rounds)
+    row["timing_inductor_counters"] = counter_change(counters, inductor_counters())
+    row["rounds_ms"] = {name: {kind: [t * 1e3 for t in values] for kind, values in kinds.items()}
+                        for name, kinds in rounds_s.items()}
+    times = {name: {kind: float(np.median(values)) for kind, values in kinds.items()}
+             for name, kinds in rounds_s.items()}
+    for name in compiled:
+        row[f"{name}_ms"] = times[name]["call"] * 1e3
+        row[f"{name}_loop_ms"] = times[name]["loop"] * 1e3
+    row.update(speedup=times["dense"]["call"] / times["escoin"]["call"],
+               loop_speedup=times["dense"]["loop"] / times["escoin"]["loop"])
     if control:
-        row.update(dense_again_ms=times["dense_again"] * 1e3,
-                   control=times["dense"] / times["dense_again"])
+        row.update(control=times["dense"]["call"] / times["dense_again"]["call"],
+                   loop_control=times["dense"]["loop"] / times["dense_again"]["loop"],
+                   controls=[times["dense"]["call"] / times[name]["call"] for name in again])
     del compiled
     torch._dynamo.reset()
     torch.cuda.empty_cache()
     return row
+
+
+def _spread(row: dict) -> str:
+    """The control column: dense / dense again, or its range over several further compiles."""
+    controls = row.get("controls", [row["control"]])
+    if len(controls) == 1:
+        return f"{controls[0]:.2f}x | "
+    # the escoin graph against the fastest and the slowest of the dense compiles
+    dense = [row["dense_ms"]] + [row["dense_ms"] / c for c in controls]
+    return (f"{min(controls):.2f}-{max(controls):.2f}x ({len(controls)}); escoin against "
+            f"them {min(dense) / row['escoin_ms']:.2f}-{max(dense) / row['escoin_ms']:.2f}x | ")
 
 
 def report(paths: str) -> str:
@@ -131,14 +210,17 @@ def report(paths: str) -> str:
     control = any("control" in r for r in rows)
     lines = ["| network | sparsity | batch | precision | dense ro ms | escoin ro ms | speed-up | "
              + ("dense / dense again | " if control else "")
-             + "Escoin layers | max rel err (dense / escoin) |",
-             "|---|---|---|---|---|---|---|" + ("---|" if control else "") + "---|---|"]
+             + "Escoin layers | max rel err (dense / escoin) | loop speed-up |",
+             "|---|---|---|---|---|---|---|" + ("---|" if control else "") + "---|---|---|"]
     for r in rows:
-        spread = (f"{r['control']:.2f}x | " if "control" in r else "- | ") if control else ""
+        spread = (_spread(r) if "control" in r else "- | ") if control else ""
         lines.append(f"| {r['network']} | {r['sparsity']} | {r['batch']} | {r['precision']} | "
                      f"{r['dense_ms']:.3f} | {r['escoin_ms']:.3f} | {r['speedup']:.2f}x | "
                      f"{spread}{r['escoin_layers']}/{r['candidates']} | "
-                     f"{r['dense_rel_err']:.1e} / {r['escoin_rel_err']:.1e} |")
+                     f"{r['dense_rel_err']:.1e} / {r['escoin_rel_err']:.1e}"
+                     + (f" (fp32: {r['escoin_rel_err_fp32']:.1e})"
+                        if "escoin_rel_err_fp32" in r else "") + " | "
+                     + (f"{r['loop_speedup']:.2f}x |" if "loop_speedup" in r else "- |"))
     for precision in sorted({r["precision"] for r in rows}):
         picked = [r["speedup"] for r in rows if r["precision"] == precision]
         lines.append(f"\n{precision}: geomean {geomean(picked):.3f}x over {len(picked)} cases, "
@@ -152,8 +234,8 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--sparsities", default="0.9")
     parser.add_argument("--precisions", default="tf32,fp16")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--control", action="store_true",
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--control", nargs="?", type=int, const=1, default=0, metavar="N",
                         help="also time a second compile of the dense model (the noise floor)")
     parser.add_argument("--deadline", type=float, default=0, help="seconds after which no new "
                         "case starts (0: none)")

@@ -75,8 +75,14 @@ def _pruned_model(network: str, sparsity: str):
         import torchvision
 
         torch.manual_seed(0)
-        model = models.with_random_batch_norms(
-            torchvision.models.get_model(network[3:], weights=None))
+        model = torchvision.models.get_model(network[3:], weights=None)
+        # weights drawn to keep activations at scale (He et al.), as trained networks do:
+        # some of torchvision's initialisations (Inception-v3's normal of std 0.1) grow the
+        # activations layer by layer until fp16 overflows
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        model = models.with_random_batch_norms(model)
     else:
         model = models.build(network, seed=0)
     sparsity = str(sparsity)
