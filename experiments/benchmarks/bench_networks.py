@@ -71,18 +71,7 @@ def _pruned_model(network: str, sparsity: str):
     from escoin_tvm import models, prune
 
     if network.startswith("tv:"):  # a torchvision architecture (on machines that have it)
-        import torch
-        import torchvision
-
-        torch.manual_seed(0)
-        model = torchvision.models.get_model(network[3:], weights=None)
-        # weights drawn to keep activations at scale (He et al.), as trained networks do:
-        # some of torchvision's initialisations (Inception-v3's normal of std 0.1) grow the
-        # activations layer by layer until fp16 overflows
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-        model = models.with_random_batch_norms(model)
+        model = torchvision_model(network[3:])
     else:
         model = models.build(network, seed=0)
     sparsity = str(sparsity)
@@ -95,6 +84,26 @@ def _pruned_model(network: str, sparsity: str):
     else:
         prune.magnitude(model, float(sparsity), layers=layers)
     return model.eval()
+
+
+def torchvision_model(name: str, he_init: bool = True):
+    """torchvision's architecture ``name`` with random weights (seed 0) and random batch-norm
+    statistics. ``he_init``: convolution and linear weights drawn to keep activations at scale
+    (He et al.), as trained networks do; some of torchvision's own initialisations grow them
+    layer by layer until fp16 overflows (Inception-v3's normal of std 0.1:
+    ``experiments/investigations/fp16_range.py``)."""
+    import torch
+    import torchvision
+
+    from escoin_tvm import models
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None)
+    if he_init:
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return models.with_random_batch_norms(model)
 
 
 def example(batch: int):
