@@ -305,7 +305,7 @@ def test_measured_dispatch_on_the_cpu_times_each_layer_as_calls_through_the_oper
 
 
 def test_layers_taken_untimed_off_the_gpu_say_how_to_time_them():
-    """On the CPU the default policy takes layers by sparsity alone: the user is told, once,
+    """On the CPU the default policy takes layers by sparsity alone: the user is told
     that they are untimed and how to have them timed; a policy asked for by name is not
     warned about."""
     import warnings

@@ -71,7 +71,7 @@ FAMILIES = {"conv2d": (vector_sparse.FAMILY, conv2d.FAMILY),
             "linear": (linear.FAMILY, vector_sparse.LINEAR_FAMILY)}
 OUR_OPTIONS = ("mode", "threshold", "tuning_log", "dispatch", "dense", "progress",
                "whole_graph")
-UNTIMED_ON_THE_CPU = (
+UNTIMED_OFF_THE_GPU = (
     "torch.compile(backend='escoin'): off the GPU, layers go to Escoin kernels by their sparsity "
     "alone, untimed, and Escoin's CPU kernels can be slower than PyTorch's; "
     "options={'dispatch': 'measure'} times each layer and the graph as a whole and keeps what "
@@ -265,7 +265,7 @@ def _warn_if_taken_untimed(dispatch: Optional[str], found, registered) -> None:
     Escoin's CPU kernels are often slower than PyTorch's, and only measured dispatch (with the
     whole-graph check it brings) keeps a graph from running slower than without the backend."""
     if dispatch is None and registered and not any(_measures(None, c) for c in found):
-        warnings.warn(UNTIMED_ON_THE_CPU)
+        warnings.warn(UNTIMED_OFF_THE_GPU)
 
 
 def _dense_backend(gm, example_inputs, dense: str, mode: Optional[str], options: dict):
