@@ -37,7 +37,8 @@ import time
 
 import numpy as np
 
-from experiments.benchmarks.bench_networks import example, pruned_model, relative_error
+from experiments.benchmarks.bench_networks import (example, pruned_model, reference_output,
+                                                   relative_error)
 from experiments.common import RESULTS, environment, geomean, gpu_short_name, result_path
 
 
@@ -54,24 +55,25 @@ def prepared(network: str, batch: int, sparsity: str, precision: str):
     return model, x
 
 
-def alternate_rounds(fns: dict, rounds: int, repeats: int = 50, device: str = "cuda") -> dict:
+def alternate_rounds(fns: dict, rounds: int, repeats: int = 50, loop: bool = True) -> dict:
     """{name: {"call": [...], "loop": [...]}}: seconds per call of each callable, one value per
     round, the rounds alternating between the callables (each round starting one callable
     later, so that none is always timed first). "call": the median of ``repeats`` calls each
     timed alone (CUDA events around the call, then a synchronisation: the latency a caller
     waiting for each result sees, the host's work before the launch included); "loop": the same
     number of calls back to back, per call (the host's work overlaps the GPU's, so a difference
-    in "call" that "loop" does not show is a difference on the host)."""
+    in "call" that "loop" does not show is a difference on the host; timed only if ``loop``)."""
     from escoin_tvm.support.timing import call_time, median_time
 
-    times = {name: {"call": [], "loop": []} for name in fns}
+    times = {name: {"call": [], "loop": []} if loop else {"call": []} for name in fns}
     names = list(fns)
     for round_ in range(rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            times[name]["call"].append(median_time(fns[name], device, warmup=5,
+            times[name]["call"].append(median_time(fns[name], "cuda", warmup=5,
                                                    repeats=repeats))
-            times[name]["loop"].append(call_time(fns[name], device, warmup=0, calls=repeats,
-                                                 repeats=1))
+            if loop:
+                times[name]["loop"].append(call_time(fns[name], "cuda", warmup=0,
+                                                     calls=repeats, repeats=1))
     return times
 
 
@@ -79,7 +81,7 @@ def alternate_times(fns: dict, rounds: int, repeats: int = 50) -> dict:
     """{name: seconds}: each callable's single-call median per round (``alternate_rounds``),
     the median of its rounds."""
     return {name: float(np.median(values["call"]))
-            for name, values in alternate_rounds(fns, rounds, repeats).items()}
+            for name, values in alternate_rounds(fns, rounds, repeats, loop=False).items()}
 
 
 def no_grad_calls(fns: dict, x) -> dict:
@@ -109,22 +111,8 @@ def inductor_counters() -> dict:
 
 
 def counter_change(before: dict, after: dict) -> dict:
+    """The counters that moved from ``before`` to ``after``, by how much."""
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-
-
-def fp32_reference(model, x):
-    """The model's output in float32 with TF32 off: the reference an fp16 output is also
-    compared with (random weights can overflow in fp16, where the same-dtype reference fails
-    too)."""
-    import torch
-
-    allowed = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            return copy.deepcopy(model).float()(x.float()).double().cpu().numpy()
-    finally:
-        torch.backends.cudnn.allow_tf32 = allowed
 
 
 def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: int,
@@ -134,10 +122,12 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
     from escoin_tvm.torch_compile import backend as escoin_backend
 
     torch._dynamo.reset()
+    # float32 with TF32 off (before ``prepared`` puts PyTorch's default settings back): the
+    # reference an fp16 output is also compared with, where the same-dtype one may overflow
+    reference32 = reference_output(network, batch, sparsity)
     model, x = prepared(network, batch, sparsity, precision)
     with torch.no_grad():
         reference = model(x).float().cpu().numpy()
-    reference32 = fp32_reference(model, x)
     row = {"network": network, "batch": batch, "sparsity": sparsity, "precision": precision,
            "reference_finite": bool(np.isfinite(reference).all())}
     compiled = {}
@@ -236,7 +226,8 @@ def main(argv=None):
     parser.add_argument("--precisions", default="tf32,fp16")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--control", nargs="?", type=int, const=1, default=0, metavar="N",
-                        help="also time a second compile of the dense model (the noise floor)")
+                        help="also time N more compiles of the dense model (the noise floor; "
+                        "1 if N is not given)")
     parser.add_argument("--deadline", type=float, default=0, help="seconds after which no new "
                         "case starts (0: none)")
     parser.add_argument("--out", default=str(RESULTS))
