@@ -10,13 +10,18 @@ each sparsity), batch and precision, one process compiles the same pruned model 
 Precisions: "tf32" is fp32 in PyTorch's default settings (cuDNN may use TF32), "fp16" the model
 in fp16 channels-last. The compiled models are timed in the same process, alternately, with the
 GPU otherwise idle, in ``--rounds`` rounds (the order of the models turns each round); each round
-times 50 calls each alone (CUDA events around the call, then a synchronisation: ``*_ms`` and
-``speedup`` are the median over rounds of each round's median) and 50 calls back to back
-(``*_loop_ms``, ``loop_speedup``: the host's work overlaps the GPU's). ``rounds_ms`` keeps
-every round. ``--control [N]`` compiles the dense model N more times (1 if N is not given)
-and times them with the others: ``control`` (dense / dense again) and ``controls`` (dense / each
-further compile) are the spread between compiles of one graph, the noise a speed-up must be read
-against. Inductor's counters (CUDA-graph recordings, skips) are kept per
+times 50 calls each alone (CUDA events around the call, then a synchronisation: ``*_ms`` is the
+median over rounds of each round's median) and 50 calls back to back (``*_loop_ms``: the host's
+work overlaps the GPU's). ``rounds_ms`` keeps every round. The headline ``speedup`` is paired:
+the median over rounds of each round's dense / escoin single-call time (``paired_ratio``), so a
+slow spell of the host, which lands on every model timed in that round, divides out;
+``median_speedup`` is the ratio of the medians, ``loop_speedup`` that of the loops.
+``--control [N]`` compiles the dense model N more times (1 if N is not given) and times them
+with the others: ``controls`` (dense / each further compile, paired as ``speedup``) is the spread
+between compiles of one graph, the noise a speed-up must be read against (``control`` and
+``loop_control``: the first of them as ratios of medians). Which estimator spreads identical
+compiles least is measured by ``experiments.investigations.timing_estimators``. Inductor's
+counters (CUDA-graph recordings, skips) are kept per
 compile and over the timing. Compile times are first compiles (a fresh CUDA binary cache,
 unless ESCOIN_TVM_CACHE_DIR names one). Each output is checked against eager PyTorch on the
 same model, dtype and settings (``rel_err``: max abs difference over max abs reference) and
@@ -25,6 +30,7 @@ against the model in float32 with TF32 off (``rel_err_fp32``).
 Usage: python -m experiments.benchmarks.bench_backend [--networks alexnet,googlenet,resnet50,vgg16]
     [--batches 1,16] [--sparsities 0.9] [--precisions tf32,fp16] [--deadline 540] [--control [N]]
        python -m experiments.benchmarks.bench_backend --report experiments/results/backend-...jsonl[,...]
+           [--second experiments/results/backend-...jsonl[,...]]
 """
 from __future__ import annotations
 
@@ -75,6 +81,14 @@ def alternate_rounds(fns: dict, rounds: int, repeats: int = 50, loop: bool = Tru
                 times[name]["loop"].append(call_time(fns[name], "cuda", warmup=0,
                                                      calls=repeats, repeats=1))
     return times
+
+
+def paired_ratio(numerator: list, denominator: list) -> float:
+    """The median over rounds of ``numerator[i] / denominator[i]``: two models' times from the
+    same rounds of ``alternate_rounds``, compared round by round. Both are timed within each
+    round, so what slows a whole round (the host busy elsewhere, the clocks) slows both and
+    divides out, where a ratio of the two medians keeps it."""
+    return float(np.median(np.asarray(numerator) / np.asarray(denominator)))
 
 
 def alternate_times(fns: dict, rounds: int, repeats: int = 50) -> dict:
@@ -168,53 +182,123 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
     for name in compiled:
         row[f"{name}_ms"] = times[name]["call"] * 1e3
         row[f"{name}_loop_ms"] = times[name]["loop"] * 1e3
-    row.update(speedup=times["dense"]["call"] / times["escoin"]["call"],
+    calls = {name: kinds["call"] for name, kinds in rounds_s.items()}
+    row.update(speedup=paired_ratio(calls["dense"], calls["escoin"]),
+               median_speedup=times["dense"]["call"] / times["escoin"]["call"],
                loop_speedup=times["dense"]["loop"] / times["escoin"]["loop"])
     if control:
         row.update(control=times["dense"]["call"] / times["dense_again"]["call"],
                    loop_control=times["dense"]["loop"] / times["dense_again"]["loop"],
-                   controls=[times["dense"]["call"] / times[name]["call"] for name in again])
+                   controls=[paired_ratio(calls["dense"], calls[name]) for name in again])
     del compiled
     torch._dynamo.reset()
     torch.cuda.empty_cache()
     return row
 
 
-def _spread(row: dict) -> str:
-    """The control column: dense / dense again, or its range over several further compiles."""
-    controls = row.get("controls", [row["control"]])
-    if len(controls) == 1:
-        return f"{controls[0]:.2f}x | "
-    # the escoin graph against the fastest and the slowest of the dense compiles
-    dense = [row["dense_ms"]] + [row["dense_ms"] / c for c in controls]
-    return (f"{min(controls):.2f}-{max(controls):.2f}x ({len(controls)}); escoin against "
-            f"them {min(dense) / row['escoin_ms']:.2f}-{max(dense) / row['escoin_ms']:.2f}x | ")
+def ratios(row: dict) -> dict:
+    """A row's speed-up, and the escoin graph against each dense compile (the first, then the
+    controls), paired round by round as ``run_case`` computes them, from the row's rounds where
+    it keeps them (rows written before the paired estimator stored ratios of medians); a row
+    without rounds keeps its stored ratios of medians, with ``paired`` False."""
+    rounds = row.get("rounds_ms")
+    if not rounds:
+        stored = row.get("controls", [row["control"]] if "control" in row else [])
+        return {"paired": False, "speedup": row["speedup"], "controls": stored,
+                "against": [row["speedup"]] + [row["speedup"] / c for c in stored]}
+    calls = {name: kinds["call"] for name, kinds in rounds.items()}
+    dense = ["dense"] + sorted(name for name in calls if name.startswith("dense_again"))
+    return {"paired": True, "speedup": paired_ratio(calls["dense"], calls["escoin"]),
+            "controls": [paired_ratio(calls["dense"], calls[name]) for name in dense[1:]],
+            "against": [paired_ratio(calls[name], calls["escoin"]) for name in dense]}
+
+
+def _spread(paired: dict) -> str:
+    """The control columns: dense / each further compile, and the escoin graph against the
+    slowest and the fastest of the dense compiles."""
+    controls, against = paired["controls"], paired["against"]
+    if not controls:
+        return "- | - | "
+    return (f"{min(controls):.2f}-{max(controls):.2f}x ({len(controls)}) | "
+            f"{min(against):.2f}-{max(against):.2f}x | ")
 
 
 def report(paths: str) -> str:
-    """A markdown table of result files (comma-separated), and the geometric mean speed-up
-    per precision."""
+    """A markdown table of result files (comma-separated), and the geometric mean and the
+    slowest speed-up per precision. Speed-ups are paired round by round (``ratios``); one
+    marked "m" is a ratio of medians, from a file that kept no rounds."""
     rows = [json.loads(line) for path in paths.split(",") for line in open(path)]
     rows = sorted((r for r in rows if "network" in r), key=lambda r: (
         r["network"], r["sparsity"], r["batch"], r["precision"]))
-    control = any("control" in r for r in rows)
     lines = ["| network | sparsity | batch | precision | dense ro ms | escoin ro ms | speed-up | "
-             + ("dense / dense again | " if control else "")
-             + "Escoin layers | max rel err (dense / escoin) | loop speed-up |",
-             "|---|---|---|---|---|---|---|" + ("---|" if control else "") + "---|---|---|"]
+             "ratio of medians | dense / dense again | escoin / each dense | Escoin layers | "
+             "max rel err (dense / escoin) | loop speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    speedups = {}
     for r in rows:
-        spread = (_spread(r) if "control" in r else "- | ") if control else ""
+        paired = ratios(r)
+        speedups.setdefault(r["precision"], []).append(paired["speedup"])
+        mark = "" if paired["paired"] else " m"
+        medians = r.get("median_speedup", r["dense_ms"] / r["escoin_ms"])
         lines.append(f"| {r['network']} | {r['sparsity']} | {r['batch']} | {r['precision']} | "
-                     f"{r['dense_ms']:.3f} | {r['escoin_ms']:.3f} | {r['speedup']:.2f}x | "
-                     f"{spread}{r['escoin_layers']}/{r['candidates']} | "
+                     f"{r['dense_ms']:.3f} | {r['escoin_ms']:.3f} | "
+                     f"{paired['speedup']:.2f}x{mark} | {medians:.2f}x | {_spread(paired)}"
+                     f"{r['escoin_layers']}/{r['candidates']} | "
                      f"{r['dense_rel_err']:.1e} / {r['escoin_rel_err']:.1e}"
                      + (f" (fp32: {r['escoin_rel_err_fp32']:.1e})"
                         if "escoin_rel_err_fp32" in r else "") + " | "
                      + (f"{r['loop_speedup']:.2f}x |" if "loop_speedup" in r else "- |"))
-    for precision in sorted({r["precision"] for r in rows}):
-        picked = [r["speedup"] for r in rows if r["precision"] == precision]
+    for precision, picked in sorted(speedups.items()):
         lines.append(f"\n{precision}: geomean {geomean(picked):.3f}x over {len(picked)} cases, "
                      f"slowest {min(picked):.3f}x")
+    return "\n".join(lines)
+
+
+def _cases(paths: str) -> dict:
+    """{(network, sparsity, batch, precision): (row, short GPU name)} of result files."""
+    cases = {}
+    for path in paths.split(","):
+        gpu = None
+        for line in open(path):
+            row = json.loads(line)
+            if "environment" in row:
+                gpu = gpu_short_name(row["environment"].get("gpu"))
+            elif "network" in row:
+                cases[(row["network"], row["sparsity"], row["batch"], row["precision"])] = \
+                    (row, gpu)
+    return cases
+
+
+def two_runs(first: str, second: str) -> str:
+    """A markdown table of two runs of the same cases side by side (each comma-separated result
+    files): per run the paired speed-up ("m": a ratio of medians, from a file without rounds),
+    the spread of the dense compiles and the layers on Escoin, the GPU where it is not the
+    first run's; then the slowest case of each run."""
+    runs = [_cases(first), _cases(second)]
+    gpus = {gpu for run in runs for _, gpu in run.values()}
+    usual = max(gpus, key=lambda g: sum(gpu == g for _, gpu in runs[0].values()))
+
+    def cells(found):
+        if found is None:
+            return "not run | - | -"
+        row, gpu = found
+        paired = ratios(row)
+        spread = (f"{min(paired['controls']):.2f}-{max(paired['controls']):.2f}x"
+                  if paired["controls"] else "-")
+        return (f"{paired['speedup']:.3f}x{'' if paired['paired'] else ' m'} | {spread} | "
+                f"{row['escoin_layers']}/{row['candidates']}"
+                + ("" if gpu == usual else f" ({gpu})"))
+
+    lines = ["| network | sparsity | batch | precision | run 1 speed-up | run 1 dense / dense "
+             "again | run 1 layers | run 2 speed-up | run 2 dense / dense again | run 2 layers |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for case in sorted(set(runs[0]) | set(runs[1])):
+        lines.append("| " + " | ".join(str(part) for part in case) + " | "
+                     + " | ".join(cells(run.get(case)) for run in runs) + " |")
+    for number, run in enumerate(runs, 1):
+        slowest = min(run, key=lambda case: ratios(run[case][0])["speedup"])
+        lines.append(f"\nrun {number}: {len(run)} cases, slowest {' '.join(map(str, slowest))} "
+                     f"at {ratios(run[slowest][0])['speedup']:.3f}x")
     return "\n".join(lines)
 
 
@@ -233,9 +317,11 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--report", default=None,
                         help="print the table of result files (comma-separated)")
+    parser.add_argument("--second", default=None, help="with --report: result files of a "
+                        "second run of the same cases, to print beside the first")
     args = parser.parse_args(argv)
     if args.report:
-        print(report(args.report))
+        print(two_runs(args.report, args.second) if args.second else report(args.report))
         return
     started = time.time()
     import torch
