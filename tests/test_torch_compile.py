@@ -536,14 +536,21 @@ def test_the_whole_graph_is_timed_in_alternating_rounds_of_calls():
         seen.append(count)
         for _ in range(count):
             fn()
-        return {"escoin": 1e-3, "dense": 2e-3}[calls[-1]]
+        # a busy host slows the Escoin graph's first three rounds (of five): its median round
+        # would be the slow one
+        slow = 2.5 if calls[-1] == "escoin" and 3 <= len(seen) <= 8 else 1.0
+        return {"escoin": 1e-3, "dense": 2e-3}[calls[-1]] * slow
 
     times = whole_graph.time_graphs(escoin, dense, [torch.ones(2)], timer=timer)
+    # each side's fastest round: the busy spell does not count
     assert (times.escoin_s, times.dense_s) == (1e-3, 2e-3) and times.keeps_escoin
     rounds = seen[2:]
     assert len(rounds) == 2 * whole_graph.ROUNDS
     assert set(rounds) == {int(whole_graph.ROUND_S / 2e-3)}  # a round lasts about ROUND_S
-    assert calls[-rounds[-1] - 1] == "escoin" and calls[-1] == "dense"  # alternating
+    # the rounds alternate, each starting with the graph the last one ended with
+    ends = [calls[sum(seen[:i + 1]) - 1] for i in range(2, len(seen))]
+    assert ends == [side for round_ in range(whole_graph.ROUNDS)
+                    for side in (("escoin", "dense") if round_ % 2 == 0 else ("dense", "escoin"))]
     assert whole_graph.device_type([torch.ones(1), 3]) == "cpu"
     assert whole_graph.callable_inputs([torch.ones(1), 3])[1] == 3
     assert whole_graph.callable_inputs([torch.ones(1), object()]) is None

@@ -7,7 +7,9 @@ show a kernel's saving on the GPU, each Escoin call adds a custom operator's dis
 layer's time alone leaves out what inductor would have fused around it (docs/findings.md). So once
 the layers are chosen the backend times both compiled graphs, call after call as the user's program
 runs them (host time and CUDA-graph replays included), in alternating rounds, and keeps the Escoin
-graph only when it is ``GRAPH_MARGIN`` faster.
+graph only when its fastest round is ``GRAPH_MARGIN`` faster than the dense graph's. Of the ways
+to read such rounds, the fastest of each spread identical compiles least (docs/findings.md): a
+busy host or a slow clock only ever adds time to a round.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ ROUND_S = 0.02  # about how long a round of calls lasts
 
 @dataclass
 class GraphTimes:
-    """Seconds per call of the two compiled graphs, each the median of its rounds."""
+    """Seconds per call of the two compiled graphs, each the fastest of its rounds."""
 
     escoin_s: float
     dense_s: float
@@ -140,8 +142,9 @@ def _written_argument(node: torch.fx.Node):
 
 def time_graphs(escoin: Callable, dense: Callable, inputs: Sequence,
                 timer: Optional[Callable] = None) -> GraphTimes:
-    """Times the two compiled graphs on ``inputs`` under no_grad, in ``ROUNDS`` alternating
-    rounds of back-to-back calls, each round about ``ROUND_S`` long. ``timer(fn, device, calls)``
+    """Times the two compiled graphs on ``inputs`` under no_grad, in ``ROUNDS`` rounds of
+    back-to-back calls, each round about ``ROUND_S`` long and each starting with the graph the
+    last one ended with, so that neither is always timed first. ``timer(fn, device, calls)``
     (seconds per call) defaults to ``timing.call_time`` over one loop."""
     from ..support.timing import call_time
 
@@ -153,10 +156,10 @@ def time_graphs(escoin: Callable, dense: Callable, inputs: Sequence,
         one = max(timer(run, device, 3) for run in runs)
         calls = int(min(200, max(1, ROUND_S / max(one, 1e-9))))
         times = [[], []]
-        for _ in range(ROUNDS):
-            for side, run in enumerate(runs):
-                times[side].append(timer(run, device, calls))
-    return GraphTimes(float(np.median(times[0])), float(np.median(times[1])))
+        for round_ in range(ROUNDS):
+            for side in (0, 1) if round_ % 2 == 0 else (1, 0):
+                times[side].append(timer(runs[side], device, calls))
+    return GraphTimes(float(np.min(times[0])), float(np.min(times[1])))
 
 
 def _one_step(fn: Callable, inputs: Sequence) -> Callable:
