@@ -198,9 +198,9 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
 
 def ratios(row: dict) -> dict:
     """A row's speed-up, and the escoin graph against each dense compile (the first, then the
-    controls), paired round by round as ``run_case`` computes them, from the row's rounds where
-    it keeps them (rows written before the paired estimator stored ratios of medians); a row
-    without rounds keeps its stored ratios of medians, with ``paired`` False."""
+    controls), paired round by round as ``run_case`` computes them, recomputed from the row's
+    rounds wherever it keeps them (a stored ``speedup`` may be a ratio of medians); a row
+    without rounds gives its stored ratios of medians, with ``paired`` False."""
     rounds = row.get("rounds_ms")
     if not rounds:
         stored = row.get("controls", [row["control"]] if "control" in row else [])
