@@ -182,14 +182,14 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
     for name in compiled:
         row[f"{name}_ms"] = times[name]["call"] * 1e3
         row[f"{name}_loop_ms"] = times[name]["loop"] * 1e3
-    calls = {name: kinds["call"] for name, kinds in rounds_s.items()}
-    row.update(speedup=paired_ratio(calls["dense"], calls["escoin"]),
+    paired = ratios(row)
+    row.update(speedup=paired["speedup"],
                median_speedup=times["dense"]["call"] / times["escoin"]["call"],
                loop_speedup=times["dense"]["loop"] / times["escoin"]["loop"])
     if control:
         row.update(control=times["dense"]["call"] / times["dense_again"]["call"],
                    loop_control=times["dense"]["loop"] / times["dense_again"]["loop"],
-                   controls=[paired_ratio(calls["dense"], calls[name]) for name in again])
+                   controls=paired["controls"])
     del compiled
     torch._dynamo.reset()
     torch.cuda.empty_cache()
@@ -197,17 +197,18 @@ def run_case(network: str, batch: int, sparsity: str, precision: str, rounds: in
 
 
 def ratios(row: dict) -> dict:
-    """A row's speed-up, and the escoin graph against each dense compile (the first, then the
-    controls), paired round by round as ``run_case`` computes them, recomputed from the row's
-    rounds wherever it keeps them (a stored ``speedup`` may be a ratio of medians); a row
-    without rounds gives its stored ratios of medians, with ``paired`` False."""
+    """A row's speed-up, the first dense compile against each control compile, and the escoin
+    graph against each dense compile (the first, then the controls), paired round by round
+    (``paired_ratio``) from the row's rounds wherever it keeps them (a stored ``speedup`` may be
+    a ratio of medians); a row without rounds gives its stored ratios of medians, with
+    ``paired`` False."""
     rounds = row.get("rounds_ms")
     if not rounds:
         stored = row.get("controls", [row["control"]] if "control" in row else [])
         return {"paired": False, "speedup": row["speedup"], "controls": stored,
                 "against": [row["speedup"]] + [row["speedup"] / c for c in stored]}
     calls = {name: kinds["call"] for name, kinds in rounds.items()}
-    dense = ["dense"] + sorted(name for name in calls if name.startswith("dense_again"))
+    dense = ["dense"] + [name for name in calls if name.startswith("dense_again")]
     return {"paired": True, "speedup": paired_ratio(calls["dense"], calls["escoin"]),
             "controls": [paired_ratio(calls["dense"], calls[name]) for name in dense[1:]],
             "against": [paired_ratio(calls[name], calls["escoin"]) for name in dense]}
@@ -223,13 +224,26 @@ def _spread(paired: dict) -> str:
             f"{min(against):.2f}-{max(against):.2f}x | ")
 
 
+def result_rows(paths: str) -> list:
+    """Every case row of result files (comma-separated), in file order, each with ``gpu``: the
+    short name of the GPU its file was measured on (``None`` where the file does not say)."""
+    rows = []
+    for path in paths.split(","):
+        gpu = None
+        for line in open(path):
+            row = json.loads(line)
+            if "environment" in row:
+                gpu = gpu_short_name(row["environment"].get("gpu"))
+            elif "network" in row:
+                rows.append({**row, "gpu": gpu})
+    return rows
+
+
 def report(paths: str) -> str:
     """A markdown table of result files (comma-separated), and the geometric mean and the
     slowest speed-up per precision. Speed-ups are paired round by round (``ratios``); one
     marked "m" is a ratio of medians, from a file that kept no rounds."""
-    rows = [json.loads(line) for path in paths.split(",") for line in open(path)]
-    rows = sorted((r for r in rows if "network" in r), key=lambda r: (
-        r["network"], r["sparsity"], r["batch"], r["precision"]))
+    rows = sorted(result_rows(paths), key=_case)
     lines = ["| network | sparsity | batch | precision | dense ro ms | escoin ro ms | speed-up | "
              "ratio of medians | dense / dense again | escoin / each dense | Escoin layers | "
              "max rel err (dense / escoin) | loop speed-up |",
@@ -254,19 +268,8 @@ def report(paths: str) -> str:
     return "\n".join(lines)
 
 
-def _cases(paths: str) -> dict:
-    """{(network, sparsity, batch, precision): (row, short GPU name)} of result files."""
-    cases = {}
-    for path in paths.split(","):
-        gpu = None
-        for line in open(path):
-            row = json.loads(line)
-            if "environment" in row:
-                gpu = gpu_short_name(row["environment"].get("gpu"))
-            elif "network" in row:
-                cases[(row["network"], row["sparsity"], row["batch"], row["precision"])] = \
-                    (row, gpu)
-    return cases
+def _case(row: dict) -> tuple:
+    return row["network"], row["sparsity"], row["batch"], row["precision"]
 
 
 def two_runs(first: str, second: str) -> str:
@@ -274,20 +277,20 @@ def two_runs(first: str, second: str) -> str:
     files): per run the paired speed-up ("m": a ratio of medians, from a file without rounds),
     the spread of the dense compiles and the layers on Escoin, the GPU where it is not the
     first run's; then the slowest case of each run."""
-    runs = [_cases(first), _cases(second)]
-    gpus = {gpu for run in runs for _, gpu in run.values()}
-    usual = max(gpus, key=lambda g: sum(gpu == g for _, gpu in runs[0].values()))
+    runs = [{_case(row): (row, ratios(row)) for row in result_rows(paths)}
+            for paths in (first, second)]
+    usual = max({row["gpu"] for run in runs for row, _ in run.values()},
+                key=lambda g: sum(row["gpu"] == g for row, _ in runs[0].values()))
 
     def cells(found):
         if found is None:
             return "not run | - | -"
-        row, gpu = found
-        paired = ratios(row)
+        row, paired = found
         spread = (f"{min(paired['controls']):.2f}-{max(paired['controls']):.2f}x"
                   if paired["controls"] else "-")
         return (f"{paired['speedup']:.3f}x{'' if paired['paired'] else ' m'} | {spread} | "
                 f"{row['escoin_layers']}/{row['candidates']}"
-                + ("" if gpu == usual else f" ({gpu})"))
+                + ("" if row["gpu"] == usual else f" ({row['gpu']})"))
 
     lines = ["| network | sparsity | batch | precision | run 1 speed-up | run 1 dense / dense "
              "again | run 1 layers | run 2 speed-up | run 2 dense / dense again | run 2 layers |",
@@ -296,9 +299,9 @@ def two_runs(first: str, second: str) -> str:
         lines.append("| " + " | ".join(str(part) for part in case) + " | "
                      + " | ".join(cells(run.get(case)) for run in runs) + " |")
     for number, run in enumerate(runs, 1):
-        slowest = min(run, key=lambda case: ratios(run[case][0])["speedup"])
+        slowest = min(run, key=lambda case: run[case][1]["speedup"])
         lines.append(f"\nrun {number}: {len(run)} cases, slowest {' '.join(map(str, slowest))} "
-                     f"at {ratios(run[slowest][0])['speedup']:.3f}x")
+                     f"at {run[slowest][1]['speedup']:.3f}x")
     return "\n".join(lines)
 
 

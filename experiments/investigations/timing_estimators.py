@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.benchmarks.bench_backend import paired_ratio
-from experiments.common import RESULTS, gpu_short_name, result_path
+from experiments.benchmarks.bench_backend import paired_ratio, result_rows
+from experiments.common import RESULTS, result_path
 
 ESTIMATORS = {
     "median": lambda a, b: float(np.median(a) / np.median(b)),
@@ -36,19 +36,10 @@ KINDS = ("call", "loop")
 STRAY = 0.03  # a control ratio this far from 1 counts as a stray
 
 
-def rows_with_controls(paths: list) -> list:
+def rows_with_controls(paths: str) -> list:
     """The result rows that kept their rounds and timed at least one control compile, each with
-    the short name of the GPU its file was measured on."""
-    rows = []
-    for path in paths:
-        gpu = None
-        for line in Path(path).read_text().splitlines():
-            row = json.loads(line)
-            if "environment" in row:
-                gpu = gpu_short_name(row["environment"].get("gpu"))
-            elif "dense_again" in row.get("rounds_ms", {}):
-                rows.append({**row, "gpu": gpu})
-    return rows
+    the short name of the GPU its file was measured on (``bench_backend.result_rows``)."""
+    return [row for row in result_rows(paths) if "dense_again" in row.get("rounds_ms", {})]
 
 
 def controls(rows: list) -> dict:
@@ -82,7 +73,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     paths = args.paths.split(",")
-    rows = rows_with_controls(paths)
+    rows = rows_with_controls(args.paths)
     if not rows:
         raise SystemExit(f"no row of {args.paths} kept its rounds with a control compile "
                          "(bench_backend --control)")
